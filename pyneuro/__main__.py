@@ -1,0 +1,3 @@
+from pyneuro.cli import main
+
+raise SystemExit(main())

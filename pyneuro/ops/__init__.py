@@ -1,0 +1,5 @@
+"""Accelerated ops. Each lives in its own folder: ``naive.py`` (the readable ground truth) and
+``__init__.py`` (the public function, its autograd and its backend choice)."""
+from .attention import attention
+
+__all__ = ["attention"]
