@@ -1,0 +1,163 @@
+"""The `pyneuro` command (also `python -m pyneuro`): train, eval, info, models."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_CONFIG = "config.json"
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .models import registry
+
+    p = argparse.ArgumentParser(prog="pyneuro", description="Train, evaluate and inspect pyneuro's MNIST models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model on MNIST, evaluate it on the test set, write plots")
+    t.add_argument("--model", choices=registry.names(), help="which model to train")
+    t.add_argument("--config", help=f"settings file (default: ./{DEFAULT_CONFIG} when it exists)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting: train.lr=1e-3, model.hidden_size=256, or a bare unambiguous key")
+    t.add_argument("--epochs", type=int, help="number of epochs (same as --set train.epochs=N)")
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default: auto)")
+    t.add_argument("--seed", type=int, help="random seed; the same seed repeats the run exactly")
+    t.add_argument("--out", help="run folder (default: runs/MODEL, or runs/MODEL-2, ... if taken)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR (its last.pt)")
+    t.add_argument("--overwrite", action="store_true", help="reuse --out even if it holds a run")
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint on the MNIST test set")
+    e.add_argument("--checkpoint", required=True, help="a last.pt file or a run folder")
+    e.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--out", help="where to write eval.json and plots (default: the checkpoint's folder)")
+
+    i = sub.add_parser("info", help="build information and the backends available for each op")
+    i.add_argument("--json", action="store_true", help="print JSON")
+
+    sub.add_parser("models", help="list the models and their default hyper-parameters")
+    return p
+
+
+def _free_run_dir(model: str) -> Path:
+    base = Path("runs") / model
+    candidate, k = base, 1
+    while (candidate / "last.pt").exists() or (candidate / "eval.json").exists():
+        k += 1
+        candidate = base.with_name(f"{model}-{k}")
+    return candidate
+
+
+def train_settings(args) -> dict:
+    from .train import config as cfg
+
+    config = None
+    if args.config:
+        config = cfg.read_config_file(args.config)
+    elif Path(DEFAULT_CONFIG).exists():
+        config = cfg.read_config_file(DEFAULT_CONFIG)
+    overrides = list(args.overrides)
+    if args.epochs is not None:
+        overrides.append(f"train.epochs={args.epochs}")
+    if args.device is not None:
+        overrides.append(f"train.device={json.dumps(args.device)}")
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+    return cfg.resolve(args.model, config, overrides)
+
+
+def cmd_train(args) -> int:
+    from .train import loop
+
+    if args.resume:
+        if args.model or args.config or args.overrides:
+            raise ValueError("--resume continues a run with its saved settings; only --epochs may be given with it")
+        settings = {"train": {"epochs": args.epochs}} if args.epochs is not None else None
+        summary = loop.train(settings, args.resume, resume=True)
+    else:
+        if not args.model:
+            raise ValueError("--model is required (or --resume RUN_DIR); see `pyneuro models`")
+        settings = train_settings(args)
+        out = Path(args.out) if args.out else _free_run_dir(args.model)
+        if (out / "last.pt").exists() and not args.overwrite:
+            raise ValueError(f"{out} already holds a run: pass --resume {out} to continue it, "
+                             "--overwrite to start again there, or another --out")
+        summary = loop.train(settings, out)
+    print(json.dumps({"model": summary["model"], "test_acc": summary["test_acc"], "plots": summary["plots"]}))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .train import loop
+    from .train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(args.checkpoint)
+    ckpt_dir = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
+    out = Path(args.out) if args.out else ckpt_dir
+    out.mkdir(parents=True, exist_ok=True)
+    device = loop.resolve_device(args.device or state["settings"]["train"]["device"])
+    summary = loop.evaluate_run(out, device=device, checkpoint=args.checkpoint)
+    print(json.dumps({"model": summary["model"], "test_acc": summary["test_acc"]}))
+    return 0
+
+
+def cmd_info(args) -> int:
+    import pyneuro
+
+    info = pyneuro.info()
+    try:
+        from .data import mnist_source_info
+        info["mnist"] = mnist_source_info()
+    except Exception as exc:  # info must never fail because data is absent
+        info["mnist"] = f"unavailable: {exc}"
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    ext = info["extension"]
+    print(f"pyneuro {info['pyneuro']}  torch {info['torch']}  CUDA build: {info['torch_cuda'] or 'no'}  "
+          f"GPU visible: {info['cuda_available']}")
+    if ext.get("built"):
+        archs = ext["cuda_architectures"] or "-"
+        print(f"extension pyneuro._C: built with {ext['compiler']}, OpenMP {'on' if ext['openmp'] else 'off'} "
+              f"({ext['openmp_max_threads']} threads), CUDA {'on' if ext['cuda'] else 'off'} (archs: {archs})")
+    else:
+        print(f"extension pyneuro._C: MISSING - {ext['reason']}")
+    print(f"triton: {info['triton']}")
+    print(f"MNIST source: {info['mnist']}")
+    for device, ops in info["backends"].items():
+        print(f"\nbackends for {device} tensors:")
+        for op, backends in ops.items():
+            for name, status in backends.items():
+                mark = "yes" if status == "available" else "no "
+                print(f"  {op:<16} {name:<10} {mark}  {'' if status == 'available' else status}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models import registry
+
+    for name in registry.names():
+        spec = registry.get(name)
+        print(f"{name:<12} {spec.description} (view: {spec.view})")
+        print(f"{'':<12} defaults: {json.dumps(spec.defaults)}")
+    return 0
+
+
+def main(argv=None) -> int:
+    from .data import DataError
+    from .train.checkpoint import CheckpointError
+    from .train.config import ConfigError
+
+    args = _parser().parse_args(argv)
+    handler = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "models": cmd_models}[args.command]
+    try:
+        return handler(args)
+    except (ConfigError, CheckpointError, DataError, ValueError) as exc:
+        print(f"pyneuro: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,40 @@
+"""A dependency-free progress bar: redraws in place on a terminal, prints periodic lines elsewhere."""
+from __future__ import annotations
+
+import sys
+import time
+
+
+class Progress:
+    def __init__(self, total: int, desc: str = "", every: int = 50, stream=None, width: int = 24):
+        self.total, self.desc, self.every, self.width = total, desc, max(1, every), width
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start = time.perf_counter()
+        self.n = 0
+        self.samples = 0
+
+    def update(self, n_samples: int, **fields) -> None:
+        self.n += 1
+        self.samples += n_samples
+        if self.tty or self.n % self.every == 0 or self.n == self.total:
+            self._draw(fields)
+
+    def _draw(self, fields) -> None:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        rate = self.samples / elapsed
+        eta = (self.total - self.n) * elapsed / max(self.n, 1)
+        done = int(self.width * self.n / max(self.total, 1))
+        bar = "#" * done + "." * (self.width - done)
+        shown = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
+        line = f"{self.desc} [{bar}] {self.n}/{self.total}  {shown}  {rate:,.0f} samples/s  eta {eta:4.0f}s"
+        if self.tty:
+            self.stream.write("\r" + line + "\033[K")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()

@@ -1,0 +1,94 @@
+"""Run plots: training curves, confusion matrix, and a grid of test predictions."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: works on machines with no display
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def training_curves(records: list[dict], path: Path, title: str = "") -> Path:
+    epochs = [r["epoch"] for r in records]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_loss.plot(epochs, [r["train_loss"] for r in records], "o-", label="train")
+    ax_loss.plot(epochs, [r["val_loss"] for r in records], "s-", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title=f"{title} loss")
+    ax_loss.legend()
+    ax_acc.plot(epochs, [100 * r["train_acc"] for r in records], "o-", label="train")
+    ax_acc.plot(epochs, [100 * r["val_acc"] for r in records], "s-", label="validation")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{title} accuracy")
+    ax_acc.legend()
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def confusion(cm: torch.Tensor, path: Path, title: str = "") -> Path:
+    cm = cm.to(torch.long)
+    fig, ax = plt.subplots(figsize=(5.6, 5))
+    # Log-scaled colours: the diagonal holds ~1000 per class, the errors only a handful.
+    shade = torch.log1p(cm.double())
+    im = ax.imshow(shade.numpy(), cmap="Blues")
+    n = cm.shape[0]
+    threshold = shade.max().item() * 0.6
+    for i in range(n):
+        for j in range(n):
+            v = cm[i, j].item()
+            if v:
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
+                        color="white" if shade[i, j] > threshold else "black")
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true",
+           title=f"{title} confusion matrix (test)")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="log(1 + count)")
+    return _save(fig, path)
+
+
+def prediction_grid(images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, probs: torch.Tensor,
+                    path: Path, title: str = "", rows: int = 6, cols: int = 10) -> Path:
+    """The first test images mixed with misclassified ones; wrong predictions are framed in red."""
+    wrong = (preds != labels).nonzero().flatten()
+    n = rows * cols
+    n_wrong = min(len(wrong), n // 2)
+    right = (preds == labels).nonzero().flatten()[: n - n_wrong]
+    order = torch.cat([right, wrong[:n_wrong]])
+    order = order[torch.argsort(order)]
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.05, rows * 1.25))
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, order.tolist()):
+        ok = preds[i] == labels[i]
+        ax.imshow(images[i].cpu().numpy(), cmap="gray_r")
+        ax.set_title(f"{preds[i].item()} ({probs[i, preds[i]].item():.2f})" + ("" if ok else f" ≠{labels[i].item()}"),
+                     fontsize=7, color="black" if ok else "red")
+        if not ok:
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor("red")
+                spine.set_linewidth(2)
+    fig.suptitle(f"{title}: test predictions (confidence); red = misclassified "
+                 f"({len(wrong)} of {len(labels)} wrong)", fontsize=9)
+    return _save(fig, path)
+
+
+def run_plots(out_dir, records, cm, images, labels, preds, probs, title="") -> list[Path]:
+    out = Path(out_dir)
+    paths = []
+    if records:
+        paths.append(training_curves(records, out / "curves.png", title))
+    paths.append(confusion(cm, out / "confusion.png", title))
+    paths.append(prediction_grid(images, labels, preds, probs, out / "predictions.png", title))
+    return paths
