@@ -20,8 +20,10 @@ class PatchTransformer(nn.Module):
         self.cls = nn.Parameter(torch.zeros(1, 1, d_model))
         self.pos = nn.Parameter(torch.randn(1, tokens + 1, d_model) * 0.02)
         self.layers = nn.ModuleList(
+            # Attention-weight dropout off, so training runs on pyneuro's attention op (which has
+            # no dropout); the residual and feed-forward dropout regularise instead.
             pnn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation="gelu",
-                                        batch_first=True, norm_first=True)
+                                        batch_first=True, norm_first=True, attention_dropout=0.0)
             for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, num_classes)

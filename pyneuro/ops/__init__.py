@@ -3,3 +3,6 @@
 from .attention import attention
 
 __all__ = ["attention"]
+from .rnn import gru_sequence, lstm_sequence, rnn_sequence
+
+__all__ += ["lstm_sequence", "gru_sequence", "rnn_sequence"]

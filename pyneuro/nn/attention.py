@@ -1,0 +1,267 @@
+"""Multi-head attention and the Transformer encoder layer, on :func:`pyneuro.ops.attention.attention`.
+
+Parameters carry torch.nn's names (``in_proj_weight``, ``out_proj``, ``linear1``, ``norm1`` ...), so
+state_dicts of torch.nn.MultiheadAttention / TransformerEncoderLayer / TransformerEncoder load
+unchanged. Differences from torch.nn:
+
+* ``batch_first`` defaults to True (models here are batch-first).
+* ``is_causal=True`` alone applies the causal mask (torch only takes it as a hint about attn_mask).
+* ``attn_mask`` and ``key_padding_mask`` are not supported: the attention kernels take no mask.
+* MultiheadAttention's ``need_weights`` defaults to False: the kernels never form the attention
+  matrix, so asking for it costs an extra pass; the weights returned are those before dropout.
+* Attention dropout is not in the kernels: while it is active (training with dropout > 0) the
+  attention runs through torch's scaled_dot_product_attention, which implements it.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import _backends
+from ..ops.attention import attention
+
+
+def _require_positive_int(owner: str, name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{owner}: {name} must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{owner}: {name} must be positive, got {value}")
+
+
+def _require_probability(owner: str, name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        raise ValueError(f"{owner}: {name} must be a probability in [0, 1], got {value!r}")
+
+
+def _require_backend(owner: str, backend) -> None:
+    if not isinstance(backend, str) or backend not in ("auto", *_backends.BACKENDS):
+        raise ValueError(f"{owner}: backend must be 'auto' or one of {_backends.BACKENDS}, got {backend!r}")
+
+
+def _reject_masks(owner: str, **masks) -> None:
+    given = [name for name, mask in masks.items() if mask is not None]
+    if given:
+        raise NotImplementedError(
+            f"{owner}: {' and '.join(given)} not supported (pyneuro's attention kernels take no mask); "
+            "use is_causal=True for causal masking, or torch.nn's layers for arbitrary masks")
+
+
+class MultiheadAttention(nn.Module):
+    """torch.nn.MultiheadAttention's parameters and call, computed by pyneuro's attention op.
+
+    ``forward(query, key, value, key_padding_mask=None, need_weights=False, attn_mask=None,
+    average_attn_weights=True, is_causal=False) -> (output, weights or None)``, with query
+    (B, Lq, E), key/value (B, Lk, E) when batch_first, (L, B, E) otherwise, or unbatched (L, E).
+    See the module docstring for the differences from torch.
+    """
+
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, batch_first=True,
+                 device=None, dtype=None, *, backend="auto"):
+        super().__init__()
+        owner = type(self).__name__
+        _require_positive_int(owner, "embed_dim", embed_dim)
+        _require_positive_int(owner, "num_heads", num_heads)
+        if embed_dim % num_heads:
+            raise ValueError(f"{owner}: embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+        _require_probability(owner, "dropout", dropout)
+        if not isinstance(bias, bool) or not isinstance(batch_first, bool):
+            raise TypeError(f"{owner}: bias and batch_first must be bools, got {bias!r} and {batch_first!r}")
+        _require_backend(owner, backend)
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.dropout = float(dropout)
+        self.batch_first = batch_first
+        self.backend = backend
+
+        factory = {"device": device, "dtype": dtype}
+        # q, k and v projections stacked in one (3E, E) matrix, as torch stores them.
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim, **factory))
+        if bias:
+            self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim, **factory))
+        else:
+            self.register_parameter("in_proj_bias", None)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
+        self._reset_parameters()
+
+    def _reset_parameters(self) -> None:
+        # torch.nn.MultiheadAttention's init; out_proj.weight keeps nn.Linear's default.
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        if self.in_proj_bias is not None:
+            nn.init.zeros_(self.in_proj_bias)
+            nn.init.zeros_(self.out_proj.bias)
+
+    def _check_inputs(self, query, key, value) -> None:
+        owner = type(self).__name__
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{owner}: {name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.dim() != query.dim() or t.dim() not in (2, 3):
+                raise ValueError(
+                    f"{owner}: query, key and value must all be 3-D (batched) or all 2-D (unbatched), "
+                    f"got shapes {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}")
+            if t.shape[-1] != self.embed_dim:
+                raise ValueError(f"{owner}: {name}'s last dim must be embed_dim={self.embed_dim}, got {t.shape[-1]}")
+            if t.dtype != self.in_proj_weight.dtype:
+                raise TypeError(
+                    f"{owner}: {name} dtype {t.dtype} does not match the parameters' {self.in_proj_weight.dtype}")
+        if key.shape != value.shape:
+            raise ValueError(f"{owner}: key and value must have the same shape, got {tuple(key.shape)} and {tuple(value.shape)}")
+        batch_dim = 0 if self.batch_first else 1
+        if query.dim() == 3 and query.shape[batch_dim] != key.shape[batch_dim]:
+            raise ValueError(
+                f"{owner}: query and key must have the same batch size, got {query.shape[batch_dim]} and {key.shape[batch_dim]}")
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, Dh)
+
+    def _project(self, query, key, value):
+        if query is key and key is value:  # self-attention: one matmul for q, k and v
+            return F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        weights = self.in_proj_weight.chunk(3)
+        biases = (None,) * 3 if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
+        return tuple(F.linear(x, w, b) for x, w, b in zip((query, key, value), weights, biases))
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=False, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        _reject_masks(type(self).__name__, key_padding_mask=key_padding_mask, attn_mask=attn_mask)
+        self._check_inputs(query, key, value)
+        batched = query.dim() == 3
+        # Work batch-first (B, L, E) whatever the caller's layout.
+        if not batched:
+            query, key, value = (t.unsqueeze(0) for t in (query, key, value))
+        elif not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+
+        q, k, v = (self._split_heads(t) for t in self._project(query, key, value))
+        if self.training and self.dropout > 0:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout, is_causal=is_causal)
+        else:
+            out = attention(q, k, v, causal=is_causal, backend=self.backend)
+        batch, _, length, _ = out.shape
+        out = self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))
+
+        weights = None
+        if need_weights:
+            weights = self._attention_weights(q, k, is_causal)
+            weights = weights.mean(dim=1) if average_attn_weights else weights
+            weights = weights if batched else weights.squeeze(0)
+        if not batched:
+            out = out.squeeze(0)
+        elif not self.batch_first:
+            out = out.transpose(0, 1)
+        return out, weights
+
+    @staticmethod
+    def _attention_weights(q, k, causal: bool) -> torch.Tensor:
+        """softmax(q kᵀ / sqrt(Dh)) per head, (B, H, Lq, Lk): only formed when asked for."""
+        compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+        scores = (q.to(compute) @ k.to(compute).transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        if causal:
+            keep = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+            scores = scores.masked_fill(~keep, float("-inf"))
+        return torch.softmax(scores, dim=-1).to(q.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}, "
+                f"bias={self.in_proj_bias is not None}, batch_first={self.batch_first}, backend={self.backend!r}")
+
+
+class MultiheadSelfAttention(MultiheadAttention):
+    """Self-attention with a plain call: ``forward(x, causal=False) -> output`` (same parameters as
+    :class:`MultiheadAttention`, so torch.nn.MultiheadAttention weights load too)."""
+
+    def forward(self, x, causal: bool = False):
+        return super().forward(x, x, x, is_causal=causal)[0]
+
+
+_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
+
+
+class TransformerEncoderLayer(nn.Module):
+    """torch.nn.TransformerEncoderLayer's structure and parameter names, attention by pyneuro.
+
+    Post-norm (default): x = norm1(x + SA(x)); x = norm2(x + FF(x)).
+    Pre-norm (norm_first=True): x = x + SA(norm1(x)); x = x + FF(norm2(x)).
+    FF(x) = dropout2(linear2(dropout(activation(linear1(x))))), SA ends in dropout1.
+    ``forward(src, src_mask=None, src_key_padding_mask=None, is_causal=False)``; masks other than
+    causal raise NotImplementedError, and batch_first defaults to True.
+    ``attention_dropout`` (keyword-only, default: ``dropout`` as in torch) sets the dropout on the
+    attention weights alone; 0 keeps training on pyneuro's attention kernels.
+    """
+
+    def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, activation="relu",
+                 layer_norm_eps=1e-5, batch_first=True, norm_first=False, bias=True,
+                 device=None, dtype=None, *, backend="auto", attention_dropout=None):
+        super().__init__()
+        owner = type(self).__name__
+        _require_positive_int(owner, "d_model", d_model)
+        _require_positive_int(owner, "nhead", nhead)
+        if d_model % nhead:
+            raise ValueError(f"{owner}: d_model ({d_model}) must be divisible by nhead ({nhead})")
+        _require_positive_int(owner, "dim_feedforward", dim_feedforward)
+        _require_probability(owner, "dropout", dropout)
+        attention_dropout = dropout if attention_dropout is None else attention_dropout
+        _require_probability(owner, "attention_dropout", attention_dropout)
+        if isinstance(activation, str):
+            if activation not in _ACTIVATIONS:
+                raise ValueError(f"{owner}: activation must be 'relu', 'gelu' or a callable, got {activation!r}")
+            activation = _ACTIVATIONS[activation]
+        elif not callable(activation):
+            raise TypeError(f"{owner}: activation must be 'relu', 'gelu' or a callable, got {type(activation).__name__}")
+        factory = {"device": device, "dtype": dtype}
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout=attention_dropout, bias=bias,
+                                            batch_first=batch_first, **factory, backend=backend)
+        self.linear1 = nn.Linear(d_model, dim_feedforward, bias=bias, **factory)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model, bias=bias, **factory)
+        self.norm_first = norm_first
+        self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias, **factory)
+        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias, **factory)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.activation = activation
+
+    def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+        _reject_masks(type(self).__name__, src_mask=src_mask, src_key_padding_mask=src_key_padding_mask)
+        x = src
+        if self.norm_first:
+            x = x + self._self_attention(self.norm1(x), is_causal)
+            x = x + self._feed_forward(self.norm2(x))
+        else:
+            x = self.norm1(x + self._self_attention(x, is_causal))
+            x = self.norm2(x + self._feed_forward(x))
+        return x
+
+    def _self_attention(self, x, is_causal):
+        return self.dropout1(self.self_attn(x, x, x, is_causal=is_causal)[0])
+
+    def _feed_forward(self, x):
+        return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+
+
+class TransformerEncoder(nn.Module):
+    """``num_layers`` copies of ``encoder_layer`` (then ``norm`` if given), keys as torch.nn.TransformerEncoder's."""
+
+    def __init__(self, encoder_layer: nn.Module, num_layers: int, norm: nn.Module | None = None):
+        super().__init__()
+        _require_positive_int(type(self).__name__, "num_layers", num_layers)
+        self.layers = nn.ModuleList(copy.deepcopy(encoder_layer) for _ in range(num_layers))
+        self.num_layers = num_layers
+        self.norm = norm
+
+    def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=False):
+        _reject_masks(type(self).__name__, mask=mask, src_key_padding_mask=src_key_padding_mask)
+        x = src
+        for layer in self.layers:
+            x = layer(x, is_causal=is_causal)
+        return x if self.norm is None else self.norm(x)
+
+
+__all__ = ["MultiheadAttention", "MultiheadSelfAttention", "TransformerEncoderLayer", "TransformerEncoder"]

@@ -1,0 +1,139 @@
+"""The `pyneuro` command end to end on a small MNIST subset: train, resume, eval, errors, info."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyneuro import cli
+from pyneuro.train import progress
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--model", "cnn", "--set", "model.channels=[8,16]", "--set", "model.convs_per_block=1",
+        "--set", "train.train_subset=512", "--set", "train.val_subset=200", "--device", "cpu"]
+
+
+def _state(run: Path) -> dict:
+    return torch.load(run / "last.pt", weights_only=True)
+
+
+def test_train_writes_run_folder_and_eval_reproduces_it(real_mnist, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--epochs", "1", "--out", str(run)]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for name in ("last.pt", "metrics.jsonl", "settings.json", "eval.json", "curves.png", "confusion.png",
+                 "predictions.png"):
+        assert (run / name).stat().st_size > 0, name
+    evaluation = json.loads((run / "eval.json").read_text())
+    assert evaluation["test_acc"] == printed["test_acc"]
+    assert set(evaluation["report"]["per_class"]) == {str(c) for c in range(10)}
+    assert sum(map(sum, evaluation["confusion_matrix"])) == 10_000
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1]
+
+    # eval of the saved checkpoint elsewhere gives the same accuracy.
+    other = tmp_path / "eval"
+    assert cli.main(["eval", "--checkpoint", str(run / "last.pt"), "--out", str(other)]) == 0
+    assert json.loads((other / "eval.json").read_text())["test_acc"] == evaluation["test_acc"]
+
+    # The same folder again without --resume is refused, and says how to go on.
+    assert cli.main(["train", *TINY, "--epochs", "1", "--out", str(run)]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_resume_after_interrupt_matches_uninterrupted_run(real_mnist, tmp_path, monkeypatch):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert cli.main(["train", *TINY, "--epochs", "2", "--out", str(straight)]) == 0
+
+    # Ctrl-C after the 6th batch (epoch 2 of 2, 4 batches per epoch at batch 128 on 512 images).
+    real_update, calls = progress.Progress.update, {"n": 0}
+
+    def interrupting_update(self, *args, **kwargs):
+        calls["n"] += 1
+        real_update(self, *args, **kwargs)
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(progress.Progress, "update", interrupting_update)
+    assert cli.main(["train", *TINY, "--epochs", "2", "--out", str(interrupted)]) == 130
+    saved = _state(interrupted)
+    assert (saved["epoch"], saved["batch_in_epoch"], saved["step"]) == (1, 2, 6)
+    assert not (interrupted / "eval.json").exists()
+    monkeypatch.setattr(progress.Progress, "update", real_update)
+
+    assert cli.main(["train", "--resume", str(interrupted)]) == 0
+    a, b = _state(straight)["model_state"], _state(interrupted)["model_state"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"resumed run differs in {key}"
+    metrics = lambda run: [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert [r["val_acc"] for r in metrics(straight)] == [r["val_acc"] for r in metrics(interrupted)]
+
+
+def test_resume_with_more_epochs_continues(real_mnist, tmp_path):
+    run = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--epochs", "1", "--out", str(run)]) == 0
+    assert cli.main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert _state(run)["epoch"] == 2
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_errors_are_reported_not_raised(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"train": {"lr": }}')
+    assert cli.main(["train", "--model", "cnn", "--config", str(bad)]) == 2
+    assert "bad.json:1:18: malformed JSON" in capsys.readouterr().err
+    assert cli.main(["train", "--model", "cnn", "--set", "train.batch_size=big"]) == 2
+    assert "'batch_size' must be a integer" in capsys.readouterr().err
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "none.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"PK\x03\x04 truncated")
+    assert cli.main(["eval", "--checkpoint", str(corrupt)]) == 2
+    assert "unreadable or corrupt" in capsys.readouterr().err
+
+
+def test_info_reports_build_and_backends(capsys):
+    assert cli.main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["backends"]["cpu"]["attention"]["reference"] == "available"
+    assert "built" in info["extension"]
+    assert cli.main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert "extension pyneuro._C" in text and "attention" in text
+
+
+def test_python_dash_m_and_console_script_agree():
+    out = subprocess.run([sys.executable, "-m", "pyneuro", "models"], capture_output=True, text=True, check=True)
+    assert "cnn" in out.stdout and "transformer" in out.stdout
+
+
+def test_main_py_menu_reasks_then_trains(real_mnist, tmp_path):
+    """`python main.py` driven through stdin: two invalid answers, then model 1 (cnn)."""
+    run = tmp_path / "menu-run"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "main.py"), "--epochs", "1", "--set", "train.train_subset=256",
+         "--set", "train.val_subset=100", "--set", "model.channels=[8,16]", "--out", str(run)],
+        input="0\nnot-a-model\n1\n", capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("is not on the list") == 2
+    assert json.loads((run / "eval.json").read_text())["model"] == "cnn"
+
+
+def test_main_py_ask_model_accepts_names_and_numbers():
+    sys.path.insert(0, str(REPO))
+    try:
+        import main
+    finally:
+        sys.path.pop(0)
+    answers = iter(["", "7", "gru"])
+    shown = []
+    assert main.ask_model(["cnn", "gru"], ["a", "b"], read=lambda _: next(answers), write=shown.append) == "gru"
+    assert sum("not on the list" in s for s in shown) == 2
+    answers = iter(["2"])
+    assert main.ask_model(["cnn", "gru"], ["a", "b"], read=lambda _: next(answers), write=shown.append) == "gru"

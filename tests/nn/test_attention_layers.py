@@ -1,0 +1,242 @@
+"""pyneuro.nn attention layers against torch.nn.MultiheadAttention / TransformerEncoder(Layer) under the same weights."""
+import pytest
+import torch
+from torch import nn
+
+import pyneuro.nn as pn
+
+TOL = {
+    torch.float64: dict(atol=1e-12, rtol=1e-10),
+    torch.float32: dict(atol=2e-5, rtol=1e-4),
+}
+E, HEADS, BATCH, L = 16, 4, 2, 7
+
+
+@pytest.fixture(autouse=True)
+def _auto_means_reference(monkeypatch):
+    monkeypatch.delenv("PYNEURO_BACKEND", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
+def causal_mask(n):
+    return nn.Transformer.generate_square_subsequent_mask(n, dtype=torch.float64)
+
+
+def mha_pair(dtype=torch.float64, **kwargs):
+    kwargs.setdefault("batch_first", True)  # torch's default is False, ours True
+    torch.manual_seed(0)
+    theirs = nn.MultiheadAttention(E, HEADS, dtype=dtype, **kwargs).eval()
+    ours = pn.MultiheadAttention(E, HEADS, dtype=dtype, **kwargs).eval()
+    ours.load_state_dict(theirs.state_dict())
+    if theirs.in_proj_bias is not None:  # torch zero-inits the biases; make them matter
+        with torch.no_grad():
+            for layer in (theirs, ours):
+                torch.manual_seed(1)
+                layer.in_proj_bias.normal_()
+                layer.out_proj.bias.normal_()
+    return theirs, ours
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_mha_state_dict_keys_match_torch(bias):
+    theirs, ours = mha_pair(bias=bias)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("cross", [False, True], ids=["self", "cross"])
+def test_mha_matches_torch(batch_first, bias, causal, cross):
+    theirs, ours = mha_pair(bias=bias, batch_first=batch_first)
+    lk = 5 if cross else L
+    shape = lambda n: (BATCH, n, E) if batch_first else (n, BATCH, E)  # noqa: E731
+    query = torch.randn(shape(L), dtype=torch.float64, requires_grad=True)
+    key = torch.randn(shape(lk), dtype=torch.float64, requires_grad=True) if cross else query
+    value = torch.randn(shape(lk), dtype=torch.float64, requires_grad=True) if cross else query
+    # torch applies the causal mask from attn_mask (top-left aligned, as our is_causal).
+    mask = torch.ones(L, lk, dtype=torch.bool).tril().logical_not() if causal else None
+    out_t, w_t = theirs(query, key, value, attn_mask=mask, need_weights=True, average_attn_weights=False)
+    out_o, w_o = ours(query, key, value, is_causal=causal, need_weights=True, average_attn_weights=False)
+    torch.testing.assert_close(out_o, out_t, **TOL[torch.float64])
+    torch.testing.assert_close(w_o, w_t, **TOL[torch.float64])
+    leaves = [query, key, value][: 3 if cross else 1] + list(theirs.parameters())
+    cot = torch.randn_like(out_t)
+    grads_t = torch.autograd.grad(out_t, leaves, cot)
+    ours_leaves = leaves[: len(leaves) - len(list(theirs.parameters()))] + [
+        ours.get_parameter(n) for n, _ in theirs.named_parameters()]
+    for a, b in zip(torch.autograd.grad(out_o, ours_leaves, cot), grads_t):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+def test_mha_unbatched_and_averaged_weights_match_torch():
+    theirs, ours = mha_pair()
+    x = torch.randn(L, E, dtype=torch.float64)
+    out_t, w_t = theirs(x, x, x)  # torch's default need_weights=True, averaged over heads
+    out_o, w_o = ours(x, x, x, need_weights=True)
+    assert out_o.shape == (L, E) and w_o.shape == (L, L)
+    torch.testing.assert_close(out_o, out_t, **TOL[torch.float64])
+    torch.testing.assert_close(w_o, w_t, **TOL[torch.float64])
+    assert ours(x, x, x)[1] is None  # need_weights defaults to False here
+
+
+def test_mha_key_is_query_but_value_differs():
+    # Only q is k is v may share one projection matmul; here v needs its own.
+    theirs, ours = mha_pair()
+    x, v = torch.randn(2, BATCH, L, E, dtype=torch.float64)
+    torch.testing.assert_close(ours(x, x, v)[0], theirs(x, x, v)[0], **TOL[torch.float64])
+
+
+def test_self_attention_causal_ignores_the_future():
+    torch.manual_seed(0)
+    layer = pn.MultiheadSelfAttention(E, HEADS).eval()
+    x = torch.randn(BATCH, L, E)
+    changed = x.clone()
+    changed[:, 4] += 1.0
+    out, out_changed = layer(x, causal=True), layer(changed, causal=True)
+    assert out.shape == (BATCH, L, E)
+    torch.testing.assert_close(out_changed[:, :4], out[:, :4], atol=0, rtol=0)
+    assert (out_changed[:, 4:] - out[:, 4:]).abs().amax(dim=-1).min() > 1e-4  # every later position changes
+    # Without the mask, position 0 sees position 4.
+    assert not torch.allclose(layer(changed)[:, 0], layer(x)[:, 0])
+
+
+def test_self_attention_equals_mha_with_same_weights():
+    torch.manual_seed(0)
+    mha = pn.MultiheadAttention(E, HEADS)
+    self_attn = pn.MultiheadSelfAttention(E, HEADS)
+    self_attn.load_state_dict(mha.state_dict())
+    x = torch.randn(BATCH, L, E)
+    torch.testing.assert_close(self_attn(x, causal=True), mha(x, x, x, is_causal=True)[0], atol=0, rtol=0)
+
+
+def test_attention_dropout_in_training_only():
+    torch.manual_seed(0)
+    layer = pn.MultiheadSelfAttention(E, HEADS, dropout=0.5)
+    x = torch.randn(BATCH, L, E)
+    torch.manual_seed(1)
+    a = layer(x)
+    torch.manual_seed(1)
+    assert torch.equal(layer(x), a)  # reproducible under a seed
+    assert not torch.allclose(layer(x), a)  # but random
+    layer.eval()
+    assert torch.equal(layer(x), layer(x))
+    assert not torch.allclose(layer(x), a)
+
+
+ENCODER_CASES = {
+    "post-norm-relu": dict(),
+    "pre-norm-gelu": dict(norm_first=True, activation="gelu"),
+    "no-bias": dict(bias=False),
+    "seq-first": dict(batch_first=False),
+}
+
+
+def encoder_layer_pair(dtype=torch.float64, **kwargs):
+    kwargs = dict(dim_feedforward=32, dropout=0.1, **kwargs)
+    kwargs.setdefault("batch_first", True)
+    torch.manual_seed(0)
+    theirs = nn.TransformerEncoderLayer(E, HEADS, dtype=dtype, **kwargs)
+    ours = pn.TransformerEncoderLayer(E, HEADS, dtype=dtype, **kwargs)
+    with torch.no_grad():  # non-trivial norms and biases, so every parameter matters
+        for p in theirs.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    ours.load_state_dict(theirs.state_dict())
+    return theirs.eval(), ours.eval()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("case", list(ENCODER_CASES))
+def test_encoder_layer_matches_torch(case, causal):
+    theirs, ours = encoder_layer_pair(**ENCODER_CASES[case])
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    shape = (BATCH, L, E) if ENCODER_CASES[case].get("batch_first", True) else (L, BATCH, E)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    mask = causal_mask(L) if causal else None
+    out_t = theirs(x, src_mask=mask, is_causal=causal)
+    out_o = ours(x, is_causal=causal)
+    torch.testing.assert_close(out_o, out_t, **TOL[torch.float64])
+    leaves_t = [x, *theirs.parameters()]
+    leaves_o = [x, *(ours.get_parameter(n) for n, _ in theirs.named_parameters())]
+    cot = torch.randn_like(out_t)
+    for a, b in zip(torch.autograd.grad(out_o, leaves_o, cot), torch.autograd.grad(out_t, leaves_t, cot)):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+def test_encoder_layer_fp32_inference_matches_torch_fast_path():
+    theirs, ours = encoder_layer_pair(dtype=torch.float32)
+    x = torch.randn(BATCH, L, E)
+    with torch.inference_mode():  # torch takes its fused inference path here
+        torch.testing.assert_close(ours(x), theirs(x), **TOL[torch.float32])
+
+
+def test_encoder_layer_causal_ignores_the_future():
+    _, ours = encoder_layer_pair()
+    x = torch.randn(BATCH, L, E, dtype=torch.float64)
+    changed = x.clone()
+    changed[:, 3] += 1.0
+    torch.testing.assert_close(ours(changed, is_causal=True)[:, :3], ours(x, is_causal=True)[:, :3], atol=0, rtol=0)
+    assert not torch.allclose(ours(changed, is_causal=True)[:, 3], ours(x, is_causal=True)[:, 3])
+
+
+def test_encoder_stack_matches_torch():
+    theirs_layer, ours_layer = encoder_layer_pair(norm_first=True)
+    theirs = nn.TransformerEncoder(theirs_layer, 3, norm=nn.LayerNorm(E, dtype=torch.float64),
+                                   enable_nested_tensor=False).eval()
+    ours = pn.TransformerEncoder(ours_layer, 3, norm=nn.LayerNorm(E, dtype=torch.float64)).eval()
+    with torch.no_grad():  # distinct weights per layer
+        for p in theirs.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(BATCH, L, E, dtype=torch.float64)
+    torch.testing.assert_close(ours(x), theirs(x), **TOL[torch.float64])
+    torch.testing.assert_close(ours(x, is_causal=True), theirs(x, mask=causal_mask(L), is_causal=True),
+                               **TOL[torch.float64])
+
+
+def test_encoder_layer_dropout_in_training():
+    _, ours = encoder_layer_pair()
+    x = torch.randn(BATCH, L, E, dtype=torch.float64)
+    expected = ours(x)
+    ours.train()
+    assert not torch.allclose(ours(x), expected)
+
+
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (lambda: pn.MultiheadAttention(E, 5), ValueError, r"embed_dim \(16\) must be divisible by num_heads \(5\)"),
+        (lambda: pn.MultiheadAttention(E, 0), ValueError, "num_heads must be positive"),
+        (lambda: pn.MultiheadAttention(E, HEADS, dropout=-0.1), ValueError, r"dropout must be a probability"),
+        (lambda: pn.MultiheadAttention(E, HEADS, backend="fastest"), ValueError, "backend must be 'auto' or one of"),
+        (lambda: pn.TransformerEncoderLayer(E, 3), ValueError, r"d_model \(16\) must be divisible by nhead \(3\)"),
+        (lambda: pn.TransformerEncoderLayer(E, HEADS, activation="tanh"), ValueError, "activation must be 'relu', 'gelu'"),
+        (lambda: pn.TransformerEncoder(pn.TransformerEncoderLayer(E, HEADS), 0), ValueError, "num_layers must be positive"),
+    ],
+    ids=["heads-divide", "heads-zero", "dropout", "backend", "nhead-divide", "activation", "stack-size"],
+)
+def test_bad_constructor_arguments(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_bad_forward_input():
+    layer = pn.MultiheadAttention(E, HEADS)
+    x = torch.randn(BATCH, L, E)
+    with pytest.raises(NotImplementedError, match="attn_mask not supported"):
+        layer(x, x, x, attn_mask=torch.zeros(L, L, dtype=torch.bool))
+    with pytest.raises(NotImplementedError, match="key_padding_mask not supported"):
+        layer(x, x, x, key_padding_mask=torch.zeros(BATCH, L, dtype=torch.bool))
+    with pytest.raises(NotImplementedError, match="src_key_padding_mask not supported"):
+        pn.TransformerEncoderLayer(E, HEADS)(x, src_key_padding_mask=torch.zeros(BATCH, L, dtype=torch.bool))
+    with pytest.raises(ValueError, match="query's last dim must be embed_dim=16"):
+        layer(torch.randn(BATCH, L, 8), x, x)
+    with pytest.raises(ValueError, match="all be 3-D .* or all 2-D"):
+        layer(x, x[0], x[0])
+    with pytest.raises(ValueError, match="key and value must have the same shape"):
+        layer(x, x, x[:, :3])
+    with pytest.raises(ValueError, match="same batch size"):
+        layer(x, x[:1], x[:1])
+    with pytest.raises(TypeError, match="query dtype torch.float64 does not match"):
+        layer(x.double(), x, x)

@@ -1,0 +1,255 @@
+"""pyneuro.nn.LSTM/GRU/RNN as drop-in torch.nn.LSTM/GRU/RNN: same weights -> same outputs and gradients."""
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_sequence
+
+import pyneuro.nn as pn
+from pyneuro import _backends
+
+TOL = {
+    torch.float64: dict(atol=1e-12, rtol=1e-10),
+    torch.float32: dict(atol=1e-5, rtol=1e-4),
+}
+INPUT, HIDDEN, BATCH, SEQ = 4, 6, 3, 5
+
+
+@pytest.fixture(autouse=True)
+def _auto_means_reference(monkeypatch):
+    monkeypatch.delenv("PYNEURO_BACKEND", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
+def pair(kind, dtype=torch.float64, **kwargs):
+    """(torch layer, our layer) holding the same weights, copied torch -> ours via load_state_dict."""
+    torch_cls, our_cls = {"lstm": (nn.LSTM, pn.LSTM), "gru": (nn.GRU, pn.GRU),
+                          "rnn_tanh": (nn.RNN, pn.RNN), "rnn_relu": (nn.RNN, pn.RNN)}[kind]
+    if kind.startswith("rnn"):
+        kwargs["nonlinearity"] = kind.split("_")[1]
+    torch.manual_seed(0)
+    theirs = torch_cls(INPUT, HIDDEN, dtype=dtype, **kwargs)
+    ours = our_cls(INPUT, HIDDEN, dtype=dtype, **kwargs)
+    ours.load_state_dict(theirs.state_dict())
+    return theirs, ours
+
+
+def initial_state(kind, layer, batch_shape, dtype):
+    rows = layer.num_layers * (2 if layer.bidirectional else 1)
+    h = torch.randn(rows, *batch_shape, layer.proj_size or HIDDEN, dtype=dtype, requires_grad=True)
+    if kind != "lstm":
+        return h
+    return h, torch.randn(rows, *batch_shape, HIDDEN, dtype=dtype, requires_grad=True)
+
+
+def flat(out):
+    """(output, h_n) or (output, (h_n, c_n)) -> list of tensors."""
+    y, hx = out
+    return [y, *(hx if isinstance(hx, tuple) else (hx,))]
+
+
+def assert_same(theirs, ours, x, hx, dtype):
+    """Forward on both, then gradients of x, hx and every parameter (by name) under random cotangents."""
+    out_t, out_o = flat(theirs(x, hx)), flat(ours(x, hx))
+    for name, a, b in zip(("output", "h_n", "c_n"), out_o, out_t):
+        assert a.shape == b.shape, name
+        torch.testing.assert_close(a, b, **TOL[dtype], msg=lambda m: f"{name}: {m}")
+    cotangents = [torch.randn_like(t) for t in out_t]
+    hx_leaves = [] if hx is None else list(hx if isinstance(hx, tuple) else (hx,))
+    names = ["input", *(f"hx[{i}]" for i in range(len(hx_leaves))), *(n for n, _ in theirs.named_parameters())]
+    grads_t = torch.autograd.grad(out_t, [x, *hx_leaves, *theirs.parameters()], cotangents)
+    # Our parameters in torch's order: the state_dicts match key for key.
+    grads_o = torch.autograd.grad(out_o, [x, *hx_leaves, *(ours.get_parameter(n) for n, _ in theirs.named_parameters())],
+                                  cotangents)
+    for name, a, b in zip(names, grads_o, grads_t):
+        torch.testing.assert_close(a, b, **TOL[dtype], msg=lambda m: f"grad of {name}: {m}")
+
+
+KINDS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
+CONFIGS = {
+    "1layer": dict(),
+    "2layer-bidir-batchfirst": dict(num_layers=2, bidirectional=True, batch_first=True),
+    "3layer-nobias": dict(num_layers=3, bias=False),
+    "2layer-bidir-nobias": dict(num_layers=2, bidirectional=True, bias=False),
+}
+
+
+@pytest.mark.parametrize("with_hx", [False, True], ids=["no-hx", "hx"])
+@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("kind", KINDS)
+def test_matches_torch(kind, config, with_hx):
+    theirs, ours = pair(kind, **CONFIGS[config])
+    batch_first = CONFIGS[config].get("batch_first", False)
+    x = torch.randn((BATCH, SEQ, INPUT) if batch_first else (SEQ, BATCH, INPUT), dtype=torch.float64, requires_grad=True)
+    hx = initial_state(kind, ours, (BATCH,), torch.float64) if with_hx else None
+    assert_same(theirs, ours, x, hx, torch.float64)
+
+
+@pytest.mark.parametrize("config", [dict(), dict(num_layers=2, bidirectional=True, batch_first=True)], ids=["1layer", "2layer-bidir"])
+@pytest.mark.parametrize("with_hx", [False, True], ids=["no-hx", "hx"])
+def test_lstm_projection_matches_torch(config, with_hx):
+    theirs, ours = pair("lstm", proj_size=2, **config)
+    shape = (BATCH, SEQ, INPUT) if config.get("batch_first") else (SEQ, BATCH, INPUT)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    hx = initial_state("lstm", ours, (BATCH,), torch.float64) if with_hx else None
+    assert_same(theirs, ours, x, hx, torch.float64)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_matches_torch_fp32(kind):
+    theirs, ours = pair(kind, dtype=torch.float32, num_layers=2, bidirectional=True)
+    x = torch.randn(SEQ, BATCH, INPUT, requires_grad=True)
+    assert_same(theirs, ours, x, initial_state(kind, ours, (BATCH,), torch.float32), torch.float32)
+
+
+@pytest.mark.parametrize("with_hx", [False, True], ids=["no-hx", "hx"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_unbatched_input_matches_torch(kind, with_hx):
+    # batch_first is ignored for 2-D input, by torch and by us.
+    theirs, ours = pair(kind, num_layers=2, bidirectional=True, batch_first=True)
+    x = torch.randn(SEQ, INPUT, dtype=torch.float64, requires_grad=True)
+    hx = initial_state(kind, ours, (), torch.float64) if with_hx else None
+    y = ours(x, hx)[0]
+    assert y.shape == (SEQ, 2 * HIDDEN)
+    assert_same(theirs, ours, x, hx, torch.float64)
+
+
+STATE_DICT_CASES = [(kind, name, kwargs) for kind in KINDS for name, kwargs in {
+    "1layer": dict(), "3layer-bidir": dict(num_layers=3, bidirectional=True), "nobias": dict(bias=False, num_layers=2),
+    "proj": dict(proj_size=3, num_layers=2, bidirectional=True),
+}.items() if kind == "lstm" or "proj_size" not in kwargs]  # proj_size exists only for LSTM
+
+
+@pytest.mark.parametrize("kind,name,kwargs", STATE_DICT_CASES, ids=[f"{k}-{n}" for k, n, _ in STATE_DICT_CASES])
+def test_state_dict_keys_identical_and_load_both_ways(kind, name, kwargs):
+    theirs, ours = pair(kind, **kwargs)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    for (name, a), b in zip(theirs.state_dict().items(), ours.state_dict().values()):
+        assert a.shape == b.shape, name
+    # ours -> torch: fresh random weights of ours make torch's output change to ours.
+    torch.manual_seed(5)
+    ours.reset_parameters()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(SEQ, BATCH, INPUT, dtype=torch.float64)
+    for a, b in zip(flat(ours(x)), flat(theirs(x))):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("cls", [pn.LSTM, pn.GRU, pn.RNN])
+def test_default_init_is_uniform_over_one_over_sqrt_hidden(cls):
+    hidden = 64
+    torch.manual_seed(0)
+    layer = cls(32, hidden, num_layers=2)
+    bound = 1 / math.sqrt(hidden)
+    values = torch.cat([p.detach().flatten() for p in layer.parameters()])
+    assert values.abs().max() <= bound
+    # U(-b, b) has mean 0 and std b/sqrt(3); with >= 8k samples both are within a few percent.
+    assert values.numel() > 8000
+    assert abs(values.mean().item()) < 0.02 * bound
+    assert values.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.03)
+
+
+def test_factory_kwargs_and_backend_kwarg():
+    layer = pn.GRU(3, 4, dtype=torch.float64, device="cpu", backend="reference")
+    assert all(p.dtype == torch.float64 for p in layer.parameters())
+    assert layer(torch.randn(2, 1, 3, dtype=torch.float64))[0].dtype == torch.float64
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_dropout_between_layers_matches_torch(kind):
+    # p = 1 zeroes every inter-layer activation: deterministic, so training mode can be compared with
+    # torch, and it shows dropout sits between layers (not on the final output, not on layer 0's input).
+    theirs, ours = pair(kind, num_layers=2, dropout=1.0)
+    theirs.train(), ours.train()
+    x = torch.randn(SEQ, BATCH, INPUT, dtype=torch.float64)
+    for a, b in zip(flat(ours(x)), flat(theirs(x))):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+    ours.eval()
+    assert not torch.allclose(ours(x)[0], flat(theirs(x))[0])  # eval mode: no dropout
+
+
+def test_dropout_is_random_in_training_only():
+    layer = pn.LSTM(INPUT, HIDDEN, num_layers=2, dropout=0.5)
+    x = torch.randn(SEQ, BATCH, INPUT)
+    torch.manual_seed(1)
+    first = layer(x)[0]
+    torch.manual_seed(1)
+    assert torch.equal(layer(x)[0], first)
+    assert not torch.equal(layer(x)[0], first)
+    layer.eval()
+    assert torch.equal(layer(x)[0], layer(x)[0])
+    assert not torch.allclose(layer(x)[0], first)
+
+
+def test_dropout_with_one_layer_warns():
+    with pytest.warns(UserWarning, match="dropout=0.3 has no effect with num_layers=1"):
+        pn.GRU(3, 4, dropout=0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pn.GRU(3, 4, num_layers=2, dropout=0.3)
+
+
+def test_packed_sequence_is_rejected():
+    packed = pack_sequence([torch.randn(3, INPUT), torch.randn(2, INPUT)])
+    with pytest.raises(TypeError, match="PackedSequence"):
+        pn.LSTM(INPUT, HIDDEN)(packed)
+
+
+@pytest.mark.parametrize(
+    "build,args,error,match",
+    [
+        (lambda: pn.LSTM(4, 6), (torch.randn(5, 3),), ValueError, "input's last dim must be input_size=4"),
+        (lambda: pn.LSTM(4, 6), (torch.randn(1, 5, 3, 4),), ValueError, "input must be 3-D"),
+        (lambda: pn.LSTM(4, 6), (torch.randn(5, 3, 4, dtype=torch.float64),), TypeError, "does not match the parameters'"),
+        (lambda: pn.LSTM(4, 6), ("text",), TypeError, "input must be a torch.Tensor"),
+        (lambda: pn.LSTM(4, 6), (torch.randn(5, 3, 4), torch.zeros(1, 3, 6)), TypeError, r"hx must be a tuple \(h_0, c_0\)"),
+        (lambda: pn.LSTM(4, 6, 2), (torch.randn(5, 3, 4), (torch.zeros(1, 3, 6), torch.zeros(2, 3, 6))),
+         ValueError, r"h_0 must have shape \(num_layers \* num_directions, batch, hidden_size\) = \(2, 3, 6\)"),
+        (lambda: pn.LSTM(4, 6, proj_size=2), (torch.randn(5, 3, 4), (torch.zeros(1, 3, 6), torch.zeros(1, 3, 6))),
+         ValueError, r"h_0 must have shape .*proj_size\) = \(1, 3, 2\)"),
+        (lambda: pn.GRU(4, 6), (torch.randn(5, 4), torch.zeros(1, 3, 6)), ValueError, "for unbatched input"),
+        (lambda: pn.GRU(4, 6), (torch.randn(5, 3, 4), torch.zeros(1, 6)), ValueError, "for batched input"),
+        (lambda: pn.RNN(4, 6), (torch.randn(5, 3, 4), torch.zeros(1, 3, 6, dtype=torch.float64)), TypeError,
+         "h_0 must have the input's dtype"),
+        (lambda: pn.RNN(4, 6, backend="triton"), (torch.randn(5, 3, 4),), _backends.BackendUnavailableError,
+         r"backend 'triton' is unavailable: \S+"),
+    ],
+    ids=["input-size", "input-rank", "input-dtype", "input-type", "lstm-hx-type", "h0-layers", "h0-proj",
+         "unbatched-hx", "batched-hx", "hx-dtype", "backend-unavailable"],
+)
+def test_bad_forward_input(build, args, error, match):
+    with pytest.raises(error, match=match):
+        build()(*args)
+
+
+@pytest.mark.parametrize(
+    "build,error,match",
+    [
+        (lambda: pn.LSTM(4, 0), ValueError, "hidden_size must be >= 1"),
+        (lambda: pn.LSTM(4.0, 6), TypeError, "input_size must be an int"),
+        (lambda: pn.GRU(4, 6, num_layers=0), ValueError, "num_layers must be >= 1"),
+        (lambda: pn.LSTM(4, 6, proj_size=6), ValueError, r"proj_size must be smaller than hidden_size \(6\)"),
+        (lambda: pn.LSTM(4, 6, proj_size=-1), ValueError, "proj_size must be >= 0"),
+        (lambda: pn.GRU(4, 6, dropout=1.5), ValueError, r"dropout must be a probability in \[0, 1\]"),
+        (lambda: pn.GRU(4, 6, bidirectional=1), TypeError, "bidirectional must be a bool"),
+        (lambda: pn.RNN(4, 6, nonlinearity="sigmoid"), ValueError, "nonlinearity must be 'tanh' or 'relu'"),
+        (lambda: pn.GRU(4, 6, backend="fastest"), ValueError, "backend must be 'auto' or one of"),
+        (lambda: pn.GRU(4, 6, proj_size=2), TypeError, "proj_size"),  # not a GRU argument, as in torch
+    ],
+    ids=["hidden", "input-type", "layers", "proj-too-big", "proj-negative", "dropout", "bidir-type", "nonlinearity",
+         "backend-name", "gru-proj"],
+)
+def test_bad_constructor_arguments(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
+
+
+def test_repr_and_compat_methods():
+    layer = pn.LSTM(4, 6, num_layers=2, bidirectional=True, proj_size=3)
+    assert repr(layer) == "LSTM(4, 6, num_layers=2, bidirectional=True, proj_size=3)"
+    assert repr(pn.RNN(4, 6, nonlinearity="relu")) == "RNN(4, 6, nonlinearity='relu')"
+    layer.flatten_parameters()  # torch API: a no-op here
+    assert [[p.shape for p in w] for w in layer.all_weights] == \
+        [[p.shape for p in w] for w in nn.LSTM(4, 6, num_layers=2, bidirectional=True, proj_size=3).all_weights]
