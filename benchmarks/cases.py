@@ -1,0 +1,145 @@
+"""Benchmark cases: for each op and shape, the contenders (pyneuro backends) and the baseline.
+
+A case is a dict with ``op``, ``shape`` (for the report), ``baseline`` (a label) and
+``contenders``: {label: callable}; ``bytes`` / ``flops`` (minimum traffic / work) when they are
+meaningful, so the runner can report GB/s and TFLOP/s.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pyneuro import _backends
+
+_ELT = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
+
+
+def _backends_for(op: str, device: torch.device) -> list[str]:
+    # Triton's CPU interpreter is a correctness tool, never a contender.
+    return [b for b in _backends.OPS[op].available(device) if not (b == "triton" and device.type == "cpu")]
+
+
+def _fwd_bwd(fn, inputs):
+    """fn -> a closure doing forward + backward with a fixed upstream gradient."""
+    def run():
+        for t in inputs:
+            t.grad = None
+        out = fn()
+        out = out[0] if isinstance(out, tuple) else out
+        out.backward(torch.ones_like(out))
+    return run
+
+
+# ----------------------------------------------------------------------------- selective scan
+def scan_cases(device: torch.device, quick: bool):
+    from pyneuro.ops import selective_scan
+
+    if device.type == "cuda":
+        shapes = [(8, 1536, 2048, 16, torch.float32), (8, 1536, 2048, 16, torch.bfloat16)]
+    else:
+        shapes = [(4, 32, 256, 16, torch.float32)] if quick else [(32, 128, 784, 16, torch.float32)]
+    for batch, dim, L, N, dtype in shapes:
+        g = torch.Generator(device="cpu").manual_seed(0)
+
+        def rand(*s, dt=dtype, scale=1.0):
+            return (torch.randn(*s, generator=g) * scale).to(device=device, dtype=dt)
+
+        u, delta, z = rand(batch, dim, L), rand(batch, dim, L, scale=0.5), rand(batch, dim, L)
+        A = -torch.rand(dim, N, generator=g).add(0.5).to(device)
+        Bm, Cm = rand(batch, N, L), rand(batch, N, L)
+        D, bias = rand(dim, dt=torch.float32), rand(dim, dt=torch.float32, scale=0.1)
+        elt = _ELT[dtype]
+        traffic = (4 * batch * dim * L + 2 * batch * N * L) * elt  # read u, delta, z, B, C; write out
+        for mode in ("fwd", "fwd+bwd"):
+            contenders = {}
+            for backend in _backends_for("selective_scan", device):
+                if backend == "reference" and mode == "fwd+bwd" and L * dim * batch > 50_000_000:
+                    continue
+                if mode == "fwd":
+                    contenders[backend] = (lambda b=backend: torch.no_grad()(selective_scan)(
+                        u, delta, A, Bm, Cm, D, z, bias, True, backend=b))
+                else:
+                    leaves = [t.detach().clone().requires_grad_() for t in (u, delta, A, Bm, Cm, D, z, bias)]
+                    contenders[backend] = _fwd_bwd(
+                        lambda b=backend, lv=leaves: selective_scan(*lv[:8], True, backend=b), leaves)
+            yield {"op": "selective_scan", "mode": mode, "dtype": str(dtype).replace("torch.", ""),
+                   "shape": {"batch": batch, "dim": dim, "L": L, "N": N}, "baseline": "reference",
+                   "contenders": contenders, "bytes": traffic if mode == "fwd" else None}
+
+
+# ----------------------------------------------------------------------------- attention
+def attention_cases(device: torch.device, quick: bool):
+    import torch.nn.functional as F
+
+    from pyneuro.ops import attention
+
+    if device.type == "cuda":
+        shapes = [(2, 16, 4096, 128, torch.bfloat16, False), (2, 16, 4096, 128, torch.bfloat16, True),
+                  (16, 8, 512, 64, torch.float16, False)]
+    else:
+        shapes = [(2, 4, 128, 64, torch.float32, False)] if quick else \
+                 [(4, 8, 512, 64, torch.float32, False), (4, 8, 512, 64, torch.float32, True)]
+    for B, H, L, Dh, dtype, causal in shapes:
+        q, k, v = (torch.randn(B, H, L, Dh, device=device, dtype=dtype) for _ in range(3))
+        flops = 4 * B * H * L * L * Dh * (0.5 if causal else 1.0)
+        for mode in ("fwd", "fwd+bwd"):
+            leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+            contenders = {}
+
+            def call(fn):
+                if mode == "fwd":
+                    return lambda: torch.no_grad()(fn)(q, k, v)
+                return _fwd_bwd(lambda: fn(*leaves), leaves)
+
+            contenders["torch-sdpa"] = call(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, is_causal=causal))
+            if device.type == "cuda":
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                for name, kind in (("sdpa-flash", SDPBackend.FLASH_ATTENTION),
+                                   ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
+                                   ("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION)):
+                    def with_kernel(a, b, c, kind=kind):
+                        with sdpa_kernel([kind]):
+                            return F.scaled_dot_product_attention(a, b, c, is_causal=causal)
+                    contenders[name] = call(with_kernel)
+            for backend in _backends_for("attention", device):
+                contenders[backend] = call(lambda a, b, c, bk=backend: attention(a, b, c, causal=causal, backend=bk))
+            yield {"op": "attention", "mode": mode, "dtype": str(dtype).replace("torch.", ""),
+                   "shape": {"B": B, "H": H, "L": L, "Dh": Dh, "causal": causal}, "baseline": "torch-sdpa",
+                   "contenders": contenders, "flops": flops * (1 if mode == "fwd" else 3.5)}
+
+
+# ----------------------------------------------------------------------------- recurrent layers
+def recurrent_cases(device: torch.device, quick: bool):
+    import pyneuro.nn as pnn
+
+    shapes = [(28, 128, 28, 128)]  # MNIST rows: T, B, I, H
+    if device.type == "cuda":
+        shapes.append((512, 32, 256, 256))
+    elif quick:
+        shapes = [(16, 32, 16, 32)]
+    for cell, ours, theirs in (("lstm", pnn.LSTM, torch.nn.LSTM), ("gru", pnn.GRU, torch.nn.GRU),
+                               ("rnn", pnn.RNN, torch.nn.RNN)):
+        for T, B, I, H in shapes:
+            ref = theirs(I, H).to(device)
+            x = torch.randn(T, B, I, device=device)
+            for mode in ("fwd", "fwd+bwd"):
+                xs = x.clone().requires_grad_(mode != "fwd")
+                contenders = {}
+                label = "torch.nn (cuDNN)" if device.type == "cuda" else "torch.nn"
+                modules = {label: ref}
+                for backend in _backends_for(cell, device):
+                    m = ours(I, H, backend=backend).to(device)
+                    m.load_state_dict(ref.state_dict())
+                    modules[backend] = m
+                for name, m in modules.items():
+                    if mode == "fwd":
+                        contenders[name] = lambda m=m: torch.no_grad()(m)(x)
+                    else:
+                        contenders[name] = _fwd_bwd(lambda m=m: m(xs)[0], [xs])
+                yield {"op": cell, "mode": mode, "dtype": "float32", "shape": {"T": T, "B": B, "I": I, "H": H},
+                       "baseline": label, "contenders": contenders}
+
+
+CASES = {"selective_scan": scan_cases, "attention": attention_cases, "recurrent": recurrent_cases}

@@ -1,0 +1,95 @@
+"""Run the benchmark cases, print a table of times and ratios against each case's baseline, write JSON."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+
+import torch
+
+from .cases import CASES
+from .timing import copy_bandwidth, time_fn
+
+
+def machine(device: torch.device) -> dict:
+    info = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "platform": platform.platform()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def run(ops, device: torch.device, quick: bool, repeats: int, stream=sys.stdout) -> dict:
+    results = {"machine": machine(device), "device": str(device), "quick": quick, "cases": []}
+    bandwidth = copy_bandwidth(device, (1 << 26) if device.type == "cpu" else (1 << 30))
+    results["copy_bandwidth_GBps"] = bandwidth / 1e9
+    print(f"# device {device} ({results['machine'].get('gpu', platform.processor() or 'cpu')}), "
+          f"copy bandwidth {bandwidth / 1e9:.1f} GB/s", file=stream)
+    for op in ops:
+        for case in CASES[op](device, quick):
+            timings = {}
+            for label, fn in case["contenders"].items():
+                try:
+                    timings[label] = time_fn(fn, device, warmup=1 if quick else 2, repeats=repeats)
+                except Exception as exc:  # one broken contender must not hide the others
+                    timings[label] = {"error": f"{type(exc).__name__}: {exc}"}
+            base = timings.get(case["baseline"], {}).get("median_s")
+            rows = []
+            for label, t in timings.items():
+                row = {"contender": label, **t}
+                if "median_s" in t:
+                    if base:
+                        row["speedup_vs_baseline"] = base / t["median_s"]
+                    if case.get("bytes"):
+                        row["GBps"] = case["bytes"] / t["median_s"] / 1e9
+                        row["fraction_of_copy_bw"] = case["bytes"] / t["median_s"] / bandwidth
+                    if case.get("flops"):
+                        row["TFLOPs"] = case["flops"] / t["median_s"] / 1e12
+                rows.append(row)
+            record = {k: v for k, v in case.items() if k != "contenders"}
+            record["results"] = rows
+            results["cases"].append(record)
+            _print_case(record, stream)
+    return results
+
+
+def _print_case(record, stream) -> None:
+    shape = " ".join(f"{k}={v}" for k, v in record["shape"].items())
+    print(f"\n{record['op']} {record['mode']} {record['dtype']} {shape}  (baseline: {record['baseline']})", file=stream)
+    for row in record["results"]:
+        if "error" in row:
+            print(f"  {row['contender']:<18} error: {row['error']}", file=stream)
+            continue
+        extra = ""
+        if "GBps" in row:
+            extra += f"  {row['GBps']:8.1f} GB/s ({100 * row['fraction_of_copy_bw']:.0f}% of copy)"
+        if "TFLOPs" in row:
+            extra += f"  {row['TFLOPs']:7.2f} TFLOP/s"
+        ratio = f"{row['speedup_vs_baseline']:7.2f}x" if "speedup_vs_baseline" in row else "      -"
+        print(f"  {row['contender']:<18} {row['median_s'] * 1e3:10.3f} ms  {ratio}{extra}", file=stream)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument("--ops", default=",".join(CASES), help=f"comma-separated subset of {list(CASES)}")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--quick", action="store_true", help="small shapes (a smoke run, not a measurement)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    unknown = set(ops) - set(CASES)
+    if unknown:
+        p.error(f"--ops: unknown {sorted(unknown)}; choose from {list(CASES)}")
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    results = run(ops, device, args.quick, args.repeats)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+        print(f"\nwrote {args.json}")
+    return 0

@@ -1,0 +1,255 @@
+"""Triton selective-scan kernels (pyneuro.kernels.selective_scan) against naive.py.
+
+Runs on a CUDA GPU when there is one; otherwise on the CPU through Triton's interpreter.
+
+How TRITON_INTERPRET is set (checked with triton 3.9): Triton reads the variable when a function is
+*decorated* with ``@triton.jit`` (it then returns an InterpretedFunction instead of a JITFunction),
+and that includes Triton's own standard library (``tl.zeros``, ``tl.sum``, ...), which is decorated
+when ``triton`` is first imported. So the variable must be set before the first ``import triton``
+of the process; reloading only the kernel module is not enough. This module therefore
+
+* sets ``os.environ.setdefault("TRITON_INTERPRET", "1")`` at its top, before importing triton, when
+  no GPU is visible (an explicit value wins), and leaves it set for the session;
+* if triton was already imported without it (another test module imported triton first), runs
+  itself in a subprocess with ``TRITON_INTERPRET=1`` (``test_in_subprocess``) and skips its other
+  tests in this process. Setting the variable in ``tests/conftest.py`` avoids that detour.
+
+The reference is naive.py in fp64 with torch autograd; the loss also weights the returned last
+state, so the gradient flowing into last_state is checked. Shapes are tiny: the interpreter runs a
+scan's combine function once per element in Python.
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+_TRITON_PREIMPORTED = "triton" in sys.modules
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+triton = pytest.importorskip("triton", reason="the triton backend needs the triton package")
+
+from pyneuro.ops.selective_scan.naive import selective_scan_naive  # noqa: E402
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+if not INTERPRET and not torch.cuda.is_available():
+    pytest.skip("Triton kernels need a CUDA GPU or TRITON_INTERPRET=1 (it is set to 0 here)",
+                allow_module_level=True)
+# Triton's standard library was decorated for compilation, not for the interpreter.
+NEEDS_SUBPROCESS = INTERPRET and _TRITON_PREIMPORTED and any(
+    type(v).__name__ == "JITFunction" for v in vars(triton.language.standard).values())
+
+import pyneuro.kernels.selective_scan as ssk  # noqa: E402
+
+pytestmark = pytest.mark.triton
+
+
+@pytest.fixture(autouse=True)
+def _in_process_only(request):
+    if NEEDS_SUBPROCESS and request.node.originalname != "test_in_subprocess":
+        pytest.skip("triton was imported before TRITON_INTERPRET=1 was set: this test runs inside "
+                    "test_in_subprocess instead")
+
+DEVICE = "cpu" if INTERPRET else "cuda"
+GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+
+
+def _make(batch, dim, L, N, B_kind, C_kind, *, softplus=True, D=True, z=True, bias=True, x0=True,
+          dtype=torch.float32, seed=0):
+    """Normalised inputs (contract shapes). *_kind: "const" (dim, N) or an int G (batch, G, N, L).
+    Without softplus, delta and delta_bias are kept positive (a negative step makes the scan blow up)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g) * scale
+
+    def bc(kind):
+        return rnd(dim, N) if kind == "const" else rnd(batch, kind, N, L).to(dtype)
+
+    return dict(
+        u=rnd(batch, dim, L).to(dtype),
+        delta=(rnd(batch, dim, L, scale=0.5) - 1.0 if softplus
+               else torch.rand(batch, dim, L, generator=g) * 0.5 + 0.01).to(dtype),
+        A=-torch.rand(dim, N, generator=g) * 2 - 0.2,
+        B=bc(B_kind), C=bc(C_kind),
+        D=rnd(dim) if D else None,
+        z=rnd(batch, dim, L).to(dtype) if z else None,
+        delta_bias=(rnd(dim, scale=0.3) if softplus else torch.rand(dim, generator=g) * 0.1) if bias else None,
+        initial_state=rnd(batch, dim, N) if x0 else None,
+    )
+
+
+def _to(inputs, device):
+    return {k: (v.to(device) if v is not None else None) for k, v in inputs.items()}
+
+
+def _reference(inputs, softplus, dout, dlast):
+    """naive.py in fp64: (out, last, {name: grad}) for the loss <out, dout> + <last, dlast>."""
+    leaves = {k: (v.detach().double().requires_grad_() if v is not None else None)
+              for k, v in inputs.items()}
+    out, last = selective_scan_naive(
+        leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], D=leaves["D"],
+        z=leaves["z"], delta_bias=leaves["delta_bias"], delta_softplus=softplus,
+        return_last_state=True, initial_state=leaves["initial_state"])
+    loss = (out * dout.double()).sum()
+    if dlast is not None:
+        loss = loss + (last * dlast.double()).sum()
+    loss.backward()
+    grads = {k: v.grad for k, v in leaves.items() if v is not None}
+    return out.detach(), last.detach(), grads
+
+
+def _states_at(inputs, softplus, positions):
+    """The naive state x_p (before step p) for each p, by running naive on the prefix [:p]."""
+    out = []
+    for p in positions:
+        cut = {k: v for k, v in inputs.items()}
+        for k in ("u", "delta", "z"):
+            if cut[k] is not None:
+                cut[k] = cut[k][..., :p]
+        for k in ("B", "C"):
+            if cut[k].dim() == 4:
+                cut[k] = cut[k][..., :p]
+        cut = {k: (v.double() if v is not None else None) for k, v in cut.items()}
+        _, x = selective_scan_naive(cut["u"], cut["delta"], cut["A"], cut["B"], cut["C"], D=cut["D"],
+                                    z=cut["z"], delta_bias=cut["delta_bias"], delta_softplus=softplus,
+                                    return_last_state=True, initial_state=cut["initial_state"])
+        out.append(x)
+    return torch.stack(out, dim=2)  # (batch, dim, n, N)
+
+
+def _close(actual, expected, tol, what):
+    actual = actual.detach().cpu().double()
+    scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * scale, msg=lambda m: f"{what}: {m}")
+
+
+def _run(inputs, softplus, chunk_size, dout, dlast):
+    dev = _to(inputs, DEVICE)
+    args = (dev["u"], dev["delta"], dev["A"], dev["B"], dev["C"], dev["D"], dev["z"],
+            dev["delta_bias"], dev["initial_state"])
+    out, last, chunk_states = ssk.selective_scan_fwd(*args, softplus, chunk_size)
+    grads = ssk.selective_scan_bwd(dout.to(DEVICE), dlast.to(DEVICE) if dlast is not None else None,
+                                   *args, chunk_states, softplus, chunk_size)
+    return out, last, chunk_states, grads
+
+
+# (id, batch, dim, L, N, B kind, C kind, options, softplus, chunk_size, dlast)
+CASES = [
+    ("L1-N1-var", 2, 3, 1, 1, 1, 1, {}, True, 16, True),
+    ("L7-N16-grouped-noopts", 2, 3, 7, 16, 3, 1, dict(D=False, z=False, bias=False, x0=False), False, 16, True),
+    ("L63-N16-const-4chunks", 1, 5, 63, 16, "const", "const", {}, True, 16, True),
+    ("L33-N16-Bvar-Cconst-3chunks", 2, 3, 33, 16, 1, "const", dict(D=False, bias=False), False, 16, True),
+    ("L33-N5-Bconst-Cgrouped-nodlast", 1, 3, 33, 5, "const", 3, dict(z=False), True, 16, False),
+    ("L20-N8-G2xG3-mixed-groups", 1, 6, 20, 8, 2, 3, dict(x0=False), True, 8, True),
+    ("L129-N4-default-chunk", 1, 3, 129, 4, 1, 1, {}, True, ssk.DEFAULT_CHUNK_SIZE, True),
+    ("L63-N64-var", 1, 3, 63, 64, 1, 1, dict(D=False), False, ssk.DEFAULT_CHUNK_SIZE, True),
+    ("L33-N64-grouped-3chunks", 1, 3, 33, 64, 3, 3, {}, True, 16, True),
+    ("L7-N2-min-chunk", 2, 1, 7, 2, 1, "const", dict(bias=False), True, ssk.MIN_CHUNK_SIZE, True),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_matches_naive_fp32(case):
+    _, batch, dim, L, N, bk, ck, opts, softplus, cs, with_dlast = case
+    inputs = _make(batch, dim, L, N, bk, ck, softplus=softplus, **opts)
+    g = torch.Generator().manual_seed(1)
+    dout = torch.randn(batch, dim, L, generator=g)
+    dlast = torch.randn(batch, dim, N, generator=g) if with_dlast else None
+    out, last, chunk_states, grads = _run(inputs, softplus, cs, dout, dlast)
+    ref_out, ref_last, ref_grads = _reference(inputs, softplus, dout, dlast)
+
+    tol = 1e-4
+    assert out.dtype == torch.float32 and out.shape == (batch, dim, L)
+    _close(out, ref_out, tol, "out")
+    _close(last, ref_last, tol, "last_state")
+    n_chunks = math.ceil(L / cs)
+    assert chunk_states.shape == (batch, dim, n_chunks, N)
+    _close(chunk_states, _states_at(inputs, softplus, [k * cs for k in range(n_chunks)]), tol, "chunk_states")
+    for name, grad in zip(GRAD_NAMES, grads):
+        if inputs[name] is None:
+            assert grad.shape == (0,) and grad.dtype == torch.float32, name
+            continue
+        assert grad.shape == inputs[name].shape and grad.dtype == inputs[name].dtype, name
+        _close(grad, ref_grads[name], tol, f"d{name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_matches_naive_half(dtype):
+    batch, dim, L, N, cs = 2, 3, 33, 16, 16
+    inputs = _make(batch, dim, L, N, 1, 3, dtype=dtype)
+    g = torch.Generator().manual_seed(2)
+    dout = torch.randn(batch, dim, L, generator=g).to(dtype)
+    dlast = torch.randn(batch, dim, N, generator=g)
+    out, last, _, grads = _run(inputs, True, cs, dout, dlast)
+    # The reference sees the same rounded inputs; the difference is the kernel's half-precision
+    # outputs (bf16: 8 mantissa bits, fp16: 11) on top of fp32 accumulation.
+    ref_out, ref_last, ref_grads = _reference(inputs, True, dout, dlast)
+    tol = 2e-2 if dtype == torch.bfloat16 else 2e-3
+    assert out.dtype == dtype
+    _close(out, ref_out, tol, "out")
+    _close(last, ref_last, 1e-4, "last_state")  # fp32 state from the rounded inputs
+    for name, grad in zip(GRAD_NAMES, grads):
+        assert grad.dtype == inputs[name].dtype, name
+        _close(grad, ref_grads[name], tol, f"d{name}")
+
+
+def test_channel_loop_and_determinism(monkeypatch):
+    """Several channel sub-blocks per backward program (the dB/dC sum over a group in registers),
+    forced on tiny shapes; and two backward runs are bitwise identical."""
+    monkeypatch.setattr(ssk, "_MAX_BLOCK_D", 1)
+    monkeypatch.setattr(ssk, "_BWD_TARGET_PROGRAMS", 1)  # -> one split per segment, n_sub = seg_dim
+    batch, dim, L, N, cs = 2, 6, 19, 4, 8
+    inputs = _make(batch, dim, L, N, 2, "const")
+    g = torch.Generator().manual_seed(3)
+    dout = torch.randn(batch, dim, L, generator=g)
+    dlast = torch.randn(batch, dim, N, generator=g)
+    out, last, chunk_states, grads = _run(inputs, True, cs, dout, dlast)
+    _, _, ref_grads = _reference(inputs, True, dout, dlast)
+    for name, grad in zip(GRAD_NAMES, grads):
+        _close(grad, ref_grads[name], 1e-4, f"d{name}")
+    dev = _to(inputs, DEVICE)
+    again = ssk.selective_scan_bwd(dout.to(DEVICE), dlast.to(DEVICE), *dev.values(), chunk_states, True, cs)
+    for name, a, b in zip(GRAD_NAMES, grads, again):
+        assert torch.equal(a, b), f"d{name} differs between two backward runs"
+
+
+def test_empty_sequence():
+    """L = 0: last_state is the initial state, dinitial_state is dlast_state."""
+    inputs = _to(_make(2, 3, 0, 4, 1, 1), DEVICE)
+    args = list(inputs.values())
+    out, last, chunk_states = ssk.selective_scan_fwd(*args, True, 16)
+    assert out.shape == (2, 3, 0) and chunk_states.shape == (2, 3, 0, 4)
+    assert torch.equal(last, inputs["initial_state"])
+    dlast = torch.randn(2, 3, 4, device=DEVICE)
+    grads = ssk.selective_scan_bwd(torch.empty_like(out), dlast, *args, chunk_states, True, 16)
+    assert torch.equal(grads[-1], dlast)
+    assert torch.count_nonzero(grads[2]) == 0  # dA
+
+
+@pytest.mark.parametrize("chunk_size", [0, 3, 24, 2 * ssk.MAX_CHUNK_SIZE])
+def test_bad_chunk_size(chunk_size):
+    inputs = _to(_make(1, 2, 5, 4, 1, 1, softplus=False), DEVICE)
+    with pytest.raises(ValueError, match="chunk_size"):
+        ssk.selective_scan_fwd(*inputs.values(), False, chunk_size)
+
+
+def test_n_above_limit():
+    inputs = _to(_make(1, 1, 2, ssk.MAX_N + 1, "const", "const", softplus=False), DEVICE)
+    with pytest.raises(ValueError, match="N"):
+        ssk.selective_scan_fwd(*inputs.values(), False, ssk.DEFAULT_CHUNK_SIZE)
+
+
+@pytest.mark.skipif(not NEEDS_SUBPROCESS, reason="only needed when triton was imported before "
+                    "TRITON_INTERPRET=1 was set; the tests ran in this process")
+def test_in_subprocess():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout
