@@ -6,3 +6,6 @@ __all__ = ["attention"]
 from .rnn import gru_sequence, lstm_sequence, rnn_sequence
 
 __all__ += ["lstm_sequence", "gru_sequence", "rnn_sequence"]
+from .selective_scan import selective_scan
+
+__all__ += ["selective_scan"]

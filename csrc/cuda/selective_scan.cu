@@ -1,0 +1,836 @@
+// Selective scan forward and backward on CUDA (contract: docs/selective_scan_contract.md).
+//
+// Geometry (both directions). A block of 128 threads = 4 warps owns 32 channels of one batch row
+// (lane = channel; a block never straddles a B or C group, see ScanTiling) and walks the whole
+// sequence in tiles of 64 steps. Inside a tile warp w owns steps [16w, 16w + 16): each lane runs
+// its channel's recurrence over those 16 steps in registers, and the 4 warps are joined by a
+// block-level scan. The state index n is a loop ("slice"): per slice a lane holds 16 a's and 16
+// b's, so N costs only shared memory (32 x N carries; N <= 256). Why lanes are channels: y sums
+// over n inside the lane (no cross-lane reduction in the forward), and B_t[n], C_t[n] are equal for
+// all 32 lanes, so they come from shared memory as broadcast float4 loads.
+//
+// The scan. x_t = a_t·x_{t-1} + b_t, a_t = exp(δ_t·A[d,n]), b_t = δ_t·B_t[n]·u_t. A segment maps
+// its incoming state x to P·x + X (P = Π a, X = its result from x = 0); segment (P, X) followed by
+// (P', X') is (P'·P, P'·X + X'). Per slice:
+//   1. each lane scans its 16 steps from x = 0 -> (P, X); warp 0 also applies the tile's carry, so
+//      it publishes the true state at the end of segment 0;
+//   2. (P, X) to shared memory, one __syncthreads; warp w folds segments 1..w-1 onto it (<= 2
+//      fmas) to get its true start state;
+//   3. each lane replays its 16 steps from there with the stored a, b (no second exp),
+//      y_t += C_t[n]·x_t; warp 3's end state is the next tile's carry.
+//
+// Cost. Per (t, n) a lane spends ~7 FP32 instructions and one MUFU ex2; per (t, channel) the
+// staging, softplus, silu and epilogue add ~1.5 per n at N = 16. The MUFU (16/clk/SM) bounds every
+// layout: at (batch, dim, L, N) = (8, 1536, 2048, 16) the 4e8 exps take ~0.11 ms on an H100, about
+// the fp32 copy floor of u, delta, out (0.10 ms); with 16-bit inputs the exps dominate.
+//
+// Chunking. chunk_states[k] is the state before step k·chunk_size. Tiles never cross a chunk start
+// (a tile is min(64, steps left in the chunk) long), so each chunk start is a tile start and its
+// state is the block's carry. The default chunk_size = 64 = one tile: the backward reads every
+// tile's start state (N/64 floats per element: +6% over the fp32 u/delta/z/out streams at N = 16)
+// and recomputes each forward step once. A chunk of m > 1 tiles makes the backward re-run the
+// state-only forward of the earlier tiles of the chunk (O(m^2) tile passes): correct, slower.
+//
+// Backward, per tile (last to first), per slice: the forward scan above (x_t stored over b_t),
+// then the same scan in reverse for the adjoint H_t = a_t·g_t, g_t = C_t[n]·dy_t + H_{t+1} (affine
+// in the incoming H with the same slope P), and the per-step dB/dC/du/ddelta/dA terms. Two
+// __syncthreads per slice, three with a variable B or C (their per-step sums over lanes follow).
+//
+// Determinism: no atomics. Sums over channels (variable dB, dC): lane terms -> shared memory ->
+// a fixed-order sum per step -> one fp32 partial row per 32-channel tile of a group (workspace
+// tiles·batch·G·N·L floats, tiles = channels per group / 32). Sums over batch and time (dA, dD,
+// ddelta_bias, constant dB/dC): each (warp, batch, channel[, n]) entry is accumulated by the one
+// thread that owns it (4·batch·dim·N floats). sum_partials_kernel adds the rows in a fixed order.
+// Results are bitwise reproducible for a given shape and GPU.
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "selective_scan.h"
+
+namespace pyneuro {
+namespace cuda {
+namespace {
+
+constexpr int kLanes = 32;                  // channels per block, one per lane
+constexpr int kWarps = 4;                   // time segments per tile, one per warp
+constexpr int kSteps = 16;                  // steps per segment (a, b, x of a slice in registers)
+constexpr int kTile = kWarps * kSteps;      // 64 steps per tile (== kSelectiveScanDefaultChunk)
+constexpr int kThreads = kLanes * kWarps;   // 128
+constexpr int kRow = kTile + 4;             // [channel][t] row stride: a lane's float4 loads of its
+                                            // row are bank-conflict free (4 banks apart per lane)
+constexpr int kNB = 16;                     // B/C rows (states) staged in shared memory at once
+constexpr int kRedRow = kLanes + 4;         // [t][lane] rows of the dB/dC reduction buffers
+constexpr float kLog2e = 1.4426950408889634f;
+
+static_assert(kTile == kSelectiveScanDefaultChunk, "default chunk = one tile");
+static_assert(kSteps % 4 == 0 && kRow % 4 == 0 && kRedRow % 4 == 0, "float4 alignment");
+static_assert(kThreads == 2 * kTile, "the dB/dC reduction gives two threads per step");
+
+// ---- small helpers -----------------------------------------------------------------------------
+__device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// 2^x on the MUFU (2 ulp), whatever the fast-math flags.
+__device__ __forceinline__ float ex2(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return exp2f(x);
+#endif
+}
+
+// torch.nn.functional.softplus (beta 1, threshold 20).
+__device__ __forceinline__ float softplus(float v) { return v > 20.f ? v : log1pf(__expf(v)); }
+__device__ __forceinline__ float sigmoid(float v) { return 1.f / (1.f + __expf(-v)); }
+// softplus'(v) = σ(v) from d = softplus(v) alone: σ(v) = 1 - exp(-d). Below d = 0.5 that
+// cancels, so use the series of -expm1(-d) to d^9 there (truncation < 1e-9 relative); branch-free
+// and ~1e-7 relative in fp32 (3.7e-7 at d = 0.5 with the MUFU's 2 ulp). expm1f costs 4x more
+// and spilled registers in the backward's epilogue.
+__device__ __forceinline__ float softplus_grad(float d) {
+  float r = 1.f;
+#pragma unroll
+  for (int k = 9; k >= 2; --k) r = fmaf(-d * (1.f / k), r, 1.f);
+  return d < 0.5f ? d * r : 1.f - __expf(-d);
+}
+
+// 16 consecutive floats of shared memory (16-byte aligned) <-> registers, as 4 float4.
+__device__ __forceinline__ void lds16(float (&v)[kSteps], const float* p) {
+#pragma unroll
+  for (int q = 0; q < kSteps / 4; ++q) {
+    const float4 f = reinterpret_cast<const float4*>(p)[q];
+    v[4 * q] = f.x; v[4 * q + 1] = f.y; v[4 * q + 2] = f.z; v[4 * q + 3] = f.w;
+  }
+}
+__device__ __forceinline__ void sts16(float* p, const float (&v)[kSteps]) {
+#pragma unroll
+  for (int q = 0; q < kSteps / 4; ++q)
+    reinterpret_cast<float4*>(p)[q] = make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
+}
+// One float4 as an indexable quad. Inner loops fetch B/C four steps at a time, right where they are
+// used, instead of holding 16 in registers (keeps the kernels under their register budgets).
+struct Quad {
+  float v[4];
+};
+__device__ __forceinline__ Quad ldq(const float* p) {
+  const float4 f = *reinterpret_cast<const float4*>(p);
+  return Quad{{f.x, f.y, f.z, f.w}};
+}
+__device__ __forceinline__ void stq(float* p, const Quad& q) {
+  *reinterpret_cast<float4*>(p) = make_float4(q.v[0], q.v[1], q.v[2], q.v[3]);
+}
+__device__ __forceinline__ Quad splat(float s) { return Quad{{s, s, s, s}}; }
+
+// The block's channels: [d0, d0 + nch), inside one group of B (gB) and of C (gC); tile_B/tile_C
+// is the block's row in the variable dB/dC partials.
+struct BlockTile {
+  int d0, nch, gB, gC, tile_B, tile_C;
+};
+
+template <typename Params>
+__device__ __forceinline__ BlockTile block_tile(const Params& p) {
+  const int s = blockIdx.x / p.tiles_per_seg, j = blockIdx.x - s * p.tiles_per_seg;
+  const int cpg_B = p.groups_B > 0 ? p.dim / p.groups_B : p.dim;
+  const int cpg_C = p.groups_C > 0 ? p.dim / p.groups_C : p.dim;
+  BlockTile t;
+  t.d0 = s * p.seg_len + j * kLanes;
+  t.nch = imin(kLanes, p.seg_len - j * kLanes);
+  t.gB = t.d0 / cpg_B;
+  t.gC = t.d0 / cpg_C;
+  t.tile_B = (s % (cpg_B / p.seg_len)) * p.tiles_per_seg + j;
+  t.tile_C = (s % (cpg_C / p.seg_len)) * p.tiles_per_seg + j;
+  return t;
+}
+
+// Stage rows [row0, row0 + nrows) x steps [t0, t0 + len) of a (rows, L) matrix into s[kNB][kTile];
+// everything outside is 0. Coalesced: a warp reads 32 consecutive steps of one row.
+template <typename T>
+__device__ __forceinline__ void stage_rows(float* s, const T* __restrict__ M, int64_t row0,
+                                           int nrows, int L, int t0, int len) {
+  for (int e = threadIdx.x; e < kNB * kTile; e += kThreads) {
+    const int r = e / kTile, col = e % kTile;
+    s[e] = (r < nrows && col < len) ? to_f(M[(row0 + r) * L + t0 + col]) : 0.f;
+  }
+}
+
+
+// Stage one tile of the block's channels into [channel][t] arrays (row stride kRow): s_delta = δ
+// (softplus(delta + bias) or delta + bias), s_u = u, and s_third = silu(z) (kGate, forward; 1
+// without z), dy = dout·silu(z) (kDy, backward; dout without z), or nothing (kNone). Outside the
+// tile and the block's channels all are 0: those steps become the identity (a = 1, b = 0) and
+// contribute nothing.
+enum ThirdArray { kGate, kDy, kNone };
+
+template <typename T, int kThird>
+__device__ __forceinline__ void stage_channels(float* s_delta, float* s_u, float* s_third,
+                                               const T* __restrict__ u,
+                                               const T* __restrict__ delta,
+                                               const T* __restrict__ z,
+                                               const T* __restrict__ dout,
+                                               const float* __restrict__ delta_bias,
+                                               bool softplus_on, int64_t row0, int d0, int nch,
+                                               int L, int t0, int len) {
+  for (int e = threadIdx.x; e < kLanes * kTile; e += kThreads) {
+    const int r = e / kTile, col = e % kTile;
+    float dl = 0.f, uu = 0.f, th = 0.f;
+    if (r < nch && col < len) {
+      const int64_t g = (row0 + r) * L + t0 + col;
+      dl = to_f(delta[g]);
+      if (delta_bias != nullptr) dl += delta_bias[d0 + r];
+      if (softplus_on) dl = softplus(dl);
+      uu = to_f(u[g]);
+      if (kThird == kGate) {
+        th = 1.f;
+        if (z != nullptr) { const float zz = to_f(z[g]); th = zz * sigmoid(zz); }
+      } else if (kThird == kDy) {
+        th = to_f(dout[g]);
+        if (z != nullptr) { const float zz = to_f(z[g]); th *= zz * sigmoid(zz); }
+      }
+    }
+    s_delta[r * kRow + col] = dl;
+    s_u[r * kRow + col] = uu;
+    if (kThird != kNone) s_third[r * kRow + col] = th;
+  }
+}
+
+// Sum the 32 lanes' terms of each step of a tile, s[t][lane] (row stride kRedRow), in a fixed
+// order, and write the sums of steps t < len to dst[t]. Two threads per step (16 lanes each,
+// conflict-free float4 loads), joined by one shuffle; a + b == b + a, so both halves agree.
+__device__ __forceinline__ void reduce_lanes(const float* s, float* __restrict__ dst, int len) {
+  const int t = threadIdx.x / 2, h = threadIdx.x % 2;
+  const float4* q = reinterpret_cast<const float4*>(s + t * kRedRow + h * 16);
+  float acc = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float4 f = q[i];
+    acc += f.x; acc += f.y; acc += f.z; acc += f.w;
+  }
+  acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+  if (h == 0 && t < len) dst[t] = acc;
+}
+
+constexpr size_t fwd_smem_floats(int N) {
+  return size_t(3) * kLanes * kRow + 2 * kNB * kTile + 2 * 2 * kWarps * kLanes + size_t(kLanes) * N;
+}
+constexpr size_t bwd_smem_floats(int N) {
+  return size_t(3) * kLanes * kRow + 2 * kNB * kTile + 2 * kTile * kRedRow +
+         2 * 2 * kWarps * kLanes + 2 * kWarps * kLanes + size_t(2) * kLanes * N;
+}
+
+// =================================================================================================
+// Forward.  grid (blocks_x, batch), 128 threads; per block 32 channels x all L.
+// Shared memory (fp32): δ, u (then out), silu(z) tiles 3 x 32 x 68; B and C rows 2 x 16 x 64;
+// scan aggregates 2 x 4 x 32 float2; carries 32 x N. 37.5 KiB at N = 16, 67.5 KiB at N = 256.
+// HBM traffic: u, delta, z read once, out written once, N floats of chunk_states per channel per
+// chunk (+6% over fp32 u/delta/z/out at N = 16, chunk 64), variable B/C read once per 32 channels.
+// =================================================================================================
+template <typename T, bool kBVar, bool kCVar>
+__global__ void __launch_bounds__(kThreads, 3)
+selective_scan_fwd_kernel(const SelectiveScanFwdParams p) {
+  extern __shared__ float4 smem4[];
+  float* const s_delta = reinterpret_cast<float*>(smem4);  // [kLanes][kRow]
+  float* const s_u = s_delta + kLanes * kRow;               // [kLanes][kRow] u, then out
+  float* const s_gate = s_u + kLanes * kRow;                // [kLanes][kRow]
+  float* const s_B = s_gate + kLanes * kRow;                // [kNB][kTile]
+  float* const s_C = s_B + kNB * kTile;                     // [kNB][kTile]
+  float2* const s_agg = reinterpret_cast<float2*>(s_C + kNB * kTile);  // [2][kWarps][kLanes]
+  float* const s_carry = reinterpret_cast<float*>(s_agg + 2 * kWarps * kLanes);  // [N][kLanes]
+
+  const T* __restrict__ u = static_cast<const T*>(p.u);
+  const T* __restrict__ delta = static_cast<const T*>(p.delta);
+  const T* __restrict__ z = static_cast<const T*>(p.z);
+  const T* __restrict__ Bvar = static_cast<const T*>(p.B);
+  const T* __restrict__ Cvar = static_cast<const T*>(p.C);
+  const float* __restrict__ Bconst = static_cast<const float*>(p.B);
+  const float* __restrict__ Cconst = static_cast<const float*>(p.C);
+  T* __restrict__ out = static_cast<T*>(p.out);
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int b = blockIdx.y, L = p.seqlen, N = p.dstate, cs = p.chunk_size;
+  const BlockTile bt = block_tile(p);
+  const int64_t row0 = int64_t(b) * p.dim + bt.d0;  // (b, d0) row of u/delta/z/out/states
+  const bool active = lane < bt.nch;
+  const int64_t dN = int64_t(bt.d0 + lane) * N;     // this lane's row of A / constant B, C
+  const int64_t rowB = (int64_t(b) * p.groups_B + bt.gB) * N;  // (b, gB, n = 0) row of B
+  const int64_t rowC = (int64_t(b) * p.groups_C + bt.gC) * N;
+  const float Dv = (p.D != nullptr && active) ? p.D[bt.d0 + lane] : 0.f;
+
+  for (int i = tid; i < kLanes * N; i += kThreads) {
+    const int r = i / N, n = i - r * N;
+    s_carry[n * kLanes + r] = (p.initial_state != nullptr && r < bt.nch)
+                                  ? p.initial_state[(row0 + r) * N + n] : 0.f;
+  }
+
+  int par = 0;  // s_agg double buffer: one __syncthreads per slice
+  for (int t0 = 0; t0 < L;) {
+    const int len = imin(kTile, imin(L - t0, cs - t0 % cs));  // tiles never cross a chunk start
+    __syncthreads();  // previous tile done with shared memory; carries final
+    if (t0 % cs == 0) {
+      const int64_t k = t0 / cs;
+      for (int i = tid; i < kLanes * N; i += kThreads) {
+        const int r = i / N, n = i - r * N;
+        if (r < bt.nch) p.chunk_states[((row0 + r) * p.n_chunks + k) * N + n] = s_carry[n * kLanes + r];
+      }
+    }
+    stage_channels<T, kGate>(s_delta, s_u, s_gate, u, delta, z, nullptr, p.delta_bias,
+                             p.delta_softplus, row0, bt.d0, bt.nch, L, t0, len);
+    if (kBVar) stage_rows(s_B, Bvar, rowB, imin(kNB, N), L, t0, len);
+    if (kCVar) stage_rows(s_C, Cvar, rowC, imin(kNB, N), L, t0, len);
+    __syncthreads();
+
+    // This lane's 16 steps: δ, δ·u, and y accumulated over n.
+    float dl[kSteps], du[kSteps], y[kSteps];
+    lds16(dl, s_delta + lane * kRow + warp * kSteps);
+    lds16(du, s_u + lane * kRow + warp * kSteps);
+#pragma unroll
+    for (int k = 0; k < kSteps; ++k) { du[k] *= dl[k]; y[k] = 0.f; }
+
+    // Per-(d, n) scalars, loaded one slice ahead to hide their latency.
+    float A_nx = active ? p.A[dN] * kLog2e : 0.f;
+    float B_nx = (!kBVar && active) ? Bconst[dN] : 0.f;
+    float C_nx = (!kCVar && active) ? Cconst[dN] : 0.f;
+    for (int n = 0; n < N; ++n) {
+      const int nl = n % kNB;
+      if ((kBVar || kCVar) && nl == 0 && n > 0) {
+        __syncthreads();  // everyone is done with the previous rows
+        if (kBVar) stage_rows(s_B, Bvar, rowB + n, imin(kNB, N - n), L, t0, len);
+        if (kCVar) stage_rows(s_C, Cvar, rowC + n, imin(kNB, N - n), L, t0, len);
+        __syncthreads();
+      }
+      const float A2 = A_nx, Bn = B_nx, Cn = C_nx;
+      if (n + 1 < N && active) {
+        A_nx = p.A[dN + n + 1] * kLog2e;
+        if (!kBVar) B_nx = Bconst[dN + n + 1];
+        if (!kCVar) C_nx = Cconst[dN + n + 1];
+      }
+
+      const float* const Brow = s_B + nl * kTile + warp * kSteps;
+      const float* const Crow = s_C + nl * kTile + warp * kSteps;
+      // 1. local scan of the 16 steps from x = 0, keeping a and b for the replay
+      float a[kSteps], bx[kSteps];
+      float P = 1.f, X = 0.f;
+#pragma unroll
+      for (int q = 0; q < kSteps / 4; ++q) {
+        const Quad bq = kBVar ? ldq(Brow + 4 * q) : splat(Bn);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int k = 4 * q + i;
+          a[k] = ex2(dl[k] * A2);
+          bx[k] = du[k] * bq.v[i];
+          X = fmaf(a[k], X, bx[k]);
+          P *= a[k];
+        }
+      }
+      float x = 0.f;
+      if (warp == 0) {  // segment 0 starts from the carry: publish its true end state
+        x = s_carry[n * kLanes + lane];
+        X = fmaf(P, x, X);
+      }
+      float2* const agg = s_agg + par * kWarps * kLanes;
+      agg[warp * kLanes + lane] = make_float2(P, X);
+      __syncthreads();
+      // 2. start state of segment w: segment 0's end state through segments 1..w-1
+      if (warp > 0) {
+        x = agg[lane].y;
+        for (int j = 1; j < warp; ++j) {
+          const float2 g = agg[j * kLanes + lane];
+          x = fmaf(g.x, x, g.y);
+        }
+      }
+      // 3. replay from the true start state; y_t += C_t[n]·x_t
+#pragma unroll
+      for (int q = 0; q < kSteps / 4; ++q) {
+        const Quad cq = kCVar ? ldq(Crow + 4 * q) : splat(Cn);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int k = 4 * q + i;
+          x = fmaf(a[k], x, bx[k]);
+          y[k] = fmaf(cq.v[i], x, y[k]);
+        }
+      }
+      if (warp == kWarps - 1) s_carry[n * kLanes + lane] = x;  // warp 0 read it before the barrier
+      par ^= 1;
+    }
+
+    // out = (y + D·u)·silu(z), written over this lane's own u entries, then stored coalesced.
+    {
+      float uu[kSteps], gt[kSteps];
+      lds16(uu, s_u + lane * kRow + warp * kSteps);
+      lds16(gt, s_gate + lane * kRow + warp * kSteps);
+#pragma unroll
+      for (int k = 0; k < kSteps; ++k) y[k] = fmaf(Dv, uu[k], y[k]) * gt[k];
+      sts16(s_u + lane * kRow + warp * kSteps, y);
+    }
+    __syncthreads();
+    for (int e = tid; e < kLanes * kTile; e += kThreads) {
+      const int r = e / kTile, col = e % kTile;
+      if (r < bt.nch && col < len) out[(row0 + r) * L + t0 + col] = from_f<T>(s_u[r * kRow + col]);
+    }
+    t0 += len;
+  }
+  __syncthreads();
+  for (int i = tid; i < kLanes * N; i += kThreads) {
+    const int r = i / N, n = i - r * N;
+    if (r < bt.nch) p.last_state[(row0 + r) * N + n] = s_carry[n * kLanes + r];
+  }
+}
+
+// =================================================================================================
+// Backward.  Same grid and geometry; tiles from the last to the first.
+// Per tile: start state from chunk_states (plus a state-only forward over the earlier tiles of
+// the chunk when chunk_size > 64), then per slice n:
+//   forward scan (as above; x_t replaces b_t in registers; dC terms dy_t·x_t; y_t if z),
+//   reverse scan of H_t = a_t·g_t, g_t = C_t[n]·dy_t + H_{t+1}: local pass, publish (P, X),
+//     __syncthreads, fold the segments to the right, replay with per-step terms
+//     gB_t += g_t·B_t[n] (-> du, ddelta),  gA_t += H_t·x_{t-1}·A (-> ddelta),
+//     dA += H_t·x_{t-1}·δ_t,  dB terms g_t·δ_t·u_t;
+//   with a variable B or C: __syncthreads, then the slice's dB/dC terms summed over lanes.
+// Lane epilogue per step: ddelta (through softplus: σ(v) = 1 - exp(-softplus(v))), du, y + D·u.
+// Shared memory (fp32): δ, u, dy tiles 3 x 32 x 68; B, C rows 2 x 16 x 64; dB/dC terms
+// 2 x 64 x 36; aggregates 3 x 4 x 32 float2; state and adjoint carries 2 x 32 x N.
+// 58.5 KiB at N = 16 (3 blocks per SM on H100 with 168 registers), 118.5 KiB at N = 256.
+// HBM traffic: u, delta, z, dout read once (z and dout a second time from L2 for dz), du, ddelta,
+// dz written once, chunk_states read once; variable dB/dC partials of dim/32 rows x (N, L) per
+// (batch, group) written once and read once by sum_partials_kernel.
+// =================================================================================================
+template <typename T, bool kBVar, bool kCVar>
+__global__ void __launch_bounds__(kThreads, 3)
+selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
+  extern __shared__ float4 smem4[];
+  float* const s_delta = reinterpret_cast<float*>(smem4);  // [kLanes][kRow] δ, then ddelta
+  float* const s_u = s_delta + kLanes * kRow;               // u, then du
+  float* const s_dy = s_u + kLanes * kRow;                  // dy, then y + D·u
+  float* const s_B = s_dy + kLanes * kRow;                  // [kNB][kTile]
+  float* const s_C = s_B + kNB * kTile;                     // [kNB][kTile]
+  float* const s_redB = s_C + kNB * kTile;                  // [kTile][kRedRow] dB terms
+  float* const s_redC = s_redB + kTile * kRedRow;           // [kTile][kRedRow] dC terms
+  float2* const s_aggF = reinterpret_cast<float2*>(s_redC + kTile * kRedRow);  // [2][kWarps][kLanes]
+  float2* const s_aggR = s_aggF + 2 * kWarps * kLanes;      // [kWarps][kLanes]
+  float* const s_fc = reinterpret_cast<float*>(s_aggR + kWarps * kLanes);  // [N][kLanes] x at tile start
+  float* const s_rc = s_fc + kLanes * p.dstate;             // [N][kLanes] adjoint entering the tile end
+
+  const T* __restrict__ u = static_cast<const T*>(p.u);
+  const T* __restrict__ delta = static_cast<const T*>(p.delta);
+  const T* __restrict__ z = static_cast<const T*>(p.z);
+  const T* __restrict__ dout = static_cast<const T*>(p.dout);
+  const T* __restrict__ Bvar = static_cast<const T*>(p.B);
+  const T* __restrict__ Cvar = static_cast<const T*>(p.C);
+  const float* __restrict__ Bconst = static_cast<const float*>(p.B);
+  const float* __restrict__ Cconst = static_cast<const float*>(p.C);
+  T* __restrict__ du_out = static_cast<T*>(p.du);
+  T* __restrict__ ddelta_out = static_cast<T*>(p.ddelta);
+  T* __restrict__ dz_out = static_cast<T*>(p.dz);
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int b = blockIdx.y, L = p.seqlen, N = p.dstate, cs = p.chunk_size;
+  const BlockTile bt = block_tile(p);
+  const int64_t row0 = int64_t(b) * p.dim + bt.d0;
+  const bool active = lane < bt.nch;
+  const bool has_z = z != nullptr;
+  const int64_t dN = int64_t(bt.d0 + lane) * N;
+  const int64_t rowB = (int64_t(b) * p.groups_B + bt.gB) * N;
+  const int64_t rowC = (int64_t(b) * p.groups_C + bt.gC) * N;
+  const float Dv = (p.D != nullptr && active) ? p.D[bt.d0 + lane] : 0.f;
+  // this thread's (warp, b, d, n = 0) entry of the per-warp partials
+  const int64_t wrow = ((int64_t(warp) * p.batch + b) * p.dim + bt.d0 + lane) * N;
+  // variable dB/dC partial rows (tile, b, g, n = 0, t = 0)
+  float* const dBv_row = kBVar ? p.ws_dB_var + ((int64_t(bt.tile_B) * p.batch + b) * p.groups_B + bt.gB) * N * int64_t(L) : nullptr;
+  float* const dCv_row = kCVar ? p.ws_dC_var + ((int64_t(bt.tile_C) * p.batch + b) * p.groups_C + bt.gC) * N * int64_t(L) : nullptr;
+
+  for (int i = tid; i < kLanes * N; i += kThreads) {
+    const int r = i / N, n = i - r * N;
+    s_rc[n * kLanes + r] = (p.dlast_state != nullptr && r < bt.nch)
+                               ? p.dlast_state[(row0 + r) * N + n] : 0.f;
+  }
+
+  float dD_acc = 0.f, dbias_acc = 0.f;
+  bool first = true;  // first tile processed: the per-warp partials are written, not updated
+  int par = 0;
+  for (int c = p.n_chunks - 1; c >= 0; --c) {
+    const int cstart = c * cs, clen = imin(cs, L - cstart);
+    const int ntl = (clen + kTile - 1) / kTile;
+    for (int j = ntl - 1; j >= 0; --j) {
+      const int t0 = cstart + j * kTile, len = imin(kTile, clen - j * kTile);
+      __syncthreads();  // previous tile done with shared memory; s_rc final
+      for (int i = tid; i < kLanes * N; i += kThreads) {
+        const int r = i / N, n = i - r * N;
+        s_fc[n * kLanes + r] = r < bt.nch ? p.chunk_states[((row0 + r) * p.n_chunks + c) * N + n] : 0.f;
+      }
+
+      // ---- start state of tile j: state-only forward over tiles 0..j-1 of the chunk (full tiles)
+      for (int jj = 0; jj < j; ++jj) {
+        const int s0 = cstart + jj * kTile;
+        __syncthreads();  // s_fc written; previous readers of s_delta/s_u/s_B done
+        stage_channels<T, kNone>(s_delta, s_u, nullptr, u, delta, nullptr, nullptr, p.delta_bias,
+                                 p.delta_softplus, row0, bt.d0, bt.nch, L, s0, kTile);
+        if (kBVar) stage_rows(s_B, Bvar, rowB, imin(kNB, N), L, s0, kTile);
+        __syncthreads();
+        float dl[kSteps], du[kSteps];
+        lds16(dl, s_delta + lane * kRow + warp * kSteps);
+        lds16(du, s_u + lane * kRow + warp * kSteps);
+#pragma unroll
+        for (int k = 0; k < kSteps; ++k) du[k] *= dl[k];
+        for (int n = 0; n < N; ++n) {
+          const int nl = n % kNB;
+          if (kBVar && nl == 0 && n > 0) {
+            __syncthreads();
+            stage_rows(s_B, Bvar, rowB + n, imin(kNB, N - n), L, s0, kTile);
+            __syncthreads();
+          }
+          const float A2 = active ? p.A[dN + n] * kLog2e : 0.f;
+          const float Bn = (!kBVar && active) ? Bconst[dN + n] : 0.f;
+          float P = 1.f, X = 0.f;
+#pragma unroll
+          for (int q = 0; q < kSteps / 4; ++q) {
+            const Quad bq = kBVar ? ldq(s_B + nl * kTile + warp * kSteps + 4 * q) : splat(Bn);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              const float a = ex2(dl[4 * q + i] * A2);
+              X = fmaf(a, X, du[4 * q + i] * bq.v[i]);
+              P *= a;
+            }
+          }
+          float2* const agg = s_aggF + par * kWarps * kLanes;
+          agg[warp * kLanes + lane] = make_float2(P, warp == 0 ? fmaf(P, s_fc[n * kLanes + lane], X) : X);
+          __syncthreads();
+          if (warp == kWarps - 1) {  // end of the tile = end of segment 3
+            float x = agg[lane].y;
+            for (int w = 1; w < kWarps - 1; ++w) {
+              const float2 g = agg[w * kLanes + lane];
+              x = fmaf(g.x, x, g.y);
+            }
+            s_fc[n * kLanes + lane] = fmaf(P, x, X);  // warp 0 read it before the barrier
+          }
+          par ^= 1;
+        }
+      }
+
+      // ---- the tile itself
+      __syncthreads();  // s_fc final; the state-only pass is done with shared memory
+      stage_channels<T, kDy>(s_delta, s_u, s_dy, u, delta, z, dout, p.delta_bias,
+                             p.delta_softplus, row0, bt.d0, bt.nch, L, t0, len);
+      if (kBVar) stage_rows(s_B, Bvar, rowB, imin(kNB, N), L, t0, len);
+      if (kCVar) stage_rows(s_C, Cvar, rowC, imin(kNB, N), L, t0, len);
+      __syncthreads();
+
+      // This lane's 16 steps: δ, δ·u, dy in registers, gB = Σ_n g·B accumulated in registers.
+      // gA = Σ_n H·x_{t-1}·A and y = Σ_n C·x (for dz) accumulate in the lane's own s_delta and
+      // s_dy entries, free once δ and dy are in registers (in registers they made the kernel spill).
+      float dl[kSteps], du[kSteps], dy[kSteps], gB[kSteps];
+      float* const garow = s_delta + lane * kRow + warp * kSteps;
+      float* const yrow = s_dy + lane * kRow + warp * kSteps;
+      lds16(dl, garow);
+      lds16(du, s_u + lane * kRow + warp * kSteps);
+      lds16(dy, yrow);
+#pragma unroll
+      for (int k = 0; k < kSteps; ++k) { du[k] *= dl[k]; gB[k] = 0.f; }
+#pragma unroll
+      for (int q = 0; q < kSteps / 4; ++q) {
+        stq(garow + 4 * q, splat(0.f));
+        if (has_z) stq(yrow + 4 * q, splat(0.f));
+      }
+
+      float A_nx = active ? p.A[dN] : 0.f;
+      float B_nx = (!kBVar && active) ? Bconst[dN] : 0.f;
+      float C_nx = (!kCVar && active) ? Cconst[dN] : 0.f;
+      for (int n = 0; n < N; ++n) {
+        const int nl = n % kNB;
+        if ((kBVar || kCVar) && nl == 0 && n > 0) {
+          __syncthreads();
+          if (kBVar) stage_rows(s_B, Bvar, rowB + n, imin(kNB, N - n), L, t0, len);
+          if (kCVar) stage_rows(s_C, Cvar, rowC + n, imin(kNB, N - n), L, t0, len);
+          __syncthreads();
+        }
+        const float An = A_nx, Bn = B_nx, Cn = C_nx, A2 = An * kLog2e;
+        if (n + 1 < N && active) {
+          A_nx = p.A[dN + n + 1];
+          if (!kBVar) B_nx = Bconst[dN + n + 1];
+          if (!kCVar) C_nx = Cconst[dN + n + 1];
+        }
+        // running per-warp partials of this (b, d, n), updated by this thread only
+        float accA = 0.f, accB = 0.f, accC = 0.f;
+        if (!first && active) {
+          accA = p.ws_dA[wrow + n];
+          if (!kBVar) accB = p.ws_dB_const[wrow + n];
+          if (!kCVar) accC = p.ws_dC_const[wrow + n];
+        }
+        const float* const Brow = s_B + nl * kTile + warp * kSteps;
+        const float* const Crow = s_C + nl * kTile + warp * kSteps;
+
+        // -- forward: local scan, publish, fold, replay (x_t kept in xs)
+        float a[kSteps], xs[kSteps];
+        {
+          float P = 1.f, X = 0.f;
+#pragma unroll
+          for (int q = 0; q < kSteps / 4; ++q) {
+            const Quad bq = kBVar ? ldq(Brow + 4 * q) : splat(Bn);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              const int k = 4 * q + i;
+              a[k] = ex2(dl[k] * A2);
+              xs[k] = du[k] * bq.v[i];
+              X = fmaf(a[k], X, xs[k]);
+              P *= a[k];
+            }
+          }
+          float x = 0.f;
+          if (warp == 0) { x = s_fc[n * kLanes + lane]; X = fmaf(P, x, X); }
+          float2* const agg = s_aggF + par * kWarps * kLanes;
+          agg[warp * kLanes + lane] = make_float2(P, X);
+          __syncthreads();
+          if (warp > 0) {
+            x = agg[lane].y;
+            for (int w = 1; w < warp; ++w) {
+              const float2 g = agg[w * kLanes + lane];
+              x = fmaf(g.x, x, g.y);
+            }
+          }
+          const float x0 = x;  // state before this segment
+#pragma unroll
+          for (int q = 0; q < kSteps / 4; ++q) {
+            const Quad cq = kCVar ? ldq(Crow + 4 * q) : splat(Cn);
+            Quad yq;
+            if (has_z) yq = ldq(yrow + 4 * q);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              const int k = 4 * q + i;
+              x = fmaf(a[k], x, xs[k]);
+              xs[k] = x;
+              if (has_z) yq.v[i] = fmaf(cq.v[i], x, yq.v[i]);
+              const float v = dy[k] * x;  // dC term
+              if (kCVar) s_redC[(warp * kSteps + k) * kRedRow + lane] = v;
+              else accC += v;
+            }
+            if (has_z) stq(yrow + 4 * q, yq);
+          }
+
+          // -- reverse: local pass from H = 0; slope is the same P
+          float H = 0.f;
+#pragma unroll
+          for (int q = kSteps / 4 - 1; q >= 0; --q) {
+            const Quad cq = kCVar ? ldq(Crow + 4 * q) : splat(Cn);
+#pragma unroll
+            for (int i = 3; i >= 0; --i) H = a[4 * q + i] * fmaf(dy[4 * q + i], cq.v[i], H);
+          }
+          float rin = 0.f;
+          if (warp == kWarps - 1) { rin = s_rc[n * kLanes + lane]; H = fmaf(P, rin, H); }
+          s_aggR[warp * kLanes + lane] = make_float2(P, H);
+          __syncthreads();
+          // adjoint entering segment w from the right: segment 3's output through segments 2..w+1
+          H = rin;
+          if (warp < kWarps - 1) {
+            H = s_aggR[(kWarps - 1) * kLanes + lane].y;
+            for (int w = kWarps - 2; w > warp; --w) {
+              const float2 g = s_aggR[w * kLanes + lane];
+              H = fmaf(g.x, H, g.y);
+            }
+          }
+#pragma unroll
+          for (int q = kSteps / 4 - 1; q >= 0; --q) {
+            const Quad bq = kBVar ? ldq(Brow + 4 * q) : splat(Bn);
+            const Quad cq = kCVar ? ldq(Crow + 4 * q) : splat(Cn);
+            Quad gaq = ldq(garow + 4 * q);
+#pragma unroll
+            for (int i = 3; i >= 0; --i) {
+              const int k = 4 * q + i;
+              const float g = fmaf(dy[k], cq.v[i], H);         // dL/dx_t
+              const float Hn = a[k] * g;                       // dL/dx_{t-1} through step t
+              const float r = Hn * (k > 0 ? xs[k - 1] : x0);   // dL/da_t · a_t
+              gB[k] = fmaf(g, bq.v[i], gB[k]);
+              gaq.v[i] = fmaf(r, An, gaq.v[i]);
+              accA = fmaf(r, dl[k], accA);
+              const float v = g * du[k];  // dB term
+              if (kBVar) s_redB[(warp * kSteps + k) * kRedRow + lane] = v;
+              else accB += v;
+              H = Hn;
+            }
+            stq(garow + 4 * q, gaq);
+          }
+          if (warp == 0) s_rc[n * kLanes + lane] = H;  // warp 3 read it before the barrier
+        }
+        if (active) {
+          p.ws_dA[wrow + n] = accA;
+          if (!kBVar) p.ws_dB_const[wrow + n] = accB;
+          if (!kCVar) p.ws_dC_const[wrow + n] = accC;
+        }
+        // Sum this slice's dB/dC terms over the 32 lanes. Done after a third barrier, where a and x
+        // of the slice are dead (inlined between the scans it spilled); the buffers are written
+        // again only after the next slice's first barrier, which every reader has passed by then.
+        if (kBVar || kCVar) {
+          __syncthreads();
+          if (kBVar) reduce_lanes(s_redB, dBv_row + int64_t(n) * L + t0, len);
+          if (kCVar) reduce_lanes(s_redC, dCv_row + int64_t(n) * L + t0, len);
+        }
+        par ^= 1;
+      }
+
+      // ---- per-step epilogue: ddelta, du and y + D·u over this lane's own entries
+      {
+        float uu[kSteps], y[kSteps], gA[kSteps];
+        lds16(uu, s_u + lane * kRow + warp * kSteps);
+        lds16(gA, garow);
+        lds16(y, yrow);  // (unconditional: a conditionally filled array went to local memory)
+#pragma unroll
+        for (int k = 0; k < kSteps; ++k) {
+          const float ddl = fmaf(uu[k], gB[k], gA[k]);  // dL/dδ
+          const float ddr = p.delta_softplus ? ddl * softplus_grad(dl[k]) : ddl;
+          const float duk = fmaf(dl[k], gB[k], dy[k] * Dv);
+          if (active && warp * kSteps + k < len) {
+            dD_acc = fmaf(dy[k], uu[k], dD_acc);
+            dbias_acc += ddr;
+          }
+          gA[k] = ddr;
+          gB[k] = duk;
+          if (has_z) y[k] = fmaf(Dv, uu[k], y[k]);
+        }
+        sts16(garow, gA);
+        sts16(s_u + lane * kRow + warp * kSteps, gB);
+        if (has_z) sts16(yrow, y);
+      }
+      __syncthreads();
+      for (int e = tid; e < kLanes * kTile; e += kThreads) {
+        const int r = e / kTile, col = e % kTile;
+        if (r < bt.nch && col < len) {
+          const int64_t g = (row0 + r) * L + t0 + col;
+          ddelta_out[g] = from_f<T>(s_delta[r * kRow + col]);
+          du_out[g] = from_f<T>(s_u[r * kRow + col]);
+          if (has_z) {
+            const float zz = to_f(z[g]), sg = sigmoid(zz);
+            dz_out[g] = from_f<T>(to_f(dout[g]) * s_dy[r * kRow + col] * sg * fmaf(zz, 1.f - sg, 1.f));
+          }
+        }
+      }
+      first = false;
+    }
+  }
+  __syncthreads();
+  if (p.dinitial_state != nullptr) {
+    for (int i = tid; i < kLanes * N; i += kThreads) {
+      const int r = i / N, n = i - r * N;
+      if (r < bt.nch) p.dinitial_state[(row0 + r) * N + n] = s_rc[n * kLanes + r];
+    }
+  }
+  if (active) {
+    const int64_t wi = (int64_t(warp) * p.batch + b) * p.dim + bt.d0 + lane;
+    p.ws_dD[wi] = dD_acc;
+    p.ws_dbias[wi] = dbias_acc;
+  }
+}
+
+// out[i] = Σ_r part[r·M + i] in increasing r: the fixed-order second stage of every reduction.
+template <typename OutT>
+__global__ void __launch_bounds__(256)
+sum_partials_kernel(const float* __restrict__ part, OutT* __restrict__ out, int rows, int64_t M) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < M;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float s = 0.f;
+    for (int r = 0; r < rows; ++r) s += part[int64_t(r) * M + i];
+    out[i] = from_f<OutT>(s);
+  }
+}
+
+// ---- launchers ---------------------------------------------------------------------------------
+template <typename OutT>
+cudaError_t launch_sum(const float* part, void* out, int rows, int64_t M, cudaStream_t stream) {
+  if (M == 0) return cudaSuccess;
+  const int64_t blocks = (M + 255) / 256 < 8192 ? (M + 255) / 256 : 8192;
+  sum_partials_kernel<OutT><<<int(blocks), 256, 0, stream>>>(part, static_cast<OutT*>(out), rows, M);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_fwd(SelectiveScanFwdParams p, cudaStream_t stream) {
+  const ScanTiling tl = selective_scan_tiling(p.dim, p.groups_B, p.groups_C);
+  p.seg_len = tl.seg_len;
+  p.tiles_per_seg = tl.tiles_per_seg;
+  void (*kernel)(const SelectiveScanFwdParams) =
+      p.groups_B > 0 ? (p.groups_C > 0 ? selective_scan_fwd_kernel<T, true, true>
+                                       : selective_scan_fwd_kernel<T, true, false>)
+                     : (p.groups_C > 0 ? selective_scan_fwd_kernel<T, false, true>
+                                       : selective_scan_fwd_kernel<T, false, false>);
+  const size_t smem = fwd_smem_floats(p.dstate) * sizeof(float);
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (err != cudaSuccess) return err;
+  const dim3 grid(tl.blocks_x, p.batch);
+  kernel<<<grid, kThreads, smem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_bwd(SelectiveScanBwdParams p, cudaStream_t stream) {
+  const ScanTiling tl = selective_scan_tiling(p.dim, p.groups_B, p.groups_C);
+  p.seg_len = tl.seg_len;
+  p.tiles_per_seg = tl.tiles_per_seg;
+  const ScanBwdWorkspace wl = selective_scan_bwd_workspace_layout(p.batch, p.dim, p.seqlen, p.dstate,
+                                                                  p.groups_B, p.groups_C);
+  p.ws_dA = p.workspace + wl.dA;
+  p.ws_dB_const = p.workspace + wl.dB_const;
+  p.ws_dC_const = p.workspace + wl.dC_const;
+  p.ws_dD = p.workspace + wl.dD;
+  p.ws_dbias = p.workspace + wl.dbias;
+  p.ws_dB_var = p.workspace + wl.dB_var;
+  p.ws_dC_var = p.workspace + wl.dC_var;
+  void (*kernel)(const SelectiveScanBwdParams) =
+      p.groups_B > 0 ? (p.groups_C > 0 ? selective_scan_bwd_kernel<T, true, true>
+                                       : selective_scan_bwd_kernel<T, true, false>)
+                     : (p.groups_C > 0 ? selective_scan_bwd_kernel<T, false, true>
+                                       : selective_scan_bwd_kernel<T, false, false>);
+  const size_t smem = bwd_smem_floats(p.dstate) * sizeof(float);
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (err != cudaSuccess) return err;
+  const dim3 grid(tl.blocks_x, p.batch);
+  kernel<<<grid, kThreads, smem, stream>>>(p);
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+
+  const int warp_rows = kWarps * p.batch;
+  const int64_t dimN = int64_t(p.dim) * p.dstate;
+  const int64_t NL = int64_t(p.dstate) * p.seqlen;
+  if ((err = launch_sum<float>(p.ws_dA, p.dA, warp_rows, dimN, stream)) != cudaSuccess) return err;
+  err = p.groups_B > 0 ? launch_sum<T>(p.ws_dB_var, p.dB, tl.tiles_B, int64_t(p.batch) * p.groups_B * NL, stream)
+                       : launch_sum<float>(p.ws_dB_const, p.dB, warp_rows, dimN, stream);
+  if (err != cudaSuccess) return err;
+  err = p.groups_C > 0 ? launch_sum<T>(p.ws_dC_var, p.dC, tl.tiles_C, int64_t(p.batch) * p.groups_C * NL, stream)
+                       : launch_sum<float>(p.ws_dC_const, p.dC, warp_rows, dimN, stream);
+  if (err != cudaSuccess) return err;
+  if (p.dD != nullptr && (err = launch_sum<float>(p.ws_dD, p.dD, warp_rows, p.dim, stream)) != cudaSuccess) return err;
+  if (p.ddelta_bias != nullptr &&
+      (err = launch_sum<float>(p.ws_dbias, p.ddelta_bias, warp_rows, p.dim, stream)) != cudaSuccess) return err;
+  return cudaSuccess;
+}
+
+}  // namespace
+
+cudaError_t selective_scan_fwd(const SelectiveScanFwdParams& params, cudaStream_t stream) {
+  switch (params.dtype) {
+    case ScanDtype::kFloat32: return launch_fwd<float>(params, stream);
+    case ScanDtype::kFloat16: return launch_fwd<__half>(params, stream);
+    case ScanDtype::kBFloat16: return launch_fwd<__nv_bfloat16>(params, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t selective_scan_bwd(const SelectiveScanBwdParams& params, cudaStream_t stream) {
+  switch (params.dtype) {
+    case ScanDtype::kFloat32: return launch_bwd<float>(params, stream);
+    case ScanDtype::kFloat16: return launch_bwd<__half>(params, stream);
+    case ScanDtype::kBFloat16: return launch_bwd<__nv_bfloat16>(params, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace cuda
+}  // namespace pyneuro
