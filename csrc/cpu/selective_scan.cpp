@@ -9,11 +9,13 @@
 // OpenMP. A block never straddles a group of a variable B or C, so all its channels read the same
 // B/C values: per chunk of T = chunk_size steps, the (N, T) slab of B and of C is loaded once per
 // block, converted to fp32 and transposed to a (T, N) "tile", making each step's N values
-// contiguous. Inside a channel the time loop is sequential and the loop over N is vectorised:
-// N is padded to a multiple of 16 lanes (padding lanes have A = B = C = 0, so they stay 0), and
-// the per-step dot products over N end in a vector tree sum. The hot kernels are compiled for
-// x86-64, AVX2 and AVX-512, chosen when the library loads. exp, log1p and sigmoid are branch-free
-// polynomials that vectorise (std::exp does not without -ffast-math), accurate to ~1-2 ulp.
+// contiguous. For one channel, N is padded to a multiple of 16 lanes (padding lanes have
+// A = B = C = 0, so they stay 0) and the sequential time loop runs inside a loop over 16-lane
+// blocks, so a block's state stays in vector registers for the whole chunk; the dot products over
+// N are stored as 16-lane partials and summed 16 steps at a time (add_row_sums). The hot kernels
+// are compiled for x86-64, AVX2 and AVX-512 and the best is chosen when the library loads.
+// exp, log1p and sigmoid are branch-free polynomials that vectorise (std::exp does not without
+// -ffast-math), accurate to ~2 ulp.
 //
 // Memory traffic. Forward: reads u, delta, z once (batch*dim*L each), B and C once per block of
 // 16 channels (batch*G*N*L each), writes out, last_state and the chunk_states
@@ -44,7 +46,8 @@
 #include <utility>
 #include <vector>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(PYNEURO_NO_SIMD_CLONES)  // (set it to test one ISA level with -march)
 // One copy of each hot kernel per ISA level, dispatched once when the library loads (ifunc):
 // the wheel stays portable and still uses AVX2/AVX-512 where the CPU has them.
 #define PYNEURO_SIMD_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
@@ -62,8 +65,9 @@ constexpr int64_t kForwardBlockWidth = 16;  // channels sharing one B/C tile in 
 constexpr int64_t kMinBackwardTasks = 32;   // split a group's channels below this many tasks
 
 // ---------------------------------------------------------------------------------------------
-// Vectorisable scalar math. Written with integer selects, not float compares, because GCC
-// will not if-convert a float comparison (it may trap) without -fno-trapping-math.
+// Vectorisable scalar math. Clamps use integer operations on the bits, not float compares:
+// without -fno-trapping-math GCC will not turn a float compare-and-select into a vector blend,
+// and a branch ends vectorisation.
 
 PYNEURO_INLINE uint32_t float_bits(float x) {
   uint32_t i;
@@ -95,8 +99,7 @@ constexpr float kLog2e = 1.44269504088896341f;
 // Clamp x to [lo, hi] (lo < 0 < hi, given as bit patterns) on the bits: as unsigned integers,
 // the floats below lo (sign set, larger magnitude) are exactly those above lo's bits; as signed
 // integers, the floats above hi are those above hi's bits. Integer min compiles to a vector min,
-// never to a branch. NaN keeps its bits when its sign is clear and becomes lo when set, so the
-// callers restore it.
+// never to a branch. A NaN comes out as lo or hi; the callers restore it (keep_nan).
 PYNEURO_INLINE float clamp_exp_input(float x, uint32_t lo_bits, uint32_t hi_bits) {
   const uint32_t ix = float_bits(x);
   const uint32_t not_below = std::min(ix, lo_bits);
@@ -321,12 +324,12 @@ PYNEURO_INLINE void compute_dt(const ChannelChunk& cc, float* __restrict__ dt, f
   }
 }
 
-// The kernels below run the time loop inside a loop over blocks of kLanes state elements, so
-// a block's state lives in vector registers for the whole chunk and the per-step work is one
-// vector exp, a few FMAs and one lane sum; the sums over N of the blocks meet in per-step arrays.
+// The kernels below run the time loop inside a loop over blocks of kLanes state elements, so a
+// block's state lives in vector registers for the whole chunk; per step, a block's dot products
+// over its lanes are stored as kLanes partials and summed afterwards by add_row_sums.
 
 // Forward of one channel over one chunk. state (N): x before the chunk in, after it out.
-// Writes out (T). Per step and 16 state elements: one vector exp, 3 FMAs, one lane sum.
+// Writes out (T). Per step and 16 state elements: one vector 2^x, 3 multiply-adds, 4 loads/stores.
 PYNEURO_SIMD_CLONES
 void forward_channel_chunk(const ChannelChunk& cc, Workspace& ws, float* __restrict__ state, float* __restrict__ out) {
   const int64_t T = cc.T, N = cc.N;
@@ -371,8 +374,8 @@ void forward_channel_chunk(const ChannelChunk& cc, Workspace& ws, float* __restr
 }
 
 // Backward of one channel over one chunk: recompute x_t from the chunk's starting state, then
-// run the reverse scan. Per step and 16 state elements: one vector exp, ~14 FMAs/multiplies,
-// two or three lane sums.
+// run the reverse scan. Per step and 16 state elements: one vector 2^x, ~14 multiply-adds,
+// ~14 loads/stores.
 PYNEURO_SIMD_CLONES
 void backward_channel_chunk(const ChannelChunk& cc, ChannelChunkGrad& gr, Workspace& ws) {
   const int64_t T = cc.T, N = cc.N;

@@ -306,8 +306,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
     u, delta, z and a variable B/C share one dtype (fp32, fp16 or bf16; fp64 on the reference);
     A, D, delta_bias, initial_state and a constant B/C are fp32. The state is kept in fp32.
-    Returns out (u's dtype), or (out, last_state) with last_state (batch, dim, N) fp32 when
-    ``return_last_state``. Gradients flow into every tensor argument, also from last_state.
+    Returns out (u's dtype), or (out, last_state) with last_state (batch, dim, N) fp32 (fp64 for
+    fp64 inputs) when ``return_last_state``. Gradients flow into every tensor argument, also from
+    last_state.
     """
     N = _check(u, delta, A, B, C, D, z, delta_bias, initial_state)
     chosen = _resolve_backend(backend, u, N)
