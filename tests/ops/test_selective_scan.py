@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from pyneuro import _backends
 from pyneuro.ops import selective_scan
+from scan_inputs import make_inputs  # noqa: E402  (tests/ops/scan_inputs.py)
 from pyneuro.ops.selective_scan import selective_scan_naive
 
 ss = importlib.import_module("pyneuro.ops.selective_scan")  # the module (pyneuro.ops.selective_scan is the function)
@@ -83,37 +84,6 @@ def _no_backend_override(monkeypatch):
 # ----------------------------------------------------------------------------------------------
 # Inputs and the fp64 truth
 # ----------------------------------------------------------------------------------------------
-def make_inputs(batch, dim, L, N, B_kind="var", C_kind="var", *, D=True, z=True, bias=True, softplus=True,
-                x0=True, dtype=torch.float32, seed=0, device="cpu"):
-    """Public-API inputs. *_kind: "var" (batch, N, L), an int G (batch, G, N, L) or "const" (dim, N).
-    Without softplus, delta is kept positive (a negative step makes the recurrence grow)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, scale=1.0):
-        return torch.randn(*shape, generator=g) * scale
-
-    def bc(kind):
-        if kind == "const":
-            return rnd(dim, N)
-        return (rnd(batch, N, L) if kind == "var" else rnd(batch, kind, N, L)).to(dtype)
-
-    inputs = dict(
-        u=rnd(batch, dim, L).to(dtype),
-        delta=(rnd(batch, dim, L, scale=0.5) - 1.0 if softplus
-               else torch.rand(batch, dim, L, generator=g) * 0.5 + 0.01).to(dtype),
-        A=-torch.rand(dim, N, generator=g) * 2 - 0.2,
-        B=bc(B_kind), C=bc(C_kind),
-        D=rnd(dim) if D else None,
-        z=rnd(batch, dim, L).to(dtype) if z else None,
-        delta_bias=(rnd(dim, scale=0.3) if softplus else torch.rand(dim, generator=g) * 0.1) if bias else None,
-        initial_state=rnd(batch, dim, N) if x0 else None,
-    )
-    # dout in out's dtype (autograd rounds it to that anyway), kept as fp32 for the reference.
-    cotangents = dict(dout=rnd(batch, dim, L).to(dtype).float(), dlast=rnd(batch, dim, N))
-    to = lambda t: t.to(device) if t is not None else None  # noqa: E731
-    return {k: to(v) for k, v in inputs.items()}, {k: to(v) for k, v in cotangents.items()}
-
-
 def naive_fp64(inputs, softplus, dout, dlast):
     """naive.py in fp64 on the given (already rounded) inputs: out, last and the gradients of
     <out, dout> + <last, dlast>."""

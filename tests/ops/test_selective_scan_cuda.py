@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from pyneuro import _backends
+from scan_inputs import make_inputs as _make_inputs
 from pyneuro.ops import selective_scan
 from pyneuro.ops.selective_scan import selective_scan_naive
 
@@ -50,34 +51,10 @@ TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 8e-3}
 # ----------------------------------------------------------------------------------------------
 # Inputs and fp64 references
 # ----------------------------------------------------------------------------------------------
-def make_inputs(batch, dim, L, N, B_kind="var", C_kind="var", *, D=True, z=True, bias=True,
-                softplus=True, x0=True, dtype=torch.float32, seed=0, device="cpu"):
-    """B/C kind: "var" (batch, N, L), an int G (batch, G, N, L) or "const" (dim, N)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, scale=1.0):
-        return torch.randn(*shape, generator=g) * scale
-
-    def bc(kind):
-        if kind == "const":
-            return rnd(dim, N)
-        return (rnd(batch, N, L) if kind == "var" else rnd(batch, kind, N, L)).to(dtype)
-
-    inputs = dict(
-        u=rnd(batch, dim, L).to(dtype),
-        delta=(rnd(batch, dim, L, scale=0.5) - 1.0 if softplus
-               else torch.rand(batch, dim, L, generator=g) * 0.5 + 0.01).to(dtype),
-        A=-torch.rand(dim, N, generator=g) * 2 - 0.2,
-        B=bc(B_kind), C=bc(C_kind),
-        D=rnd(dim) if D else None,
-        z=rnd(batch, dim, L).to(dtype) if z else None,
-        delta_bias=(rnd(dim, scale=0.3) if softplus else torch.rand(dim, generator=g) * 0.1) if bias else None,
-        initial_state=rnd(batch, dim, N) if x0 else None,
-    )
-    dout = rnd(batch, dim, L).to(dtype).float()  # autograd rounds it to out's dtype anyway
-    dlast = rnd(batch, dim, N)
-    to = lambda t: t.to(device) if t is not None else None  # noqa: E731
-    return {k: to(v) for k, v in inputs.items()}, to(dout), to(dlast)
+def make_inputs(*args, **kwargs):
+    """scan_inputs.make_inputs, with the cotangents unpacked: (inputs, dout, dlast)."""
+    inputs, cotangents = _make_inputs(*args, **kwargs)
+    return inputs, cotangents["dout"], cotangents["dlast"]
 
 
 def adjoint_fp64(inputs, softplus, dout, dlast):
