@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print JSON")
 
     sub.add_parser("models", help="list the models and their default hyper-parameters")
+
+    # Everything after `bench` goes to the runner untouched (see `python -m benchmarks --help`).
+    sub.add_parser("bench", help="benchmark every backend against its baseline (python -m benchmarks)",
+                   add_help=False)
     return p
 
 
@@ -143,13 +147,29 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    # The benchmark suite lives in the repository (benchmarks/), not in the wheel.
+    try:
+        from benchmarks.runner import main as bench_main
+    except ImportError:
+        raise ValueError("the benchmark suite is not importable: run `pyneuro bench` from a pyneuro "
+                         "checkout (its benchmarks/ folder), or `python -m benchmarks` there") from None
+    return bench_main(args.bench_args)
+
+
 def main(argv=None) -> int:
     from .data import DataError
     from .train.checkpoint import CheckpointError
     from .train.config import ConfigError
 
-    args = _parser().parse_args(argv)
-    handler = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "models": cmd_models}[args.command]
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    handler = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "models": cmd_models,
+               "bench": cmd_bench}[args.command]
     try:
         return handler(args)
     except (ConfigError, CheckpointError, DataError, ValueError) as exc:

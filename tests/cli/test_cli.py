@@ -137,3 +137,15 @@ def test_main_py_ask_model_accepts_names_and_numbers():
     assert sum("not on the list" in s for s in shown) == 2
     answers = iter(["2"])
     assert main.ask_model(["cnn", "gru"], ["a", "b"], read=lambda _: next(answers), write=shown.append) == "gru"
+
+
+def test_bench_runs_the_suite_from_a_checkout(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    monkeypatch.syspath_prepend(str(REPO))
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--quick", "--ops", "selective_scan", "--device", "cpu", "--repeats", "1",
+                     "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    contenders = {r["contender"] for case in results["cases"] for r in case["results"]}
+    assert {"reference", "cpu"} <= contenders
+    assert all("speedup_vs_baseline" in r for case in results["cases"] for r in case["results"] if "median_s" in r)
