@@ -101,6 +101,8 @@ class OpBackends:
 
 OPS: dict[str, OpBackends] = {}
 
+# Triton is absent from the CPU order on purpose: its interpreter (TRITON_INTERPRET=1) is for
+# tests and is only ever used when named.
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
 
 
@@ -127,10 +129,7 @@ def choose(op_name: str, device: torch.device, backend: str = "auto") -> str:
     if backend == "auto":
         backend = os.environ.get("PYNEURO_BACKEND", "auto") or "auto"
     if backend == "auto":
-        order = _AUTO_ORDER.get(device.type, ("reference",))
-        if device.type == "cpu" and triton_interpret():
-            order = ("cpu", "reference")  # the interpreter is for tests, never chosen on its own
-        for b in order:
+        for b in _AUTO_ORDER.get(device.type, ("reference",)):
             if b in op.probes and op.status(b, device)[0]:
                 return b
         return "reference"
