@@ -1,4 +1,4 @@
-"""Multi-head attention and the Transformer encoder layer, on :func:`pyneuro.ops.attention.attention`.
+"""Multi-head attention and the Transformer encoder layer, on :func:`pyneuro.ops.attn.attention`.
 
 Parameters carry torch.nn's names (``in_proj_weight``, ``out_proj``, ``linear1``, ``norm1`` ...), so
 state_dicts of torch.nn.MultiheadAttention / TransformerEncoderLayer / TransformerEncoder load
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _backends
-from ..ops.attention import attention
+from ..ops.attn import attention
 
 
 def _require_positive_int(owner: str, name: str, value) -> None:

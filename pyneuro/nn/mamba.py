@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.selective_scan import selective_scan
+from ..ops.scan import selective_scan
 
 State = tuple[torch.Tensor, torch.Tensor]
 

@@ -1,7 +1,9 @@
-"""Accelerated ops. Each lives in its own folder: ``naive.py`` (the readable ground truth) and
-``__init__.py`` (the public function, its autograd and its backend choice)."""
-from .attention import attention
+"""Accelerated ops, one folder each (``naive.py``, the readable ground truth, and ``__init__.py``,
+the public function with its validation, fake and autograd wiring): ``scan`` holds
+:func:`selective_scan`, ``attn`` :func:`attention`, ``rnn`` the recurrent sequences. The folders
+are not named after the functions, so both stay reachable (``pyneuro.ops.scan.MAX_N``)."""
+from .attn import attention
 from .rnn import gru_sequence, lstm_sequence, rnn_sequence
-from .selective_scan import selective_scan
+from .scan import selective_scan
 
 __all__ = ["attention", "lstm_sequence", "gru_sequence", "rnn_sequence", "selective_scan"]

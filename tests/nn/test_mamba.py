@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from pyneuro import _backends
 from pyneuro.nn.mamba import Mamba
-from pyneuro.ops.selective_scan.naive import selective_scan_naive
+from pyneuro.ops.scan.naive import selective_scan_naive
 
 D_MODEL, D_STATE, D_CONV = 12, 5, 4
 

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from pyneuro import _backends
-from pyneuro.ops.attention import attention
+from pyneuro.ops.attn import attention
 
 # Per-dtype tolerances for a result computed in fp32 (fp64) and rounded once to the dtype.
 TOL = {

@@ -15,7 +15,6 @@ max |actual - expected| / max |expected| per tensor.
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 import sys
 
@@ -26,9 +25,9 @@ import torch.nn.functional as F
 from pyneuro import _backends
 from pyneuro.ops import selective_scan
 from scan_inputs import make_inputs  # noqa: E402  (tests/ops/scan_inputs.py)
-from pyneuro.ops.selective_scan import selective_scan_naive
+from pyneuro.ops.scan import selective_scan_naive
 
-ss = importlib.import_module("pyneuro.ops.selective_scan")  # the module (pyneuro.ops.selective_scan is the function)
+import pyneuro.ops.scan as ss  # noqa: E402
 
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 # Normwise tolerances. fp32: the kernels keep fp32 state and use ~1-ulp polynomial exp/log; the

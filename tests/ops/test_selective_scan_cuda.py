@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from pyneuro import _backends
 from scan_inputs import make_inputs as _make_inputs
 from pyneuro.ops import selective_scan
-from pyneuro.ops.selective_scan import selective_scan_naive
+from pyneuro.ops.scan import selective_scan_naive
 
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 SKIP_REASON = "needs a CUDA GPU and pyneuro._C built with CUDA"

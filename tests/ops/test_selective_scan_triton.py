@@ -34,7 +34,7 @@ if not torch.cuda.is_available():
 
 triton = pytest.importorskip("triton", reason="the triton backend needs the triton package")
 
-from pyneuro.ops.selective_scan.naive import selective_scan_naive  # noqa: E402
+from pyneuro.ops.scan.naive import selective_scan_naive  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 if not INTERPRET and not torch.cuda.is_available():
