@@ -20,15 +20,13 @@
 #include <cstdint>
 #include <numeric>
 
+#include "../common/limits.h"
+
 namespace pyneuro {
 namespace cuda {
 
-// N is looped over, so it only costs shared memory: the backward keeps two fp32 carries of
-// 32 x N each (64 KiB at N = 256), which must fit the 163 KiB a block may use on sm_80.
-constexpr int kSelectiveScanMaxDState = 256;
-// Time steps between stored states. Equal to the kernels' time tile, so the backward reads every
-// tile's start state instead of recomputing it (other values work; see selective_scan.cu).
-constexpr int kSelectiveScanDefaultChunk = 64;
+// kSelectiveScanMaxDState and kSelectiveScanDefaultChunk (and why they are what they are) live in
+// ../common/limits.h, toolkit-free, so that build_info() and the argument checks read them too.
 
 enum class ScanDtype : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 

@@ -1,0 +1,26 @@
+// Limits of the compiled kernels, in one toolkit-free header: the kernels, the argument checks
+// (csrc/common/selective_scan_args.h) and build_info()["limits"] (csrc/module.cpp) all read these
+// constants, and Python reads build_info(), so a limit is written down exactly once.
+#pragma once
+
+#include <cstdint>
+
+namespace pyneuro {
+
+// --- selective scan, CPU (csrc/cpu/selective_scan_kernels.cpp)
+// N bounds the per-thread (chunk, N) fp32 tiles: at 128 x 256 they stay under 1 MiB per thread.
+constexpr int64_t kCpuScanMaxN = 256;
+// Steps between stored states: speed is flat from 64 to 256 at N = 16; 128 halves the states of 64.
+constexpr int64_t kCpuScanDefaultChunk = 128;
+
+namespace cuda {
+// --- selective scan, CUDA (csrc/cuda/selective_scan.cu)
+// N is looped over, so it only costs shared memory: the backward keeps two fp32 carries of
+// 32 x N each (64 KiB at N = 256), which must fit the 163 KiB a block may use on sm_80.
+constexpr int kSelectiveScanMaxDState = 256;
+// Time steps between stored states. Equal to the kernels' time tile, so the backward reads every
+// tile's start state instead of recomputing it (other values work; see selective_scan.cu).
+constexpr int kSelectiveScanDefaultChunk = 64;
+}  // namespace cuda
+
+}  // namespace pyneuro
