@@ -823,6 +823,14 @@ cudaError_t selective_scan_fwd(const SelectiveScanFwdParams& params, cudaStream_
   return cudaErrorInvalidValue;
 }
 
+size_t selective_scan_fwd_smem_bytes(const SelectiveScanFwdParams& params) {
+  return fwd_smem_floats(params.dstate) * sizeof(float);
+}
+
+size_t selective_scan_bwd_smem_bytes(const SelectiveScanBwdParams& params) {
+  return bwd_smem_floats(params.dstate) * sizeof(float);
+}
+
 cudaError_t selective_scan_bwd(const SelectiveScanBwdParams& params, cudaStream_t stream) {
   switch (params.dtype) {
     case ScanDtype::kFloat32: return launch_bwd<float>(params, stream);

@@ -17,6 +17,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <numeric>
 
@@ -162,6 +163,12 @@ inline int64_t selective_scan_bwd_workspace_floats(const SelectiveScanBwdParams&
 // seqlen >= 1, batch >= 1, dim >= 1 (the glue handles empty problems without a launch).
 cudaError_t selective_scan_fwd(const SelectiveScanFwdParams& params, cudaStream_t stream);
 cudaError_t selective_scan_bwd(const SelectiveScanBwdParams& params, cudaStream_t stream);
+
+// Dynamic shared memory (bytes) the launcher requests for these params (depends on dstate only
+// today; dtype and B/C kinds may matter later). For compile-time checks against the 227 KiB
+// (sm_90) / 163 KiB (sm_80) a block may use, and for occupancy estimates.
+size_t selective_scan_fwd_smem_bytes(const SelectiveScanFwdParams& params);
+size_t selective_scan_bwd_smem_bytes(const SelectiveScanBwdParams& params);
 
 }  // namespace cuda
 }  // namespace pyneuro
