@@ -13,96 +13,54 @@
 #include <optional>
 #include <tuple>
 
+#include "../common/selective_scan_args.h"
 #include "selective_scan.h"
 
 namespace {
 
+using pyneuro::SelectiveScanShape;
 using pyneuro::cuda::kSelectiveScanMaxDState;
 using pyneuro::cuda::ScanDtype;
 using pyneuro::cuda::SelectiveScanBwdParams;
 using pyneuro::cuda::SelectiveScanFwdParams;
 
-constexpr const char* kOp = "selective_scan (cuda backend): ";
-
-ScanDtype scan_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return ScanDtype::kFloat32;
-    case at::kHalf: return ScanDtype::kFloat16;
-    case at::kBFloat16: return ScanDtype::kBFloat16;
-    default: TORCH_CHECK_TYPE(false, kOp, "u must be float32, float16 or bfloat16, got ", t);
-  }
-  return ScanDtype::kFloat32;
-}
-
-// A CUDA tensor on u's device, contiguous, of the given dtype and shape. As DESIGN.md asks of bad
-// input: TypeError for a dtype, ValueError for the rest (c10's *_VALUE/*_TYPE checks map to them).
-void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& u, at::ScalarType dtype,
-                  at::IntArrayRef shape) {
-  TORCH_CHECK_VALUE(t.is_cuda(), kOp, name, " must be a CUDA tensor, got one on ", t.device());
-  TORCH_CHECK_VALUE(t.device() == u.device(), kOp, name, " is on ", t.device(), " but u is on ", u.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == dtype, kOp, name, " must be ", dtype, ", got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.sizes() == shape, kOp, name, " must have shape ", shape, ", got ", t.sizes());
-  TORCH_CHECK_VALUE(t.is_contiguous(), kOp, name, " must be contiguous");
-}
-
-// B or C: constant (dim, N) fp32 -> 0 groups, or variable (batch, G, N, L) in u's dtype -> G.
-int check_bc(const at::Tensor& t, const char* name, const at::Tensor& u, int64_t N) {
-  const int64_t batch = u.size(0), dim = u.size(1), L = u.size(2);
-  if (t.dim() == 2) {
-    check_tensor(t, name, u, at::kFloat, {dim, N});
-    return 0;
-  }
-  TORCH_CHECK_VALUE(t.dim() == 4, kOp, name, " must be (dim, N) or (batch, groups, N, L), got shape ", t.sizes());
-  const int64_t G = t.size(1);
-  TORCH_CHECK_VALUE(G >= 1 && dim % G == 0, kOp, name, " has ", G, " groups, which must divide dim = ", dim);
-  check_tensor(t, name, u, u.scalar_type(), {batch, G, N, L});
-  return static_cast<int>(G);
-}
-
-void check_opt(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& u,
-               at::ScalarType dtype, at::IntArrayRef shape) {
-  if (t.has_value()) check_tensor(*t, name, u, dtype, shape);
-}
+// Messages read "selective_scan: <argument> ..." (csrc/common/checks.h: TypeError for a dtype,
+// ValueError for the rest); a failed launch is a RuntimeError that names the backend.
+constexpr const char* kOp = "selective_scan";
 
 struct Problem {
   int batch, dim, L, N, groups_B, groups_C, chunk_size, n_chunks;
   ScanDtype dtype;
 };
 
-// Everything both directions check; returns the sizes as the kernels take them.
+// The shared argument check (csrc/common/selective_scan_args.h) plus what only this backend
+// needs: CUDA tensors (the shared check puts every tensor on u's device), batch within grid.y and
+// sizes within int32. Returns the sizes as the kernels take them.
 Problem check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                      const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
                      const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
                      const std::optional<at::Tensor>& initial_state, int64_t chunk_size) {
-  TORCH_CHECK_VALUE(u.is_cuda(), kOp, "u must be a CUDA tensor, got one on ", u.device());
-  TORCH_CHECK_VALUE(u.dim() == 3, kOp, "u must be (batch, dim, L), got shape ", u.sizes());
+  TORCH_CHECK_VALUE(u.is_cuda(), kOp, ": u must be a CUDA tensor for the cuda backend, got one on ",
+                    u.device());
+  const SelectiveScanShape s = pyneuro::check_selective_scan_args(
+      kOp, u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_size, kSelectiveScanMaxDState);
+  TORCH_CHECK_VALUE(s.batch <= 65535, kOp, ": batch = u.shape[0] must be <= 65535 on the cuda backend (grid.y), got ",
+                    s.batch);
+  TORCH_CHECK_VALUE(s.dim <= INT_MAX && s.L <= INT_MAX, kOp,
+                    ": dim and L (u.shape[1:]) must fit in int32 on the cuda backend, got ", s.dim, " and ", s.L);
   Problem pr;
-  pr.dtype = scan_dtype(u.scalar_type());
-  const int64_t batch = u.size(0), dim = u.size(1), L = u.size(2);
-  TORCH_CHECK_VALUE(A.dim() == 2 && A.size(0) == dim, kOp, "A must be (dim, N) with dim = ", dim,
-                    ", got shape ", A.sizes());
-  const int64_t N = A.size(1);
-  TORCH_CHECK_VALUE(N >= 1 && N <= kSelectiveScanMaxDState, kOp, "the state size N = A.shape[1] = ", N,
-                    " is outside the supported range [1, ", kSelectiveScanMaxDState, "]");
-  TORCH_CHECK_VALUE(batch <= 65535, kOp, "batch = ", batch, " exceeds the supported 65535");
-  TORCH_CHECK_VALUE(dim <= INT_MAX && L <= INT_MAX, kOp, "dim and L must fit in int32, got ", dim, " and ", L);
-  TORCH_CHECK_VALUE(chunk_size >= 1, kOp, "chunk_size must be >= 1, got ", chunk_size);
-  check_tensor(u, "u", u, u.scalar_type(), {batch, dim, L});
-  check_tensor(delta, "delta", u, u.scalar_type(), {batch, dim, L});
-  check_tensor(A, "A", u, at::kFloat, {dim, N});
-  pr.groups_B = check_bc(B, "B", u, N);
-  pr.groups_C = check_bc(C, "C", u, N);
-  check_opt(D, "D", u, at::kFloat, {dim});
-  check_opt(z, "z", u, u.scalar_type(), {batch, dim, L});
-  check_opt(delta_bias, "delta_bias", u, at::kFloat, {dim});
-  check_opt(initial_state, "initial_state", u, at::kFloat, {batch, dim, N});
-  pr.batch = static_cast<int>(batch);
-  pr.dim = static_cast<int>(dim);
-  pr.L = static_cast<int>(L);
-  pr.N = static_cast<int>(N);
+  pr.dtype = u.scalar_type() == at::kHalf       ? ScanDtype::kFloat16
+             : u.scalar_type() == at::kBFloat16 ? ScanDtype::kBFloat16
+                                                : ScanDtype::kFloat32;  // the check allows no other
+  pr.batch = static_cast<int>(s.batch);
+  pr.dim = static_cast<int>(s.dim);
+  pr.L = static_cast<int>(s.L);
+  pr.N = static_cast<int>(s.N);
+  pr.groups_B = static_cast<int>(s.groups_B);
+  pr.groups_C = static_cast<int>(s.groups_C);
   // Chunks longer than the sequence store the same single state; clamping keeps it in int.
-  pr.chunk_size = static_cast<int>(std::min<int64_t>(chunk_size, std::max<int64_t>(L, 1)));
-  pr.n_chunks = static_cast<int>((L + pr.chunk_size - 1) / pr.chunk_size);
+  pr.chunk_size = static_cast<int>(std::min<int64_t>(chunk_size, std::max<int64_t>(s.L, 1)));
+  pr.n_chunks = static_cast<int>((s.L + pr.chunk_size - 1) / pr.chunk_size);
   return pr;
 }
 
@@ -142,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_scan_fwd_cuda(
   p.last_state = last_state.data_ptr<float>();
   p.chunk_states = chunk_states.data_ptr<float>();
   const cudaError_t err = pyneuro::cuda::selective_scan_fwd(p, at::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, kOp, "forward launch failed: ", cudaGetErrorString(err));
+  TORCH_CHECK(err == cudaSuccess, kOp, " (cuda backend): forward launch failed: ", cudaGetErrorString(err));
   return {out, last_state, chunk_states};
 }
 
@@ -156,9 +114,9 @@ selective_scan_bwd_cuda(const at::Tensor& dout, const std::optional<at::Tensor>&
                         const std::optional<at::Tensor>& initial_state,
                         const at::Tensor& chunk_states, bool delta_softplus, int64_t chunk_size) {
   const Problem pr = check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_size);
-  check_tensor(dout, "dout", u, u.scalar_type(), u.sizes());
-  check_opt(dlast_state, "dlast_state", u, at::kFloat, {pr.batch, pr.dim, pr.N});
-  check_tensor(chunk_states, "chunk_states", u, at::kFloat, {pr.batch, pr.dim, pr.n_chunks, pr.N});
+  SelectiveScanShape s;
+  s.batch = pr.batch; s.dim = pr.dim; s.L = pr.L; s.N = pr.N; s.n_chunks = pr.n_chunks;
+  pyneuro::check_selective_scan_bwd_args(kOp, s, u, dout, dlast_state, chunk_states);
   const c10::cuda::CUDAGuard guard(u.device());
   const auto f32 = u.options().dtype(at::kFloat);
   const auto absent = [&] { return at::empty({0}, f32); };  // gradient of an input not given
@@ -202,7 +160,7 @@ selective_scan_bwd_cuda(const at::Tensor& dout, const std::optional<at::Tensor>&
   at::Tensor workspace = at::empty({pyneuro::cuda::selective_scan_bwd_workspace_floats(p)}, f32);
   p.workspace = workspace.data_ptr<float>();
   const cudaError_t err = pyneuro::cuda::selective_scan_bwd(p, at::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, kOp, "backward launch failed: ", cudaGetErrorString(err));
+  TORCH_CHECK(err == cudaSuccess, kOp, " (cuda backend): backward launch failed: ", cudaGetErrorString(err));
   return {du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state};
 }
 
