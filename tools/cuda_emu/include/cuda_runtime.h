@@ -1,0 +1,3 @@
+// cuda_emu shim for <cuda_runtime.h>: see cuda_emu/core.h.
+#pragma once
+#include "cuda_emu/core.h"
