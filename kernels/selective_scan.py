@@ -24,6 +24,26 @@ i.e. a reverse scan over (a_{t+1}, C_t·dy_t). a_{t+1} is recomputed from δ loa
 (a = 1 past the end). The state before step t enters only as a_t·x_{t-1} = x_t − β_t, so no
 shifted forward scan is needed.
 
+Reverse scan (the one risky primitive)
+--------------------------------------
+The adjoint scan is backwards in time with a non-commutative combine. By default ("native") it is
+`tl.associative_scan(..., reverse=True)`: the interpreter implements that as flip, forward scan,
+flip (numpy); the GPU lowering (ScanOpToLLVM) reverses the registers and lanes, runs the forward
+scan with the accumulated prefix as the combine's first argument, and reverses back, i.e. the same
+operand order. Reverse scans with non-commutative combines have had upstream bug reports
+(triton-lang/triton#4362, open; #8412), so there is a fallback that needs no reverse=True:
+"flip" loads the chunk's tiles in reverse time order (position l holds step BLOCK_L−1−l), runs a
+forward scan and flips the result back with tl.flip. Both are tested against the fp64 reference
+(tests/kernels/test_selective_scan_triton.py), and reverse=True alone by
+tests/kernels/test_triton_reverse_scan.py, which is the real check on a GPU. If that test fails
+on a GPU, switch every backward to the fallback with
+
+    PYNEURO_TRITON_REVERSE_SCAN=flip        (environment, read at import)
+    pyneuro.kernels.selective_scan.REVERSE_SCAN = "flip"      (at run time)
+
+The fallback costs a second, time-reversed load of δ, dout, z and C per chunk and a tl.flip of
+one (BLOCK_D, BLOCK_N, BLOCK_L) tile.
+
 Design
 ------
 * chunk_size == BLOCK_L: one chunk is one scan tile; it must be a power of two in
@@ -45,10 +65,13 @@ Design
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
 import triton.language as tl
+
+from ._common import affine_combine, exp, reversed_range_mask, sigmoid, softplus
 
 DEFAULT_CHUNK_SIZE = 64
 MIN_CHUNK_SIZE = 4
@@ -67,43 +90,22 @@ _MAX_BLOCK_D = 16
 # _MAX_SPLITS × |dB| whatever dim is, never O(dim · N · L).
 _MAX_SPLITS = 64
 _BWD_TARGET_PROGRAMS = 1024
+# How the backward runs its backward-in-time scan (see "Reverse scan" above): "native" uses
+# tl.associative_scan(reverse=True), "flip" a forward scan over time-reversed loads. Read at each
+# launch, so tests (and users) may also set the attribute.
+REVERSE_SCAN = os.environ.get("PYNEURO_TRITON_REVERSE_SCAN", "native")
 
 
 # ----------------------------------------------------------------------------------------------
-# Element-wise helpers
+# Op-specific helper (the generic ones are in _common.py)
 # ----------------------------------------------------------------------------------------------
-@triton.jit
-def _affine_combine(a1, b1, a2, b2):
-    # (a1, b1) is applied first: x -> a2·(a1·x + b1) + b2. With reverse=True Triton feeds the
-    # later-in-the-sequence accumulation as the first argument, which is again "applied first".
-    return a1 * a2, a2 * b1 + b2
-
-
-@triton.jit
-def _sigmoid(x):
-    # exp of a non-positive argument only: no overflow.
-    e = tl.exp(-tl.abs(x))
-    r = 1.0 / (1.0 + e)
-    return tl.where(x >= 0, r, e * r)
-
-
-@triton.jit
-def _softplus(x):
-    # log1p(exp(x)) with torch's threshold 20; log1p via log(w)·e/(w−1), w = 1+e, which is accurate
-    # where plain log(1+e) loses the small e (Goldberg's trick, portable across Triton versions).
-    e = tl.exp(tl.minimum(x, 20.0))
-    w = 1.0 + e
-    lp = tl.where(w == 1.0, e, tl.log(w) * (e / tl.where(w == 1.0, 1.0, w - 1.0)))
-    return tl.where(x > 20.0, x, lp)
-
-
 @triton.jit
 def _delta(raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """δ from the raw input (fp32) and the per-channel bias (BLOCK_D,)."""
     if HAS_BIAS:
         raw = raw + bias[:, None]
     if SOFTPLUS:
-        raw = _softplus(raw)
+        raw = softplus(raw)
     return raw
 
 
@@ -184,9 +186,9 @@ def _ssm_fwd_kernel(
         else:
             Ct = Cc
 
-        a = tl.exp(dt[:, None, :] * A[:, :, None])
+        a = exp(dt[:, None, :] * A[:, :, None])
         beta = (dt * uu)[:, None, :] * Bt
-        a_cum, beta_cum = tl.associative_scan((a, beta), axis=2, combine_fn=_affine_combine)
+        a_cum, beta_cum = tl.associative_scan((a, beta), axis=2, combine_fn=affine_combine)
         xs = a_cum * x[:, :, None] + beta_cum  # (BLOCK_D, BLOCK_N, BLOCK_L): x_t in the chunk
         y = tl.sum(xs * Ct, axis=1)
         x = tl.sum(tl.where(last_col, xs, 0.0), axis=2)  # x at the chunk end (padded steps keep it)
@@ -195,7 +197,7 @@ def _ssm_fwd_kernel(
             y += Dv[:, None] * uu
         if HAS_Z:
             zz = tl.load(z_ptr + io, mask=dl_mask, other=0.0).to(tl.float32)
-            y *= zz * _sigmoid(zz)
+            y *= zz * sigmoid(zz)
         tl.store(out_ptr + io, y.to(out_ptr.dtype.element_ty), mask=dl_mask)
 
     tl.store(last_ptr + state_off, x, mask=dn_mask)
@@ -212,14 +214,15 @@ def _ssm_bwd_kernel(
     batch, dim, L, N, n_chunks, seg_dim, n_split, n_sub, n_seg, GB, GC, B_SEG, C_SEG,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, REVERSE_FLIP: tl.constexpr,
 ):
     """One program: batch row b, n_sub·BLOCK_D channels of one segment, chunks from last to first.
 
     grid    = (n_seg · n_split, batch)
     per chunk k (reverse order), per channel sub-block j (BLOCK_D channels):
         recompute x_t from chunk_states[:, :, k] (forward scan), y_t, dy_t;
-        reverse scan of (a_{t+1}, C_t·dy_t) from the carry g (g_ptr) -> g_t;
+        reverse scan of (a_{t+1}, C_t·dy_t) from the carry g (g_ptr) -> g_t (reverse=True, or
+        with REVERSE_FLIP a forward scan over time-reversed loads and one tl.flip);
         write du, ddelta, dz for the tile; per-chunk partials of dA, dD, dbias, constant dB/dC;
         sum variable dB/dC over the sub-block's channels into (BLOCK_N, BLOCK_L) accumulators,
         written once per chunk after the channel loop.
@@ -258,13 +261,16 @@ def _ssm_bwd_kernel(
         t = k * BLOCK_L + l_idx
         t_mask = t < L
         nl_mask = n_mask[:, None] & t_mask[None, :]
-        t_next_mask = (t + 1) < L
         if B_VAR:
             Bt = tl.load(B_base + t[None, :], mask=nl_mask, other=0.0).to(tl.float32)[None, :, :]
             dB_acc = tl.zeros((BLOCK_N, BLOCK_L), tl.float32)
         if C_VAR:
             Ct = tl.load(C_base + t[None, :], mask=nl_mask, other=0.0).to(tl.float32)[None, :, :]
             dC_acc = tl.zeros((BLOCK_N, BLOCK_L), tl.float32)
+            if REVERSE_FLIP:  # the same tile in reverse time order, for the adjoint scan
+                t_rev, tr_mask = reversed_range_mask(k * BLOCK_L, BLOCK_L, L)
+                C_rev = tl.load(C_base + t_rev[None, :], mask=n_mask[:, None] & tr_mask[None, :],
+                                other=0.0).to(tl.float32)[None, :, :]
 
         for j in range(0, n_sub):
             d_in = (split * n_sub + j) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -290,17 +296,14 @@ def _ssm_bwd_kernel(
             uu = tl.load(u_ptr + io, mask=dl_mask, other=0.0).to(tl.float32)
             raw = tl.load(delta_ptr + io, mask=dl_mask, other=0.0).to(tl.float32)
             dt = tl.where(dl_mask, _delta(raw, bias, HAS_BIAS, SOFTPLUS), 0.0)
-            nx_mask = d_mask[:, None] & t_next_mask[None, :]
-            raw_next = tl.load(delta_ptr + io + 1, mask=nx_mask, other=0.0).to(tl.float32)
-            dt_next = tl.where(nx_mask, _delta(raw_next, bias, HAS_BIAS, SOFTPLUS), 0.0)
             dout = tl.load(dout_ptr + io, mask=dl_mask, other=0.0).to(tl.float32)
 
             # Recompute the chunk's states.
             x0 = tl.load(cs_ptr + (bd[:, None] * n_chunks + k) * N + n[None, :], mask=dn_mask, other=0.0)
-            a = tl.exp(dt[:, None, :] * A[:, :, None])
+            a = exp(dt[:, None, :] * A[:, :, None])
             du_scale = dt * uu
             beta = du_scale[:, None, :] * Bt
-            a_cum, beta_cum = tl.associative_scan((a, beta), axis=2, combine_fn=_affine_combine)
+            a_cum, beta_cum = tl.associative_scan((a, beta), axis=2, combine_fn=affine_combine)
             xs = a_cum * x0[:, :, None] + beta_cum
 
             # Output gate.
@@ -311,19 +314,44 @@ def _ssm_bwd_kernel(
                 if HAS_D:
                     y += Dv[:, None] * uu
                 zz = tl.load(z_ptr + io, mask=dl_mask, other=0.0).to(tl.float32)
-                sz = _sigmoid(zz)
+                sz = sigmoid(zz)
                 dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
                 tl.store(dz_ptr + io, dz.to(dz_ptr.dtype.element_ty), mask=dl_mask)
                 dy = dout * zz * sz
             else:
                 dy = dout
 
-            # Adjoint: reverse scan from the carry g at the first step of chunk k+1.
+            # Adjoint: g_t = a_{t+1}·g_{t+1} + C_t·dy_t, a scan backwards in time from the carry g
+            # at the first step of chunk k+1 (a = 1 and C·dy = 0 on padded steps).
             g_in = tl.load(g_rd + state_off, mask=dn_mask, other=0.0)
-            a_next = tl.exp(dt_next[:, None, :] * A[:, :, None])
-            g_cum, c_cum = tl.associative_scan((a_next, Ct * dy[:, None, :]), axis=2,
-                                               combine_fn=_affine_combine, reverse=True)
-            g = g_cum * g_in[:, :, None] + c_cum
+            if REVERSE_FLIP:
+                # Time-reversed tiles (position l holds step k·BLOCK_L + BLOCK_L−1−l), loaded so:
+                # a forward scan over them is the backward-in-time scan; one tl.flip brings g
+                # back to time order. dy = dout·silu(z) needs no y, so it is recomputed here.
+                t_rev, tr_mask = reversed_range_mask(k * BLOCK_L, BLOCK_L, L)
+                io_rev = bd[:, None] * L + t_rev[None, :]
+                dlr_mask = d_mask[:, None] & tr_mask[None, :]
+                nx_mask = d_mask[:, None] & ((t_rev + 1) < L)[None, :]
+                raw_next = tl.load(delta_ptr + io_rev + 1, mask=nx_mask, other=0.0).to(tl.float32)
+                dt_next = tl.where(nx_mask, _delta(raw_next, bias, HAS_BIAS, SOFTPLUS), 0.0)
+                dy_rev = tl.load(dout_ptr + io_rev, mask=dlr_mask, other=0.0).to(tl.float32)
+                if HAS_Z:
+                    z_rev = tl.load(z_ptr + io_rev, mask=dlr_mask, other=0.0).to(tl.float32)
+                    dy_rev *= z_rev * sigmoid(z_rev)
+                if not C_VAR:
+                    C_rev = Ct  # constant in time
+                a_next = exp(dt_next[:, None, :] * A[:, :, None])
+                g_cum, c_cum = tl.associative_scan((a_next, C_rev * dy_rev[:, None, :]), axis=2,
+                                                   combine_fn=affine_combine)
+                g = tl.flip(g_cum * g_in[:, :, None] + c_cum, 2)
+            else:
+                nx_mask = d_mask[:, None] & ((t + 1) < L)[None, :]
+                raw_next = tl.load(delta_ptr + io + 1, mask=nx_mask, other=0.0).to(tl.float32)
+                dt_next = tl.where(nx_mask, _delta(raw_next, bias, HAS_BIAS, SOFTPLUS), 0.0)
+                a_next = exp(dt_next[:, None, :] * A[:, :, None])
+                g_cum, c_cum = tl.associative_scan((a_next, Ct * dy[:, None, :]), axis=2,
+                                                   combine_fn=affine_combine, reverse=True)
+                g = g_cum * g_in[:, :, None] + c_cum
 
             g_xa = g * (xs - beta)  # g_t · a_t·x_{t-1}
             gB = tl.sum(g * Bt, axis=1)
@@ -333,7 +361,7 @@ def _ssm_bwd_kernel(
                 du += dy * Dv[:, None]
                 tl.store(dD_ptr + part_off, tl.sum(dy * uu, axis=1), mask=d_mask)
             if SOFTPLUS:
-                ddt *= _sigmoid(raw + bias[:, None])
+                ddt *= sigmoid(raw + bias[:, None])
             ddt = tl.where(dl_mask, ddt, 0.0)
             tl.store(du_ptr + io, du.to(du_ptr.dtype.element_ty), mask=dl_mask)
             tl.store(ddelta_ptr + io, ddt.to(ddelta_ptr.dtype.element_ty), mask=dl_mask)
@@ -356,7 +384,7 @@ def _ssm_bwd_kernel(
             # dinitial_state = a_0·g_0.
             g_first = tl.sum(tl.where(first_col[None, :, :], g, 0.0), axis=2)
             dt_first = tl.sum(tl.where(first_col, dt, 0.0), axis=1)
-            g_first *= tl.where(k == 0, tl.exp(dt_first[:, None] * A), 1.0)
+            g_first *= tl.where(k == 0, exp(dt_first[:, None] * A), 1.0)
             tl.store(g_wr + state_off, g_first, mask=dn_mask)
 
         if B_VAR:
@@ -368,12 +396,31 @@ def _ssm_bwd_kernel(
 # ----------------------------------------------------------------------------------------------
 # Host side
 # ----------------------------------------------------------------------------------------------
-def _check_chunk(chunk_size: int, N: int) -> None:
+def supports(N: int, chunk_size: int) -> str | None:
+    """None if the kernels can run state size N with this chunk_size, else why not (the registry
+    asks before choosing this backend). Only the kernels' own launch-shape limits: BLOCK_L =
+    chunk_size must be a power of two (tl.arange) and BLOCK_N = next_power_of_2(N) ≤ MAX_N."""
     if not (MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE) or chunk_size & (chunk_size - 1):
-        raise ValueError(f"selective_scan (triton): chunk_size must be a power of two in "
-                         f"[{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}], got {chunk_size}")
+        return (f"chunk_size must be a power of two in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}] for the "
+                f"triton kernels, got {chunk_size}")
     if not 1 <= N <= MAX_N:
-        raise ValueError(f"selective_scan (triton): N (A.shape[1]) must be in [1, {MAX_N}], got {N}")
+        return f"the triton kernels take N (A.shape[1]) in [1, {MAX_N}], got {N}"
+    return None
+
+
+def _require_supported(N: int, chunk_size: int) -> None:
+    # The op checks this through supports() before launching; this guards direct callers from a
+    # compile error deep inside Triton.
+    reason = supports(N, chunk_size)
+    if reason is not None:
+        raise ValueError(f"selective_scan (triton): {reason}")
+
+
+def _reverse_flip() -> bool:
+    if REVERSE_SCAN not in ("native", "flip"):
+        raise ValueError(f"REVERSE_SCAN (PYNEURO_TRITON_REVERSE_SCAN) must be 'native' or 'flip', "
+                         f"got {REVERSE_SCAN!r}")
+    return REVERSE_SCAN == "flip"
 
 
 def _layout(B, C, dim):
@@ -399,7 +446,7 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta
     """Forward on normalised inputs (see the module docstring). Returns (out, last_state, chunk_states)."""
     batch, dim, L = u.shape
     N = A.shape[1]
-    _check_chunk(chunk_size, N)
+    _require_supported(N, chunk_size)
     n_chunks = triton.cdiv(L, chunk_size)
     out = torch.empty_like(u)
     last = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32)
@@ -436,7 +483,7 @@ def selective_scan_bwd(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, i
     dinitial_state); the gradient of an absent input is an empty fp32 tensor of shape (0,)."""
     batch, dim, L = u.shape
     N = A.shape[1]
-    _check_chunk(chunk_size, N)
+    _require_supported(N, chunk_size)
     n_chunks = triton.cdiv(L, chunk_size)
     dev, f32 = u.device, torch.float32
     B_var, C_var, GB, GC, n_seg, seg_dim, B_SEG, C_SEG = _layout(B, C, dim)
@@ -495,7 +542,8 @@ def selective_scan_bwd(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, i
             batch, dim, L, N, n_chunks, seg_dim, n_split, n_sub, n_seg, GB, GC, B_SEG, C_SEG,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var,
-            BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, BLOCK_L=chunk_size, num_warps=num_warps,
+            BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, BLOCK_L=chunk_size, REVERSE_FLIP=_reverse_flip(),
+            num_warps=num_warps,
         )
         # Fixed-order reductions of the partials (deterministic).
         dA = dA_p.sum((0, 1))

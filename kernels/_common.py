@@ -1,0 +1,107 @@
+"""Triton helpers shared by the kernels: activations, an exp on exp2, the affine combine of linear
+recurrences, tile index/mask helpers. Nothing here knows about a particular op.
+
+All functions take and return fp32 tensors (callers upcast half-precision loads first).
+
+Accuracy (fp32, measured under the interpreter by tests/kernels/test_triton_common.py against
+torch in fp64, over dense ranges including large |x|; the test asserts these bounds):
+
+    exp       ≤ 1 ulp for |x| ≤ 1, grows as |x|·2^-24·ln2 relative beyond (argument rounding of
+              x·log2(e)): ~60 ulp at |x| = 88, the same error the GPU's own tl.exp has, because
+              Triton lowers fp32 exp to ex2.approx(x·log2 e) there
+    sigmoid   inherits exp's error for large |x|, else a few ulp; never overflows
+    softplus  a few ulp (torch's threshold 20: x itself above)
+    silu      x·sigmoid(x)
+    tanh      a few ulp: odd polynomial for |x| < 0.125 (no cancellation), exp form beyond
+
+Why exp goes through exp2 here: on the GPU `tl.exp` already is ex2.approx(x·log2 e), while the
+interpreter evaluates numpy's correctly rounded exp. Writing it as exp2 makes the interpreter
+reproduce the GPU's argument rounding, so a CPU test sees (almost) the error the GPU will have.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# Module globals used inside @triton.jit must be constexpr (Triton >= 3.2 rejects plain floats).
+LOG2E = tl.constexpr(1.4426950408889634)  # log2(e)
+
+
+@triton.jit
+def exp(x):
+    """e^x as 2^(x·log2 e): the GPU lowering of fp32 tl.exp, written out (see the module docstring)."""
+    return tl.exp2(x * LOG2E)
+
+
+@triton.jit
+def sigmoid(x):
+    """1 / (1 + e^-x), evaluating exp only at -|x| ≤ 0: no overflow for any x."""
+    e = exp(-tl.abs(x))
+    r = 1.0 / (1.0 + e)
+    return tl.where(x >= 0, r, e * r)
+
+
+@triton.jit
+def softplus(x):
+    """log(1 + e^x), torch's threshold 20 (x itself above).
+
+    log1p(e) as log(w)·e/(w−1) with w = 1 + e (Goldberg): the quotient cancels the rounding of w, so
+    small e keeps its precision without a log1p (not available on every Triton version).
+    """
+    e = exp(tl.minimum(x, 20.0))
+    w = 1.0 + e
+    lp = tl.where(w == 1.0, e, tl.log(w) * (e / tl.where(w == 1.0, 1.0, w - 1.0)))
+    return tl.where(x > 20.0, x, lp)
+
+
+@triton.jit
+def silu(x):
+    """x · sigmoid(x)."""
+    return x * sigmoid(x)
+
+
+@triton.jit
+def tanh(x):
+    """tanh(x). |x| < 0.125: x − x³/3 + 2x⁵/15 − 17x⁷/315 (truncation < 2e-9 relative); beyond:
+    sign(x)·(1 − e)/(1 + e) with e = e^(−2|x|) ≤ 0.78, where 1 − e loses at most 2 bits."""
+    ax = tl.abs(x)
+    e = exp(-2.0 * ax)
+    big = (1.0 - e) / (1.0 + e)
+    x2 = x * x
+    small = ax * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0))))
+    r = tl.where(ax < 0.125, small, big)
+    return tl.where(x < 0, -r, r)
+
+
+@triton.jit
+def affine_combine(a1, b1, a2, b2):
+    """Composition of affine maps x -> a·x + b for tl.associative_scan, (a1, b1) applied first:
+    x -> a2·(a1·x + b1) + b2 = (a1·a2)·x + (a2·b1 + b2).
+
+    Associative, not commutative. A forward scan over (a_t, b_t) gives, at t, the map from the
+    state before step 0 to the state after step t. With reverse=True Triton passes the accumulated
+    *later* elements as (a1, b1) (jax's convention; the interpreter flips, scans, flips), so the
+    result at t maps a carry entering after the last step to the adjoint at t.
+    """
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def range_mask(start, BLOCK: tl.constexpr, limit):
+    """(start + [0, BLOCK), mask of those < limit): the offsets and bounds mask of one tile."""
+    offs = start + tl.arange(0, BLOCK)
+    return offs, offs < limit
+
+
+@triton.jit
+def reversed_range_mask(start, BLOCK: tl.constexpr, limit):
+    """Like range_mask, in reverse order: start + BLOCK−1, ..., start. Loading a tile through these
+    offsets puts the last step first, so a forward scan runs backwards in time."""
+    offs = start + (BLOCK - 1) - tl.arange(0, BLOCK)
+    return offs, offs < limit
+
+
+@triton.jit
+def outer_mask(row_mask, col_mask):
+    """(R,) and (C,) masks -> the (R, C) mask of their tile."""
+    return row_mask[:, None] & col_mask[None, :]
