@@ -14,7 +14,7 @@ from . import ops  # noqa: E402  (registers the ops' backends)
 
 
 def info() -> dict:
-    """Build information and, per op, each backend's availability on CPU (and CUDA if present)."""
+    """Build information and, per op and device (cpu, cuda), each backend's availability or why not."""
     import torch
 
     out = {
@@ -23,11 +23,9 @@ def info() -> dict:
         "torch_cuda": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(),
         "extension": _backends.build_info(),
-        "triton": _backends._triton_import()[1] or "importable",
-        "backends": {"cpu": _backends.report(torch.device("cpu"))},
+        "triton": _backends._triton_import() or "importable",
+        "backends": {device: _backends.report(torch.device(device)) for device in ("cpu", "cuda")},
     }
-    if torch.cuda.is_available():
-        out["backends"]["cuda"] = _backends.report(torch.device("cuda"))
     return out
 
 

@@ -1,32 +1,74 @@
-"""Which backends exist on this machine, and which one an op call uses.
+"""The op registry: which backends each op has, which one a call uses, and why.
 
-Backends, fastest first: ``cuda`` (pyneuro._C built with CUDA), ``triton`` (pyneuro.kernels on a
-GPU, or on the CPU under ``TRITON_INTERPRET=1``), ``cpu`` (pyneuro._C's C++ kernels) and
-``reference`` (pure PyTorch, always present). ``backend="auto"`` picks the first one available for
-the tensors' device and falls back quietly; a backend named explicitly (argument or
-``PYNEURO_BACKEND``) that is missing raises :class:`BackendUnavailableError` with the reason.
+Every op declares its backends once (:func:`register_op`), each a :class:`Backend` with
+
+* ``devices``: the tensor device types it runs on;
+* ``probe(device) -> None | reason``: can it run on this machine at all (extension built, triton
+  installed, ...)? Answered once per device type and cached, so that backend choice stays cheap and
+  safe to trace under ``torch.compile``;
+* ``supports(*args) -> None | exception``: can it take *these* arguments (dtype, N, head dim, ...)?
+  The exception (``TypeError``/``ValueError``) is raised when the backend was named explicitly and
+  its message is the fallback reason under ``auto``;
+* ``impl(*args)``: the implementation, called with the op's validated arguments;
+* ``selfcheck``: GPU code that no machine here has run must not give silent wrong gradients, so the
+  first call on each (device, dtype) compares it with the reference on a tiny input (see below).
+
+This module alone owns: the read of ``PYNEURO_BACKEND`` (:func:`requested_backend`), the automatic
+fallback with its reason (:meth:`Op.select`, :meth:`Op.explain`), the self-check, the autograd and
+fake registrations of compiled kernel pairs (:func:`register_kernel_pair`), the wrapping of Triton
+kernels as custom ops (:func:`triton_custom_op`) and the no-double-backward guard. An op's
+``__init__.py`` keeps its validation, its fake and autograd formulas and its public function.
+
+Auto order: CUDA tensors -> cuda, triton, reference; CPU tensors -> cpu, reference. The Triton
+interpreter (``TRITON_INTERPRET=1``) runs Triton kernels on CPU tensors, but only when named: it
+is for tests. A backend named explicitly (argument or ``PYNEURO_BACKEND``) that cannot run raises
+:class:`BackendUnavailableError` with the reason and the fix.
 """
 from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import os
-from dataclasses import dataclass, field
-from typing import Callable
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
+from torch import Tensor
 
 BACKENDS = ("reference", "cpu", "triton", "cuda")
+AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
 
 
 class BackendUnavailableError(RuntimeError):
-    """An explicitly requested backend cannot run here."""
+    """An explicitly requested backend cannot run here (or failed its self-check)."""
 
 
+class BackendSelfCheckError(BackendUnavailableError):
+    """A GPU backend disagreed with the reference on its first-use self-check."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The compiled extension and Triton: loaded once, with the reason when they are missing
+# ----------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def extension():
-    """(module, None) when pyneuro._C loads, else (None, reason)."""
+    """(module, None) when pyneuro._C loads, else (None, reason).
+
+    ``PYNEURO_EXTENSION=/path/to/_C.so`` loads that file instead of the installed one (used by
+    ``make sanitize`` to run the tests on an ASan/UBSan build)."""
+    path = os.environ.get("PYNEURO_EXTENSION", "")
     try:
+        if path:
+            spec = importlib.util.spec_from_file_location("pyneuro._C", path)
+            if spec is None or spec.loader is None:
+                raise ImportError(f"PYNEURO_EXTENSION={path!r} is not a loadable extension module")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            sys.modules["pyneuro._C"] = module
+            return module, None
         return importlib.import_module("pyneuro._C"), None
     except ImportError as exc:  # not built, or built against another torch
         return None, (
@@ -42,113 +84,299 @@ def build_info() -> dict:
     return {"built": True, **ext.build_info()}
 
 
+def limits(op: str) -> dict:
+    """The compiled kernels' published limits for ``op`` (build_info()["limits"][op]), or {}."""
+    return build_info().get("limits", {}).get(op, {})
+
+
 def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @functools.lru_cache(maxsize=None)
-def _triton_import():
+def _triton_import() -> Optional[str]:
     try:
         import triton  # noqa: F401
 
-        return True, None
+        return None
     except ImportError as exc:
-        return False, f"triton is not installed ({exc}); `pip install triton`"
+        return f"triton is not installed ({exc}); `pip install triton`"
 
 
-def triton_status(device: torch.device) -> tuple[bool, str | None]:
-    ok, reason = _triton_import()
-    if not ok:
-        return False, reason
-    if device.type == "cuda" or triton_interpret():
-        return True, None
-    return False, "Triton kernels need a CUDA tensor, or TRITON_INTERPRET=1 to run on the CPU"
+# ----------------------------------------------------------------------------------------------
+# Probes (machine-level availability), cached per device type
+# ----------------------------------------------------------------------------------------------
+def always(_device: torch.device) -> Optional[str]:
+    return None
 
 
-def compiled_op_status(qualname: str, device: torch.device) -> tuple[bool, str | None]:
-    """Whether torch.ops.pyneuro.<qualname> has a kernel for this device type."""
-    ext, reason = extension()
-    if ext is None:
-        return False, reason
-    key = "CUDA" if device.type == "cuda" else "CPU"
-    if not hasattr(torch.ops.pyneuro, qualname):
-        return False, f"pyneuro._C has no op {qualname!r} (rebuild the extension)"
-    if not torch._C._dispatch_has_kernel_for_dispatch_key(f"pyneuro::{qualname}", key):
-        if key == "CUDA":
-            return False, "pyneuro._C was built without CUDA (torch without CUDA, or nvcc missing)"
-        return False, f"pyneuro._C has no {key} kernel for {qualname!r}"
-    return True, None
+def compiled_probe(qualname: str) -> Callable[[torch.device], Optional[str]]:
+    """Probe for torch.ops.pyneuro.<qualname>: has the extension a kernel for this device type?"""
+
+    def probe(device: torch.device) -> Optional[str]:
+        ext, reason = extension()
+        if ext is None:
+            return reason
+        if not hasattr(torch.ops.pyneuro, qualname):
+            return f"pyneuro._C has no op {qualname!r} (rebuild the extension)"
+        key = "CUDA" if device.type == "cuda" else "CPU"
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(f"pyneuro::{qualname}", key):
+            if key == "CUDA":
+                return "pyneuro._C was built without CUDA (torch without CUDA, or nvcc missing)"
+            return f"pyneuro._C has no {key} kernel for {qualname!r}"
+        if key == "CPU":
+            refusal = build_info().get("cpu_isa_error")
+            if refusal:
+                return refusal
+        return None
+
+    return probe
+
+
+def triton_probe(module: str) -> Callable[[torch.device], Optional[str]]:
+    """Probe for a Triton kernel module: triton importable, a GPU (or the interpreter), module shipped."""
+
+    def probe(device: torch.device) -> Optional[str]:
+        reason = _triton_import()
+        if reason:
+            return reason
+        if device.type != "cuda" and not triton_interpret():
+            return "Triton kernels need a CUDA tensor, or TRITON_INTERPRET=1 to run on the CPU"
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is missing from this install"
+        return None
+
+    return probe
+
+
+# ----------------------------------------------------------------------------------------------
+# Backends and ops
+# ----------------------------------------------------------------------------------------------
+def _supports_anything(*_args) -> Optional[Exception]:
+    return None
 
 
 @dataclass
-class OpBackends:
-    """The backends one op implements, with a probe per backend: probe(device) -> (ok, reason)."""
-
+class Backend:
     name: str
-    probes: dict[str, Callable[[torch.device], tuple[bool, str | None]]] = field(default_factory=dict)
-    devices: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    devices: tuple[str, ...]
+    impl: Callable
+    probe: Callable[[torch.device], Optional[str]] = always
+    supports: Callable[..., Optional[Exception]] = _supports_anything
+    selfcheck: bool = False  # check against the reference on first use (per device and dtype)
 
-    def status(self, backend: str, device: torch.device) -> tuple[bool, str | None]:
-        if backend not in self.probes:
-            return False, f"{self.name} has no {backend!r} backend (it has {sorted(self.probes)})"
-        if device.type not in self.devices[backend]:
-            return False, f"the {backend!r} backend of {self.name} does not run on {device.type} tensors"
-        return self.probes[backend](device)
+
+class Op:
+    """One op's backends, with the choice among them.
+
+    ``self_check(backend, device, dtype) -> None | reason`` is the op's tiny-input comparison with
+    its reference (forward and backward); the registry calls it once per (backend, device, dtype)
+    for backends declared with ``selfcheck=True``. ``example(dtype=..., device=..., **sizes)``
+    builds shape-only arguments for ``pyneuro explain``."""
+
+    def __init__(self, name: str, backends: dict[str, Backend], self_check: Optional[Callable] = None,
+                 example: Optional[Callable] = None):
+        unknown = set(backends) - set(BACKENDS)
+        if unknown:
+            raise ValueError(f"unknown backend names {sorted(unknown)}; valid: {BACKENDS}")
+        self.name = name
+        self.backends = backends
+        self.self_check = self_check
+        self.example = example
+        self._probed: dict[tuple, Optional[str]] = {}
+        self._checked: dict[tuple, Optional[str]] = {}
+
+    # -- machine level -------------------------------------------------------------------------
+    def status(self, backend: str, device: torch.device) -> Optional[str]:
+        """None when ``backend`` can run on ``device`` tensors here, else the reason."""
+        b = self.backends.get(backend)
+        if b is None:
+            return f"{self.name} has no {backend!r} backend (it has {sorted(self.backends)})"
+        if device.type not in b.devices:
+            return f"the {backend!r} backend of {self.name} does not run on {device.type} tensors"
+        if device.type == "cuda" and not torch.cuda.is_available():
+            return "no CUDA device is visible"
+        key = (backend, device.type, triton_interpret())
+        if key not in self._probed:
+            self._probed[key] = b.probe(device)
+        return self._probed[key]
 
     def available(self, device: torch.device) -> list[str]:
-        return [b for b in BACKENDS if b in self.probes and self.status(b, device)[0]]
+        return [b for b in BACKENDS if b in self.backends and self.status(b, device) is None]
+
+    # -- per call ------------------------------------------------------------------------------
+    def _why_not(self, backend: str, device: torch.device, args: tuple) -> Optional[Exception]:
+        reason = self.status(backend, device)
+        if reason is not None:
+            return BackendUnavailableError(f"{self.name}: backend {backend!r} is unavailable: {reason}")
+        problem = self.backends[backend].supports(*args)
+        if problem is not None:
+            return problem
+        return self._self_check_problem(backend, device, args)
+
+    def _self_check_problem(self, backend: str, device: torch.device, args: tuple) -> Optional[Exception]:
+        b = self.backends[backend]
+        if not b.selfcheck or self.self_check is None or not selfcheck_enabled():
+            return None
+        if torch.compiler.is_compiling():
+            return None  # runs at the first eager call; tracing must not launch kernels
+        dtype = _first_tensor_dtype(args)
+        key = (backend, str(device), dtype)
+        if key not in self._checked:
+            self._checked[key] = None  # the check calls the backend itself: do not recurse
+            try:
+                failure = self.self_check(backend, device, dtype)
+            except Exception as exc:  # a crash is a failed check too
+                failure = f"{type(exc).__name__}: {exc}"
+            self._checked[key] = failure
+        failure = self._checked[key]
+        if failure is None:
+            return None
+        return BackendSelfCheckError(
+            f"{self.name}: backend {backend!r} failed its first-use self-check on {device} "
+            f"{str(dtype).replace('torch.', '')}: {failure} (PYNEURO_SELFCHECK=0 turns the check off)")
+
+    def select(self, backend: str, device: torch.device, *args) -> Backend:
+        """The backend a call with ``args`` on ``device`` runs on (``backend``: "auto" or a name)."""
+        wanted = requested_backend(backend)
+        if wanted != "auto":
+            problem = self._why_not(wanted, device, args)
+            if problem is not None:
+                raise problem
+            return self.backends[wanted]
+        for name, problem in self._auto_candidates(device, args):
+            if problem is None:
+                return self.backends[name]
+            if isinstance(problem, BackendSelfCheckError):
+                _warn_once(str(problem) + "; falling back to the next backend")
+        raise BackendUnavailableError(f"{self.name}: no backend can run on {device.type} tensors here")
+
+    def _auto_candidates(self, device: torch.device, args: tuple):
+        for name in AUTO_ORDER.get(device.type, ("reference",)):
+            if name in self.backends:
+                yield name, self._why_not(name, device, args)
+
+    def explain(self, device: torch.device, *args) -> list[tuple[str, str]]:
+        """[(backend, "chosen" | "not tried" | why it was passed over)] in auto order, for
+        ``pyneuro explain``: what ``auto`` would do with these arguments and why."""
+        rows, chosen = [], None
+        for name, problem in self._auto_candidates(device, args):
+            if chosen is None and problem is None:
+                chosen = name
+                rows.append((name, "chosen"))
+            elif problem is None:
+                rows.append((name, "available (lower in the auto order)"))
+            else:
+                rows.append((name, self.status(name, device) or str(problem)))
+        for name in BACKENDS:  # those auto never tries on this device, with the reason
+            if name in self.backends and all(name != r[0] for r in rows):
+                reason = self.status(name, device)
+                rows.append((name, reason or "runs only when named (not in the auto order for "
+                                             f"{device.type} tensors)"))
+        return rows
+
+    def __call__(self, backend: str, device: torch.device, *args):
+        return self.select(backend, device, *args).impl(*args)
 
 
-OPS: dict[str, OpBackends] = {}
-
-# Triton is absent from the CPU order on purpose: its interpreter (TRITON_INTERPRET=1) is for
-# tests and is only ever used when named.
-_AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
+OPS: dict[str, Op] = {}
 
 
-def register_op(name: str, **backends: tuple[Callable, tuple[str, ...]]) -> OpBackends:
-    """Declare an op's backends: register_op("x", reference=(probe, ("cpu", "cuda")), ...)."""
-    unknown = set(backends) - set(BACKENDS)
-    if unknown:
-        raise ValueError(f"unknown backend names {sorted(unknown)}; valid: {BACKENDS}")
-    op = OpBackends(name)
-    for b, (probe, devices) in backends.items():
-        op.probes[b] = probe
-        op.devices[b] = tuple(devices)
+def register_op(name: str, backends: dict[str, Backend], self_check: Optional[Callable] = None,
+                example: Optional[Callable] = None) -> Op:
+    op = Op(name, backends, self_check, example)
     OPS[name] = op
     return op
 
 
-def always(_device):
-    return True, None
+def reference_only(name: str, impl: Callable) -> Op:
+    """An op that so far has only its PyTorch reference (runs on any device)."""
+    return register_op(name, {"reference": Backend("reference", ("cpu", "cuda"), impl)})
 
 
-def choose(op_name: str, device: torch.device, backend: str = "auto") -> str:
-    """Resolve ``backend`` ("auto" or a name) for a call of ``op_name`` on ``device``."""
-    op = OPS[op_name]
+# ----------------------------------------------------------------------------------------------
+# Settings read from the environment (here only)
+# ----------------------------------------------------------------------------------------------
+def requested_backend(backend: str) -> str:
+    """The backend a call asks for: its argument, or PYNEURO_BACKEND when the argument is "auto"."""
     if backend == "auto":
         backend = os.environ.get("PYNEURO_BACKEND", "auto") or "auto"
-    if backend == "auto":
-        for b in _AUTO_ORDER.get(device.type, ("reference",)):
-            if b in op.probes and op.status(b, device)[0]:
-                return b
-        return "reference"
-    if backend not in BACKENDS:
+    if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
-    ok, reason = op.status(backend, device)
-    if not ok:
-        raise BackendUnavailableError(f"{op_name}: backend {backend!r} is unavailable: {reason}")
     return backend
+
+
+def selfcheck_enabled() -> bool:
+    return os.environ.get("PYNEURO_SELFCHECK", "1") not in ("0", "")
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def _first_tensor_dtype(args) -> Optional[torch.dtype]:
+    for a in args:
+        if isinstance(a, Tensor):
+            return a.dtype
+    return None
+
+
+def reset_caches() -> None:
+    """Forget probes and self-check results (tests change the environment between calls)."""
+    for op in OPS.values():
+        op._probed.clear()
+        op._checked.clear()
+    _WARNED.clear()
 
 
 def report(device: torch.device | None = None) -> dict[str, dict[str, str]]:
     """{op: {backend: "available" | reason}} for `pyneuro info`."""
     device = device or torch.device("cpu")
-    out = {}
-    for name, op in OPS.items():
-        out[name] = {}
-        for b in BACKENDS:
-            if b in op.probes:
-                ok, reason = op.status(b, device)
-                out[name][b] = "available" if ok else reason
-    return out
+    return {name: {b: op.status(b, device) or "available" for b in BACKENDS if b in op.backends}
+            for name, op in OPS.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Dispatcher registrations shared by every op with compiled kernels
+# ----------------------------------------------------------------------------------------------
+def register_kernel_pair(op_name: str, fwd, bwd, *, fake_fwd: Optional[Callable], fake_bwd: Optional[Callable],
+                         setup_context: Callable, backward: Callable) -> None:
+    """Make the forward op ``fwd`` differentiable with ``backward`` (which calls the op ``bwd``),
+    and give both ops fake (shape-only) implementations so they trace under torch.compile.
+    ``fwd``/``bwd`` are qualnames ("pyneuro::x") or custom-op objects. The backward op itself
+    gets no derivative: differentiating through it raises instead of silently returning zeros."""
+    if fake_fwd is not None:
+        torch.library.register_fake(fwd)(fake_fwd)
+    if fake_bwd is not None:
+        torch.library.register_fake(bwd)(fake_bwd)
+    torch.library.register_autograd(fwd, backward, setup_context=setup_context)
+
+    def no_double_backward(ctx, *grads):
+        raise RuntimeError(f"{op_name}: the compiled backends have no double backward (second "
+                           "derivatives); use backend='reference' for those")
+
+    torch.library.register_autograd(bwd, no_double_backward, setup_context=lambda ctx, inputs, output: None)
+
+
+def _fresh(outputs, inputs):
+    """custom_op outputs may not alias inputs: copy any that do (e.g. a state passed through)."""
+    storages = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, Tensor) and t.numel()}
+    return tuple(o.clone() if isinstance(o, Tensor) and o.numel() and o.untyped_storage().data_ptr() in storages
+                 else o for o in outputs)
+
+
+def triton_custom_op(qualname: str, schema: str, module: str, function: str):
+    """Wrap ``module.function`` (a Triton launcher, imported on first use) as the custom op
+    ``qualname`` with ``schema`` (argument list and returns, as in TORCH_LIBRARY), so that it
+    traces under torch.compile and passes opcheck like the C++ ops."""
+
+    def impl(*args):
+        kernel = getattr(importlib.import_module(module), function)
+        return _fresh(kernel(*args), args)
+
+    return torch.library.custom_op(qualname, impl, mutates_args=(), schema=schema)

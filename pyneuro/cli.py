@@ -1,4 +1,4 @@
-"""The `pyneuro` command (also `python -m pyneuro`): train, eval, info, models."""
+"""The `pyneuro` command (also `python -m pyneuro`): train, eval, info, explain, models, bench."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="build information and the backends available for each op")
     i.add_argument("--json", action="store_true", help="print JSON")
+
+    x = sub.add_parser("explain", help="which backend `auto` picks for an op call, and why the others were passed over")
+    x.add_argument("op", help="an op name, as `pyneuro info` lists them (e.g. selective_scan)")
+    x.add_argument("--shape", default="", metavar="K=V,...",
+                   help="the call's sizes, e.g. batch=8,dim=1536,L=2048,N=16 (defaults: the op's example)")
+    x.add_argument("--dtype", default="float32", help="float32, float16/fp16, bfloat16/bf16 or float64")
+    x.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="the tensors' device")
 
     sub.add_parser("models", help="list the models and their default hyper-parameters")
 
@@ -124,6 +131,11 @@ def cmd_info(args) -> int:
         archs = ext["cuda_architectures"] or "-"
         print(f"extension pyneuro._C: built with {ext['compiler']}, OpenMP {'on' if ext['openmp'] else 'off'} "
               f"({ext['openmp_max_threads']} threads), CUDA {'on' if ext['cuda'] else 'off'} (archs: {archs})")
+        if "cpu_isa" in ext:
+            runnable = ", ".join(ext.get("cpu_isas", []))
+            print(f"CPU kernels: ISA {ext['cpu_isa']} (this CPU runs: {runnable}; PYNEURO_CPU_ISA forces one)")
+        if ext.get("cpu_isa_error"):
+            print(f"CPU kernels: UNAVAILABLE - {ext['cpu_isa_error']}")
     else:
         print(f"extension pyneuro._C: MISSING - {ext['reason']}")
     print(f"triton: {info['triton']}")
@@ -135,6 +147,50 @@ def cmd_info(args) -> int:
                 mark = "yes" if status == "available" else "no "
                 print(f"  {op:<16} {name:<10} {mark}  {'' if status == 'available' else status}")
     return 0
+
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
+           "bfloat16": "bfloat16", "bf16": "bfloat16", "float64": "float64", "fp64": "float64", "double": "float64"}
+
+
+def cmd_explain(args) -> int:
+    import os
+
+    import torch
+
+    from . import _backends
+
+    if args.op not in _backends.OPS:
+        raise ValueError(f"explain: unknown op {args.op!r}; the ops are {sorted(_backends.OPS)}")
+    op = _backends.OPS[args.op]
+    if args.dtype not in _DTYPES:
+        raise ValueError(f"explain: --dtype must be one of {sorted(_DTYPES)}, got {args.dtype!r}")
+    dtype = getattr(torch, _DTYPES[args.dtype])
+    sizes = {}
+    for item in filter(None, args.shape.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise ValueError(f"explain: --shape takes KEY=INT items separated by commas, got {item!r}")
+        sizes[key.strip()] = int(value)
+    if op.example is None:
+        call_args, described = (), "any arguments"
+    else:
+        try:
+            call_args = op.example(dtype=dtype, **sizes)
+        except TypeError as exc:
+            raise ValueError(f"explain: {args.op} --shape: {exc}") from None
+        described = ", ".join(f"{k}={v}" for k, v in sizes.items()) or "the example sizes"
+    device = torch.device(args.device)
+    print(f"{args.op} on {device.type} tensors, {str(dtype).replace('torch.', '')}, {described}:")
+    forced = os.environ.get("PYNEURO_BACKEND", "")
+    if forced and forced != "auto":
+        print(f"  note: PYNEURO_BACKEND={forced} is set, so calls with backend='auto' run on {forced!r}")
+    rows = op.explain(device, *call_args)
+    chosen = next((name for name, why in rows if why == "chosen"), None)
+    print(f"  auto picks: {chosen or 'nothing (no backend can run this call here)'}")
+    for name, why in rows:
+        print(f"  {name:<10} {why}")
+    return 0 if chosen else 1
 
 
 def cmd_models(args) -> int:
@@ -168,7 +224,7 @@ def main(argv=None) -> int:
         args.bench_args = extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    handler = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "models": cmd_models,
+    handler = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "explain": cmd_explain, "models": cmd_models,
                "bench": cmd_bench}[args.command]
     try:
         return handler(args)

@@ -26,6 +26,12 @@ def pytest_configure(config):
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+@pytest.fixture(autouse=True)
+def _no_backend_override(monkeypatch):
+    """PYNEURO_BACKEND set in the calling shell must not steer "auto" in any test."""
+    monkeypatch.delenv("PYNEURO_BACKEND", raising=False)
+
+
 def _real_mnist_available() -> bool:
     from pyneuro.data import mnist_source_info
 

@@ -1,7 +1,7 @@
 """Accelerated ops, one folder each (``naive.py``, the readable ground truth, and ``__init__.py``,
 the public function with its validation, fake and autograd wiring): ``scan`` holds
 :func:`selective_scan`, ``attn`` :func:`attention`, ``rnn`` the recurrent sequences. The folders
-are not named after the functions, so both stay reachable (``pyneuro.ops.scan.MAX_N``)."""
+are not named after the functions, so both stay reachable (``pyneuro.ops.scan.LIMITS``)."""
 from .attn import attention
 from .rnn import gru_sequence, lstm_sequence, rnn_sequence
 from .scan import selective_scan

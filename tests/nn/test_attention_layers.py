@@ -12,12 +12,6 @@ TOL = {
 E, HEADS, BATCH, L = 16, 4, 2, 7
 
 
-@pytest.fixture(autouse=True)
-def _auto_means_reference(monkeypatch):
-    monkeypatch.delenv("PYNEURO_BACKEND", raising=False)
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-
-
 def causal_mask(n):
     return nn.Transformer.generate_square_subsequent_mask(n, dtype=torch.float64)
 

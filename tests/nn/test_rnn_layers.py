@@ -17,12 +17,6 @@ TOL = {
 INPUT, HIDDEN, BATCH, SEQ = 4, 6, 3, 5
 
 
-@pytest.fixture(autouse=True)
-def _auto_means_reference(monkeypatch):
-    monkeypatch.delenv("PYNEURO_BACKEND", raising=False)
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-
-
 def pair(kind, dtype=torch.float64, **kwargs):
     """(torch layer, our layer) holding the same weights, copied torch -> ours via load_state_dict."""
     torch_cls, our_cls = {"lstm": (nn.LSTM, pn.LSTM), "gru": (nn.GRU, pn.GRU),

@@ -13,12 +13,6 @@ TOL = {
 INPUT, HIDDEN, BATCH = 5, 7, 3
 
 
-@pytest.fixture(autouse=True)
-def _auto_means_reference(monkeypatch):
-    monkeypatch.delenv("PYNEURO_BACKEND", raising=False)
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-
-
 def torch_layer(kind, dtype, bias=True, proj_size=0):
     torch.manual_seed(0)
     if kind == "lstm":

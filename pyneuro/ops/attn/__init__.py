@@ -10,7 +10,7 @@ import torch
 from ... import _backends
 from .naive import attention_naive
 
-_OP = _backends.register_op("attention", reference=(_backends.always, ("cpu", "cuda")))
+OP = _backends.reference_only("attention", attention_naive)
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -39,10 +39,7 @@ def _check(q, k, v, softmax_scale):
 def attention(q, k, v, causal: bool = False, softmax_scale: float | None = None, backend: str = "auto"):
     """softmax(q kᵀ · scale [+ causal mask]) v, with torch SDPA's semantics and layout."""
     _check(q, k, v, softmax_scale)
-    chosen = _backends.choose("attention", q.device, backend)
-    if chosen == "reference":
-        return attention_naive(q, k, v, causal=causal, softmax_scale=softmax_scale)
-    raise AssertionError(f"unhandled backend {chosen}")  # every registered backend is handled above
+    return OP(backend, q.device, q, k, v, causal, softmax_scale)
 
 
 __all__ = ["attention", "attention_naive"]

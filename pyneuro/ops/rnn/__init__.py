@@ -15,10 +15,9 @@ import torch
 from ... import _backends
 from .naive import gru_sequence_naive, lstm_sequence_naive, rnn_sequence_naive
 
-_REFERENCE = (_backends.always, ("cpu", "cuda"))
-_backends.register_op("lstm", reference=_REFERENCE)
-_backends.register_op("gru", reference=_REFERENCE)
-_backends.register_op("rnn", reference=_REFERENCE)
+LSTM_OP = _backends.reference_only("lstm", lstm_sequence_naive)
+GRU_OP = _backends.reference_only("gru", gru_sequence_naive)
+RNN_OP = _backends.reference_only("rnn", rnn_sequence_naive)
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _NONLINEARITIES = ("tanh", "relu")
@@ -86,12 +85,9 @@ def lstm_sequence(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, backen
     H_out = P, else H_out = H.
     """
     hidden, out_size = _check("lstm_sequence", 4, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-    chosen = _backends.choose("lstm", x.device, backend)
     h0 = x.new_zeros(x.shape[1], out_size) if h0 is None else h0
     c0 = x.new_zeros(x.shape[1], hidden) if c0 is None else c0
-    if chosen == "reference":
-        return lstm_sequence_naive(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-    raise AssertionError(f"unhandled backend {chosen}")  # every registered backend is handled above
+    return LSTM_OP(backend, x.device, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
 
 
 def gru_sequence(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, backend: str = "auto"):
@@ -100,11 +96,8 @@ def gru_sequence(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, backend: str = "auto")
     ``h0`` of None starts from zeros.
     """
     hidden, _ = _check("gru_sequence", 3, x, h0, None, w_ih, w_hh, b_ih, b_hh)
-    chosen = _backends.choose("gru", x.device, backend)
     h0 = x.new_zeros(x.shape[1], hidden) if h0 is None else h0
-    if chosen == "reference":
-        return gru_sequence_naive(x, h0, w_ih, w_hh, b_ih, b_hh)
-    raise AssertionError(f"unhandled backend {chosen}")
+    return GRU_OP(backend, x.device, x, h0, w_ih, w_hh, b_ih, b_hh)
 
 
 def rnn_sequence(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity: str = "tanh", backend: str = "auto"):
@@ -115,11 +108,8 @@ def rnn_sequence(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity: str = "t
     if nonlinearity not in _NONLINEARITIES:
         raise ValueError(f"rnn_sequence: nonlinearity must be one of {_NONLINEARITIES}, got {nonlinearity!r}")
     hidden, _ = _check("rnn_sequence", 1, x, h0, None, w_ih, w_hh, b_ih, b_hh)
-    chosen = _backends.choose("rnn", x.device, backend)
     h0 = x.new_zeros(x.shape[1], hidden) if h0 is None else h0
-    if chosen == "reference":
-        return rnn_sequence_naive(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity)
-    raise AssertionError(f"unhandled backend {chosen}")
+    return RNN_OP(backend, x.device, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity)
 
 
 __all__ = [

@@ -3,84 +3,97 @@
     selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, initial_state=None, backend="auto")
 
-Backends (see pyneuro/_backends.py for how one is chosen):
+Backends (declared once in ``OP`` below; pyneuro/_backends.py chooses among them):
 
 * ``reference``: naive.py, differentiated by PyTorch autograd. Any N; the only one taking fp64.
 * ``cpu``: torch.ops.pyneuro.selective_scan_fwd/_bwd from pyneuro._C (csrc/cpu/selective_scan.cpp).
 * ``cuda``: the same two ops, CUDA kernels (csrc/cuda/), when the extension was built with CUDA.
-* ``triton``: pyneuro.kernels.selective_scan, wrapped here as the custom ops
-  pyneuro::selective_scan_fwd_triton/_bwd_triton; imported only when first used.
+* ``triton``: pyneuro.kernels.selective_scan, wrapped as the custom ops
+  pyneuro::selective_scan_fwd_triton/_bwd_triton; the kernels are imported on first use.
 
-The compiled backends all implement the forward/backward pair of docs/selective_scan_contract.md
-and share one autograd wiring (``_register_autograd``): the forward saves its inputs plus the
-chunk-boundary states, the backward recomputes inside each chunk. Every op has a fake (meta)
-implementation, so the function runs under ``torch.compile`` and passes ``torch.library.opcheck``.
-
-``backend="auto"`` falls back to ``reference`` when the inputs are fp64 or N exceeds the compiled
-kernels' limit (``MAX_N``); naming a backend that cannot take them raises instead.
+The compiled backends implement the forward/backward pair of docs/selective_scan_contract.md and
+share one autograd wiring: the forward saves its inputs plus the chunk-boundary states, the
+backward recomputes inside each chunk. This module holds what is specific to the op: validation
+(``_check``), the fake shapes, the autograd formula, the per-backend limits and tolerances, and the
+public function.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import os
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from ... import _backends
+from ..._backends import Backend
 from .naive import selective_scan_naive
-
-MAX_N = 256  # the cpu, cuda and triton kernels' limit on N (state size per channel)
-COMPILED_BACKENDS = ("cpu", "cuda", "triton")
-# Time steps between the states the forward stores for the backward (contract: chunk_size).
-# cpu: speed was flat from 64 to 256 at N = 16 on the development CPU; 128 halves the stored
-# states of 64. cuda: csrc/cuda/selective_scan.h's kSelectiveScanDefaultChunk. triton:
-# kernels/selective_scan.py's DEFAULT_CHUNK_SIZE (a power of two in [4, 256]; a test checks they
-# agree). Constants, not look-ups, so that tracing under torch.compile imports nothing.
-_CHUNK_SIZE = {"cpu": 128, "cuda": 64, "triton": 64}
 
 _INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _TRITON_MODULE = "pyneuro.kernels.selective_scan"
 
 
 # ----------------------------------------------------------------------------------------------
-# Backend availability
+# Limits, published by the kernels themselves: build_info()["limits"] for the C++/CUDA ones, the
+# kernel module's constants for Triton. Read once into plain values, so that backend choice under
+# torch.compile touches nothing but dicts.
 # ----------------------------------------------------------------------------------------------
-# Probes are answered from module-level caches: backend choice runs inside torch.compile's
-# tracing, which must not reach the imports the uncached probes do (they would break the graph).
-_COMPILED_STATUS = {kind: _backends.compiled_op_status("selective_scan_fwd", torch.device(kind))
-                    for kind in ("cpu", "cuda")}
-_TRITON_STATUS: dict = {}
+def _compiled_limits() -> dict[str, dict[str, int]]:
+    published = _backends.limits("selective_scan")
+    return {b: {"max_n": published["max_n"][b], "chunk_size": published["chunk_size"][b]}
+            for b in ("cpu", "cuda") if b in published.get("max_n", {})}
 
 
-def _compiled_probe(device: torch.device):
-    return _COMPILED_STATUS.get(device.type, (False, f"no compiled kernels for {device.type} tensors"))
+LIMITS: dict[str, dict[str, int]] = _compiled_limits()
 
 
-def _triton_probe(device: torch.device):
-    key = (device.type, _backends.triton_interpret())
-    if key not in _TRITON_STATUS:
-        ok, reason = _backends.triton_status(device)
-        if ok and importlib.util.find_spec(_TRITON_MODULE) is None:
-            ok, reason = False, f"{_TRITON_MODULE} is missing from this install (kernels/selective_scan.py)"
-        _TRITON_STATUS[key] = (ok, reason)
-    return _TRITON_STATUS[key]
+def _triton_limits() -> dict[str, int]:
+    if "triton" not in LIMITS:
+        import importlib
+
+        kernels = importlib.import_module(_TRITON_MODULE)
+        LIMITS["triton"] = {"max_n": kernels.MAX_N, "chunk_size": kernels.DEFAULT_CHUNK_SIZE}
+    return LIMITS["triton"]
 
 
-_OP = _backends.register_op(
-    "selective_scan",
-    reference=(_backends.always, ("cpu", "cuda")),
-    cpu=(_compiled_probe, ("cpu",)),
-    triton=(_triton_probe, ("cuda", "cpu")),
-    cuda=(_compiled_probe, ("cuda",)),
-)
+def chunk_size_for(backend: str) -> int:
+    """The chunk_size (time steps between stored states) the public function uses on a backend."""
+    return (_triton_limits() if backend == "triton" else LIMITS[backend])["chunk_size"]
+
+
+def max_n(backend: str) -> Optional[int]:
+    """The largest state size N a backend takes (None: no limit)."""
+    if backend == "reference":
+        return None
+    return (_triton_limits() if backend == "triton" else LIMITS[backend])["max_n"]
+
+
+# Normwise tolerances (max |actual - expected| / max |expected|, per output and per gradient)
+# against the fp64 oracle, on the very inputs the backend saw. One table for the conformance
+# suite (tests/ops/selective_scan/) and the first-use self-check.
+#   fp32: the C++ kernels use ~2-ulp polynomial exp/log with fp32 state: observed below 1e-6.
+#         CUDA uses ex2.approx (2 ulp, flushes denormals); its error is allowed 4x that.
+#   bf16 / fp16: outputs and input gradients are rounded to the input dtype (relative 2^-8 and
+#         2^-11); the bound is two such roundings.
+TOLERANCE = {
+    "reference": {torch.float32: 1e-6, torch.bfloat16: 8e-3, torch.float16: 1e-3},
+    "cpu": {torch.float32: 5e-6, torch.bfloat16: 8e-3, torch.float16: 1e-3},
+    "triton": {torch.float32: 5e-6, torch.bfloat16: 8e-3, torch.float16: 1e-3},
+    "cuda": {torch.float32: 2e-5, torch.bfloat16: 8e-3, torch.float16: 1e-3},
+}
 
 
 # ----------------------------------------------------------------------------------------------
-# Fake (shape-only) implementations, shared by the C++ ops and the Triton wrappers
+# The contract ops: fake shapes and autograd, one wiring for every compiled backend
 # ----------------------------------------------------------------------------------------------
+_FWD_SCHEMA = ("(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, "
+               "Tensor? initial_state, bool delta_softplus, int chunk_size) "
+               "-> (Tensor out, Tensor last_state, Tensor chunk_states)")
+_BWD_SCHEMA = ("(Tensor dout, Tensor? dlast_state, Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, "
+               "Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? initial_state, Tensor chunk_states, "
+               "bool delta_softplus, int chunk_size) -> (Tensor du, Tensor ddelta, Tensor dA, Tensor dB, "
+               "Tensor dC, Tensor dD, Tensor dz, Tensor ddelta_bias, Tensor dinitial_state)")
+
+
 def _fake_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, chunk_size):
     batch, dim, L = u.shape
     N = A.shape[1]
@@ -98,95 +111,46 @@ def _fake_bwd(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, initial_st
             like(initial_state))
 
 
-# ----------------------------------------------------------------------------------------------
-# Autograd, one wiring for every compiled backend
-# ----------------------------------------------------------------------------------------------
-def _register_autograd(fwd_qualname: str, bwd_qualname: str, bwd: Callable) -> None:
-    """Differentiate the op ``fwd_qualname`` (contract forward) with ``bwd`` (contract backward,
-    the op ``bwd_qualname``).
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, chunk_size = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, output[2])
+    ctx.delta_softplus, ctx.chunk_size = delta_softplus, chunk_size
+    ctx.mark_non_differentiable(output[2])
 
-    Gradients flow into every tensor input, from ``out`` and from ``last_state``;
-    ``chunk_states`` is internal and not differentiable. The backward itself has no derivative:
-    differentiating through it raises instead of silently returning zeros.
-    """
 
-    def setup_context(ctx, inputs, output):
-        u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, chunk_size = inputs
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, output[2])
-        ctx.delta_softplus, ctx.chunk_size = delta_softplus, chunk_size
-        ctx.mark_non_differentiable(output[2])
+def _backward_with(bwd_op):
+    """Gradients into every tensor input, from ``out`` and from ``last_state``; chunk_states is
+    internal and not differentiable."""
 
     def backward(ctx, dout, dlast_state, _dchunk_states):
         u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_states = ctx.saved_tensors
         dout = torch.zeros_like(u) if dout is None else dout.to(u.dtype).contiguous()
         if dlast_state is not None:
             dlast_state = dlast_state.to(torch.float32).contiguous()
-        du, ddelta, dA, dB, dC, dD, dz, dbias, dx0 = bwd(
+        du, ddelta, dA, dB, dC, dD, dz, dbias, dx0 = bwd_op(
             dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_states,
             ctx.delta_softplus, ctx.chunk_size)
         present = lambda grad, t: grad if t is not None else None  # noqa: E731
         return (du, ddelta, dA, dB, dC, present(dD, D), present(dz, z), present(dbias, delta_bias),
                 present(dx0, initial_state), None, None)
 
-    torch.library.register_autograd(fwd_qualname, backward, setup_context=setup_context)
-
-    def no_double_backward(ctx, *grads):
-        raise RuntimeError("selective_scan: the compiled backends have no double backward (second "
-                           "derivatives); use backend='reference' for those")
-
-    torch.library.register_autograd(bwd_qualname, no_double_backward, setup_context=lambda ctx, inputs, output: None)
+    return backward
 
 
-# The C++ ops (cpu and, when built, cuda) exist once pyneuro._C is loaded (_COMPILED_STATUS did).
+def _register(fwd, bwd, bwd_callable):
+    _backends.register_kernel_pair("selective_scan", fwd, bwd, fake_fwd=_fake_fwd, fake_bwd=_fake_bwd,
+                                   setup_context=_setup_context, backward=_backward_with(bwd_callable))
+
+
+# The C++ ops (cpu and, when built, cuda) exist once pyneuro._C is loaded.
 if _backends.extension()[0] is not None and hasattr(torch.ops.pyneuro, "selective_scan_fwd"):
-    torch.library.register_fake("pyneuro::selective_scan_fwd")(_fake_fwd)
-    torch.library.register_fake("pyneuro::selective_scan_bwd")(_fake_bwd)
-    _register_autograd("pyneuro::selective_scan_fwd", "pyneuro::selective_scan_bwd",
-                       torch.ops.pyneuro.selective_scan_bwd.default)
+    _register("pyneuro::selective_scan_fwd", "pyneuro::selective_scan_bwd", torch.ops.pyneuro.selective_scan_bwd.default)
 
-
-# The Triton kernels are plain functions; these custom ops give them the dispatcher's features.
-def _triton_kernels():
-    return importlib.import_module(_TRITON_MODULE)
-
-
-def _fresh(outputs, inputs):
-    """custom_op outputs may not alias inputs: copy any that do (e.g. a state passed through)."""
-    storages = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, Tensor) and t.numel()}
-    return tuple(o.clone() if o.numel() and o.untyped_storage().data_ptr() in storages else o for o in outputs)
-
-
-@torch.library.custom_op("pyneuro::selective_scan_fwd_triton", mutates_args=())
-def _fwd_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
-                z: Optional[Tensor], delta_bias: Optional[Tensor], initial_state: Optional[Tensor],
-                delta_softplus: bool, chunk_size: int) -> tuple[Tensor, Tensor, Tensor]:
-    args = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    return _fresh(_triton_kernels().selective_scan_fwd(*args, delta_softplus, chunk_size), args)
-
-
-@torch.library.custom_op("pyneuro::selective_scan_bwd_triton", mutates_args=())
-def _bwd_triton(dout: Tensor, dlast_state: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
-                C: Tensor, D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
-                initial_state: Optional[Tensor], chunk_states: Tensor, delta_softplus: bool,
-                chunk_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    args = (dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_states)
-    return _fresh(_triton_kernels().selective_scan_bwd(*args, delta_softplus, chunk_size), args)
-
-
-_fwd_triton.register_fake(_fake_fwd)
-_bwd_triton.register_fake(_fake_bwd)
-_register_autograd("pyneuro::selective_scan_fwd_triton", "pyneuro::selective_scan_bwd_triton", _bwd_triton)
-
-
-def _forward_op(backend: str):
-    if backend == "triton":
-        return _fwd_triton
-    return torch.ops.pyneuro.selective_scan_fwd.default
-
-
-def chunk_size_for(backend: str) -> int:
-    """The chunk_size (time steps between stored states) the public function uses on a backend."""
-    return _CHUNK_SIZE[backend]
+_fwd_triton = _backends.triton_custom_op("pyneuro::selective_scan_fwd_triton", _FWD_SCHEMA, _TRITON_MODULE,
+                                         "selective_scan_fwd")
+_bwd_triton = _backends.triton_custom_op("pyneuro::selective_scan_bwd_triton", _BWD_SCHEMA, _TRITON_MODULE,
+                                         "selective_scan_bwd")
+_register(_fwd_triton, _bwd_triton, _bwd_triton)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,22 +235,101 @@ def _check(u, delta, A, B, C, D, z, delta_bias, initial_state) -> int:
     return N
 
 
-def _resolve_backend(backend: str, u: Tensor, N: int) -> str:
-    explicit = backend if backend != "auto" else os.environ.get("PYNEURO_BACKEND", "auto") or "auto"
-    chosen = _backends.choose("selective_scan", u.device, backend)
-    if chosen not in COMPILED_BACKENDS:
-        return chosen
-    if u.dtype == torch.float64:
-        if explicit == "auto":
-            return "reference"
-        _fail(TypeError, f"the {chosen!r} backend takes float32, float16 or bfloat16 inputs, got float64 "
-              "(float64 runs on backend='reference')")
-    if N > MAX_N:
-        if explicit == "auto":
-            return "reference"
-        _fail(ValueError, f"N = {N} (A.shape[1]) exceeds the {chosen!r} backend's limit of {MAX_N} "
-              "(use backend='reference' for larger states)")
-    return chosen
+# ----------------------------------------------------------------------------------------------
+# Backends
+# ----------------------------------------------------------------------------------------------
+# Every backend implementation takes the validated arguments below and returns (out, last_state).
+def _reference(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
+    return selective_scan_naive(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                                return_last_state=True, initial_state=initial_state)
+
+
+def _contract_call(backend: str):
+    def call(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
+        def prep(t):
+            return t.contiguous() if t is not None else None
+
+        def prep_bc(M):  # the contract's variable B/C is 4-D: (batch, N, L) is one group
+            return (M.unsqueeze(1) if M.dim() == 3 else M).contiguous()
+
+        fwd = _fwd_triton if backend == "triton" else torch.ops.pyneuro.selective_scan_fwd.default
+        out, last_state, _ = fwd(prep(u), prep(delta), prep(A), prep_bc(B), prep_bc(C), prep(D), prep(z),
+                                 prep(delta_bias), prep(initial_state), bool(delta_softplus), chunk_size_for(backend))
+        return out, last_state
+
+    return call
+
+
+def _compiled_supports(backend: str):
+    def supports(u, delta, A, *_rest) -> Optional[Exception]:
+        if u.dtype == torch.float64:
+            return TypeError(f"selective_scan: the {backend!r} backend takes float32, float16 or bfloat16 inputs, "
+                             "got float64 (float64 runs on backend='reference')")
+        limit = max_n(backend)
+        if A.shape[1] > limit:
+            return ValueError(f"selective_scan: N = {A.shape[1]} (A.shape[1]) exceeds the {backend!r} backend's "
+                              f"limit of {limit} (use backend='reference' for larger states)")
+        return None
+
+    return supports
+
+
+def _compiled_probe(backend: str):
+    base = _backends.compiled_probe("selective_scan_fwd")
+
+    def probe(device: torch.device) -> Optional[str]:
+        reason = base(device)
+        if reason is None and backend not in LIMITS:
+            reason = "pyneuro._C publishes no selective_scan limits (built from older sources): rebuild it"
+        return reason
+
+    return probe
+
+
+def _self_check(backend: str, device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    """Compare ``backend`` with the reference on a tiny problem, forward and backward (a few ms).
+    Returns None when they agree within TOLERANCE, else what disagreed."""
+    dtype = dtype if dtype in _INPUT_DTYPES else torch.float32
+    g = torch.Generator().manual_seed(1234)
+    batch, dim, L, N = 2, 4, 37, 8
+
+    def rand(*shape, scale=1.0, dt=dtype):
+        return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dt).requires_grad_()
+
+    args = [rand(batch, dim, L), rand(batch, dim, L, scale=0.5), -torch.rand(dim, N, generator=g).add(0.5)
+            .to(device).requires_grad_(), rand(batch, 2, N, L), rand(dim, N, dt=torch.float32),
+            rand(dim, dt=torch.float32), rand(batch, dim, L), rand(dim, dt=torch.float32, scale=0.1),
+            rand(batch, dim, N, dt=torch.float32)]
+    dout = torch.randn(batch, dim, L, generator=g).to(device=device, dtype=dtype)
+    results = []
+    for b in (backend, "reference"):
+        out, last = OP.backends[b].impl(*args, True)
+        grads = torch.autograd.grad((out.float() * dout.float()).sum() + last.float().sum(), args)
+        results.append([out, last, *grads])
+    names = ("out", "last_state", "du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias", "dinitial_state")
+    tol = TOLERANCE[backend][dtype]
+    for name, got, want in zip(names, *results):
+        got, want = got.detach().double(), want.detach().double()
+        err = ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+        if not err <= tol:  # also catches NaN
+            return f"{name} differs from the reference by {err:.2e} (normwise; tolerance {tol:.0e})"
+    return None
+
+
+OP = _backends.register_op(
+    "selective_scan",
+    {
+        "reference": Backend("reference", ("cpu", "cuda"), _reference),
+        "cpu": Backend("cpu", ("cpu",), _contract_call("cpu"), _compiled_probe("cpu"),
+                       _compiled_supports("cpu")),
+        "triton": Backend("triton", ("cuda", "cpu"), _contract_call("triton"), _backends.triton_probe(_TRITON_MODULE),
+                          _compiled_supports("triton"), selfcheck=True),
+        "cuda": Backend("cuda", ("cuda",), _contract_call("cuda"), _compiled_probe("cuda"),
+                        _compiled_supports("cuda"), selfcheck=True),
+    },
+    self_check=_self_check,
+    example=lambda **kw: example_arguments(**kw),
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,23 +353,21 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     fp64 inputs) when ``return_last_state``. Gradients flow into every tensor argument, also from
     last_state.
     """
-    N = _check(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    chosen = _resolve_backend(backend, u, N)
-    if chosen == "reference":
-        return selective_scan_naive(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
-                                    delta_softplus=delta_softplus, return_last_state=return_last_state,
-                                    initial_state=initial_state)
-
-    def prep(t):
-        return t.contiguous() if t is not None else None
-
-    def prep_bc(M):  # the contract's variable B/C is 4-D: (batch, N, L) is one group
-        return (M.unsqueeze(1) if M.dim() == 3 else M).contiguous()
-
-    out, last_state, _ = _forward_op(chosen)(
-        prep(u), prep(delta), prep(A), prep_bc(B), prep_bc(C), prep(D), prep(z), prep(delta_bias),
-        prep(initial_state), bool(delta_softplus), chunk_size_for(chosen))
+    _check(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    args = (u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus))
+    out, last_state = OP(backend, u.device, *args)
     return (out, last_state) if return_last_state else out
 
 
-__all__ = ["selective_scan", "selective_scan_naive", "MAX_N", "chunk_size_for"]
+def example_arguments(batch: int = 2, dim: int = 64, L: int = 128, N: int = 16, dtype=torch.float32,
+                      device="meta") -> tuple:
+    """Arguments of the given sizes (shape only, on the meta device by default) for
+    ``pyneuro explain selective_scan``."""
+    def t(*shape, dt=dtype):
+        return torch.empty(*shape, dtype=dt, device=device)
+
+    BC = t(batch, N, L)
+    return (t(batch, dim, L), t(batch, dim, L), t(dim, N, dt=torch.float32), BC, BC, None, None, None, None, True)
+
+
+__all__ = ["selective_scan", "selective_scan_naive", "OP", "LIMITS", "TOLERANCE", "chunk_size_for", "max_n"]

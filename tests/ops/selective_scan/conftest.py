@@ -1,0 +1,20 @@
+"""Fixtures of the selective-scan conformance suite (the shared definitions are in scan_cases.py)."""
+from __future__ import annotations
+
+import pytest
+
+from scan_cases import activated, all_targets, compiled_targets
+
+
+@pytest.fixture(params=compiled_targets())
+def target(request):
+    """Each compiled backend in each variant this machine runs (cpu per ISA, triton, cuda)."""
+    with activated(request.param) as t:
+        yield t
+
+
+@pytest.fixture(params=all_targets())
+def any_target(request):
+    """The reference and every compiled target."""
+    with activated(request.param) as t:
+        yield t
