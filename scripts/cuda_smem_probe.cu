@@ -1,0 +1,37 @@
+// Prints the dynamic shared memory each CUDA kernel of csrc/cuda/ is launched with at the largest
+// supported problem, one "<kernel name> <bytes>" line per __global__ function (the name as written
+// in the source, without template arguments). scripts/check_cuda_compile.sh adds ptxas's static
+// shared memory and compares the sum with every architecture's per-block limit. Host code only:
+// it never touches a GPU. Linked with the objects of csrc/cuda/*.cu, so the sizes are the
+// launchers' own (selective_scan_{fwd,bwd}_smem_bytes). A new kernel needs a line here, or the
+// check fails and says so.
+#include <algorithm>
+#include <cstddef>
+#include <cstdio>
+
+#include "selective_scan.h"
+
+int main() {
+  using namespace pyneuro::cuda;
+  // The largest over every launch variant (dtype, constant or grouped B/C) at N = max.
+  size_t fwd = 0, bwd = 0;
+  for (ScanDtype dtype : {ScanDtype::kFloat32, ScanDtype::kFloat16, ScanDtype::kBFloat16}) {
+    for (int groups_B : {0, 1}) {
+      for (int groups_C : {0, 1}) {
+        SelectiveScanFwdParams f;
+        f.batch = 1; f.dim = 64; f.seqlen = 4096; f.dstate = kSelectiveScanMaxDState;
+        f.groups_B = groups_B; f.groups_C = groups_C; f.dtype = dtype;
+        fwd = std::max(fwd, selective_scan_fwd_smem_bytes(f));
+        SelectiveScanBwdParams b;
+        b.batch = 1; b.dim = 64; b.seqlen = 4096; b.dstate = kSelectiveScanMaxDState;
+        b.groups_B = groups_B; b.groups_C = groups_C; b.dtype = dtype;
+        bwd = std::max(bwd, selective_scan_bwd_smem_bytes(b));
+      }
+    }
+  }
+  std::printf("# N = kSelectiveScanMaxDState = %d\n", kSelectiveScanMaxDState);
+  std::printf("selective_scan_fwd_kernel %zu\n", fwd);
+  std::printf("selective_scan_bwd_kernel %zu\n", bwd);
+  std::printf("sum_partials_kernel 0\n");  // launched without dynamic shared memory
+  return 0;
+}
