@@ -6,7 +6,8 @@ PYNEURO_DATA_DIR is set already. Tests never touch ~/.cache.
 
 Without a GPU, Triton kernels run in Triton's interpreter: TRITON_INTERPRET must be set before
 triton is first imported (triton 3.x reads it when @triton.jit decorates, its own library
-included), so it is set here, before any test module is collected.
+included), so it is set here, when this conftest is imported: before pytest imports the
+conftests of the subfolders (which build their parameter lists from the backends available).
 """
 from __future__ import annotations
 
@@ -15,15 +16,13 @@ from pathlib import Path
 
 import pytest
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 
-
-def pytest_configure(config):
-    os.environ.setdefault("PYNEURO_DATA_DIR", str(REPO / "build" / "test-cache"))
-    import torch
-
-    if not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("PYNEURO_DATA_DIR", str(REPO / "build" / "test-cache"))
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

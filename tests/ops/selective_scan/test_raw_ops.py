@@ -87,7 +87,7 @@ def test_bitwise_deterministic(target, B_kind, C_kind, batch):
     fixed order (batch 2 splits a group's channels over several CPU tasks, batch 40 does not)."""
     if interpreted(target) and batch > 2:
         pytest.skip("the Triton interpreter is slow; one case shows its determinism here, a GPU runs all")
-    L = 300 if not interpreted(target) else 40
+    L = 300 if not interpreted(target) else 16
     inputs, cot = make_inputs(batch, 6, L, 16, B_kind=B_kind, C_kind=C_kind, device=target.device)
     threads = torch.get_num_threads()
     results = []
