@@ -1,0 +1,244 @@
+"""The emulated CUDA selective scan (tools/cuda_emu) driven through ctypes, plus its fp64 oracle.
+
+Shared by the tests in this folder (pytest puts it on sys.path). Buffers are torch CPU tensors
+whose data pointers go straight to the kernels; outputs and the backward workspace start as NaN,
+so an element a kernel fails to write shows up as non-finite.
+"""
+from __future__ import annotations
+
+import ctypes
+import shutil
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from pyneuro.ops.scan.naive import selective_scan_naive
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tools" / "cuda_emu"))
+import build as emu_build  # noqa: E402
+
+DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+SCHEDULES = {"forward": 0, "reverse": 1, "random": 2}
+GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+DEFAULT_CHUNK = 64  # kSelectiveScanDefaultChunk
+
+
+def gxx_missing() -> str | None:
+    return None if shutil.which(emu_build.CXX) else f"{emu_build.CXX} not found (the emulator compiles the kernels with it)"
+
+
+@dataclass(frozen=True)
+class Case:
+    batch: int
+    dim: int
+    L: int
+    N: int
+    B: object = 1          # "const" (dim, N) fp32, or G: variable (batch, G, N, L)
+    C: object = 1
+    D: bool = True
+    z: bool = True
+    bias: bool = True
+    softplus: bool = True
+    x0: bool = True
+    dlast: bool = True
+    dtype: torch.dtype = torch.float32
+    chunk: int = DEFAULT_CHUNK
+    schedule: str = "forward"
+    seed: int = 0
+
+    def __str__(self):
+        flags = "".join(k for k, on in (("D", self.D), ("z", self.z), ("b", self.bias), ("s", self.softplus),
+                                         ("x", self.x0), ("g", self.dlast)) if on)
+        dt = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}[self.dtype]
+        return (f"b{self.batch}d{self.dim}L{self.L}N{self.N}-B{self.B}C{self.C}-{flags or 'plain'}-{dt}"
+                f"-cs{self.chunk}-{self.schedule}")
+
+    def with_(self, **kw) -> "Case":
+        return replace(self, **kw)
+
+
+def make_inputs(c: Case):
+    """(inputs, dout, dlast): inputs in the kernel's dtypes (16-bit where the contract says u's
+    dtype), cotangents as the kernel sees them (dout rounded to the dtype)."""
+    g = torch.Generator().manual_seed(c.seed)
+    rnd = lambda *s, scale=1.0: torch.randn(*s, generator=g) * scale  # noqa: E731
+
+    def bc(kind):
+        return rnd(c.dim, c.N) if kind == "const" else rnd(c.batch, kind, c.N, c.L).to(c.dtype)
+
+    if c.softplus:
+        delta = rnd(c.batch, c.dim, c.L, scale=0.5) - 1.0
+        bias = rnd(c.dim, scale=0.3)
+    else:  # keep δ > 0: a negative step makes the recurrence grow
+        delta = torch.rand(c.batch, c.dim, c.L, generator=g) * 0.5 + 0.01
+        bias = torch.rand(c.dim, generator=g) * 0.1
+    inputs = dict(
+        u=rnd(c.batch, c.dim, c.L).to(c.dtype),
+        delta=delta.to(c.dtype),
+        A=-torch.rand(c.dim, c.N, generator=g) * 2 - 0.2,
+        B=bc(c.B), C=bc(c.C),
+        D=rnd(c.dim) if c.D else None,
+        z=rnd(c.batch, c.dim, c.L).to(c.dtype) if c.z else None,
+        delta_bias=bias if c.bias else None,
+        initial_state=rnd(c.batch, c.dim, c.N) if c.x0 else None,
+    )
+    dout = rnd(c.batch, c.dim, c.L).to(c.dtype)
+    dlast = rnd(c.batch, c.dim, c.N) if c.dlast else None
+    return inputs, dout, dlast
+
+
+# ----------------------------------------------------------------------------------------------
+# The emulated kernels
+# ----------------------------------------------------------------------------------------------
+class EmulatedScan:
+    def __init__(self, lib_path: Path):
+        self.lib = ctypes.CDLL(str(lib_path))
+        self.lib.cuda_emu_error_message.restype = ctypes.c_char_p
+        self.lib.emu_scan_bwd_workspace_floats.restype = ctypes.c_longlong
+        self.lib.cuda_emu_configure.argtypes = [ctypes.c_int, ctypes.c_ulonglong, ctypes.c_int, ctypes.c_ulonglong]
+
+    def configure(self, schedule="forward", seed=0, workers=1):
+        self.lib.cuda_emu_configure(SCHEDULES[schedule], seed, workers, 0)
+
+    def stats(self):
+        s = (ctypes.c_longlong * 5)()
+        self.lib.cuda_emu_stats(s)
+        return dict(zip(("launches", "blocks", "barriers", "warp_ops", "switches"), s))
+
+    def _check(self, rc, what):
+        if rc != 0:
+            msg = self.lib.cuda_emu_error_message().decode()
+            self.lib.cuda_emu_clear_error()
+            raise RuntimeError(f"emulated {what} failed (cudaError {rc}): {msg}")
+
+    @staticmethod
+    def _ptr(t):
+        return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+    @staticmethod
+    def _groups(M):
+        return 0 if M.dim() == 2 else M.shape[1]
+
+    def _head(self, c: Case, i):
+        return [c.batch, c.dim, c.L, c.N, self._groups(i["B"]), self._groups(i["C"]), c.chunk,
+                int(c.softplus), DTYPE_CODE[c.dtype]]
+
+    def forward(self, c: Case, i):
+        nan = lambda *s, dtype=torch.float32: torch.full(s, float("nan"), dtype=dtype)  # noqa: E731
+        out = nan(c.batch, c.dim, c.L, dtype=c.dtype)
+        last = nan(c.batch, c.dim, c.N)
+        chunk_states = nan(c.batch, c.dim, self.lib.emu_scan_n_chunks(c.L, c.chunk), c.N)
+        p = self._ptr
+        rc = self.lib.emu_scan_fwd(*self._head(c, i), p(i["u"]), p(i["delta"]), p(i["z"]), p(i["A"]),
+                                   p(i["B"]), p(i["C"]), p(i["D"]), p(i["delta_bias"]), p(i["initial_state"]),
+                                   p(out), p(last), p(chunk_states))
+        self._check(rc, "forward")
+        return out, last, chunk_states
+
+    def backward(self, c: Case, i, chunk_states, dout, dlast):
+        nan_like = lambda t: None if t is None else torch.full_like(t, float("nan"))  # noqa: E731
+        g = {k: nan_like(i[k]) for k in GRAD_NAMES}
+        ws = torch.full((self.lib.emu_scan_bwd_workspace_floats(
+            c.batch, c.dim, c.L, c.N, self._groups(i["B"]), self._groups(i["C"])),), float("nan"))
+        p = self._ptr
+        rc = self.lib.emu_scan_bwd(*self._head(c, i), p(dout), p(dlast), p(i["u"]), p(i["delta"]), p(i["z"]),
+                                   p(i["A"]), p(i["B"]), p(i["C"]), p(i["D"]), p(i["delta_bias"]),
+                                   p(i["initial_state"]), p(chunk_states),
+                                   p(g["u"]), p(g["delta"]), p(g["z"]), p(g["A"]), p(g["B"]), p(g["C"]),
+                                   p(g["D"]), p(g["delta_bias"]), p(g["initial_state"]), p(ws))
+        self._check(rc, "backward")
+        return {k: v for k, v in g.items() if v is not None}
+
+
+# ----------------------------------------------------------------------------------------------
+# fp64 oracle
+# ----------------------------------------------------------------------------------------------
+def oracle(c: Case, i, dout, dlast):
+    """(out, last, chunk_states, grads) in fp64 from the kernel's own (rounded) inputs. out and the
+    last state are naive.py's; the states and the gradients of <out, dout> + <last, dlast> come
+    from the recurrence and its adjoint written out step by step (test_oracle_matches_autograd
+    checks them against autograd through naive.py; autograd itself is too slow at L = 200)."""
+    d = {k: (v.double() if v is not None else None) for k, v in i.items()}
+    out, last = selective_scan_naive(d["u"], d["delta"], d["A"], d["B"], d["C"], d["D"], d["z"],
+                                     d["delta_bias"], c.softplus, return_last_state=True,
+                                     initial_state=d["initial_state"])
+    u, A, D, z = d["u"], d["A"], d["D"], d["z"]
+    batch, dim, L, N = c.batch, c.dim, c.L, c.N
+
+    def per_dim(M):  # (batch | 1, dim, N, L | 1)
+        return M[None, :, :, None] if M.dim() == 2 else M.repeat_interleave(dim // M.shape[1], dim=1)
+
+    def at(M, t):
+        return M[..., min(t, M.shape[-1] - 1)]
+
+    def reduce_like(full, M):  # (batch, dim, N, L) summed to M's shape
+        if M.dim() == 2:
+            return full.sum((0, 3))
+        G = M.shape[1]
+        return full.view(batch, G, dim // G, N, L).sum(2)
+
+    v = d["delta"] + (d["delta_bias"][:, None] if d["delta_bias"] is not None else 0)
+    dt = F.softplus(v) if c.softplus else v
+    Bd, Cd = per_dim(d["B"]), per_dim(d["C"])
+    xs = [d["initial_state"] if d["initial_state"] is not None else u.new_zeros(batch, dim, N)]
+    for t in range(L):
+        xs.append(torch.exp(dt[..., t, None] * A) * xs[-1] + (dt[..., t] * u[..., t])[..., None] * at(Bd, t))
+    assert torch.allclose(xs[-1], last, rtol=1e-12, atol=1e-12), "oracle: recurrence disagrees with naive.py"
+    cs = min(c.chunk, max(L, 1))
+    chunk_states = torch.stack(xs[:L:cs], dim=2)
+
+    y = torch.stack([(xs[t + 1] * at(Cd, t)).sum(-1) for t in range(L)], -1)
+    pre = y + (D[:, None] * u if D is not None else 0)
+    sz = torch.sigmoid(z) if z is not None else None
+    dout = dout.double()
+    dy = dout * z * sz if z is not None else dout
+    H = dlast.double().clone() if dlast is not None else u.new_zeros(batch, dim, N)  # dL/dx_t from later steps
+    dB_full, dC_full = u.new_zeros(batch, dim, N, L), u.new_zeros(batch, dim, N, L)
+    du, ddt, dA = torch.zeros_like(u), torch.zeros_like(u), torch.zeros_like(A)
+    for t in reversed(range(L)):
+        a = torch.exp(dt[..., t, None] * A)
+        g = dy[..., t, None] * at(Cd, t) + H  # dL/dx_{t+1}
+        dC_full[..., t] = dy[..., t, None] * xs[t + 1]
+        dB_full[..., t] = g * (dt[..., t] * u[..., t])[..., None]
+        w = g * a * xs[t]  # dL/da_t · a_t
+        dA += (w * dt[..., t, None]).sum(0)
+        gB = (g * at(Bd, t)).sum(-1)
+        du[..., t] = dt[..., t] * gB + (D * dy[..., t] if D is not None else 0)
+        ddt[..., t] = (w * A).sum(-1) + u[..., t] * gB
+        H = a * g
+    ddelta = ddt * torch.sigmoid(v) if c.softplus else ddt
+    grads = dict(u=du, delta=ddelta, A=dA, B=reduce_like(dB_full, d["B"]), C=reduce_like(dC_full, d["C"]))
+    if D is not None:
+        grads["D"] = (dy * u).sum((0, 2))
+    if z is not None:
+        grads["z"] = dout * pre * sz * (1 + z * (1 - sz))
+    if d["delta_bias"] is not None:
+        grads["delta_bias"] = ddelta.sum((0, 2))
+    if d["initial_state"] is not None:
+        grads["initial_state"] = H
+    return out, last, chunk_states, grads
+
+
+def autograd_grads(c: Case, i, dout, dlast):
+    """Gradients of <out, dout> + <last, dlast> by autograd through naive.py in fp64."""
+    leaves = {k: (v.double().requires_grad_() if v is not None else None) for k, v in i.items()}
+    out, last = selective_scan_naive(leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"],
+                                     leaves["D"], leaves["z"], leaves["delta_bias"], c.softplus,
+                                     return_last_state=True, initial_state=leaves["initial_state"])
+    loss = (out * dout.double()).sum() + ((last * dlast.double()).sum() if dlast is not None else 0)
+    wrt = [k for k in GRAD_NAMES if leaves[k] is not None]
+    return dict(zip(wrt, torch.autograd.grad(loss, [leaves[k] for k in wrt])))
+
+
+def normwise_error(actual, expected) -> float:
+    """max |actual - expected| / max |expected| (the absolute error when expected is 0)."""
+    expected = expected.detach().double()
+    if expected.numel() == 0:
+        return 0.0
+    scale = expected.abs().max().item()
+    err = (actual.detach().double() - expected).abs().max().item()
+    return err / scale if scale > 0 else err
