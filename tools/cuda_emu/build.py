@@ -20,6 +20,7 @@ import argparse
 import concurrent.futures
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -83,7 +84,7 @@ def _compile(src: Path, obj: Path, flags: list[str]) -> None:
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         hint = ""
-        if "asm" in r.stderr or "impossible constraint" in r.stderr:
+        if re.search(r"\basm\b|assembler|impossible constraint", r.stderr, re.I):
             hint = ("\nhint: inline PTX reached g++. Keep every asm() and hardware-only intrinsic in "
                     "csrc/cuda/common.cuh behind #if defined(PYNEURO_CUDA_EMULATION) with a C++ fallback.")
         raise BuildError(f"compiling {src} for cuda_emu failed:\n{' '.join(cmd)}\n{r.stderr[-6000:]}{hint}")
