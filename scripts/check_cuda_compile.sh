@@ -11,7 +11,7 @@
 # One line per compiled file, a table per kernel and architecture, exit status 1 on any failure.
 #   NVCC=/path/to/nvcc  PYTHON=python3  CUDA_COMPILE_JOBS=N (default: the number of cores)
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 
 NVCC="${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}"
 PYTHON="${PYTHON:-python3}"

@@ -1,0 +1,141 @@
+"""Drive every CUDA kernel of pyneuro._C on small shapes, for compute-sanitizer (scripts/gpu_check.sh).
+
+Calls torch.ops.pyneuro.selective_scan_fwd / _bwd directly (so the forward and backward kernels,
+every B/C variant and the partial-sum kernels run) and compares each result with the CPU kernel
+on the same inputs, upcast to fp32, so a launch that silently did nothing also fails.
+
+    compute-sanitizer --tool memcheck --error-exitcode 1 python scripts/gpu_check_sanitize.py --shapes full
+    compute-sanitizer --tool racecheck --error-exitcode 1 python scripts/gpu_check_sanitize.py --shapes tiny
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Case:
+    batch: int
+    dim: int
+    L: int
+    N: int
+    groups_B: int  # 0: constant B (dim, N) fp32; else (batch, G, N, L) in the dtype
+    groups_C: int
+    dtype: torch.dtype
+    optional: bool = True  # D, z, delta_bias, initial_state and dlast_state present
+    softplus: bool = True
+    chunk: int = 64
+
+    def __str__(self):
+        return (f"b{self.batch} d{self.dim} L{self.L} N{self.N} B:{self.groups_B or 'const'} "
+                f"C:{self.groups_C or 'const'} {str(self.dtype).removeprefix('torch.')} "
+                f"{'all-optional' if self.optional else 'no-optional'} chunk{self.chunk}")
+
+
+# Odd L (partial time tiles), dim not a multiple of 32 (partial channel tiles), groups that cut the
+# 32-channel tiles (segments), N = 16 and 64, every dtype, a chunk size other than the tile.
+FULL = [
+    Case(2, 40, 37, 16, 0, 0, torch.float32),
+    Case(2, 48, 130, 16, 1, 2, torch.bfloat16),
+    Case(1, 64, 129, 64, 2, 0, torch.float16, optional=False, softplus=False),
+    Case(2, 24, 67, 64, 0, 1, torch.float32, chunk=16),
+    Case(1, 36, 1, 16, 3, 3, torch.float32),
+]
+# racecheck / synccheck are slow: one block row, few tiles.
+TINY = [
+    Case(1, 40, 70, 16, 1, 2, torch.float32),
+    Case(1, 33, 37, 64, 0, 0, torch.float16, softplus=False),
+]
+TOL = {torch.float32: 2e-4, torch.float16: 2e-2, torch.bfloat16: 6e-2}
+
+
+def make_inputs(c: Case, device: str, gen: torch.Generator) -> dict:
+    def rand(*shape, dtype=torch.float32, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale).to(dtype).to(device)
+
+    def bc(groups):
+        return rand(c.dim, c.N) if groups == 0 else rand(c.batch, groups, c.N, c.L, dtype=c.dtype)
+
+    x = {
+        "u": rand(c.batch, c.dim, c.L, dtype=c.dtype),
+        "delta": rand(c.batch, c.dim, c.L, dtype=c.dtype, scale=0.5),
+        "A": -torch.rand(c.dim, c.N, generator=gen).add(0.1).to(device),
+        "B": bc(c.groups_B),
+        "C": bc(c.groups_C),
+        "D": rand(c.dim) if c.optional else None,
+        "z": rand(c.batch, c.dim, c.L, dtype=c.dtype) if c.optional else None,
+        "delta_bias": rand(c.dim, scale=0.1) if c.optional else None,
+        "initial_state": rand(c.batch, c.dim, c.N) if c.optional else None,
+        "dout": rand(c.batch, c.dim, c.L, dtype=c.dtype),
+        "dlast_state": rand(c.batch, c.dim, c.N) if c.optional else None,
+    }
+    if not c.softplus:  # raw delta is the step: keep it positive
+        x["delta"] = x["delta"].abs()
+    return x
+
+
+def run(c: Case, x: dict):
+    ops = torch.ops.pyneuro
+    out, last, chunks = ops.selective_scan_fwd(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"],
+                                               x["delta_bias"], x["initial_state"], c.softplus, c.chunk)
+    grads = ops.selective_scan_bwd(x["dout"], x["dlast_state"], x["u"], x["delta"], x["A"], x["B"], x["C"],
+                                   x["D"], x["z"], x["delta_bias"], x["initial_state"], chunks, c.softplus,
+                                   c.chunk)
+    return (out, last, chunks, *grads)
+
+
+NAMES = ["out", "last_state", "chunk_states", "du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias",
+         "dinitial_state"]
+
+
+def check(c: Case, gen: torch.Generator) -> list[str]:
+    x = make_inputs(c, "cuda", gen)
+    got = run(c, x)
+    torch.cuda.synchronize()
+    # The CPU kernel on the same values in fp32: the CUDA kernel also computes in fp32.
+    ref = run(c, {k: None if v is None else v.cpu().float() for k, v in x.items()})
+    errors = []
+    for name, g, r in zip(NAMES, got, ref):
+        if g is None or r is None or g.numel() == 0:
+            continue
+        g = g.float().cpu()
+        if not torch.isfinite(g).all():
+            errors.append(f"{name}: non-finite values")
+            continue
+        scale = r.abs().max().item() + 1e-6
+        err = (g - r).abs().max().item() / scale
+        if err > TOL[c.dtype]:
+            errors.append(f"{name}: max error {err:.2e} of max |ref| > {TOL[c.dtype]:.0e}")
+    return errors
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", choices=["full", "tiny"], default="full")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        print("gpu_check_sanitize: no CUDA device", file=sys.stderr)
+        return 2
+    importlib.import_module("pyneuro._C")  # registers the ops
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("pyneuro::selective_scan_fwd", "CUDA"):
+        print("gpu_check_sanitize: pyneuro._C has no CUDA kernel for selective_scan_fwd", file=sys.stderr)
+        return 2
+    gen = torch.Generator().manual_seed(0)
+    failed = 0
+    for c in FULL if args.shapes == "full" else TINY:
+        start = time.perf_counter()
+        errors = check(c, gen)
+        print(f"{'ok  ' if not errors else 'FAIL'}  selective_scan fwd+bwd  {c}  ({time.perf_counter() - start:.1f} s)")
+        for e in errors:
+            print(f"        {e}")
+        failed |= bool(errors)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
