@@ -43,11 +43,10 @@
 // thread that owns it (4·batch·dim·N floats). sum_partials_kernel adds the rows in a fixed order.
 // Results are bitwise reproducible for a given shape and GPU.
 #include <cuda_runtime.h>
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
 
 #include <cstdint>
 
+#include "common.cuh"
 #include "selective_scan.h"
 
 namespace pyneuro {
@@ -63,64 +62,16 @@ constexpr int kRow = kTile + 4;             // [channel][t] row stride: a lane's
                                             // row are bank-conflict free (4 banks apart per lane)
 constexpr int kNB = 16;                     // B/C rows (states) staged in shared memory at once
 constexpr int kRedRow = kLanes + 4;         // [t][lane] rows of the dB/dC reduction buffers
-constexpr float kLog2e = 1.4426950408889634f;
+// Blocks per SM the kernels are compiled for (__launch_bounds__): the register budget is
+// 65536 / (128 · blocks). The forward fits 128 registers (4 blocks, 16 warps per SM) without
+// spilling; the backward holds six 16-step arrays and needs 168 (3 blocks, 12 warps).
+constexpr int kFwdBlocksPerSM = 4;
+constexpr int kBwdBlocksPerSM = 3;
 
 static_assert(kTile == kSelectiveScanDefaultChunk, "default chunk = one tile");
 static_assert(kSteps % 4 == 0 && kRow % 4 == 0 && kRedRow % 4 == 0, "float4 alignment");
 static_assert(kThreads == 2 * kTile, "the dB/dC reduction gives two threads per step");
 
-// ---- small helpers -----------------------------------------------------------------------------
-__device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
-
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-// 2^x on the MUFU (2 ulp), whatever the fast-math flags.
-__device__ __forceinline__ float ex2(float x) {
-#if defined(__CUDA_ARCH__)
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-#else
-  return exp2f(x);
-#endif
-}
-
-// torch.nn.functional.softplus (beta 1, threshold 20).
-__device__ __forceinline__ float softplus(float v) { return v > 20.f ? v : log1pf(__expf(v)); }
-__device__ __forceinline__ float sigmoid(float v) { return 1.f / (1.f + __expf(-v)); }
-// softplus'(v) = σ(v) from d = softplus(v) alone: σ(v) = 1 - exp(-d). Below d = 0.5 that
-// cancels, so use the series of -expm1(-d) to d^9 there (truncation < 1e-9 relative); branch-free
-// and ~1e-7 relative in fp32 (3.7e-7 at d = 0.5 with the MUFU's 2 ulp). expm1f costs 4x more
-// and spilled registers in the backward's epilogue.
-__device__ __forceinline__ float softplus_grad(float d) {
-  float r = 1.f;
-#pragma unroll
-  for (int k = 9; k >= 2; --k) r = fmaf(-d * (1.f / k), r, 1.f);
-  return d < 0.5f ? d * r : 1.f - __expf(-d);
-}
-
-// 16 consecutive floats of shared memory (16-byte aligned) <-> registers, as 4 float4.
-__device__ __forceinline__ void lds16(float (&v)[kSteps], const float* p) {
-#pragma unroll
-  for (int q = 0; q < kSteps / 4; ++q) {
-    const float4 f = reinterpret_cast<const float4*>(p)[q];
-    v[4 * q] = f.x; v[4 * q + 1] = f.y; v[4 * q + 2] = f.z; v[4 * q + 3] = f.w;
-  }
-}
-__device__ __forceinline__ void sts16(float* p, const float (&v)[kSteps]) {
-#pragma unroll
-  for (int q = 0; q < kSteps / 4; ++q)
-    reinterpret_cast<float4*>(p)[q] = make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
-}
 // One float4 as an indexable quad. Inner loops fetch B/C four steps at a time, right where they are
 // used, instead of holding 16 in registers (keeps the kernels under their register budgets).
 struct Quad {
@@ -156,54 +107,59 @@ __device__ __forceinline__ BlockTile block_tile(const Params& p) {
   return t;
 }
 
-// Stage rows [row0, row0 + nrows) x steps [t0, t0 + len) of a (rows, L) matrix into s[kNB][kTile];
-// everything outside is 0. Coalesced: a warp reads 32 consecutive steps of one row.
+// A (channels, steps) tile of a (rows, L) input, as fp32 in shared memory [channel][t] (row
+// stride kRow), zero outside the block's channels and the tile: 16-byte loads, coalesced.
 template <typename T>
-__device__ __forceinline__ void stage_rows(float* s, const T* __restrict__ M, int64_t row0,
-                                           int nrows, int L, int t0, int len) {
-  for (int e = threadIdx.x; e < kNB * kTile; e += kThreads) {
-    const int r = e / kTile, col = e % kTile;
-    s[e] = (r < nrows && col < len) ? to_f(M[(row0 + r) * L + t0 + col]) : 0.f;
+__device__ __forceinline__ void stage_channels(float* s, const T* __restrict__ x, int64_t row0,
+                                               int nch, int L, int t0, int len) {
+  stage_tile<kLanes, kTile, kThreads>(s, kRow, x + row0 * L + t0, L, nch, len);
+}
+// kNB rows of a variable B or C, (b, g, n0 .. n0 + kNB) x tile, into s[kNB][kTile].
+template <typename T>
+__device__ __forceinline__ void stage_states(float* s, const T* __restrict__ M, int64_t row,
+                                             int nrows, int L, int t0, int len) {
+  stage_tile<kNB, kTile, kThreads>(s, kTile, M + row * L + t0, L, nrows, len);
+}
+
+// δ_t of this lane's 16 steps (row: its 16 entries of the staged raw delta, updated in place):
+// softplus(delta + bias) (or delta + bias), and 0 for steps outside the tile or the block's
+// channels, which makes them the identity (a = 1, b = 0). Done by the lane that owns the steps:
+// the staging stays a plain copy and the bias is one register per lane. A rolled loop over
+// float4s keeps one copy of softplus in the code and no 16-element array live.
+__device__ __forceinline__ void lane_delta(float* row, float bias, bool softplus_on, int valid_steps) {
+#pragma unroll 1
+  for (int q = 0; q < kSteps / 4; ++q) {
+    Quad d = ldq(row + 4 * q);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float v = d.v[i] + bias;
+      if (softplus_on) v = softplus(v);
+      d.v[i] = 4 * q + i < valid_steps ? v : 0.f;
+    }
+    stq(row + 4 * q, d);
   }
 }
 
+// A per-channel fp32 parameter (D, delta_bias) of this lane's channel, 0 when absent. Loaded where
+// it is used (an L1 hit after the first tile) rather than held in a register across the scan.
+__device__ __forceinline__ float channel_param(const float* __restrict__ v, int d, bool active) {
+  return (v != nullptr && active) ? v[d] : 0.f;
+}
 
-// Stage one tile of the block's channels into [channel][t] arrays (row stride kRow): s_delta = δ
-// (softplus(delta + bias) or delta + bias), s_u = u, and s_third = silu(z) (kGate, forward; 1
-// without z), dy = dout·silu(z) (kDy, backward; dout without z), or nothing (kNone). Outside the
-// tile and the block's channels all are 0: those steps become the identity (a = 1, b = 0) and
-// contribute nothing.
-enum ThirdArray { kGate, kDy, kNone };
-
-template <typename T, int kThird>
-__device__ __forceinline__ void stage_channels(float* s_delta, float* s_u, float* s_third,
-                                               const T* __restrict__ u,
-                                               const T* __restrict__ delta,
-                                               const T* __restrict__ z,
-                                               const T* __restrict__ dout,
-                                               const float* __restrict__ delta_bias,
-                                               bool softplus_on, int64_t row0, int d0, int nch,
-                                               int L, int t0, int len) {
-  for (int e = threadIdx.x; e < kLanes * kTile; e += kThreads) {
-    const int r = e / kTile, col = e % kTile;
-    float dl = 0.f, uu = 0.f, th = 0.f;
-    if (r < nch && col < len) {
-      const int64_t g = (row0 + r) * L + t0 + col;
-      dl = to_f(delta[g]);
-      if (delta_bias != nullptr) dl += delta_bias[d0 + r];
-      if (softplus_on) dl = softplus(dl);
-      uu = to_f(u[g]);
-      if (kThird == kGate) {
-        th = 1.f;
-        if (z != nullptr) { const float zz = to_f(z[g]); th = zz * sigmoid(zz); }
-      } else if (kThird == kDy) {
-        th = to_f(dout[g]);
-        if (z != nullptr) { const float zz = to_f(z[g]); th *= zz * sigmoid(zz); }
-      }
+// The gate of this lane's 16 steps, in place: dout -> dy = dout·silu(z) (the gradient reaching
+// y + D·u) and z -> dout·silu'(z) (dz per unit of y + D·u). Zero-staged entries give 0.
+__device__ __forceinline__ void lane_gate_grad(float* dout_row, float* z_row) {
+#pragma unroll 1
+  for (int q = 0; q < kSteps / 4; ++q) {
+    Quad g = ldq(dout_row + 4 * q), zq = ldq(z_row + 4 * q);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float zz = zq.v[i], sg = sigmoid(zz);
+      zq.v[i] = g.v[i] * silu_grad(zz, sg);
+      g.v[i] *= zz * sg;
     }
-    s_delta[r * kRow + col] = dl;
-    s_u[r * kRow + col] = uu;
-    if (kThird != kNone) s_third[r * kRow + col] = th;
+    stq(dout_row + 4 * q, g);
+    stq(z_row + 4 * q, zq);
   }
 }
 
@@ -219,7 +175,7 @@ __device__ __forceinline__ void reduce_lanes(const float* s, float* __restrict__
     const float4 f = q[i];
     acc += f.x; acc += f.y; acc += f.z; acc += f.w;
   }
-  acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+  acc += shfl_xor(acc, 1);
   if (h == 0 && t < len) dst[t] = acc;
 }
 
@@ -227,7 +183,7 @@ constexpr size_t fwd_smem_floats(int N) {
   return size_t(3) * kLanes * kRow + 2 * kNB * kTile + 2 * 2 * kWarps * kLanes + size_t(kLanes) * N;
 }
 constexpr size_t bwd_smem_floats(int N) {
-  return size_t(3) * kLanes * kRow + 2 * kNB * kTile + 2 * kTile * kRedRow +
+  return size_t(4) * kLanes * kRow + 2 * kNB * kTile + 2 * kTile * kRedRow +
          2 * 2 * kWarps * kLanes + 2 * kWarps * kLanes + size_t(2) * kLanes * N;
 }
 
@@ -239,12 +195,12 @@ constexpr size_t bwd_smem_floats(int N) {
 // chunk (+6% over fp32 u/delta/z/out at N = 16, chunk 64), variable B/C read once per 32 channels.
 // =================================================================================================
 template <typename T, bool kBVar, bool kCVar>
-__global__ void __launch_bounds__(kThreads, 3)
+__global__ void __launch_bounds__(kThreads, kFwdBlocksPerSM)
 selective_scan_fwd_kernel(const SelectiveScanFwdParams p) {
   extern __shared__ float4 smem4[];
-  float* const s_delta = reinterpret_cast<float*>(smem4);  // [kLanes][kRow]
+  float* const s_delta = reinterpret_cast<float*>(smem4);  // [kLanes][kRow] raw delta
   float* const s_u = s_delta + kLanes * kRow;               // [kLanes][kRow] u, then out
-  float* const s_gate = s_u + kLanes * kRow;                // [kLanes][kRow]
+  float* const s_gate = s_u + kLanes * kRow;                // [kLanes][kRow] z
   float* const s_B = s_gate + kLanes * kRow;                // [kNB][kTile]
   float* const s_C = s_B + kNB * kTile;                     // [kNB][kTile]
   float2* const s_agg = reinterpret_cast<float2*>(s_C + kNB * kTile);  // [2][kWarps][kLanes]
@@ -267,7 +223,7 @@ selective_scan_fwd_kernel(const SelectiveScanFwdParams p) {
   const int64_t dN = int64_t(bt.d0 + lane) * N;     // this lane's row of A / constant B, C
   const int64_t rowB = (int64_t(b) * p.groups_B + bt.gB) * N;  // (b, gB, n = 0) row of B
   const int64_t rowC = (int64_t(b) * p.groups_C + bt.gC) * N;
-  const float Dv = (p.D != nullptr && active) ? p.D[bt.d0 + lane] : 0.f;
+  const bool has_z = z != nullptr;
 
   for (int i = tid; i < kLanes * N; i += kThreads) {
     const int r = i / N, n = i - r * N;
@@ -286,16 +242,19 @@ selective_scan_fwd_kernel(const SelectiveScanFwdParams p) {
         if (r < bt.nch) p.chunk_states[((row0 + r) * p.n_chunks + k) * N + n] = s_carry[n * kLanes + r];
       }
     }
-    stage_channels<T, kGate>(s_delta, s_u, s_gate, u, delta, z, nullptr, p.delta_bias,
-                             p.delta_softplus, row0, bt.d0, bt.nch, L, t0, len);
-    if (kBVar) stage_rows(s_B, Bvar, rowB, imin(kNB, N), L, t0, len);
-    if (kCVar) stage_rows(s_C, Cvar, rowC, imin(kNB, N), L, t0, len);
+    stage_channels(s_delta, delta, row0, bt.nch, L, t0, len);
+    stage_channels(s_u, u, row0, bt.nch, L, t0, len);
+    if (has_z) stage_channels(s_gate, z, row0, bt.nch, L, t0, len);
+    if (kBVar) stage_states(s_B, Bvar, rowB, imin(kNB, N), L, t0, len);
+    if (kCVar) stage_states(s_C, Cvar, rowC, imin(kNB, N), L, t0, len);
     __syncthreads();
 
     // This lane's 16 steps: δ, δ·u, and y accumulated over n.
     float dl[kSteps], du[kSteps], y[kSteps];
-    lds16(dl, s_delta + lane * kRow + warp * kSteps);
-    lds16(du, s_u + lane * kRow + warp * kSteps);
+    lane_delta(s_delta + lane * kRow + warp * kSteps, channel_param(p.delta_bias, bt.d0 + lane, active),
+               p.delta_softplus, active ? len - warp * kSteps : 0);
+    lds_f32(dl, s_delta + lane * kRow + warp * kSteps);
+    lds_f32(du, s_u + lane * kRow + warp * kSteps);
 #pragma unroll
     for (int k = 0; k < kSteps; ++k) { du[k] *= dl[k]; y[k] = 0.f; }
 
@@ -307,8 +266,8 @@ selective_scan_fwd_kernel(const SelectiveScanFwdParams p) {
       const int nl = n % kNB;
       if ((kBVar || kCVar) && nl == 0 && n > 0) {
         __syncthreads();  // everyone is done with the previous rows
-        if (kBVar) stage_rows(s_B, Bvar, rowB + n, imin(kNB, N - n), L, t0, len);
-        if (kCVar) stage_rows(s_C, Cvar, rowC + n, imin(kNB, N - n), L, t0, len);
+        if (kBVar) stage_states(s_B, Bvar, rowB + n, imin(kNB, N - n), L, t0, len);
+        if (kCVar) stage_states(s_C, Cvar, rowC + n, imin(kNB, N - n), L, t0, len);
         __syncthreads();
       }
       const float A2 = A_nx, Bn = B_nx, Cn = C_nx;
@@ -329,7 +288,7 @@ selective_scan_fwd_kernel(const SelectiveScanFwdParams p) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int k = 4 * q + i;
-          a[k] = ex2(dl[k] * A2);
+          a[k] = ex2_approx(dl[k] * A2);
           bx[k] = du[k] * bq.v[i];
           X = fmaf(a[k], X, bx[k]);
           P *= a[k];
@@ -368,18 +327,23 @@ selective_scan_fwd_kernel(const SelectiveScanFwdParams p) {
 
     // out = (y + D·u)·silu(z), written over this lane's own u entries, then stored coalesced.
     {
-      float uu[kSteps], gt[kSteps];
-      lds16(uu, s_u + lane * kRow + warp * kSteps);
-      lds16(gt, s_gate + lane * kRow + warp * kSteps);
+      float* const urow = s_u + lane * kRow + warp * kSteps;
+      const float* const zrow = s_gate + lane * kRow + warp * kSteps;
+      const float Dv = channel_param(p.D, bt.d0 + lane, active);
 #pragma unroll
-      for (int k = 0; k < kSteps; ++k) y[k] = fmaf(Dv, uu[k], y[k]) * gt[k];
-      sts16(s_u + lane * kRow + warp * kSteps, y);
+      for (int q = 0; q < kSteps / 4; ++q) {
+        Quad o = ldq(urow + 4 * q);
+        const Quad zq = has_z ? ldq(zrow + 4 * q) : splat(0.f);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          o.v[i] = fmaf(Dv, o.v[i], y[4 * q + i]);
+          if (has_z) o.v[i] *= silu(zq.v[i]);
+        }
+        stq(urow + 4 * q, o);
+      }
     }
     __syncthreads();
-    for (int e = tid; e < kLanes * kTile; e += kThreads) {
-      const int r = e / kTile, col = e % kTile;
-      if (r < bt.nch && col < len) out[(row0 + r) * L + t0 + col] = from_f<T>(s_u[r * kRow + col]);
-    }
+    store_tile<kLanes, kTile, kThreads>(out + row0 * L + t0, L, s_u, kRow, bt.nch, len);
     t0 += len;
   }
   __syncthreads();
@@ -408,13 +372,14 @@ selective_scan_fwd_kernel(const SelectiveScanFwdParams p) {
 // (batch, group) written once and read once by sum_partials_kernel.
 // =================================================================================================
 template <typename T, bool kBVar, bool kCVar>
-__global__ void __launch_bounds__(kThreads, 3)
+__global__ void __launch_bounds__(kThreads, kBwdBlocksPerSM)
 selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
   extern __shared__ float4 smem4[];
-  float* const s_delta = reinterpret_cast<float*>(smem4);  // [kLanes][kRow] δ, then ddelta
+  float* const s_delta = reinterpret_cast<float*>(smem4);  // [kLanes][kRow] raw delta, gA, ddelta
   float* const s_u = s_delta + kLanes * kRow;               // u, then du
-  float* const s_dy = s_u + kLanes * kRow;                  // dy, then y + D·u
-  float* const s_B = s_dy + kLanes * kRow;                  // [kNB][kTile]
+  float* const s_dy = s_u + kLanes * kRow;                  // dout, then y, then dz
+  float* const s_z = s_dy + kLanes * kRow;                  // z, then dout·silu'(z)
+  float* const s_B = s_z + kLanes * kRow;                   // [kNB][kTile]
   float* const s_C = s_B + kNB * kTile;                     // [kNB][kTile]
   float* const s_redB = s_C + kNB * kTile;                  // [kTile][kRedRow] dB terms
   float* const s_redC = s_redB + kTile * kRedRow;           // [kTile][kRedRow] dC terms
@@ -444,9 +409,11 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
   const int64_t dN = int64_t(bt.d0 + lane) * N;
   const int64_t rowB = (int64_t(b) * p.groups_B + bt.gB) * N;
   const int64_t rowC = (int64_t(b) * p.groups_C + bt.gC) * N;
-  const float Dv = (p.D != nullptr && active) ? p.D[bt.d0 + lane] : 0.f;
-  // this thread's (warp, b, d, n = 0) entry of the per-warp partials
-  const int64_t wrow = ((int64_t(warp) * p.batch + b) * p.dim + bt.d0 + lane) * N;
+  // This thread's (warp, b, n = 0, d) entry of the per-warp partials of dA and constant dB/dC,
+  // laid out (warp, batch, N, dim) so that the 32 lanes (channels) of a warp access 128
+  // consecutive bytes; entry n is n·dim further.
+  const int64_t wcol = (int64_t(warp) * p.batch + b) * N * p.dim + bt.d0 + lane;
+  const int64_t wstride = p.dim;
   // variable dB/dC partial rows (tile, b, g, n = 0, t = 0)
   float* const dBv_row = kBVar ? p.ws_dB_var + ((int64_t(bt.tile_B) * p.batch + b) * p.groups_B + bt.gB) * N * int64_t(L) : nullptr;
   float* const dCv_row = kCVar ? p.ws_dC_var + ((int64_t(bt.tile_C) * p.batch + b) * p.groups_C + bt.gC) * N * int64_t(L) : nullptr;
@@ -457,7 +424,6 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
                                ? p.dlast_state[(row0 + r) * N + n] : 0.f;
   }
 
-  float dD_acc = 0.f, dbias_acc = 0.f;
   bool first = true;  // first tile processed: the per-warp partials are written, not updated
   int par = 0;
   for (int c = p.n_chunks - 1; c >= 0; --c) {
@@ -475,20 +441,22 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
       for (int jj = 0; jj < j; ++jj) {
         const int s0 = cstart + jj * kTile;
         __syncthreads();  // s_fc written; previous readers of s_delta/s_u/s_B done
-        stage_channels<T, kNone>(s_delta, s_u, nullptr, u, delta, nullptr, nullptr, p.delta_bias,
-                                 p.delta_softplus, row0, bt.d0, bt.nch, L, s0, kTile);
-        if (kBVar) stage_rows(s_B, Bvar, rowB, imin(kNB, N), L, s0, kTile);
+        stage_channels(s_delta, delta, row0, bt.nch, L, s0, kTile);
+        stage_channels(s_u, u, row0, bt.nch, L, s0, kTile);
+        if (kBVar) stage_states(s_B, Bvar, rowB, imin(kNB, N), L, s0, kTile);
         __syncthreads();
         float dl[kSteps], du[kSteps];
-        lds16(dl, s_delta + lane * kRow + warp * kSteps);
-        lds16(du, s_u + lane * kRow + warp * kSteps);
+        lane_delta(s_delta + lane * kRow + warp * kSteps, channel_param(p.delta_bias, bt.d0 + lane, active),
+                   p.delta_softplus, active ? kSteps : 0);
+        lds_f32(dl, s_delta + lane * kRow + warp * kSteps);
+        lds_f32(du, s_u + lane * kRow + warp * kSteps);
 #pragma unroll
         for (int k = 0; k < kSteps; ++k) du[k] *= dl[k];
         for (int n = 0; n < N; ++n) {
           const int nl = n % kNB;
           if (kBVar && nl == 0 && n > 0) {
             __syncthreads();
-            stage_rows(s_B, Bvar, rowB + n, imin(kNB, N - n), L, s0, kTile);
+            stage_states(s_B, Bvar, rowB + n, imin(kNB, N - n), L, s0, kTile);
             __syncthreads();
           }
           const float A2 = active ? p.A[dN + n] * kLog2e : 0.f;
@@ -499,7 +467,7 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
             const Quad bq = kBVar ? ldq(s_B + nl * kTile + warp * kSteps + 4 * q) : splat(Bn);
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-              const float a = ex2(dl[4 * q + i] * A2);
+              const float a = ex2_approx(dl[4 * q + i] * A2);
               X = fmaf(a, X, du[4 * q + i] * bq.v[i]);
               P *= a;
             }
@@ -521,21 +489,30 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
 
       // ---- the tile itself
       __syncthreads();  // s_fc final; the state-only pass is done with shared memory
-      stage_channels<T, kDy>(s_delta, s_u, s_dy, u, delta, z, dout, p.delta_bias,
-                             p.delta_softplus, row0, bt.d0, bt.nch, L, t0, len);
-      if (kBVar) stage_rows(s_B, Bvar, rowB, imin(kNB, N), L, t0, len);
-      if (kCVar) stage_rows(s_C, Cvar, rowC, imin(kNB, N), L, t0, len);
+      stage_channels(s_delta, delta, row0, bt.nch, L, t0, len);
+      stage_channels(s_u, u, row0, bt.nch, L, t0, len);
+      stage_channels(s_dy, dout, row0, bt.nch, L, t0, len);
+      if (has_z) stage_channels(s_z, z, row0, bt.nch, L, t0, len);
+      if (kBVar) stage_states(s_B, Bvar, rowB, imin(kNB, N), L, t0, len);
+      if (kCVar) stage_states(s_C, Cvar, rowC, imin(kNB, N), L, t0, len);
       __syncthreads();
 
-      // This lane's 16 steps: δ, δ·u, dy in registers, gB = Σ_n g·B accumulated in registers.
-      // gA = Σ_n H·x_{t-1}·A and y = Σ_n C·x (for dz) accumulate in the lane's own s_delta and
-      // s_dy entries, free once δ and dy are in registers (in registers they made the kernel spill).
+      // This lane's 16 steps: δ, δ·u, dy = dout·silu(z) in registers, gB = Σ_n g·B accumulated in
+      // registers. gA = Σ_n H·x_{t-1}·A and y = Σ_n C·x (for dz) accumulate in the lane's own
+      // s_delta and s_dy entries, free once δ and dout are in registers (in registers they made the
+      // kernel spill); s_z keeps dout·silu'(z) for dz = (y + D·u)·dout·silu'(z). Zero-staged
+      // entries outside the tile give dy = 0.
       float dl[kSteps], du[kSteps], dy[kSteps], gB[kSteps];
       float* const garow = s_delta + lane * kRow + warp * kSteps;
+      float* const urow = s_u + lane * kRow + warp * kSteps;
       float* const yrow = s_dy + lane * kRow + warp * kSteps;
-      lds16(dl, garow);
-      lds16(du, s_u + lane * kRow + warp * kSteps);
-      lds16(dy, yrow);
+      float* const zrow = s_z + lane * kRow + warp * kSteps;
+      const int valid_steps = active ? len - warp * kSteps : 0;
+      lane_delta(garow, channel_param(p.delta_bias, bt.d0 + lane, active), p.delta_softplus, valid_steps);
+      if (has_z) lane_gate_grad(yrow, zrow);
+      lds_f32(dl, garow);
+      lds_f32(du, urow);
+      lds_f32(dy, yrow);
 #pragma unroll
       for (int k = 0; k < kSteps; ++k) { du[k] *= dl[k]; gB[k] = 0.f; }
 #pragma unroll
@@ -544,29 +521,26 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
         if (has_z) stq(yrow + 4 * q, splat(0.f));
       }
 
-      float A_nx = active ? p.A[dN] : 0.f;
-      float B_nx = (!kBVar && active) ? Bconst[dN] : 0.f;
-      float C_nx = (!kCVar && active) ? Cconst[dN] : 0.f;
       for (int n = 0; n < N; ++n) {
         const int nl = n % kNB;
         if ((kBVar || kCVar) && nl == 0 && n > 0) {
           __syncthreads();
-          if (kBVar) stage_rows(s_B, Bvar, rowB + n, imin(kNB, N - n), L, t0, len);
-          if (kCVar) stage_rows(s_C, Cvar, rowC + n, imin(kNB, N - n), L, t0, len);
+          if (kBVar) stage_states(s_B, Bvar, rowB + n, imin(kNB, N - n), L, t0, len);
+          if (kCVar) stage_states(s_C, Cvar, rowC + n, imin(kNB, N - n), L, t0, len);
           __syncthreads();
         }
-        const float An = A_nx, Bn = B_nx, Cn = C_nx, A2 = An * kLog2e;
-        if (n + 1 < N && active) {
-          A_nx = p.A[dN + n + 1];
-          if (!kBVar) B_nx = Bconst[dN + n + 1];
-          if (!kCVar) C_nx = Cconst[dN + n + 1];
-        }
+        // (no prefetch of the next slice's scalars: the backward has no registers to spare; the
+        // loads are independent of the slice and issue first, and 12 warps hide them)
+        const float An = active ? p.A[dN + n] : 0.f, A2 = An * kLog2e;
+        const float Bn = (!kBVar && active) ? Bconst[dN + n] : 0.f;
+        const float Cn = (!kCVar && active) ? Cconst[dN + n] : 0.f;
         // running per-warp partials of this (b, d, n), updated by this thread only
         float accA = 0.f, accB = 0.f, accC = 0.f;
+        const int64_t wi = wcol + n * wstride;
         if (!first && active) {
-          accA = p.ws_dA[wrow + n];
-          if (!kBVar) accB = p.ws_dB_const[wrow + n];
-          if (!kCVar) accC = p.ws_dC_const[wrow + n];
+          accA = p.ws_dA[wi];
+          if (!kBVar) accB = p.ws_dB_const[wi];
+          if (!kCVar) accC = p.ws_dC_const[wi];
         }
         const float* const Brow = s_B + nl * kTile + warp * kSteps;
         const float* const Crow = s_C + nl * kTile + warp * kSteps;
@@ -581,7 +555,7 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
               const int k = 4 * q + i;
-              a[k] = ex2(dl[k] * A2);
+              a[k] = ex2_approx(dl[k] * A2);
               xs[k] = du[k] * bq.v[i];
               X = fmaf(a[k], X, xs[k]);
               P *= a[k];
@@ -603,8 +577,8 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
 #pragma unroll
           for (int q = 0; q < kSteps / 4; ++q) {
             const Quad cq = kCVar ? ldq(Crow + 4 * q) : splat(Cn);
-            Quad yq;
-            if (has_z) yq = ldq(yrow + 4 * q);
+            Quad yq = has_z ? ldq(yrow + 4 * q) : splat(0.f);  // (no conditionally set arrays:
+                                                                // they go to local memory)
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
               const int k = 4 * q + i;
@@ -663,9 +637,9 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
           if (warp == 0) s_rc[n * kLanes + lane] = H;  // warp 3 read it before the barrier
         }
         if (active) {
-          p.ws_dA[wrow + n] = accA;
-          if (!kBVar) p.ws_dB_const[wrow + n] = accB;
-          if (!kCVar) p.ws_dC_const[wrow + n] = accC;
+          p.ws_dA[wi] = accA;
+          if (!kBVar) p.ws_dB_const[wi] = accB;
+          if (!kCVar) p.ws_dC_const[wi] = accC;
         }
         // Sum this slice's dB/dC terms over the 32 lanes. Done after a third barrier, where a and x
         // of the slice are dead (inlined between the scans it spilled); the buffers are written
@@ -678,42 +652,43 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
         par ^= 1;
       }
 
-      // ---- per-step epilogue: ddelta, du and y + D·u over this lane's own entries
-      {
-        float uu[kSteps], y[kSteps], gA[kSteps];
-        lds16(uu, s_u + lane * kRow + warp * kSteps);
-        lds16(gA, garow);
-        lds16(y, yrow);  // (unconditional: a conditionally filled array went to local memory)
+      // ---- per-step epilogue over this lane's own entries, four steps at a time:
+      // ddelta over gA, du over u, dz = (y + D·u)·dout·silu'(z) over y; this tile's dD and
+      // ddelta_bias terms, added to the per-warp partials (coalesced, like dA's).
+      const float Dv = channel_param(p.D, bt.d0 + lane, active);
+      float dD_acc = 0.f, dbias_acc = 0.f;
 #pragma unroll
-        for (int k = 0; k < kSteps; ++k) {
-          const float ddl = fmaf(uu[k], gB[k], gA[k]);  // dL/dδ
-          const float ddr = p.delta_softplus ? ddl * softplus_grad(dl[k]) : ddl;
-          const float duk = fmaf(dl[k], gB[k], dy[k] * Dv);
-          if (active && warp * kSteps + k < len) {
-            dD_acc = fmaf(dy[k], uu[k], dD_acc);
+      for (int q = 0; q < kSteps / 4; ++q) {
+        Quad uq = ldq(urow + 4 * q), gq = ldq(garow + 4 * q);
+        Quad yq = has_z ? ldq(yrow + 4 * q) : splat(0.f);
+        const Quad wq = has_z ? ldq(zrow + 4 * q) : splat(0.f);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int k = 4 * q + i;
+          const float uu = uq.v[i];
+          const float ddl = fmaf(uu, gB[k], gq.v[i]);  // dL/dδ
+          const float ddr = p.delta_softplus ? ddl * softplus_grad_from_output(dl[k]) : ddl;
+          if (k < valid_steps) {
+            dD_acc = fmaf(dy[k], uu, dD_acc);
             dbias_acc += ddr;
           }
-          gA[k] = ddr;
-          gB[k] = duk;
-          if (has_z) y[k] = fmaf(Dv, uu[k], y[k]);
+          gq.v[i] = ddr;
+          uq.v[i] = fmaf(dl[k], gB[k], dy[k] * Dv);  // du
+          if (has_z) yq.v[i] = fmaf(Dv, uu, yq.v[i]) * wq.v[i];
         }
-        sts16(garow, gA);
-        sts16(s_u + lane * kRow + warp * kSteps, gB);
-        if (has_z) sts16(yrow, y);
+        stq(garow + 4 * q, gq);
+        stq(urow + 4 * q, uq);
+        if (has_z) stq(yrow + 4 * q, yq);
+      }
+      if (active) {
+        const int64_t wi = (int64_t(warp) * p.batch + b) * p.dim + bt.d0 + lane;
+        p.ws_dD[wi] = first ? dD_acc : p.ws_dD[wi] + dD_acc;
+        p.ws_dbias[wi] = first ? dbias_acc : p.ws_dbias[wi] + dbias_acc;
       }
       __syncthreads();
-      for (int e = tid; e < kLanes * kTile; e += kThreads) {
-        const int r = e / kTile, col = e % kTile;
-        if (r < bt.nch && col < len) {
-          const int64_t g = (row0 + r) * L + t0 + col;
-          ddelta_out[g] = from_f<T>(s_delta[r * kRow + col]);
-          du_out[g] = from_f<T>(s_u[r * kRow + col]);
-          if (has_z) {
-            const float zz = to_f(z[g]), sg = sigmoid(zz);
-            dz_out[g] = from_f<T>(to_f(dout[g]) * s_dy[r * kRow + col] * sg * fmaf(zz, 1.f - sg, 1.f));
-          }
-        }
-      }
+      store_tile<kLanes, kTile, kThreads>(ddelta_out + row0 * L + t0, L, s_delta, kRow, bt.nch, len);
+      store_tile<kLanes, kTile, kThreads>(du_out + row0 * L + t0, L, s_u, kRow, bt.nch, len);
+      if (has_z) store_tile<kLanes, kTile, kThreads>(dz_out + row0 * L + t0, L, s_dy, kRow, bt.nch, len);
       first = false;
     }
   }
@@ -724,32 +699,39 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
       if (r < bt.nch) p.dinitial_state[(row0 + r) * N + n] = s_rc[n * kLanes + r];
     }
   }
-  if (active) {
-    const int64_t wi = (int64_t(warp) * p.batch + b) * p.dim + bt.d0 + lane;
-    p.ws_dD[wi] = dD_acc;
-    p.ws_dbias[wi] = dbias_acc;
-  }
 }
 
 // out[i] = Σ_r part[r·M + i] in increasing r: the fixed-order second stage of every reduction.
+// With dim > 0 the partials are (N, dim) matrices (the backward's coalesced per-warp layout) and
+// out is (dim, N): part index n·dim + d goes to out[d·N + n]. Threads walk the partials in memory
+// order (coalesced reads, rows·M floats); only the M writes are strided.
 template <typename OutT>
 __global__ void __launch_bounds__(256)
-sum_partials_kernel(const float* __restrict__ part, OutT* __restrict__ out, int rows, int64_t M) {
+sum_partials_kernel(const float* __restrict__ part, OutT* __restrict__ out, int rows, int64_t M,
+                    int dim) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < M;
        i += int64_t(gridDim.x) * blockDim.x) {
     float s = 0.f;
     for (int r = 0; r < rows; ++r) s += part[int64_t(r) * M + i];
-    out[i] = from_f<OutT>(s);
+    int64_t o = i;
+    if (dim > 0) {
+      const int64_t n = i / dim, d = i - n * dim;
+      o = d * (M / dim) + n;
+    }
+    out[o] = from_f<OutT>(s);
   }
 }
 
 // ---- launchers ---------------------------------------------------------------------------------
+// dim > 0: (N, dim) partials summed into a (dim, N) result, see sum_partials_kernel.
 template <typename OutT>
-cudaError_t launch_sum(const float* part, void* out, int rows, int64_t M, cudaStream_t stream) {
+cudaError_t launch_sum(const float* part, void* out, int rows, int64_t M, cudaStream_t stream,
+                       int dim = 0) {
   if (M == 0) return cudaSuccess;
   const int64_t blocks = (M + 255) / 256 < 8192 ? (M + 255) / 256 : 8192;
-  sum_partials_kernel<OutT><<<int(blocks), 256, 0, stream>>>(part, static_cast<OutT*>(out), rows, M);
-  return cudaGetLastError();
+  sum_partials_kernel<OutT><<<int(blocks), 256, 0, stream>>>(part, static_cast<OutT*>(out), rows, M, dim);
+  PYNEURO_CUDA_CHECK_LAUNCH();
+  return cudaSuccess;
 }
 
 template <typename T>
@@ -763,11 +745,11 @@ cudaError_t launch_fwd(SelectiveScanFwdParams p, cudaStream_t stream) {
                      : (p.groups_C > 0 ? selective_scan_fwd_kernel<T, false, true>
                                        : selective_scan_fwd_kernel<T, false, false>);
   const size_t smem = fwd_smem_floats(p.dstate) * sizeof(float);
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-  if (err != cudaSuccess) return err;
+  PYNEURO_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   const dim3 grid(tl.blocks_x, p.batch);
   kernel<<<grid, kThreads, smem, stream>>>(p);
-  return cudaGetLastError();
+  PYNEURO_CUDA_CHECK_LAUNCH();
+  return cudaSuccess;
 }
 
 template <typename T>
@@ -790,25 +772,24 @@ cudaError_t launch_bwd(SelectiveScanBwdParams p, cudaStream_t stream) {
                      : (p.groups_C > 0 ? selective_scan_bwd_kernel<T, false, true>
                                        : selective_scan_bwd_kernel<T, false, false>);
   const size_t smem = bwd_smem_floats(p.dstate) * sizeof(float);
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-  if (err != cudaSuccess) return err;
+  PYNEURO_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   const dim3 grid(tl.blocks_x, p.batch);
   kernel<<<grid, kThreads, smem, stream>>>(p);
-  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  PYNEURO_CUDA_CHECK_LAUNCH();
 
   const int warp_rows = kWarps * p.batch;
   const int64_t dimN = int64_t(p.dim) * p.dstate;
   const int64_t NL = int64_t(p.dstate) * p.seqlen;
-  if ((err = launch_sum<float>(p.ws_dA, p.dA, warp_rows, dimN, stream)) != cudaSuccess) return err;
-  err = p.groups_B > 0 ? launch_sum<T>(p.ws_dB_var, p.dB, tl.tiles_B, int64_t(p.batch) * p.groups_B * NL, stream)
-                       : launch_sum<float>(p.ws_dB_const, p.dB, warp_rows, dimN, stream);
-  if (err != cudaSuccess) return err;
-  err = p.groups_C > 0 ? launch_sum<T>(p.ws_dC_var, p.dC, tl.tiles_C, int64_t(p.batch) * p.groups_C * NL, stream)
-                       : launch_sum<float>(p.ws_dC_const, p.dC, warp_rows, dimN, stream);
-  if (err != cudaSuccess) return err;
-  if (p.dD != nullptr && (err = launch_sum<float>(p.ws_dD, p.dD, warp_rows, p.dim, stream)) != cudaSuccess) return err;
-  if (p.ddelta_bias != nullptr &&
-      (err = launch_sum<float>(p.ws_dbias, p.ddelta_bias, warp_rows, p.dim, stream)) != cudaSuccess) return err;
+  PYNEURO_CUDA_TRY(launch_sum<float>(p.ws_dA, p.dA, warp_rows, dimN, stream, p.dim));
+  PYNEURO_CUDA_TRY(p.groups_B > 0
+                       ? launch_sum<T>(p.ws_dB_var, p.dB, tl.tiles_B, int64_t(p.batch) * p.groups_B * NL, stream)
+                       : launch_sum<float>(p.ws_dB_const, p.dB, warp_rows, dimN, stream, p.dim));
+  PYNEURO_CUDA_TRY(p.groups_C > 0
+                       ? launch_sum<T>(p.ws_dC_var, p.dC, tl.tiles_C, int64_t(p.batch) * p.groups_C * NL, stream)
+                       : launch_sum<float>(p.ws_dC_const, p.dC, warp_rows, dimN, stream, p.dim));
+  if (p.dD != nullptr) PYNEURO_CUDA_TRY(launch_sum<float>(p.ws_dD, p.dD, warp_rows, p.dim, stream));
+  if (p.ddelta_bias != nullptr)
+    PYNEURO_CUDA_TRY(launch_sum<float>(p.ws_dbias, p.ddelta_bias, warp_rows, p.dim, stream));
   return cudaSuccess;
 }
 
