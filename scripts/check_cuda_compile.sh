@@ -144,7 +144,7 @@ if [[ -f "$WORK/smem.txt" ]] && (( ${#logs[@]} > 0 )); then
   echo "== ptxas report (hot kernels must not spill; shared memory at the largest N within the opt-in limit)"
   exempt=()
   for e in "${NOT_HOT[@]}"; do exempt+=(--exempt "$e"); done
-  "$PYTHON" scripts/cuda_ptxas_report.py --sources "${cu_files[@]}" --smem "$WORK/smem.txt" \
+  "$PYTHON" scripts/cuda_ptxas_report.py --sources "${cu_files[@]}" csrc/cuda/*.cuh --smem "$WORK/smem.txt" \
     "${logs[@]}" "${exempt[@]}" || failed=1
 fi
 

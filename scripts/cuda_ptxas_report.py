@@ -92,11 +92,12 @@ def split_name(demangled: str) -> tuple[str, str]:
 def source_kernels(paths: list[str]) -> dict[str, str]:
     """Every __global__ function name in the sources -> its file."""
     found = {}
-    pattern = re.compile(r"__global__\s+(?:void\s+)?(?:__launch_bounds__\s*\([^)]*\)\s*)?(?:void\s+)?(\w+)\s*\(")
     for path in paths:
-        text = re.sub(r"//[^\n]*", "", Path(path).read_text())
-        for m in pattern.finditer(text):
-            found[m.group(1)] = path
+        text = re.sub(r"//[^\n]*|/\*.*?\*/", "", Path(path).read_text(), flags=re.S)
+        text = re.sub(r"__launch_bounds__\s*\([^)]*\)", "", text)
+        # The name is the identifier right before the parameter list: __global__ [static] void name(
+        for m in re.finditer(r"__global__\b([^(;{]*?)(\w+)\s*\(", text):
+            found[m.group(2)] = path
     return found
 
 

@@ -14,7 +14,8 @@ SOURCE = """
 template <typename T, bool kVar>
 __global__ void __launch_bounds__(128, 3)
 scan_kernel(const Params p) {}
-__global__ void tiny_kernel(float* x) {}
+static __global__ void tiny_kernel(float* x) {}
+/* __global__ void commented_block_kernel() {} */
 """
 # ptxas -v's format (CUDA 13): one block per compiled entry function.
 SCAN_F = "_ZN2ns11scan_kernelIfLb1EEEvNS_6ParamsE"  # void ns::scan_kernel<float, true>(ns::Params)
@@ -87,6 +88,14 @@ def test_a_kernel_without_a_size_or_a_size_without_a_kernel_fails(tmp_path):
     assert result.returncode == 1 and "tiny_kernel" in result.stdout and "cuda_smem_probe.cu" in result.stdout
     result = judge(tmp_path, {90: clean(90)}, probe="scan_kernel 100\ntiny_kernel 0\nold_kernel 5\n")
     assert result.returncode == 1 and "old_kernel" in result.stdout
+
+
+def test_every_global_in_the_source_is_found(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    import cuda_ptxas_report as module
+
+    (tmp_path / "k.cu").write_text(SOURCE + "__global__ static void __launch_bounds__(256)\nthird(int n) {}\n")
+    assert sorted(module.source_kernels([str(tmp_path / "k.cu")])) == ["scan_kernel", "third", "tiny_kernel"]
 
 
 def test_an_empty_report_fails(tmp_path):

@@ -105,14 +105,15 @@ record build "$status" "$took" "arch=sm_$ARCH"
 
 # ---- build_info -------------------------------------------------------------------------------
 timed build_info 60 "$PY" - "$ARCH" "$OUT/build_info.json" <<'EOF'
-import json, sys
+import json, re, sys
 import torch
 import pyneuro._C as ext
 arch, path = sys.argv[1], sys.argv[2]
 info = ext.build_info()
 json.dump(info, open(path, "w"), indent=1, default=str)
 print(info)
-archs = [a.strip() for a in str(info.get("cuda_architectures", "")).replace(";", ",").split(",") if a.strip()]
+# "90", "90-real", "90a" all run on sm_90.
+archs = re.findall(r"\d+", str(info.get("cuda_architectures", "")))
 problems = []
 if info.get("cuda") is not True:
     problems.append(f"build_info()['cuda'] is {info.get('cuda')!r}, not True: the CUDA kernels were not built")
