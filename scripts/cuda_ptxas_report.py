@@ -28,6 +28,7 @@ SMEM_PER_BLOCK_OPTIN = {80: 163 * KIB, 86: 99 * KIB, 87: 163 * KIB, 89: 99 * KIB
 SMEM_PER_SM = {80: 164 * KIB, 86: 100 * KIB, 87: 164 * KIB, 89: 100 * KIB, 90: 228 * KIB,
                100: 228 * KIB, 120: 100 * KIB}
 SMEM_RESERVED_PER_BLOCK = 1 * KIB
+MAX_BLOCKS_PER_SM = {80: 32, 86: 16, 87: 32, 89: 24, 90: 32, 100: 32, 120: 24}
 
 
 @dataclass
@@ -187,7 +188,8 @@ def main(argv=None) -> int:
         else:
             total = static + dyn[name]
             total_s = kib(total)
-            blocks_s = str(SMEM_PER_SM[arch] // (total + SMEM_RESERVED_PER_BLOCK)) if arch in SMEM_PER_SM else "?"
+            blocks_s = (str(min(SMEM_PER_SM[arch] // (total + SMEM_RESERVED_PER_BLOCK), MAX_BLOCKS_PER_SM[arch]))
+                        if arch in SMEM_PER_SM else "?")
             if limit is None:
                 failures.append(f"sm_{arch}: no shared-memory limit known; add it to {Path(__file__).name}")
             elif total > limit:
@@ -203,7 +205,7 @@ def main(argv=None) -> int:
                     f"{', '.join(status) or 'ok'}{'' if hot else ' (not hot: ' + exempt[name] + ')'}")
     print("\n".join(rows))
     print("(regs, spills, stack: the worst template instance; blk/SM: resident blocks per SM that shared "
-          "memory allows)")
+          "memory allows, at most the architecture's block limit)")
     for w in warnings:
         print(f"warning: {w}")
     for f in failures:
