@@ -83,11 +83,9 @@ fi
 
 # ---- compile: every (file, arch) and every glue file, $JOBS at a time ---------------------------
 echo "== nvcc ${nvcc_flags[*]} -gencode arch=compute_XX,code=sm_XX -c FILE  for XX in ${ARCHS[*]} ($JOBS jobs)"
-job_ids=()
 start_job() {  # id, command...: runs in the background; log in $WORK/id.log, "rc start end" in id.status
   local id=$1; shift
   while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n; done
-  job_ids+=("$id")
   ( s=$EPOCHREALTIME; "$@" > "$WORK/$id.log" 2>&1; rc=$?; echo "$rc $s $EPOCHREALTIME" > "$WORK/$id.status" ) &
 }
 for f in "${cu_files[@]}"; do
@@ -122,7 +120,11 @@ done
 for f in "${glue_files[@]}"; do report_job "$(basename "$f" .cpp)" "$f" "g++ C++$cxx_std"; done
 
 # ---- shared memory sizes at the largest N, then the ptxas report --------------------------------
-objects=("$WORK"/*.sm_90.o)
+objects=()
+for f in "${cu_files[@]}"; do
+  id="$(basename "$f" .cu).sm_90"
+  [[ "$(cut -d' ' -f1 "$WORK/$id.status")" == 0 ]] && objects+=("$WORK/$id.o")
+done
 if (( ${#objects[@]} == ${#cu_files[@]} )); then
   echo "== dynamic shared memory at the largest N: scripts/cuda_smem_probe.cu linked with the sm_90 objects"
   if "$NVCC" -std=c++17 -Icsrc -Icsrc/cuda scripts/cuda_smem_probe.cu "${objects[@]}" -o "$WORK/smem_probe" \
@@ -141,8 +143,8 @@ fi
 logs=()
 for a in "${ARCHS[@]}"; do
   for f in "${cu_files[@]}"; do
-    log="$WORK/$(basename "$f" .cu).sm_$a.log"
-    [[ -f "$WORK/$(basename "$f" .cu).sm_$a.o" ]] && logs+=(--log "sm_$a=$log")
+    id="$(basename "$f" .cu).sm_$a"
+    [[ "$(cut -d' ' -f1 "$WORK/$id.status")" == 0 ]] && logs+=(--log "sm_$a=$WORK/$id.log")
   done
 done
 if [[ -f "$WORK/smem.txt" ]] && (( ${#logs[@]} > 0 )); then
