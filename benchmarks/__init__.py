@@ -1,7 +1,6 @@
-"""Benchmarks: every available backend of each op against what a user would otherwise run
-(torch SDPA, torch.nn.LSTM/GRU/RNN incl. cuDNN, the naive scan), timed in the same run.
+"""The benchmark runner ships inside the package as ``pyneuro.bench``; ``python -m benchmarks``
+stays as an alias of ``python -m pyneuro.bench`` for checkouts and scripts that use it.
 
-    python -m benchmarks                      # all ops, on the GPU if there is one, else the CPU
-    python -m benchmarks --ops selective_scan --device cpu --json out.json
-    pytest benchmarks/                        # the same cases under pytest-benchmark
+    pytest benchmarks/test_bench.py                        # the runner's cases under pytest-benchmark
+    pytest benchmarks/test_bench.py --benchmark-disable    # each case once: a quick smoke test
 """

@@ -1,3 +1,3 @@
-from .runner import main
+from pyneuro.bench.runner import main
 
-raise SystemExit(main())
+raise SystemExit(main(prog="python -m benchmarks"))

@@ -1,6 +1,9 @@
-"""The runner's cases under pytest-benchmark: `pytest benchmarks/ [--benchmark-json out.json]`.
+"""The runner's cases (pyneuro.bench.cases, the table `pyneuro bench` times) under pytest-benchmark.
 
-Set PYNEURO_BENCH_FULL=1 for the full shapes (default: the quick ones)."""
+    pytest benchmarks/test_bench.py [--benchmark-json out.json]   # time every contender
+    pytest benchmarks/test_bench.py --benchmark-disable           # run each once: a CI smoke test
+
+Quick shapes by default; PYNEURO_BENCH_FULL=1 selects the runner's full shapes."""
 from __future__ import annotations
 
 import os
@@ -8,7 +11,7 @@ import os
 import pytest
 import torch
 
-from benchmarks.cases import CASES
+from pyneuro.bench.cases import CASES
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 QUICK = os.environ.get("PYNEURO_BENCH_FULL", "0") in ("", "0")

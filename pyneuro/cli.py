@@ -44,8 +44,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the models and their default hyper-parameters")
 
-    # Everything after `bench` goes to the runner untouched (see `python -m benchmarks --help`).
-    sub.add_parser("bench", help="benchmark every backend against its baseline (python -m benchmarks)",
+    # Everything after `bench` goes to the runner untouched (see `pyneuro bench --help`).
+    sub.add_parser("bench", help="benchmark every backend against its baseline (pyneuro.bench)",
                    add_help=False)
     return p
 
@@ -204,12 +204,8 @@ def cmd_models(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    # The benchmark suite lives in the repository (benchmarks/), not in the wheel.
-    try:
-        from benchmarks.runner import main as bench_main
-    except ImportError:
-        raise ValueError("the benchmark suite is not importable: run `pyneuro bench` from a pyneuro "
-                         "checkout (its benchmarks/ folder), or `python -m benchmarks` there") from None
+    from .bench.runner import main as bench_main
+
     return bench_main(args.bench_args)
 
 

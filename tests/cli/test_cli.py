@@ -139,13 +139,32 @@ def test_main_py_ask_model_accepts_names_and_numbers():
     assert main.ask_model(["cnn", "gru"], ["a", "b"], read=lambda _: next(answers), write=shown.append) == "gru"
 
 
-def test_bench_runs_the_suite_from_a_checkout(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(REPO)
-    monkeypatch.syspath_prepend(str(REPO))
+def test_bench_runs_from_the_package_and_reports_fractions_of_the_machine(tmp_path, monkeypatch, capsys):
+    # From anywhere but the checkout: the runner ships in the package (pyneuro.bench).
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "bench.json"
-    assert cli.main(["bench", "--quick", "--ops", "selective_scan", "--device", "cpu", "--repeats", "1",
+    assert cli.main(["bench", "--quick", "--ops", "selective_scan,attention", "--device", "cpu", "--repeats", "1",
                      "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
     results = json.loads(out.read_text())
-    contenders = {r["contender"] for case in results["cases"] for r in case["results"]}
-    assert {"reference", "cpu"} <= contenders
-    assert all("speedup_vs_baseline" in r for case in results["cases"] for r in case["results"] if "median_s" in r)
+    bandwidth, peak = results["copy_bandwidth_GBps"], results["gemm_peak_TFLOPs"]["float32"]
+    assert bandwidth > 0 and peak > 0
+    assert f"copy bandwidth {bandwidth:.1f} GB/s" in printed
+    timed = [(case, r) for case in results["cases"] for r in case["results"] if "median_s" in r]
+    contenders = {r["contender"] for _, r in timed}
+    assert {"reference", "cpu", "torch-sdpa"} <= contenders
+    for case, r in timed:
+        base = next(b for b in case["results"] if b["contender"] == case["baseline"])
+        assert r["speedup_vs_baseline"] == pytest.approx(base["median_s"] / r["median_s"])
+        # Every result is set against the machine's limit for its bound, recomputed here.
+        if case["op"] == "selective_scan":
+            assert r["fraction_of_copy_bw"] == pytest.approx(case["bytes"] / r["median_s"] / (bandwidth * 1e9))
+        else:
+            assert r["fraction_of_gemm_peak"] == pytest.approx(case["flops"] / r["median_s"] / (peak * 1e12))
+    assert printed.count("% of copy") + printed.count("% of GEMM") == len(timed)
+
+
+def test_python_dash_m_benchmarks_is_an_alias_of_the_packaged_runner():
+    out = subprocess.run([sys.executable, "-m", "benchmarks", "--help"], capture_output=True, text=True,
+                         check=True, cwd=REPO)
+    assert out.stdout.startswith("usage: python -m benchmarks") and "--ops" in out.stdout

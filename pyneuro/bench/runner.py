@@ -1,4 +1,8 @@
-"""Run the benchmark cases, print a table of times and ratios against each case's baseline, write JSON."""
+"""Run the benchmark cases, print a table of times and ratios against each case's baseline, write JSON.
+
+Each timing is also given as a fraction of what this machine reaches on the case's bound: the
+copy bandwidth for memory-bound cases (bytes), the GEMM peak of the case's dtype for compute-bound
+ones (flops). Both are measured at the start of the run, on the same device."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +15,7 @@ import sys
 import torch
 
 from .cases import CASES
-from .timing import copy_bandwidth, time_fn
+from .timing import copy_bandwidth, gemm_peak, time_fn
 
 
 def machine(device: torch.device) -> dict:
@@ -29,6 +33,16 @@ def run(ops, device: torch.device, quick: bool, repeats: int, stream=sys.stdout)
     results["copy_bandwidth_GBps"] = bandwidth / 1e9
     print(f"# device {device} ({results['machine'].get('gpu', platform.processor() or 'cpu')}), "
           f"copy bandwidth {bandwidth / 1e9:.1f} GB/s", file=stream)
+    peaks: dict[str, float] = {}  # GEMM FLOP/s per dtype, measured when a case first needs it
+    results["gemm_peak_TFLOPs"] = {}
+
+    def peak_for(dtype_name: str) -> float:
+        if dtype_name not in peaks:
+            peaks[dtype_name] = gemm_peak(device, getattr(torch, dtype_name))
+            results["gemm_peak_TFLOPs"][dtype_name] = peaks[dtype_name] / 1e12
+            print(f"# GEMM peak ({dtype_name}) {peaks[dtype_name] / 1e12:.2f} TFLOP/s", file=stream)
+        return peaks[dtype_name]
+
     for op in ops:
         for case in CASES[op](device, quick):
             timings = {}
@@ -49,6 +63,7 @@ def run(ops, device: torch.device, quick: bool, repeats: int, stream=sys.stdout)
                         row["fraction_of_copy_bw"] = case["bytes"] / t["median_s"] / bandwidth
                     if case.get("flops"):
                         row["TFLOPs"] = case["flops"] / t["median_s"] / 1e12
+                        row["fraction_of_gemm_peak"] = case["flops"] / t["median_s"] / peak_for(case["dtype"])
                 rows.append(row)
             record = {k: v for k, v in case.items() if k != "contenders"}
             record["results"] = rows
@@ -68,13 +83,13 @@ def _print_case(record, stream) -> None:
         if "GBps" in row:
             extra += f"  {row['GBps']:8.1f} GB/s ({100 * row['fraction_of_copy_bw']:.0f}% of copy)"
         if "TFLOPs" in row:
-            extra += f"  {row['TFLOPs']:7.2f} TFLOP/s"
+            extra += f"  {row['TFLOPs']:7.3f} TFLOP/s ({100 * row['fraction_of_gemm_peak']:.0f}% of GEMM)"
         ratio = f"{row['speedup_vs_baseline']:7.2f}x" if "speedup_vs_baseline" in row else "      -"
         print(f"  {row['contender']:<18} {row['median_s'] * 1e3:10.3f} ms  {ratio}{extra}", file=stream)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+def main(argv=None, prog: str = "pyneuro bench") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__)
     p.add_argument("--ops", default=",".join(CASES), help=f"comma-separated subset of {list(CASES)}")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="small shapes (a smoke run, not a measurement)")

@@ -50,7 +50,10 @@ def scan_cases(device: torch.device, quick: bool):
         Bm, Cm = rand(batch, N, L), rand(batch, N, L)
         D, bias = rand(dim, dt=torch.float32), rand(dim, dt=torch.float32, scale=0.1)
         elt = _ELT[dtype]
-        traffic = (4 * batch * dim * L + 2 * batch * N * L) * elt  # read u, delta, z, B, C; write out
+        # Minimum traffic. Forward: read u, delta, z, B, C; write out. Backward adds: read u, delta,
+        # z, B, C and dout; write du, ddelta, dz, dB, dC (A, D and the bias are negligible).
+        traffic = {"fwd": (4 * batch * dim * L + 2 * batch * N * L) * elt,
+                   "fwd+bwd": (11 * batch * dim * L + 6 * batch * N * L) * elt}
         for mode in ("fwd", "fwd+bwd"):
             contenders = {}
             for backend in _backends_for("selective_scan", device):
@@ -65,7 +68,7 @@ def scan_cases(device: torch.device, quick: bool):
                         lambda b=backend, lv=leaves: selective_scan(*lv[:8], True, backend=b), leaves)
             yield {"op": "selective_scan", "mode": mode, "dtype": str(dtype).replace("torch.", ""),
                    "shape": {"batch": batch, "dim": dim, "L": L, "N": N}, "baseline": "reference",
-                   "contenders": contenders, "bytes": traffic if mode == "fwd" else None}
+                   "contenders": contenders, "bytes": traffic[mode]}
 
 
 # ----------------------------------------------------------------------------- attention
@@ -119,6 +122,7 @@ def recurrent_cases(device: torch.device, quick: bool):
         shapes.append((512, 32, 256, 256))
     elif quick:
         shapes = [(16, 32, 16, 32)]
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}
     for cell, ours, theirs in (("lstm", pnn.LSTM, torch.nn.LSTM), ("gru", pnn.GRU, torch.nn.GRU),
                                ("rnn", pnn.RNN, torch.nn.RNN)):
         for T, B, I, H in shapes:
@@ -138,8 +142,10 @@ def recurrent_cases(device: torch.device, quick: bool):
                         contenders[name] = lambda m=m: torch.no_grad()(m)(x)
                     else:
                         contenders[name] = _fwd_bwd(lambda m=m: m(xs)[0], [xs])
+                # The two matmuls per step (input and recurrent); backward does twice the forward's.
+                flops = 2 * T * B * (I + H) * gates[cell] * H * (1 if mode == "fwd" else 3)
                 yield {"op": cell, "mode": mode, "dtype": "float32", "shape": {"T": T, "B": B, "I": I, "H": H},
-                       "baseline": label, "contenders": contenders}
+                       "baseline": label, "contenders": contenders, "flops": flops}
 
 
 CASES = {"selective_scan": scan_cases, "attention": attention_cases, "recurrent": recurrent_cases}

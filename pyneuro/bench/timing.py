@@ -1,0 +1,62 @@
+"""Timing helpers and the machine's measured limits.
+
+On a GPU each run is timed with CUDA events recorded on the current stream, so the time is the
+device's and excludes Python launch gaps before the first kernel; on the CPU, wall time."""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+
+def _time_once_cpu(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _time_once_cuda(fn) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3  # elapsed_time is in milliseconds
+
+
+def time_fn(fn, device: torch.device, warmup: int = 2, repeats: int = 5, min_time: float = 0.0) -> dict:
+    """Median / min time of ``fn()`` in seconds after ``warmup`` calls (CUDA events on a GPU)."""
+    once = _time_once_cuda if device.type == "cuda" else _time_once_cpu
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    times = []
+    start_all = time.perf_counter()
+    while len(times) < repeats or (time.perf_counter() - start_all) < min_time:
+        times.append(once(fn))
+        if len(times) >= 1000:
+            break
+    return {"median_s": statistics.median(times), "min_s": min(times), "runs": len(times),
+            "clock": "cuda-events" if device.type == "cuda" else "wall"}
+
+
+def copy_bandwidth(device: torch.device, n_bytes: int = 1 << 28) -> float:
+    """Best achieved device-to-device copy bandwidth in bytes/s (read + write), the memory roofline.
+    The fastest run, not the median: a limit should not include the noise of a busy machine."""
+    n = n_bytes // 4
+    src = torch.empty(n, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    t = time_fn(lambda: dst.copy_(src), device, warmup=2, repeats=10)
+    return 2 * n * 4 / t["min_s"]
+
+
+def gemm_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int | None = None) -> float:
+    """Best achieved FLOP/s of a square n x n matmul in ``dtype``: the compute roofline for that dtype."""
+    if n is None:
+        n = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    t = time_fn(lambda: torch.mm(a, b), device, warmup=2, repeats=5)
+    return 2 * n**3 / t["min_s"]
