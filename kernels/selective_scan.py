@@ -56,8 +56,9 @@ Design
   once per program and broadcast over BLOCK_D channels, and the backward can sum dB/dC over the
   segment's channels in registers.
 * All state, scans and accumulations are fp32; inputs may be fp32/fp16/bf16.
-* MAX_N = 256 works everywhere, but the tiles are sized for N ≤ 64: beyond that the backward
-  spills registers on sm_90 (ptxas reports; not yet timed on a GPU).
+* MAX_N = 256 works everywhere; the tiles are sized so that the shapes run with
+  default_chunk_size(N) (64 up to N = 32, then N·chunk = 2048) compile without register spills
+  for N ≤ 64 on sm_80 and sm_90 (`make triton-compile` checks it; not yet timed on a GPU).
 * Deterministic backward: every output element and every partial-sum element has exactly one
   writer; the cross-program reductions (over batch, chunks and channel splits) are fixed-order
   torch `.sum` calls on the partial buffers. No atomics.
@@ -73,16 +74,20 @@ import triton.language as tl
 
 from ._common import affine_combine, exp, reversed_range_mask, sigmoid, softplus
 
-DEFAULT_CHUNK_SIZE = 64
+DEFAULT_CHUNK_SIZE = 64  # for N <= 32; see default_chunk_size(N)
 MIN_CHUNK_SIZE = 4
 MAX_CHUNK_SIZE = 256
 MAX_N = 256
 # Launch shape: BLOCK_D channels per tile so that a (BLOCK_D, BLOCK_N, BLOCK_L) tile has at most
 # _*_TILE elements, and enough warps that each thread holds at most _*_PER_THREAD of them. Chosen from
-# ptxas register reports for sm_90 (Triton 3.9): the backward keeps ~4x more tiles alive than the
-# forward (states, adjoints, two scans), e.g. BLOCK (2, 16, 64) bwd on 16 warps = 128 registers.
+# ptxas reports (scripts/triton_compile.py, sm_80 and sm_90, Triton 3.9), all flags on:
+# * forward: 8 elements per thread on up to 16 warps stays under 128 registers up to N = 64.
+# * backward: it keeps ~4x more tiles alive (states, adjoints, two scans). 2 elements per thread on
+#   16 warps fits the 128-register cap (4 spill there, e.g. (2, 16, 64): 24 B on sm_90). Where one
+#   channel alone exceeds the tile (BLOCK_N·BLOCK_L = 2048), 8 warps with 8 elements per thread
+#   fit in 255 registers; beyond that (N·chunk ≥ 4096) it spills, hence default_chunk_size(N).
 _FWD_TILE, _FWD_PER_THREAD = 4096, 8
-_BWD_TILE, _BWD_PER_THREAD = 2048, 4
+_BWD_TILE, _BWD_PER_THREAD = 1024, 2
 _MAX_BLOCK_D = 16
 # The backward splits a segment's channels over at most _MAX_SPLITS programs (fewer once
 # batch · segments · splits reaches _BWD_TARGET_PROGRAMS); each split writes its own
@@ -441,6 +446,25 @@ def _launch_shape(seg_dim: int, block_n: int, block_l: int, tile: int, per_threa
     return bd, max(4, min(16, triton.next_power_of_2(max(1, warps))))
 
 
+def fwd_launch_shape(seg_dim: int, block_n: int, block_l: int):
+    """(BLOCK_D, num_warps) of the forward kernel."""
+    return _launch_shape(seg_dim, block_n, block_l, _FWD_TILE, _FWD_PER_THREAD)
+
+
+def bwd_launch_shape(seg_dim: int, block_n: int, block_l: int):
+    """(BLOCK_D, num_warps) of the backward kernel (see _BWD_TILE)."""
+    bd, warps = _launch_shape(seg_dim, block_n, block_l, _BWD_TILE, _BWD_PER_THREAD)
+    if block_n * block_l == 2 * _BWD_TILE:
+        warps = 8  # one channel, 8 elements per thread in up to 255 registers
+    return bd, warps
+
+
+def default_chunk_size(N: int) -> int:
+    """The chunk size to run state size N with: DEFAULT_CHUNK_SIZE while N·chunk ≤ 2048 (the
+    backward's largest spill-free tile for one channel), smaller beyond (N = 64: 32, 128: 16)."""
+    return max(MIN_CHUNK_SIZE, min(DEFAULT_CHUNK_SIZE, 2 * _BWD_TILE // triton.next_power_of_2(max(N, 1))))
+
+
 def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus: bool,
                        chunk_size: int):
     """Forward on normalised inputs (see the module docstring). Returns (out, last_state, chunk_states)."""
@@ -460,7 +484,7 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta
 
     B_var, C_var, GB, GC, n_seg, seg_dim, B_SEG, C_SEG = _layout(B, C, dim)
     BLOCK_N = triton.next_power_of_2(N)
-    BLOCK_D, num_warps = _launch_shape(seg_dim, BLOCK_N, chunk_size, _FWD_TILE, _FWD_PER_THREAD)
+    BLOCK_D, num_warps = fwd_launch_shape(seg_dim, BLOCK_N, chunk_size)
     n_split = triton.cdiv(seg_dim, BLOCK_D)
     dummy = A  # stands in for absent optional pointers (never dereferenced)
     _ssm_fwd_kernel[(n_seg * n_split, batch)](
@@ -510,7 +534,7 @@ def selective_scan_bwd(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, i
         dbias = torch.zeros_like(delta_bias) if delta_bias is not None else None
     else:
         BLOCK_N = triton.next_power_of_2(N)
-        BLOCK_D, num_warps = _launch_shape(seg_dim, BLOCK_N, chunk_size, _BWD_TILE, _BWD_PER_THREAD)
+        BLOCK_D, num_warps = bwd_launch_shape(seg_dim, BLOCK_N, chunk_size)
         n_blocks = triton.cdiv(seg_dim, BLOCK_D)
         if B_var or C_var:
             # Enough programs to fill the GPU, but at most _MAX_SPLITS dB/dC partials.

@@ -1,0 +1,258 @@
+"""Compile the Triton kernels ahead of time for sm_80 and sm_90, without a GPU, and report registers,
+spills and shared memory per specialisation (`make triton-compile`).
+
+    python scripts/triton_compile.py [--arch 80 90] [--jobs N] [--all-n]
+
+Which specialisations: the ones pyneuro.kernels.selective_scan launches, with its own launch-shape
+rules (fwd_launch_shape/bwd_launch_shape) for a wide segment (seg_dim = 1024, the largest BLOCK_D):
+  * every feature on (D, z, delta_bias, softplus, variable B and C, initial state): the most live
+    tiles, so the worst case for registers; fp32 and bf16; N = 4 .. 128 (256 with --all-n) at
+    default_chunk_size(N)
+  * N = 16 over every chunk size, N = 64 at chunk 64; fp16; constant B/C without z; the
+    backward's "flip" reverse scan
+Each is compiled from the kernel source with triton.compile(ASTSource(...), target=GPUTarget(...)),
+which runs Triton's whole pipeline down to ptxas; registers and spills come from that ptxas run's
+-v log (knobs.nvidia.dump_ptxas_log; on Triton versions without it, from ptxas -v run again on
+the PTX with Triton's flags), shared memory from the kernel's metadata. Integer arguments are compiled unspecialised and pointers as 16-byte aligned, as the JIT
+does for fresh torch tensors, so the figures match a real launch up to integer specialisation.
+
+Fails (exit 1) on a compile error, or on any spill for N <= 64 at a chunk size up to
+default_chunk_size(N) (what the op runs); spills at larger N or chunk are reported only. Must not run under TRITON_INTERPRET (it compiles for real).
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import contextlib
+import dataclasses
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SPILL_GATE_N = 64
+SEG_DIM = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    kernel: str  # "fwd" | "bwd"
+    dtype: str  # "fp32" | "bf16" | "fp16": u, delta, z, out (and variable B/C)
+    N: int
+    chunk: int
+    D: bool = True
+    z: bool = True
+    bias: bool = True
+    softplus: bool = True
+    B_var: bool = True
+    C_var: bool = True
+    x0: bool = True  # forward only
+    flip: bool = False  # backward only: REVERSE_SCAN = "flip"
+
+    def flags(self):
+        names = [("D", self.D), ("z", self.z), ("bias", self.bias), ("sp", self.softplus),
+                 ("Bv" if self.B_var else "Bc", True), ("Cv" if self.C_var else "Cc", True)]
+        if self.kernel == "fwd":
+            names.append(("x0", self.x0))
+        if self.flip:
+            names.append(("flip", True))
+        return " ".join(n for n, on in names if on)
+
+
+def specialisations(ssk, all_n):
+    chunk = ssk.default_chunk_size
+    ns = [4, 8, 16, 32, 64, 128, 256] if all_n else [4, 8, 16, 32, 64, 128]
+    specs = []
+    for kernel in ("fwd", "bwd"):
+        for dtype in ("fp32", "bf16"):
+            specs += [Spec(kernel, dtype, n, chunk(n)) for n in ns]
+        specs += [Spec(kernel, "fp32", 16, c) for c in (4, 8, 16, 32, 128, 256) if c != chunk(16)]
+        specs.append(Spec(kernel, "fp32", 64, ssk.DEFAULT_CHUNK_SIZE))  # above its default chunk
+        specs += [Spec(kernel, "fp16", n, chunk(n)) for n in (16, 64)]
+        specs += [Spec(kernel, "fp32", n, chunk(n), z=False, B_var=False, C_var=False) for n in (16, 64)]
+    specs += [Spec("bwd", "fp32", n, chunk(n), flip=True) for n in (4, 16, 32, 64)]
+    return specs
+
+
+def gated(ssk, spec):
+    """Spills fail the run for the shapes the op runs: N <= 64 at its default chunk size or below."""
+    return spec.N <= SPILL_GATE_N and spec.chunk <= ssk.default_chunk_size(spec.N)
+
+
+def _launch(ssk, spec):
+    """(kernel fn, signature, constexprs, num_warps, BLOCK_D) as the launcher would choose them."""
+    block_n = 1 << (spec.N - 1).bit_length()
+    if spec.kernel == "fwd":
+        fn, block_d, warps = ssk._ssm_fwd_kernel, *ssk.fwd_launch_shape(SEG_DIM, block_n, spec.chunk)
+    else:
+        fn, block_d, warps = ssk._ssm_bwd_kernel, *ssk.bwd_launch_shape(SEG_DIM, block_n, spec.chunk)
+    io = {"u_ptr", "delta_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr", "ddelta_ptr", "dz_ptr"}
+    if spec.B_var:
+        io.add("B_ptr")
+    if spec.C_var:
+        io.add("C_ptr")
+    values = dict(HAS_D=spec.D, HAS_Z=spec.z, HAS_BIAS=spec.bias, HAS_X0=spec.x0, SOFTPLUS=spec.softplus,
+                  B_VAR=spec.B_var, C_VAR=spec.C_var, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=spec.chunk,
+                  REVERSE_FLIP=spec.flip)
+    signature, constexprs = {}, {}
+    for p in fn.params:
+        if p.is_constexpr:
+            signature[p.name] = "constexpr"
+            constexprs[p.name] = values[p.name]
+        elif p.name.endswith("_ptr"):
+            signature[p.name] = "*" + (spec.dtype if p.name in io else "fp32")
+        else:
+            signature[p.name] = "i32"
+    return fn, signature, constexprs, warps, block_d
+
+
+def _ptxas_path(arch):
+    import triton
+    try:  # triton >= 3.5
+        from triton.backends.nvidia.compiler import get_ptxas
+        return get_ptxas(arch).path
+    except ImportError:
+        pass
+    try:  # 3.3 - 3.4
+        return triton.knobs.nvidia.ptxas.path
+    except AttributeError:
+        from triton.backends.nvidia.compiler import _path_to_binary  # 3.0 - 3.2
+        return _path_to_binary("ptxas")[0]
+
+
+def _aligned_pointer_attrs(signature):
+    """Pointers marked 16-byte aligned, as the JIT specialises torch tensors; {} where unsupported."""
+    try:
+        from triton.backends.compiler import BaseBackend
+        attr = BaseBackend.parse_attr("D")
+    except (ImportError, AttributeError):
+        return {}
+    names = list(signature)
+    return {(names.index(k),): attr for k, v in signature.items() if v.startswith("*")}
+
+
+def _compile_with_ptxas_log(triton, src, target, warps):
+    """triton.compile, returning (compiled, the log of Triton's own ptxas run, or "")."""
+    nvidia_knobs = getattr(getattr(triton, "knobs", None), "nvidia", None)
+    if nvidia_knobs is None or not hasattr(nvidia_knobs, "dump_ptxas_log"):
+        return triton.compile(src, target=target, options={"num_warps": warps}), ""
+    nvidia_knobs.dump_ptxas_log = True  # Triton prints ptxas -v's log to stdout
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        compiled = triton.compile(src, target=target, options={"num_warps": warps})
+    return compiled, out.getvalue()
+
+
+def _ptxas_log(ptx, arch):
+    """ptxas -v on the PTX with the flags Triton 3.x passes (-lineinfo, --regAllocOptLevel=2)."""
+    gpu_name = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx_file = Path(tmp) / "k.ptx"
+        ptx_file.write_text(ptx)
+        return subprocess.run([_ptxas_path(arch), "-lineinfo", "-v", "--regAllocOptLevel=2",
+                               f"--gpu-name={gpu_name}", str(ptx_file), "-o", str(Path(tmp) / "k.cubin")],
+                              capture_output=True, text=True, check=True).stderr
+
+
+def compile_one(spec, arch):
+    """Compile one specialisation for sm_<arch>; returns a result dict (never raises)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sys.path.insert(0, str(REPO))
+    import kernels.selective_scan as ssk
+
+    fn, signature, constexprs, warps, block_d = _launch(ssk, spec)
+    res = dict(spec=spec, arch=arch, warps=warps, block=(block_d, constexprs["BLOCK_N"], spec.chunk))
+    start = time.perf_counter()
+    try:
+        try:
+            src = ASTSource(fn, signature, constexprs, _aligned_pointer_attrs(signature))
+        except TypeError:  # older ASTSource without attrs
+            src = ASTSource(fn, signature, constexprs)
+        compiled, log = _compile_with_ptxas_log(triton, src, GPUTarget("cuda", arch, 32), warps)
+        if "registers" not in log:  # no log from the compile (older Triton): run ptxas -v ourselves
+            log = _ptxas_log(compiled.asm["ptx"], arch)
+        res.update(
+            regs=int(re.search(r"Used (\d+) registers", log).group(1)),
+            spill_st=int(re.search(r"(\d+) bytes spill stores", log).group(1)),
+            spill_ld=int(re.search(r"(\d+) bytes spill loads", log).group(1)),
+            smem=int(getattr(compiled.metadata, "shared", 0)),
+        )
+    except Exception as e:  # reported in the table, fails the run
+        res["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200] if str(e).strip() else ''}"
+    res["seconds"] = time.perf_counter() - start
+    return res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", type=int, nargs="+", default=[80, 90])
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--all-n", action="store_true", help="also N = 256 (slow to compile, spills)")
+    ap.add_argument("-k", dest="select", default="", help="only rows whose 'kernel dtype N=.. chunk=.. flags' "
+                    "contains this text, e.g. -k 'bwd fp32 N=16 '")
+    args = ap.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        sys.exit("triton_compile: TRITON_INTERPRET is set; unset it, this compiles for real GPUs")
+    # A private, empty cache: every specialisation really compiles, and ~/.triton stays untouched.
+    cache = tempfile.mkdtemp(prefix="pyneuro-triton-compile-")
+    os.environ["TRITON_CACHE_DIR"] = cache
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the JIT default; silences 3.9's notice
+
+    import triton
+    sys.path.insert(0, str(REPO))
+    import kernels.selective_scan as ssk
+
+    specs = [s for s in specialisations(ssk, args.all_n)
+             if args.select in f"{s.kernel} {s.dtype} N={s.N} chunk={s.chunk} {s.flags()}"]
+    jobs = [(s, a) for s in specs for a in args.arch]
+    start = time.perf_counter()
+    try:
+        with cf.ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            results = list(pool.map(compile_one, *zip(*jobs)))
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    wall = time.perf_counter() - start
+
+    print(f"triton {triton.__version__}: {len(results)} compiles in {wall:.0f} s ({args.jobs} jobs)\n")
+    head = f"{'kernel':6} {'dtype':5} {'N':>4} {'BLOCK (D,N,L)':>14} {'warps':>5}  {'flags':26} {'arch':>4} " \
+           f"{'regs':>4} {'spill st/ld':>11} {'smem':>6}  {'s':>4}"
+    print(head)
+    print("-" * len(head))
+    failed = []
+    for r in sorted(results, key=lambda r: (r["spec"].kernel, r["spec"].dtype, r["spec"].N, r["spec"].chunk,
+                                            r["spec"].flags(), r["arch"])):
+        s = r["spec"]
+        block = "(%d,%d,%d)" % r["block"]
+        line = f"{s.kernel:6} {s.dtype:5} {s.N:>4} {block:>14} {r['warps']:>5}  {s.flags():26} {r['arch']:>4} "
+        if "error" in r:
+            failed.append(r)
+            print(line + f"ERROR {r['error']}")
+            continue
+        spill = f"{r['spill_st']}/{r['spill_ld']}"
+        note = ""
+        if r["spill_st"] or r["spill_ld"]:
+            if gated(ssk, s):
+                failed.append(r)
+                note = "  <- SPILLS"
+            else:
+                note = "  (spills; above default_chunk_size(N) or N > %d: reported only)" % SPILL_GATE_N
+        print(line + f"{r['regs']:>4} {spill:>11} {r['smem']:>6}  {r['seconds']:>4.1f}{note}")
+    if failed:
+        print(f"\nFAILED: {len(failed)} specialisation(s) with compile errors or spills at N <= "
+              f"{SPILL_GATE_N} and chunk <= default_chunk_size(N)")
+        return 1
+    print(f"\nOK: no compile errors, no spills at N <= {SPILL_GATE_N} and chunk <= default_chunk_size(N)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
