@@ -1,0 +1,80 @@
+// CPU instruction-set variants of the kernels, and the choice between them.
+//
+// Every file in csrc/cpu/isa/ is compiled once per variant (CMakeLists.txt), each time with its
+// own -march and with PYNEURO_CPU_ISA naming the namespace its definitions go into:
+//   baseline  plain x86-64 (SSE2), or the compiler's default on other architectures
+//   avx2      x86-64-v3: AVX2, FMA, BMI1/2, F16C            (x86-64 builds only)
+//   avx512    x86-64-v4: v3 + AVX-512 F/BW/CD/DQ/VL         (x86-64 builds only)
+// The ops call kernels() and get the table of the variant in use: by default the best one the
+// CPU runs, or the one PYNEURO_CPU_ISA names (read when the extension loads). A value that is
+// unknown or needs features this CPU lacks is refused, not silently replaced: the refusal is
+// recorded, every CPU op then raises ValueError with it, and build_info() reports it
+// ("cpu_isa": None, "cpu_isa_error": the message) until set_isa() picks a runnable variant.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "common/selective_scan_args.h"
+
+#if defined(PYNEURO_CPU_MULTI_ISA)
+#define PYNEURO_FOR_EACH_CPU_ISA(X) X(baseline) X(avx2) X(avx512)
+#else
+#define PYNEURO_FOR_EACH_CPU_ISA(X) X(baseline)
+#endif
+
+namespace pyneuro::cpu {
+
+using ScanFwdResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using ScanBwdResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                 at::Tensor, at::Tensor>;
+
+// The functions of csrc/cpu/vec_math.h, for the test entry point _vec_math.
+enum class VecFn { kExp, kExp2, kLog1p, kSoftplus, kSigmoid, kTanh, kSilu };
+
+// What each variant defines (csrc/cpu/isa/*.cpp). Arguments are checked before these are called
+// (csrc/common/selective_scan_args.h); `s` holds the checked sizes.
+#define PYNEURO_DECLARE_CPU_KERNELS(isa)                                                                          \
+  namespace isa {                                                                                                 \
+  ScanFwdResult selective_scan_fwd(const SelectiveScanShape& s, const at::Tensor& u, const at::Tensor& delta,     \
+                                   const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,                 \
+                                   const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,        \
+                                   const std::optional<at::Tensor>& delta_bias,                                   \
+                                   const std::optional<at::Tensor>& initial_state, bool delta_softplus);          \
+  ScanBwdResult selective_scan_bwd(const SelectiveScanShape& s, const at::Tensor& dout,                           \
+                                   const std::optional<at::Tensor>& dlast_state, const at::Tensor& u,             \
+                                   const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,             \
+                                   const at::Tensor& C, const std::optional<at::Tensor>& D,                       \
+                                   const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias, \
+                                   const std::optional<at::Tensor>& initial_state, const at::Tensor& chunk_states, \
+                                   bool delta_softplus);                                                          \
+  void vec_math(VecFn fn, const float* x, float* y, int64_t n);                                                   \
+  }
+PYNEURO_FOR_EACH_CPU_ISA(PYNEURO_DECLARE_CPU_KERNELS)
+#undef PYNEURO_DECLARE_CPU_KERNELS
+
+struct KernelTable {
+  const char* isa;
+  decltype(&baseline::selective_scan_fwd) selective_scan_fwd;
+  decltype(&baseline::selective_scan_bwd) selective_scan_bwd;
+  decltype(&baseline::vec_math) vec_math;
+};
+
+// The variant in use; raises ValueError (c10::ValueError) if PYNEURO_CPU_ISA was refused.
+const KernelTable& kernels();
+// The variant of this name if the CPU runs it, else the reason it cannot be used.
+const KernelTable* find_kernels(const std::string& isa, std::string* why_not);
+
+// For build_info() and the Python hooks (csrc/module.cpp).
+std::vector<std::string> runnable_isas();     // best last
+std::optional<std::string> active_isa();      // none while a PYNEURO_CPU_ISA refusal stands
+std::optional<std::string> isa_error();       // that refusal
+std::optional<std::string> set_isa(const std::string& isa);  // the refusal, or none once switched
+void init_isa();                              // reads PYNEURO_CPU_ISA (once; also done lazily)
+
+}  // namespace pyneuro::cpu
