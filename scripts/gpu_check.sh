@@ -8,8 +8,8 @@
 #               (a skip there means a GPU path did not run), failure, error or no test at all
 #   memcheck, racecheck, synccheck
 #               compute-sanitizer on small shapes of every CUDA kernel (scripts/gpu_check_sanitize.py)
-#   bench       python -m benchmarks --device cuda --ops selective_scan; fails if a contender
-#               errors or the CUDA kernel was not timed
+#   bench       python -m benchmarks --device cuda --ops selective_scan (pyneuro.bench); fails if a
+#               contender errors, the CUDA kernel was not timed, or a time is not from CUDA events
 # Every stage runs under its own `timeout`, within a total budget; $OUT/summary.json is rewritten
 # after every stage (stage -> status, seconds, counts), logs are $OUT/<stage>.log.
 #   OUT=/tmp/gpu-out bash scripts/gpu_check.sh
@@ -169,7 +169,7 @@ timed bench 120 "$PY" -m benchmarks --device cuda --ops selective_scan --json "$
 grep -vE "^\s*$" "$OUT/bench.log" 2>/dev/null | tail -n 12 | sed 's/^/   /'
 if [[ $status != "not run: time budget spent" ]]; then
   if ! "${REPORT[@]}" bench "$OUT/bench_selective_scan.json" "$OUT/bench.counts.json" > "$OUT/bench.check.txt"; then
-    [[ $status == ok ]] && status="failed (errors or no CUDA timing)"
+    [[ $status == ok ]] && status="failed (see bench.check.txt)"
   fi
   sed 's/^/   /' "$OUT/bench.check.txt"
 fi

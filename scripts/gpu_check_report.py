@@ -4,7 +4,8 @@
     gpu_check_report.py stage SUMMARY NAME STATUS SECONDS [--counts FILE.json] [key=value...]
     gpu_check_report.py junit XML COUNTS.json [--allow-import-skip "PATH_PREFIX|REASON_PART|WHY"...]
                                                            fails on any skip, failure, error, or no test
-    gpu_check_report.py bench JSON COUNTS.json             fails on a contender error or no CUDA kernel timed
+    gpu_check_report.py bench JSON COUNTS.json             fails on a contender error, no CUDA kernel timed,
+                                                           or a time not measured with CUDA events
     gpu_check_report.py show SUMMARY                       the closing table; exit 1 unless all stages ok
 
 The summary is rewritten (atomically) after every stage, so a run cut off by its time limit still
@@ -143,6 +144,9 @@ def cmd_bench(json_path: Path, counts_path: Path) -> int:
             elif "median_s" in row:
                 counts["timings"] += 1
                 labels.append(row.get("contender", ""))
+                if row.get("clock") != "cuda-events":
+                    problems.append(f"{where} {row.get('contender')}: timed by {row.get('clock', 'an unnamed clock')}, "
+                                    f"not CUDA events")
         if not any("cuda" in label for label in labels):
             problems.append(f"{where}: the CUDA kernel was not timed (contenders timed: {labels})")
     if counts["cases"] == 0:

@@ -145,12 +145,15 @@ def _bench(tmp_path, cases, device="cuda"):
 
 def test_bench_needs_a_cuda_timing_and_no_errors(tmp_path):
     case = {"op": "selective_scan", "mode": "fwd", "dtype": "float32", "shape": {"L": 8}}
-    good = [{**case, "results": [{"contender": "cuda", "median_s": 1e-3}, {"contender": "reference", "median_s": 1e-2}]}]
+    cuda = {"contender": "cuda", "median_s": 1e-3, "clock": "cuda-events"}
+    good = [{**case, "results": [cuda, {"contender": "reference", "median_s": 1e-2, "clock": "cuda-events"}]}]
     assert _bench(tmp_path, good).returncode == 0
-    errored = [{**case, "results": [{"contender": "cuda", "median_s": 1e-3}, {"contender": "triton", "error": "boom"}]}]
+    wall = [{**case, "results": [{**cuda, "clock": "wall"}]}]
+    assert _bench(tmp_path, wall).returncode == 1 and "not CUDA events" in _bench(tmp_path, wall).stdout
+    errored = [{**case, "results": [cuda, {"contender": "triton", "error": "boom"}]}]
     assert "triton: boom" in _bench(tmp_path, errored).stdout
     assert _bench(tmp_path, errored).returncode == 1
-    no_cuda = [{**case, "results": [{"contender": "reference", "median_s": 1e-2}]}]
+    no_cuda = [{**case, "results": [{"contender": "reference", "median_s": 1e-2, "clock": "cuda-events"}]}]
     assert _bench(tmp_path, no_cuda).returncode == 1
     assert _bench(tmp_path, good, device="cpu").returncode == 1
     assert _bench(tmp_path, []).returncode == 1
