@@ -104,6 +104,9 @@ def check(c: Case, gen: torch.Generator) -> list[str]:
         if g is None or r is None or g.numel() == 0:
             continue
         g = g.float().cpu()
+        if g.shape != r.shape:
+            errors.append(f"{name}: shape {tuple(g.shape)}, the CPU kernel's is {tuple(r.shape)}")
+            continue
         if not torch.isfinite(g).all():
             errors.append(f"{name}: non-finite values")
             continue
