@@ -46,18 +46,28 @@ def _compiled_limits() -> dict[str, dict[str, int]]:
 LIMITS: dict[str, dict[str, int]] = _compiled_limits()
 
 
+def _triton_kernels():
+    import importlib
+
+    return importlib.import_module(_TRITON_MODULE)
+
+
 def _triton_limits() -> dict[str, int]:
     if "triton" not in LIMITS:
-        import importlib
-
-        kernels = importlib.import_module(_TRITON_MODULE)
-        LIMITS["triton"] = {"max_n": kernels.MAX_N, "chunk_size": kernels.DEFAULT_CHUNK_SIZE}
+        LIMITS["triton"] = {"max_n": _triton_kernels().MAX_N}
     return LIMITS["triton"]
 
 
-def chunk_size_for(backend: str) -> int:
+_TRITON_CHUNK: dict[int, int] = {}  # N -> chunk size: the Triton tiles shrink the chunk for large N
+
+
+def chunk_size_for(backend: str, N: int) -> int:
     """The chunk_size (time steps between stored states) the public function uses on a backend."""
-    return (_triton_limits() if backend == "triton" else LIMITS[backend])["chunk_size"]
+    if backend != "triton":
+        return LIMITS[backend]["chunk_size"]
+    if N not in _TRITON_CHUNK:
+        _TRITON_CHUNK[N] = _triton_kernels().default_chunk_size(N)
+    return _TRITON_CHUNK[N]
 
 
 def max_n(backend: str) -> Optional[int]:
@@ -254,7 +264,8 @@ def _contract_call(backend: str):
 
         fwd = _fwd_triton if backend == "triton" else torch.ops.pyneuro.selective_scan_fwd.default
         out, last_state, _ = fwd(prep(u), prep(delta), prep(A), prep_bc(B), prep_bc(C), prep(D), prep(z),
-                                 prep(delta_bias), prep(initial_state), bool(delta_softplus), chunk_size_for(backend))
+                                 prep(delta_bias), prep(initial_state), bool(delta_softplus),
+                                 chunk_size_for(backend, A.shape[1]))
         return out, last_state
 
     return call
