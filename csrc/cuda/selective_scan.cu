@@ -179,12 +179,23 @@ __device__ __forceinline__ void reduce_lanes(const float* s, float* __restrict__
   if (h == 0 && t < len) dst[t] = acc;
 }
 
-constexpr size_t fwd_smem_floats(int N) {
-  return size_t(3) * kLanes * kRow + 2 * kNB * kTile + 2 * 2 * kWarps * kLanes + size_t(kLanes) * N;
+// Dynamic shared memory of a launch, in floats. An array the variant does not use takes no space
+// (the z tile without z; B/C staging and dB/dC reduction buffers for a constant B/C), so the
+// launcher asks only for what it needs; the kernels carve the same layout in the same order.
+// Pieces whose presence is a template argument come first and the z tile last before the
+// N-sized carries, so that every hot array sits at a compile-time offset. Every piece is a whole
+// number of float4s.
+constexpr int kChannelTile = kLanes * kRow;  // a [channel][t] tile
+constexpr int kStateRows = kNB * kTile;       // a B/C staging block
+constexpr int kRedTile = kTile * kRedRow;     // a dB/dC reduction buffer
+constexpr int kAggF2 = kWarps * kLanes;       // one set of (P, X) scan aggregates, in float2
+size_t fwd_smem_floats(int N, bool has_z, bool B_var, bool C_var) {
+  return size_t(2 + has_z) * kChannelTile + size_t(B_var + C_var) * kStateRows + 2 * 2 * kAggF2 +
+         size_t(kLanes) * N;
 }
-constexpr size_t bwd_smem_floats(int N) {
-  return size_t(4) * kLanes * kRow + 2 * kNB * kTile + 2 * kTile * kRedRow +
-         2 * 2 * kWarps * kLanes + 2 * kWarps * kLanes + size_t(2) * kLanes * N;
+size_t bwd_smem_floats(int N, bool has_z, bool B_var, bool C_var) {
+  return size_t(3 + has_z) * kChannelTile + size_t(B_var + C_var) * (kStateRows + kRedTile) +
+         3 * 2 * kAggF2 + size_t(2) * kLanes * N;
 }
 
 // =================================================================================================
@@ -198,13 +209,14 @@ template <typename T, bool kBVar, bool kCVar>
 __global__ void __launch_bounds__(kThreads, kFwdBlocksPerSM)
 selective_scan_fwd_kernel(const SelectiveScanFwdParams p) {
   extern __shared__ float4 smem4[];
-  float* const s_delta = reinterpret_cast<float*>(smem4);  // [kLanes][kRow] raw delta
-  float* const s_u = s_delta + kLanes * kRow;               // [kLanes][kRow] u, then out
-  float* const s_gate = s_u + kLanes * kRow;                // [kLanes][kRow] z
-  float* const s_B = s_gate + kLanes * kRow;                // [kNB][kTile]
-  float* const s_C = s_B + kNB * kTile;                     // [kNB][kTile]
-  float2* const s_agg = reinterpret_cast<float2*>(s_C + kNB * kTile);  // [2][kWarps][kLanes]
-  float* const s_carry = reinterpret_cast<float*>(s_agg + 2 * kWarps * kLanes);  // [N][kLanes]
+  const bool has_z = p.z != nullptr;
+  float* const s_delta = reinterpret_cast<float*>(smem4);   // [kLanes][kRow] raw delta
+  float* const s_u = s_delta + kChannelTile;                 // [kLanes][kRow] u, then out
+  float2* const s_agg = reinterpret_cast<float2*>(s_u + kChannelTile);  // [2][kWarps][kLanes]
+  float* const s_B = reinterpret_cast<float*>(s_agg + 2 * kAggF2);      // [kNB][kTile] (variable B)
+  float* const s_C = s_B + (kBVar ? kStateRows : 0);         // [kNB][kTile] (variable C)
+  float* const s_gate = s_C + (kCVar ? kStateRows : 0);      // [kLanes][kRow] z (with z)
+  float* const s_carry = s_gate + (has_z ? kChannelTile : 0);  // [N][kLanes]
 
   const T* __restrict__ u = static_cast<const T*>(p.u);
   const T* __restrict__ delta = static_cast<const T*>(p.delta);
@@ -223,7 +235,6 @@ selective_scan_fwd_kernel(const SelectiveScanFwdParams p) {
   const int64_t dN = int64_t(bt.d0 + lane) * N;     // this lane's row of A / constant B, C
   const int64_t rowB = (int64_t(b) * p.groups_B + bt.gB) * N;  // (b, gB, n = 0) row of B
   const int64_t rowC = (int64_t(b) * p.groups_C + bt.gC) * N;
-  const bool has_z = z != nullptr;
 
   for (int i = tid; i < kLanes * N; i += kThreads) {
     const int r = i / N, n = i - r * N;
@@ -375,17 +386,18 @@ template <typename T, bool kBVar, bool kCVar>
 __global__ void __launch_bounds__(kThreads, kBwdBlocksPerSM)
 selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
   extern __shared__ float4 smem4[];
+  const bool has_z = p.z != nullptr;
   float* const s_delta = reinterpret_cast<float*>(smem4);  // [kLanes][kRow] raw delta, gA, ddelta
-  float* const s_u = s_delta + kLanes * kRow;               // u, then du
-  float* const s_dy = s_u + kLanes * kRow;                  // dout, then y, then dz
-  float* const s_z = s_dy + kLanes * kRow;                  // z, then dout·silu'(z)
-  float* const s_B = s_z + kLanes * kRow;                   // [kNB][kTile]
-  float* const s_C = s_B + kNB * kTile;                     // [kNB][kTile]
-  float* const s_redB = s_C + kNB * kTile;                  // [kTile][kRedRow] dB terms
-  float* const s_redC = s_redB + kTile * kRedRow;           // [kTile][kRedRow] dC terms
-  float2* const s_aggF = reinterpret_cast<float2*>(s_redC + kTile * kRedRow);  // [2][kWarps][kLanes]
-  float2* const s_aggR = s_aggF + 2 * kWarps * kLanes;      // [kWarps][kLanes]
-  float* const s_fc = reinterpret_cast<float*>(s_aggR + kWarps * kLanes);  // [N][kLanes] x at tile start
+  float* const s_u = s_delta + kChannelTile;                // u, then du
+  float* const s_dy = s_u + kChannelTile;                   // dout, then y, then dz
+  float2* const s_aggF = reinterpret_cast<float2*>(s_dy + kChannelTile);  // [2][kWarps][kLanes]
+  float2* const s_aggR = s_aggF + 2 * kAggF2;               // [kWarps][kLanes]
+  float* const s_B = reinterpret_cast<float*>(s_aggR + kAggF2);  // [kNB][kTile] (variable B)
+  float* const s_C = s_B + (kBVar ? kStateRows : 0);        // [kNB][kTile] (variable C)
+  float* const s_redB = s_C + (kCVar ? kStateRows : 0);     // [kTile][kRedRow] dB terms (variable B)
+  float* const s_redC = s_redB + (kBVar ? kRedTile : 0);    // [kTile][kRedRow] dC terms (variable C)
+  float* const s_z = s_redC + (kCVar ? kRedTile : 0);       // z, then dout·silu'(z) (with z)
+  float* const s_fc = s_z + (has_z ? kChannelTile : 0);     // [N][kLanes] x at tile start
   float* const s_rc = s_fc + kLanes * p.dstate;             // [N][kLanes] adjoint entering the tile end
 
   const T* __restrict__ u = static_cast<const T*>(p.u);
@@ -405,7 +417,6 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
   const BlockTile bt = block_tile(p);
   const int64_t row0 = int64_t(b) * p.dim + bt.d0;
   const bool active = lane < bt.nch;
-  const bool has_z = z != nullptr;
   const int64_t dN = int64_t(bt.d0 + lane) * N;
   const int64_t rowB = (int64_t(b) * p.groups_B + bt.gB) * N;
   const int64_t rowC = (int64_t(b) * p.groups_C + bt.gC) * N;
@@ -744,7 +755,7 @@ cudaError_t launch_fwd(SelectiveScanFwdParams p, cudaStream_t stream) {
                                        : selective_scan_fwd_kernel<T, true, false>)
                      : (p.groups_C > 0 ? selective_scan_fwd_kernel<T, false, true>
                                        : selective_scan_fwd_kernel<T, false, false>);
-  const size_t smem = fwd_smem_floats(p.dstate) * sizeof(float);
+  const size_t smem = selective_scan_fwd_smem_bytes(p);
   PYNEURO_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   const dim3 grid(tl.blocks_x, p.batch);
   kernel<<<grid, kThreads, smem, stream>>>(p);
@@ -771,7 +782,7 @@ cudaError_t launch_bwd(SelectiveScanBwdParams p, cudaStream_t stream) {
                                        : selective_scan_bwd_kernel<T, true, false>)
                      : (p.groups_C > 0 ? selective_scan_bwd_kernel<T, false, true>
                                        : selective_scan_bwd_kernel<T, false, false>);
-  const size_t smem = bwd_smem_floats(p.dstate) * sizeof(float);
+  const size_t smem = selective_scan_bwd_smem_bytes(p);
   PYNEURO_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   const dim3 grid(tl.blocks_x, p.batch);
   kernel<<<grid, kThreads, smem, stream>>>(p);
@@ -805,11 +816,13 @@ cudaError_t selective_scan_fwd(const SelectiveScanFwdParams& params, cudaStream_
 }
 
 size_t selective_scan_fwd_smem_bytes(const SelectiveScanFwdParams& params) {
-  return fwd_smem_floats(params.dstate) * sizeof(float);
+  return fwd_smem_floats(params.dstate, params.z != nullptr, params.groups_B > 0, params.groups_C > 0) *
+         sizeof(float);
 }
 
 size_t selective_scan_bwd_smem_bytes(const SelectiveScanBwdParams& params) {
-  return bwd_smem_floats(params.dstate) * sizeof(float);
+  return bwd_smem_floats(params.dstate, params.z != nullptr, params.groups_B > 0, params.groups_C > 0) *
+         sizeof(float);
 }
 
 cudaError_t selective_scan_bwd(const SelectiveScanBwdParams& params, cudaStream_t stream) {
