@@ -69,6 +69,12 @@ __global__ void smem_kernel(int n_floats) {
   for (int i = threadIdx.x; i < n_floats; i += blockDim.x) buf[i] = 0.f;
 }
 
+// Bug: writes one float past its dynamic shared memory (ASan: heap-buffer-overflow).
+__global__ void smem_overflow_kernel(int n_floats) {
+  extern __shared__ float buf[];
+  if (threadIdx.x == 0) buf[n_floats] = 1.f;
+}
+
 template <typename T>
 __global__ void fill_kernel(T* out, T value, int n) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -116,6 +122,11 @@ int selftest_smem(long long bytes, int attr_bytes) {
     if (err != cudaSuccess) return err;
   }
   smem_kernel<<<1, 128, size_t(bytes)>>>(int(bytes / 4));
+  return cudaGetLastError();
+}
+
+int selftest_smem_overflow(int n_floats) {
+  smem_overflow_kernel<<<1, 32, n_floats * sizeof(float)>>>(n_floats);
   return cudaGetLastError();
 }
 

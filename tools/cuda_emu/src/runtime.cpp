@@ -183,6 +183,7 @@ struct Worker {
   void (*body)(void*) = nullptr;
   void* body_ctx = nullptr;
   unsigned char* smem = nullptr;
+  std::vector<unsigned char*> used_smem;  // TSan: freed only after the launch's last thread
   int barrier_gen = 0;
   std::vector<int> warp_gen;
   char barrier_sync[2];            // addresses TSan keys its happens-before edges on
@@ -197,7 +198,10 @@ struct Worker {
 };
 
 thread_local Worker* tl_worker = nullptr;
-char g_launch_sync;  // kernel boundaries: everything before a launch happens before its threads
+// Kernel boundaries: the host's work before a launch happens before its threads (start), and
+// its threads happen before the host's work after it (end). Two objects: a thread that exits
+// must not order itself before one that starts later in the same launch.
+char g_launch_start, g_launch_end;
 
 Fiber& current_fiber(const char* what) {
   if (tl_worker == nullptr || tl_worker->current == nullptr) {
@@ -212,7 +216,7 @@ Fiber& current_fiber(const char* what) {
 void yield_to_scheduler(Fiber& f, bool finished) {
   Worker& w = *tl_worker;
 #if defined(CUDA_EMU_TSAN)
-  if (finished) __tsan_release(&g_launch_sync);
+  if (finished) __tsan_release(&g_launch_end);
   __tsan_switch_to_fiber(w.tsan_sched, __tsan_switch_to_fiber_no_sync);
 #endif
 #if defined(CUDA_EMU_ASAN)
@@ -237,7 +241,7 @@ void fiber_main() {
 #endif
   Fiber& f = *w.current;
 #if defined(CUDA_EMU_TSAN)
-  __tsan_acquire(&g_launch_sync);
+  __tsan_acquire(&g_launch_start);
 #endif
   w.body(w.body_ctx);
   f.state = State::kDone;
@@ -397,7 +401,13 @@ bool run_block(Worker& w, int nthreads, size_t smem, uint64_t block_seed) {
   w.warp_sync.assign(2 * nwarps, 0);
   w.barrier_gen = 0;
   // Shared memory is uninitialised on a GPU: NaN bytes make a read before a write visible.
+  // Under TSan a block's buffer outlives the launch: freeing it here, with no happens-before
+  // edge from the previous block's threads (deliberately, so that blocks race), would be a race.
+#if defined(CUDA_EMU_TSAN)
+  if (w.smem) w.used_smem.push_back(w.smem);
+#else
   std::free(w.smem);
+#endif
   w.smem = static_cast<unsigned char*>(std::malloc(smem ? smem : 1));
   std::memset(w.smem, 0xff, smem);
   for (int i = 0; i < nthreads; ++i) {
@@ -573,8 +583,10 @@ cudaError_t run_grid(dim3 grid, dim3 block, size_t smem, void (*body)(void*), vo
   }
   std::atomic<int64_t> next{0};
   std::atomic<bool> failed{false};
+  std::mutex smem_mutex;
+  std::vector<unsigned char*> smem_to_free;
 #if defined(CUDA_EMU_TSAN)
-  __tsan_release(&g_launch_sync);
+  __tsan_release(&g_launch_start);
 #endif
   auto work = [&] {
     Worker w;
@@ -592,7 +604,11 @@ cudaError_t run_grid(dim3 grid, dim3 block, size_t smem, void (*body)(void*), vo
       g_blocks.fetch_add(1, std::memory_order_relaxed);
       if (!run_block(w, nthreads, smem, uint64_t(b))) failed = true;
     }
-    std::free(w.smem);
+    w.used_smem.push_back(w.smem);
+    {
+      std::lock_guard<std::mutex> lock(smem_mutex);
+      smem_to_free.insert(smem_to_free.end(), w.used_smem.begin(), w.used_smem.end());
+    }
     tl_worker = nullptr;
   };
   const int nworkers = int(std::min<int64_t>(cfg.workers, nblocks));
@@ -601,8 +617,9 @@ cudaError_t run_grid(dim3 grid, dim3 block, size_t smem, void (*body)(void*), vo
   work();
   for (std::thread& t : extra) t.join();
 #if defined(CUDA_EMU_TSAN)
-  __tsan_acquire(&g_launch_sync);
+  __tsan_acquire(&g_launch_end);
 #endif
+  for (unsigned char* p : smem_to_free) std::free(p);
   return failed ? cudaErrorLaunchFailure : cudaSuccess;
 }
 

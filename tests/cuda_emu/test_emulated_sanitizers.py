@@ -1,0 +1,65 @@
+"""The emulated kernels under AddressSanitizer + UndefinedBehaviorSanitizer or ThreadSanitizer.
+
+Opt-in, since a sanitized build of selective_scan.cu takes minutes:
+
+    PYNEURO_EMU_SANITIZE=address,undefined .venv/bin/python -m pytest -q tests/cuda_emu/test_emulated_sanitizers.py
+    PYNEURO_EMU_SANITIZE=thread            .venv/bin/python -m pytest -q tests/cuda_emu/test_emulated_sanitizers.py
+
+Each mode first shows that it catches the bug planted in a small kernel (a write past the dynamic
+shared memory for ASan; a shared-memory read with no barrier after the write for TSan), then runs
+the selective-scan self-check (tools/cuda_emu/drivers/selective_scan_selfcheck.cpp) and requires
+it clean.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from conftest import build_or_fail
+
+MODES = [m for m in [os.environ.get("PYNEURO_EMU_SANITIZE", "")] if m]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not MODES, reason="opt-in: set PYNEURO_EMU_SANITIZE=address,undefined or thread "
+                                         "(each sanitized build takes minutes)"),
+]
+ENV = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0", TSAN_OPTIONS="halt_on_error=0")
+
+
+def _build(target, mode):
+    from emu_scan import emu_build
+    try:
+        return emu_build.build(target, sanitize=mode)
+    except emu_build.BuildError as e:
+        pytest.fail(f"sanitized build of {target} failed:\n{e}", pytrace=False)
+
+
+def _run(exe, *args, timeout=900):
+    r = subprocess.run([str(exe), *args], capture_output=True, text=True, env=ENV, timeout=timeout)
+    return r.returncode, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("mode", MODES or ["none"])
+def test_sanitizer_sees_planted_bug(mode):
+    build_or_fail("emu_selftest")  # skips without g++
+    exe = _build("emu_selftest_main", mode)
+    rc, log = _run(exe, "reverse-ok")
+    assert rc == 0 and "Sanitizer" not in log, log[-3000:]
+    if mode == "thread":
+        rc, log = _run(exe, "reverse-race")
+        assert "WARNING: ThreadSanitizer: data race" in log and "emu_selftest.cu" in log, log[-3000:]
+    else:
+        rc, log = _run(exe, "smem-overflow")
+        assert "AddressSanitizer: heap-buffer-overflow" in log and "emu_selftest.cu" in log, log[-3000:]
+    assert rc != 0
+
+
+@pytest.mark.parametrize("mode", MODES or ["none"])
+def test_selective_scan_is_clean(mode):
+    build_or_fail("emu_selftest")
+    exe = _build("selective_scan_selfcheck", mode)
+    rc, log = _run(exe)
+    assert rc == 0 and "Sanitizer" not in log, log[-6000:]
+    assert log.count("ok ") == 4, log

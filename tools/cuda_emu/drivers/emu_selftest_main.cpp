@@ -1,0 +1,28 @@
+// tests/cuda_emu/kernels/emu_selftest.cu as a program, for sanitizer builds: runs one kernel,
+// chosen by argv[1], so a test can show that the sanitizer reports the bug planted in it.
+//   reverse-ok        the block-reversal kernel with its barrier (clean)
+//   reverse-race      the same without the barrier (TSan: data race on shared memory)
+//   smem-overflow     a write one float past the dynamic shared memory (ASan: heap-buffer-overflow)
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+extern "C" {
+int selftest_reverse(float* out, int blocks, int threads, int with_barrier);
+int selftest_smem_overflow(int n_floats);
+}
+
+int main(int argc, char** argv) {
+  const char* what = argc > 1 ? argv[1] : "";
+  std::vector<float> out(2 * 64);
+  int rc = -1;
+  if (!std::strcmp(what, "reverse-ok")) rc = selftest_reverse(out.data(), 2, 64, 1);
+  else if (!std::strcmp(what, "reverse-race")) rc = selftest_reverse(out.data(), 2, 64, 0);
+  else if (!std::strcmp(what, "smem-overflow")) rc = selftest_smem_overflow(64);
+  else {
+    std::fprintf(stderr, "usage: %s reverse-ok|reverse-race|smem-overflow\n", argv[0]);
+    return 2;
+  }
+  std::printf("%s: launch returned %d\n", what, rc);
+  return rc == 0 ? 0 : 1;
+}
