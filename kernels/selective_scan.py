@@ -272,10 +272,6 @@ def _ssm_bwd_kernel(
         if C_VAR:
             Ct = tl.load(C_base + t[None, :], mask=nl_mask, other=0.0).to(tl.float32)[None, :, :]
             dC_acc = tl.zeros((BLOCK_N, BLOCK_L), tl.float32)
-            if REVERSE_FLIP:  # the same tile in reverse time order, for the adjoint scan
-                t_rev, tr_mask = reversed_range_mask(k * BLOCK_L, BLOCK_L, L)
-                C_rev = tl.load(C_base + t_rev[None, :], mask=n_mask[:, None] & tr_mask[None, :],
-                                other=0.0).to(tl.float32)[None, :, :]
 
         for j in range(0, n_sub):
             d_in = (split * n_sub + j) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -343,7 +339,10 @@ def _ssm_bwd_kernel(
                 if HAS_Z:
                     z_rev = tl.load(z_ptr + io_rev, mask=dlr_mask, other=0.0).to(tl.float32)
                     dy_rev *= z_rev * sigmoid(z_rev)
-                if not C_VAR:
+                if C_VAR:  # loaded here, not once per chunk: a tile fewer live across the loop
+                    C_rev = tl.load(C_base + t_rev[None, :], mask=n_mask[:, None] & tr_mask[None, :],
+                                    other=0.0).to(tl.float32)[None, :, :]
+                else:
                     C_rev = Ct  # constant in time
                 a_next = exp(dt_next[:, None, :] * A[:, :, None])
                 g_cum, c_cum = tl.associative_scan((a_next, C_rev * dy_rev[:, None, :]), axis=2,

@@ -17,7 +17,8 @@ the PTX with Triton's flags), shared memory from the kernel's metadata. Integer 
 does for fresh torch tensors, so the figures match a real launch up to integer specialisation.
 
 Fails (exit 1) on a compile error, or on any spill for N <= 64 at a chunk size up to
-default_chunk_size(N) (what the op runs); spills at larger N or chunk are reported only. Must not run under TRITON_INTERPRET (it compiles for real).
+default_chunk_size(N) with the default reverse scan (what the op runs); spills at larger N or chunk,
+or in the "flip" fallback, are reported only (see gated()). Must not run under TRITON_INTERPRET (it compiles for real).
 """
 from __future__ import annotations
 
@@ -81,8 +82,11 @@ def specialisations(ssk, all_n):
 
 
 def gated(ssk, spec):
-    """Spills fail the run for the shapes the op runs: N <= 64 at its default chunk size or below."""
-    return spec.N <= SPILL_GATE_N and spec.chunk <= ssk.default_chunk_size(spec.N)
+    """Spills fail the run for the shapes the op runs: N <= 64 at its default chunk size or below,
+    with the default reverse scan. The "flip" fallback (only switched on if the native reverse scan
+    proves wrong on a GPU) sits at the same 255-register edge on 8 warps and may spill a few bytes
+    there (N = 64, sm_90: 4 B); that is reported, not failed: a fallback for correctness."""
+    return not spec.flip and spec.N <= SPILL_GATE_N and spec.chunk <= ssk.default_chunk_size(spec.N)
 
 
 def _launch(ssk, spec):
@@ -244,7 +248,8 @@ def main(argv=None):
                 failed.append(r)
                 note = "  <- SPILLS"
             else:
-                note = "  (spills; above default_chunk_size(N) or N > %d: reported only)" % SPILL_GATE_N
+                note = "  (spills; reported only: %s)" % (
+                    "flip fallback" if s.flip else f"chunk above default_chunk_size(N) or N > {SPILL_GATE_N}")
         print(line + f"{r['regs']:>4} {spill:>11} {r['smem']:>6}  {r['seconds']:>4.1f}{note}")
     if failed:
         print(f"\nFAILED: {len(failed)} specialisation(s) with compile errors or spills at N <= "
