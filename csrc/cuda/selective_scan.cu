@@ -39,9 +39,24 @@
 // Determinism: no atomics. Sums over channels (variable dB, dC): lane terms -> shared memory ->
 // a fixed-order sum per step -> one fp32 partial row per 32-channel tile of a group (workspace
 // tiles·batch·G·N·L floats, tiles = channels per group / 32). Sums over batch and time (dA, dD,
-// ddelta_bias, constant dB/dC): each (warp, batch, channel[, n]) entry is accumulated by the one
-// thread that owns it (4·batch·dim·N floats). sum_partials_kernel adds the rows in a fixed order.
-// Results are bitwise reproducible for a given shape and GPU.
+// ddelta_bias, constant dB/dC): each (warp, batch, [n,] channel) entry is accumulated by the one
+// thread that owns it (4·batch·dim·N floats; channel innermost, so a warp's 32 lanes touch 128
+// consecutive bytes). sum_partials_kernel adds the rows in a fixed order. Results are bitwise
+// reproducible for a given shape and GPU.
+//
+// Memory traffic per kernel, E = batch·dim·L elements of s bytes (4, or 2 for fp16/bf16), with
+// z, variable B/C of G groups, chunk_size 64:
+//   forward   reads u, delta, z (3·E·s), B, C (2·batch·G·N·L·s per 32 channels, from L2 after the
+//             first block of a group), writes out (E·s) and chunk_states (E·N/64·4): at N = 16,
+//             fp32, 4·E·4 + E bytes. All of it moves in 16-byte accesses when L is a multiple of
+//             16/s and the tensors are 16-byte aligned (element-wise otherwise).
+//   backward  reads u, delta, z, dout (4·E·s), chunk_states (E·N/64·4), B, C as the forward;
+//             writes du, ddelta, dz (3·E·s); per slice and tile, one read-modify-write of the
+//             per-warp dA (and constant dB/dC) partials (L2-resident, 4·batch·dim·N floats), and
+//             the variable dB/dC partials once (dim/32 rows of batch·G·N·L floats).
+//   sum_partials  reads rows·M partials, writes M results: the second stage of every reduction.
+// The tensor streams are the floor: at (batch, dim, L, N) = (8, 1536, 2048, 16) fp32 the forward
+// moves 0.43 GB (0.13 ms at the H100's 3.35 TB/s).
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -200,8 +215,13 @@ size_t bwd_smem_floats(int N, bool has_z, bool B_var, bool C_var) {
 
 // =================================================================================================
 // Forward.  grid (blocks_x, batch), 128 threads; per block 32 channels x all L.
-// Shared memory (fp32): δ, u (then out), silu(z) tiles 3 x 32 x 68; B and C rows 2 x 16 x 64;
-// scan aggregates 2 x 4 x 32 float2; carries 32 x N. 37.5 KiB at N = 16, 67.5 KiB at N = 256.
+// Per tile: u, delta, z and the first 16 B/C rows are staged raw (16-byte loads); each lane turns
+// its own 16 δ's into softplus(delta + bias) in place, then the slices run; the lane computes
+// out = (y + D·u)·silu(z) for its own steps and the tile is stored with 16-byte stores.
+// Shared memory (fp32): δ, u (then out) tiles 2 x 32 x 68, z 32 x 68 (with z); B and C rows
+// 16 x 64 each (when variable); scan aggregates 2 x 4 x 32 float2; carries 32 x N. With z and
+// variable B, C: 37.5 KiB at N = 16 (4 blocks per SM on A100 and H100), 67.5 KiB at N = 256.
+// Registers: <= 128 (4 blocks, 16 warps per SM), no spills on sm_80 and sm_90.
 // HBM traffic: u, delta, z read once, out written once, N floats of chunk_states per channel per
 // chunk (+6% over fp32 u/delta/z/out at N = 16, chunk 64), variable B/C read once per 32 channels.
 // =================================================================================================
@@ -374,13 +394,18 @@ selective_scan_fwd_kernel(const SelectiveScanFwdParams p) {
 //     gB_t += g_t·B_t[n] (-> du, ddelta),  gA_t += H_t·x_{t-1}·A (-> ddelta),
 //     dA += H_t·x_{t-1}·δ_t,  dB terms g_t·δ_t·u_t;
 //   with a variable B or C: __syncthreads, then the slice's dB/dC terms summed over lanes.
-// Lane epilogue per step: ddelta (through softplus: σ(v) = 1 - exp(-softplus(v))), du, y + D·u.
-// Shared memory (fp32): δ, u, dy tiles 3 x 32 x 68; B, C rows 2 x 16 x 64; dB/dC terms
-// 2 x 64 x 36; aggregates 3 x 4 x 32 float2; state and adjoint carries 2 x 32 x N.
-// 58.5 KiB at N = 16 (3 blocks per SM on H100 with 168 registers), 118.5 KiB at N = 256.
-// HBM traffic: u, delta, z, dout read once (z and dout a second time from L2 for dz), du, ddelta,
-// dz written once, chunk_states read once; variable dB/dC partials of dim/32 rows x (N, L) per
-// (batch, group) written once and read once by sum_partials_kernel.
+// Lane prologue: δ as in the forward; dy = dout·silu(z) into registers and dout·silu'(z) kept in
+// the z tile for dz (one sigmoid per element). Lane epilogue per step: ddelta (through softplus:
+// σ(v) = 1 - exp(-softplus(v))), du, dz = (y + D·u)·dout·silu'(z); 16-byte stores.
+// Shared memory (fp32): δ, u, dout tiles 3 x 32 x 68 (+ z with z); B, C rows 16 x 64 and dB/dC
+// terms 64 x 36 each (when variable); aggregates 3 x 4 x 32 float2; state and adjoint carries
+// 2 x 32 x N. With z and variable B, C: 67 KiB at N = 16 (3 blocks per SM on H100, 2 on A100),
+// 127 KiB at N = 256. Registers: 168 (3 blocks, 12 warps per SM); in the variable-B/C variants
+// ptxas spills a few block-level values (<= 76 bytes, reloaded a few times per slice or tile,
+// never inside the 16-step loops), as the code before common.cuh did (<= 80 bytes).
+// HBM traffic: u, delta, z, dout read once, du, ddelta, dz written once, chunk_states read once;
+// variable dB/dC partials of dim/32 rows x (N, L) per (batch, group) written once and read once
+// by sum_partials_kernel.
 // =================================================================================================
 template <typename T, bool kBVar, bool kCVar>
 __global__ void __launch_bounds__(kThreads, kBwdBlocksPerSM)

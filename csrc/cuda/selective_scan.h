@@ -127,7 +127,8 @@ inline ScanTiling selective_scan_tiling(int dim, int groups_B, int groups_C) {
 
 // ---- Backward workspace (fp32, written before read: no memset) --------------------------------
 // Per-warp partials of the sums over batch and time, reduced in fixed order by a second kernel:
-//   dA, constant dB, constant dC: 4·batch·dim·N each;  dD, ddelta_bias: 4·batch·dim each;
+//   dA, constant dB, constant dC: 4·batch·dim·N each, laid out (warp, batch, N, dim) so that a
+//   warp's lanes (channels) access consecutive floats;  dD, ddelta_bias: (warp, batch, dim);
 // partials of the sums over channels for variable B/C, one row per 32-channel tile of a group:
 //   dB: tiles_B·batch·groups_B·N·L   (dim/32 rows for groups_B = 1; same for dC).
 struct ScanBwdWorkspace {
@@ -164,9 +165,10 @@ inline int64_t selective_scan_bwd_workspace_floats(const SelectiveScanBwdParams&
 cudaError_t selective_scan_fwd(const SelectiveScanFwdParams& params, cudaStream_t stream);
 cudaError_t selective_scan_bwd(const SelectiveScanBwdParams& params, cudaStream_t stream);
 
-// Dynamic shared memory (bytes) the launcher requests for these params (depends on dstate only
-// today; dtype and B/C kinds may matter later). For compile-time checks against the 227 KiB
-// (sm_90) / 163 KiB (sm_80) a block may use, and for occupancy estimates.
+// Dynamic shared memory (bytes) the launcher requests for these params: it depends on dstate,
+// on whether z is given (params.z != nullptr) and on the kinds of B and C (groups_B/groups_C > 0:
+// variable), not on the dtype. The largest is with z and both variable. For compile-time checks
+// against the 227 KiB (sm_90) / 163 KiB (sm_80) a block may use, and for occupancy estimates.
 size_t selective_scan_fwd_smem_bytes(const SelectiveScanFwdParams& params);
 size_t selective_scan_bwd_smem_bytes(const SelectiveScanBwdParams& params);
 
