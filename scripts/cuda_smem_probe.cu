@@ -21,10 +21,12 @@ int main() {
         SelectiveScanFwdParams f;
         f.batch = 1; f.dim = 64; f.seqlen = 4096; f.dstate = kSelectiveScanMaxDState;
         f.groups_B = groups_B; f.groups_C = groups_C; f.dtype = dtype;
+        f.z = &f;  // with z: the z tile takes shared memory only when z is given
         fwd = std::max(fwd, selective_scan_fwd_smem_bytes(f));
         SelectiveScanBwdParams b;
         b.batch = 1; b.dim = 64; b.seqlen = 4096; b.dstate = kSelectiveScanMaxDState;
         b.groups_B = groups_B; b.groups_C = groups_C; b.dtype = dtype;
+        b.z = &b;
         bwd = std::max(bwd, selective_scan_bwd_smem_bytes(b));
       }
     }
