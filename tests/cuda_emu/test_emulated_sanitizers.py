@@ -5,8 +5,9 @@ Opt-in, since a sanitized build of selective_scan.cu takes minutes:
     PYNEURO_EMU_SANITIZE=address,undefined .venv/bin/python -m pytest -q tests/cuda_emu/test_emulated_sanitizers.py
     PYNEURO_EMU_SANITIZE=thread            .venv/bin/python -m pytest -q tests/cuda_emu/test_emulated_sanitizers.py
 
-Each mode first shows that it catches the bug planted in a small kernel (a write past the dynamic
-shared memory for ASan; a shared-memory read with no barrier after the write for TSan), then runs
+Each mode first shows that it catches the bugs planted in small kernels (a write past the dynamic
+shared memory and a misaligned float4 load for ASan+UBSan; a shared-memory read with no barrier
+after the write for TSan), then runs
 the selective-scan self-check (tools/cuda_emu/drivers/selective_scan_selfcheck.cpp) and requires
 it clean.
 """
@@ -50,10 +51,14 @@ def test_sanitizer_sees_planted_bug(mode):
     if mode == "thread":
         rc, log = _run(exe, "reverse-race")
         assert "WARNING: ThreadSanitizer: data race" in log and "emu_selftest.cu" in log, log[-3000:]
+        assert rc != 0
     else:
         rc, log = _run(exe, "smem-overflow")
         assert "AddressSanitizer: heap-buffer-overflow" in log and "emu_selftest.cu" in log, log[-3000:]
-    assert rc != 0
+        assert rc != 0
+        rc, log = _run(exe, "misaligned")
+        assert "misaligned address" in log and "float4" in log and "emu_selftest.cu" in log, log[-3000:]
+        assert rc != 0
 
 
 @pytest.mark.parametrize("mode", MODES or ["none"])

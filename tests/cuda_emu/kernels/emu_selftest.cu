@@ -75,6 +75,12 @@ __global__ void smem_overflow_kernel(int n_floats) {
   if (threadIdx.x == 0) buf[n_floats] = 1.f;
 }
 
+// Bug: a float4 load from an address 4 bytes past a 16-byte boundary (UBSan: misaligned).
+__global__ void misaligned_kernel(const float* p, float* out) {
+  const float4 v = *reinterpret_cast<const float4*>(p + 1);
+  out[threadIdx.x] = v.x;
+}
+
 template <typename T>
 __global__ void fill_kernel(T* out, T value, int n) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -127,6 +133,11 @@ int selftest_smem(long long bytes, int attr_bytes) {
 
 int selftest_smem_overflow(int n_floats) {
   smem_overflow_kernel<<<1, 32, n_floats * sizeof(float)>>>(n_floats);
+  return cudaGetLastError();
+}
+
+int selftest_misaligned(const float* p, float* out) {
+  misaligned_kernel<<<1, 1>>>(p, out);
   return cudaGetLastError();
 }
 

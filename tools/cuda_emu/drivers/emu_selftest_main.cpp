@@ -3,6 +3,7 @@
 //   reverse-ok        the block-reversal kernel with its barrier (clean)
 //   reverse-race      the same without the barrier (TSan: data race on shared memory)
 //   smem-overflow     a write one float past the dynamic shared memory (ASan: heap-buffer-overflow)
+//   misaligned        a float4 load from an address that is not 16-byte aligned (UBSan)
 #include <cstdio>
 #include <cstring>
 #include <vector>
@@ -10,6 +11,7 @@
 extern "C" {
 int selftest_reverse(float* out, int blocks, int threads, int with_barrier);
 int selftest_smem_overflow(int n_floats);
+int selftest_misaligned(const float* p, float* out);
 }
 
 int main(int argc, char** argv) {
@@ -19,8 +21,11 @@ int main(int argc, char** argv) {
   if (!std::strcmp(what, "reverse-ok")) rc = selftest_reverse(out.data(), 2, 64, 1);
   else if (!std::strcmp(what, "reverse-race")) rc = selftest_reverse(out.data(), 2, 64, 0);
   else if (!std::strcmp(what, "smem-overflow")) rc = selftest_smem_overflow(64);
-  else {
-    std::fprintf(stderr, "usage: %s reverse-ok|reverse-race|smem-overflow\n", argv[0]);
+  else if (!std::strcmp(what, "misaligned")) {
+    alignas(16) float in[8] = {};
+    rc = selftest_misaligned(in, out.data());
+  } else {
+    std::fprintf(stderr, "usage: %s reverse-ok|reverse-race|smem-overflow|misaligned\n", argv[0]);
     return 2;
   }
   std::printf("%s: launch returned %d\n", what, rc);
