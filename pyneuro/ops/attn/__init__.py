@@ -25,6 +25,9 @@ def _check(q, k, v, softmax_scale):
             raise TypeError(f"attention: {name} must be a floating tensor, got {t.dtype}")
     if k.shape != v.shape:
         raise ValueError(f"attention: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if q.shape[-1] < 1:
+        raise ValueError(f"attention: head_dim (the last dimension of q, k, v) must be at least 1, got shape "
+                         f"{tuple(q.shape)}")
     if q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
         raise ValueError(
             f"attention: q {tuple(q.shape)} and k {tuple(k.shape)} must agree in batch, heads and head_dim")

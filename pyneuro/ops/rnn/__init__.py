@@ -42,6 +42,7 @@ def _check(op: str, gates: int, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr=None) ->
     if x.shape[0] == 0:
         raise ValueError(f"{op}: x must hold at least one time step, got seq_len 0")
     _require_float_tensor(op, "w_ih", w_ih)
+    _require_float_tensor(op, "w_hh", w_hh)  # required; the loop below skips the optional ones
     if w_ih.dim() != 2 or w_ih.shape[0] == 0 or w_ih.shape[0] % gates:
         raise ValueError(
             f"{op}: w_ih must be 2-D ({gates}*hidden_size, input_size), got shape {tuple(w_ih.shape)}")
