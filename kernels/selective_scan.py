@@ -80,13 +80,14 @@ MAX_CHUNK_SIZE = 256
 MAX_N = 256
 # Launch shape: BLOCK_D channels per tile so that a (BLOCK_D, BLOCK_N, BLOCK_L) tile has at most
 # _*_TILE elements, and enough warps that each thread holds at most _*_PER_THREAD of them. Chosen from
-# ptxas reports (scripts/triton_compile.py, sm_80 and sm_90, Triton 3.9), all flags on:
-# * forward: 8 elements per thread on up to 16 warps stays under 128 registers up to N = 64.
+# ptxas reports (scripts/triton_compile.py, sm_80 and sm_90, Triton 3.6 and 3.9), all flags on:
+# * forward: tiles of 2048 on 8 warps (8 elements per thread) need at most 128 registers up to
+#   N = 128 (4096 on 16 warps spilled 8 B at N = 4, sm_80, Triton 3.6).
 # * backward: it keeps ~4x more tiles alive (states, adjoints, two scans). 2 elements per thread on
 #   16 warps fits the 128-register cap (4 spill there, e.g. (2, 16, 64): 24 B on sm_90). Where one
 #   channel alone exceeds the tile (BLOCK_N·BLOCK_L = 2048), 8 warps with 8 elements per thread
 #   fit in 255 registers; beyond that (N·chunk ≥ 4096) it spills, hence default_chunk_size(N).
-_FWD_TILE, _FWD_PER_THREAD = 4096, 8
+_FWD_TILE, _FWD_PER_THREAD = 2048, 8
 _BWD_TILE, _BWD_PER_THREAD = 1024, 2
 _MAX_BLOCK_D = 16
 # The backward splits a segment's channels over at most _MAX_SPLITS programs (fewer once
