@@ -7,19 +7,32 @@ so an element a kernel fails to write shows up as non-finite.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import shutil
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from pyneuro.ops.scan.naive import selective_scan_naive
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tools" / "cuda_emu"))
-import build as emu_build  # noqa: E402
+
+
+def _load_build_module():
+    """tools/cuda_emu/build.py under a unique name (tools/ is not a package)."""
+    name = "cuda_emu_build"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "tools" / "cuda_emu" / "build.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+emu_build = _load_build_module()
 
 DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 SCHEDULES = {"forward": 0, "reverse": 1, "random": 2}
@@ -29,6 +42,17 @@ DEFAULT_CHUNK = 64  # kSelectiveScanDefaultChunk
 
 def gxx_missing() -> str | None:
     return None if shutil.which(emu_build.CXX) else f"{emu_build.CXX} not found (the emulator compiles the kernels with it)"
+
+
+def build_or_fail(target: str):
+    """The target's path. A build failure is a test failure, not a skip: the .cu or the emulator
+    changed in a way the other no longer handles."""
+    if (why := gxx_missing()) is not None:
+        pytest.skip(why)
+    try:
+        return emu_build.build(target)
+    except emu_build.BuildError as e:
+        pytest.fail(f"building the emulated {target} failed:\n{e}", pytrace=False)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import subprocess
 
 import pytest
 
-from conftest import build_or_fail
+from emu_scan import build_or_fail
 
 MODES = [m for m in [os.environ.get("PYNEURO_EMU_SANITIZE", "")] if m]
 pytestmark = [

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_or_fail
-from emu_scan import emu_build
+from emu_scan import build_or_fail, emu_build
 
-import rewrite_cu  # tools/cuda_emu, put on sys.path by emu_scan
+rewrite_cu = emu_build.rewrite_cu
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import hashlib
+import importlib.util
 import os
 import re
 import shutil
@@ -28,8 +29,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(HERE))
-import rewrite_cu  # noqa: E402
+
+
+def _load_sibling(name: str):
+    """tools/cuda_emu/<name>.py, without putting tools/cuda_emu on sys.path."""
+    spec = importlib.util.spec_from_file_location(f"cuda_emu_{name}", HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+rewrite_cu = _load_sibling("rewrite_cu")
 
 CXX = os.environ.get("CXX", "g++")
 BASE_FLAGS = ["-std=c++17", "-fPIC", "-fno-strict-aliasing", "-fno-math-errno", "-pthread",
