@@ -570,14 +570,10 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
         const float An = active ? p.A[dN + n] : 0.f, A2 = An * kLog2e;
         const float Bn = (!kBVar && active) ? Bconst[dN + n] : 0.f;
         const float Cn = (!kCVar && active) ? Cconst[dN + n] : 0.f;
-        // running per-warp partials of this (b, d, n), updated by this thread only
+        // This slice's terms of the per-warp partials of (b, d, n), added to them by this thread
+        // only, each as soon as it is complete (fewer live registers in the reverse replay).
         float accA = 0.f, accB = 0.f, accC = 0.f;
         const int64_t wi = wcol + n * wstride;
-        if (!first && active) {
-          accA = p.ws_dA[wi];
-          if (!kBVar) accB = p.ws_dB_const[wi];
-          if (!kCVar) accC = p.ws_dC_const[wi];
-        }
         const float* const Brow = s_B + nl * kTile + warp * kSteps;
         const float* const Crow = s_C + nl * kTile + warp * kSteps;
 
@@ -627,6 +623,7 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
             }
             if (has_z) stq(yrow + 4 * q, yq);
           }
+          if (!kCVar && active) p.ws_dC_const[wi] = first ? accC : p.ws_dC_const[wi] + accC;
 
           // -- reverse: local pass from H = 0; slope is the same P
           float H = 0.f;
@@ -636,6 +633,9 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
 #pragma unroll
             for (int i = 3; i >= 0; --i) H = a[4 * q + i] * fmaf(dy[4 * q + i], cq.v[i], H);
           }
+          // P again from this thread's own aggregate (after a barrier, so it is a reload and P is
+          // not held in a register through the forward replay)
+          P = agg[warp * kLanes + lane].x;
           float rin = 0.f;
           if (warp == kWarps - 1) { rin = s_rc[n * kLanes + lane]; H = fmaf(P, rin, H); }
           s_aggR[warp * kLanes + lane] = make_float2(P, H);
@@ -673,9 +673,8 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
           if (warp == 0) s_rc[n * kLanes + lane] = H;  // warp 3 read it before the barrier
         }
         if (active) {
-          p.ws_dA[wi] = accA;
-          if (!kBVar) p.ws_dB_const[wi] = accB;
-          if (!kCVar) p.ws_dC_const[wi] = accC;
+          p.ws_dA[wi] = first ? accA : p.ws_dA[wi] + accA;
+          if (!kBVar) p.ws_dB_const[wi] = first ? accB : p.ws_dB_const[wi] + accB;
         }
         // Sum this slice's dB/dC terms over the 32 lanes. Done after a third barrier, where a and x
         // of the slice are dead (inlined between the scans it spilled); the buffers are written
