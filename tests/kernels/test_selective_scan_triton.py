@@ -157,7 +157,7 @@ CASES = [
 # The flip fallback changes only the backward's adjoint scan: run it on the cases that cover its
 # branches (C variable/grouped/constant, with and without z, padded last chunks, no dlast, the
 # smallest chunk), not on all.
-_FLIP_CASES = ("L7-N16-grouped-noopts", "L63-N16-const-4chunks", "L33-N5-Bconst-Cgrouped-nodlast",
+_FLIP_CASES = ("L7-N16-grouped-noopts", "L33-N16-Bvar-Cconst-3chunks", "L33-N5-Bconst-Cgrouped-nodlast",
                "L20-N8-G2xG3-mixed-groups", "L7-N2-min-chunk")
 _FP32_RUNS = [(c, "native") for c in CASES] + [(c, "flip") for c in CASES if c[0] in _FLIP_CASES]
 
