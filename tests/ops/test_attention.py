@@ -118,10 +118,40 @@ def test_named_backend_unavailable_on_cpu_says_why():
         attention(q, q, q, backend="triton")
 
 
+def _uniform_scores_case(lq=5, lk=7, d=8):
+    """q = 0 gives every key the same score, so the output is the plain mean of the values seen:
+    all of v (non-causal), or v[0..i] for query i (causal, top-left aligned)."""
+    _, k, v = make_qkv(lq, lk, d, torch.float64, batch=1, heads=2)
+    q = torch.zeros(1, 2, lq, d, dtype=torch.float64)
+    mean_all = v.mean(-2, keepdim=True).expand(-1, -1, lq, -1)
+    assert lq <= lk  # so query i sees keys 0..i
+    running_mean = v.cumsum(-2)[..., :lq, :] / torch.arange(1, lq + 1, dtype=torch.float64)[:, None]
+    return q, k, v, mean_all, running_mean
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_closed_forms(backend):
+    q, k, v, mean_all, running_mean = _uniform_scores_case()
+    torch.testing.assert_close(attention(q, k, v, backend=backend), mean_all, atol=1e-12, rtol=0)
+    torch.testing.assert_close(attention(q, k, v, causal=True, backend=backend), running_mean, atol=1e-12, rtol=0)
+
+    # One-hot scores: key j is e_j scaled up so softmax is one-hot (exp(-60) ~ 1e-26 elsewhere);
+    # query i points at key perm[i], so output row i is exactly v[perm[i]].
+    lk, d = 6, 8
+    keys = torch.zeros(1, 1, lk, d, dtype=torch.float64)
+    keys[0, 0, torch.arange(lk), torch.arange(lk)] = 60.0
+    perm = torch.tensor([3, 0, 5, 1])
+    queries = torch.zeros(1, 1, len(perm), d, dtype=torch.float64)
+    queries[0, 0, torch.arange(len(perm)), perm] = 1.0
+    values = torch.randn(1, 1, lk, d, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    out = attention(queries, keys, values, softmax_scale=1.0, backend=backend)
+    torch.testing.assert_close(out[0, 0], values[0, 0, perm], atol=1e-12, rtol=0)
+
+
 def test_env_backend_override_is_honoured(monkeypatch):
-    q = _t(1, 1, 4, 8)
+    q, k, v, mean_all, _ = _uniform_scores_case()
     monkeypatch.setenv("PYNEURO_BACKEND", "triton")
     with pytest.raises(_backends.BackendUnavailableError, match="triton"):
-        attention(q, q, q)
+        attention(q, k, v)
     monkeypatch.setenv("PYNEURO_BACKEND", "reference")
-    torch.testing.assert_close(attention(q, q, q), sdpa(q, q, q, False))
+    torch.testing.assert_close(attention(q, k, v), mean_all, atol=1e-12, rtol=0)
