@@ -72,7 +72,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import affine_combine, exp, reversed_range_mask, sigmoid, softplus
+from ._common import affine_combine, exp, range_mask, reversed_range_mask, sigmoid, softplus
 
 DEFAULT_CHUNK_SIZE = 64  # for N <= 32; see default_chunk_size(N)
 MIN_CHUNK_SIZE = 4
@@ -173,8 +173,7 @@ def _ssm_fwd_kernel(
         x = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
 
     for k in range(0, n_chunks):
-        t = k * BLOCK_L + l_idx
-        t_mask = t < L
+        t, t_mask = range_mask(k * BLOCK_L, BLOCK_L, L)
         dl_mask = d_mask[:, None] & t_mask[None, :]
         nl_mask = n_mask[:, None] & t_mask[None, :]
         io = row + t[None, :]
@@ -264,8 +263,7 @@ def _ssm_bwd_kernel(
         tl.debug_barrier()
         g_rd = g_ptr + ((k + 1) % 2) * batch * dim * N
         g_wr = g_ptr + (k % 2) * batch * dim * N
-        t = k * BLOCK_L + l_idx
-        t_mask = t < L
+        t, t_mask = range_mask(k * BLOCK_L, BLOCK_L, L)
         nl_mask = n_mask[:, None] & t_mask[None, :]
         if B_VAR:
             Bt = tl.load(B_base + t[None, :], mask=nl_mask, other=0.0).to(tl.float32)[None, :, :]
