@@ -400,9 +400,9 @@ selective_scan_fwd_kernel(const SelectiveScanFwdParams p) {
 // Shared memory (fp32): δ, u, dout tiles 3 x 32 x 68 (+ z with z); B, C rows 16 x 64 and dB/dC
 // terms 64 x 36 each (when variable); aggregates 3 x 4 x 32 float2; state and adjoint carries
 // 2 x 32 x N. With z and variable B, C: 67 KiB at N = 16 (3 blocks per SM on H100, 2 on A100),
-// 127 KiB at N = 256. Registers: 168 (3 blocks, 12 warps per SM); in the variable-B/C variants
-// ptxas spills a few block-level values (<= 76 bytes, reloaded a few times per slice or tile,
-// never inside the 16-step loops), as the code before common.cuh did (<= 80 bytes).
+// 127 KiB at N = 256. Registers: 168 (3 blocks, 12 warps per SM); in most variable-B/C variants
+// ptxas spills a few block-level values (<= 48 bytes stored, reloaded a few times per slice or
+// tile, never inside the 16-step loops), as the code before common.cuh did (<= 80 bytes).
 // HBM traffic: u, delta, z, dout read once, du, ddelta, dz written once, chunk_states read once;
 // variable dB/dC partials of dim/32 rows x (N, L) per (batch, group) written once and read once
 // by sum_partials_kernel.
