@@ -18,19 +18,19 @@ import subprocess
 
 import pytest
 
-from emu_scan import build_or_fail
+from emu_scan import emu_build, gxx_missing
 
 MODES = [m for m in [os.environ.get("PYNEURO_EMU_SANITIZE", "")] if m]
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not MODES, reason="opt-in: set PYNEURO_EMU_SANITIZE=address,undefined or thread "
                                          "(each sanitized build takes minutes)"),
+    pytest.mark.skipif(gxx_missing() is not None, reason=str(gxx_missing())),
 ]
 ENV = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0", TSAN_OPTIONS="halt_on_error=0")
 
 
 def _build(target, mode):
-    from emu_scan import emu_build
     try:
         return emu_build.build(target, sanitize=mode)
     except emu_build.BuildError as e:
@@ -44,7 +44,6 @@ def _run(exe, *args, timeout=900):
 
 @pytest.mark.parametrize("mode", MODES or ["none"])
 def test_sanitizer_sees_planted_bug(mode):
-    build_or_fail("emu_selftest")  # skips without g++
     exe = _build("emu_selftest_main", mode)
     rc, log = _run(exe, "reverse-ok")
     assert rc == 0 and "Sanitizer" not in log, log[-3000:]
@@ -63,7 +62,6 @@ def test_sanitizer_sees_planted_bug(mode):
 
 @pytest.mark.parametrize("mode", MODES or ["none"])
 def test_selective_scan_is_clean(mode):
-    build_or_fail("emu_selftest")
     exe = _build("selective_scan_selfcheck", mode)
     rc, log = _run(exe)
     assert rc == 0 and "Sanitizer" not in log, log[-6000:]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from emu_scan import build_or_fail, emu_build
+from emu_scan import build_or_fail, emu_build, gxx_missing
 
 rewrite_cu = emu_build.rewrite_cu
 
@@ -177,7 +177,8 @@ def test_multiline_template_launch(selftest):
     assert torch.equal(out, torch.full((300,), 2.5, dtype=torch.float64))
 
 
-def test_builder_reports_compile_errors(tmp_path, monkeypatch):
+@pytest.mark.skipif(gxx_missing() is not None, reason=str(gxx_missing()))
+def test_builder_reports_compile_errors(tmp_path):
     """A .cu the emulator cannot compile is a BuildError carrying the compiler's message."""
     bad = tmp_path / "bad.cu"
     bad.write_text('__global__ void k(float* p) { asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(*p) : "f"(*p)); }\n')
