@@ -49,10 +49,10 @@ def softplus(x):
     log1p(e) as log(w)·e/(w−1) with w = 1 + e (Goldberg): the quotient cancels the rounding of w, so
     small e keeps its precision without a log1p (not available on every Triton version).
     """
-    e = exp(tl.minimum(x, 20.0))
+    e = exp(tl.minimum(x, 20.0))  # tl.minimum drops a NaN: it is restored below
     w = 1.0 + e
     lp = tl.where(w == 1.0, e, tl.log(w) * (e / tl.where(w == 1.0, 1.0, w - 1.0)))
-    return tl.where(x > 20.0, x, lp)
+    return tl.where((x > 20.0) | (x != x), x, lp)
 
 
 @triton.jit
