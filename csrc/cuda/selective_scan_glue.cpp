@@ -100,7 +100,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_scan_fwd_cuda(
   p.last_state = last_state.data_ptr<float>();
   p.chunk_states = chunk_states.data_ptr<float>();
   const cudaError_t err = pyneuro::cuda::selective_scan_fwd(p, at::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, kOp, " (cuda backend): forward launch failed: ", cudaGetErrorString(err));
+  TORCH_CHECK(err == cudaSuccess, kOp, " (cuda backend): forward launch failed: ", cudaGetErrorName(err), " (",
+              cudaGetErrorString(err), ")");
   return {out, last_state, chunk_states};
 }
 
@@ -160,7 +161,8 @@ selective_scan_bwd_cuda(const at::Tensor& dout, const std::optional<at::Tensor>&
   at::Tensor workspace = at::empty({pyneuro::cuda::selective_scan_bwd_workspace_floats(p)}, f32);
   p.workspace = workspace.data_ptr<float>();
   const cudaError_t err = pyneuro::cuda::selective_scan_bwd(p, at::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, kOp, " (cuda backend): backward launch failed: ", cudaGetErrorString(err));
+  TORCH_CHECK(err == cudaSuccess, kOp, " (cuda backend): backward launch failed: ", cudaGetErrorName(err), " (",
+              cudaGetErrorString(err), ")");
   return {du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state};
 }
 
