@@ -25,6 +25,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -101,6 +102,18 @@ def _compile(src: Path, obj: Path, flags: list[str]) -> None:
         raise BuildError(f"compiling {src} for cuda_emu failed:\n{' '.join(cmd)}\n{r.stderr[-6000:]}{hint}")
 
 
+def _prune(root: Path, prefix: str, keep: Path, n_keep: int = 3) -> None:
+    """Drop all but the n_keep newest cached builds of one target and mode (sources change often
+    while kernels are being written; a process still using a deleted .so keeps its mapping)."""
+    old = sorted((p for p in root.glob(prefix + "*") if p.is_dir() and ".tmp" not in p.name and p != keep),
+                 key=lambda p: p.stat().st_mtime, reverse=True)
+    for p in old[n_keep - 1:]:
+        shutil.rmtree(p, ignore_errors=True)
+    for p in root.glob(prefix + "*.tmp*"):  # left by failed or interrupted builds
+        if time.time() - p.stat().st_mtime > 3600:
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def build(target: str = "selective_scan", sanitize: str | None = None, verbose: bool = False) -> Path:
     """Build (or find in the cache) the target; returns the library or executable path."""
     if sanitize is not None and sanitize not in SANITIZE_CHOICES:
@@ -148,6 +161,7 @@ def build(target: str = "selective_scan", sanitize: str | None = None, verbose: 
         tmp.rename(out_dir)
     except OSError:  # built concurrently by another process: use theirs
         shutil.rmtree(tmp, ignore_errors=True)
+    _prune(out_dir.parent, f"{target}-{mode}-", keep=out_dir)
     if verbose:
         print(f"built {product}", file=sys.stderr)
     return product
