@@ -80,13 +80,14 @@ pyneuro::cpu::VecFn vec_fn(const std::string& name) {
   using pyneuro::cpu::VecFn;
   if (name == "exp") return VecFn::kExp;
   if (name == "exp2") return VecFn::kExp2;
+  if (name == "exp2_clamped") return VecFn::kExp2Clamped;
   if (name == "log1p") return VecFn::kLog1p;
   if (name == "softplus") return VecFn::kSoftplus;
   if (name == "sigmoid") return VecFn::kSigmoid;
   if (name == "tanh") return VecFn::kTanh;
   if (name == "silu") return VecFn::kSilu;
   throw py::value_error("_vec_math: unknown function '" + name +
-                        "'; expected exp, exp2, log1p, softplus, sigmoid, tanh or silu");
+                        "'; expected exp, exp2, exp2_clamped, log1p, softplus, sigmoid, tanh or silu");
 }
 
 // out[i] = fn(x[i]) with csrc/cpu/vec_math.h compiled for `isa`; x and out are float32 buffers

@@ -35,7 +35,7 @@ using ScanBwdResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                                  at::Tensor, at::Tensor>;
 
 // The functions of csrc/cpu/vec_math.h, for the test entry point _vec_math.
-enum class VecFn { kExp, kExp2, kLog1p, kSoftplus, kSigmoid, kTanh, kSilu };
+enum class VecFn { kExp, kExp2, kExp2Clamped, kLog1p, kSoftplus, kSigmoid, kTanh, kSilu };
 
 // What each variant defines (csrc/cpu/isa/*.cpp). Arguments are checked before these are called
 // (csrc/common/selective_scan_args.h); `s` holds the checked sizes.

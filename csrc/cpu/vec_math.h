@@ -20,7 +20,8 @@
 //   silu      3 ulp    x * sigmoid(x); x < -87.34: -0 (|exact| < 88 FLT_MIN there)
 // Every function propagates NaN and gets +-0 and +-inf right (see each comment).
 // exp2_clamped and exp_clamped are the hot loops' cheaper forms: same accuracy inside their
-// clamp range, the bound's value outside it.
+// clamp range, the bound's value outside it (exp2_clamped is tested through the `exp2_clamped`
+// entry of the test hook).
 //
 // Clamps and selects act on the bits with integer operations, not float compares: without
 // -fno-trapping-math GCC will not turn a float compare-and-select into a vector blend.
@@ -85,14 +86,88 @@ PYNEURO_VEC_INLINE float clamp_bits(float x, uint32_t lo_bits, uint32_t hi_bits)
   return bits_float(clamped | (ix & 1u));
 }
 
-// 2^x. Inputs are clamped to [-126, 127] with no overflow/underflow handling, so 2^-126 stands
-// for anything smaller and 2^127 for anything larger: the form the kernels' decays need
-// (a_t = exp(dt A) = 2^(dt A log2 e) with A log2 e precomputed; x - round(x) is exact, so this
-// is exp's range reduction without its multiply and two-constant subtraction). NaN -> NaN.
-PYNEURO_VEC_INLINE float exp2_clamped(float x) {
-  const float c = clamp_bits(x, 0xC2FC0000u /* -126 */, 0x42FE0000u /* 127 */);
+// The value x, hidden from the optimiser (the asm emits no instruction). Clamp bounds must be
+// opaque: when GCC knows a bound it evaluates the function at the bound at compile time and
+// branches around the arithmetic, which ends the loop's vectorisation. Call it outside the loop.
+PYNEURO_VEC_INLINE float opaque(float x) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm("" : "+x"(x));
+#else
+  asm("" : "+r"(x));
+#endif
+  return x;
+}
+
+// The clamp range of exp2_clamped, made opaque (see opaque()): build it once, outside the loop.
+struct Exp2Range {
+  float lo, hi;
+};
+PYNEURO_VEC_INLINE Exp2Range exp2_range() { return {opaque(-126.f), opaque(127.f)}; }
+
+// 2^x for the kernels' hot loops, x clamped to [-126, 127] (so 2^-126 stands for anything
+// smaller and 2^127 for anything larger): the decays a_t = exp(dt A) = 2^(dt A log2 e), with
+// A log2 e precomputed; x - round(x) is exact, so this is exp's range reduction without its
+// multiply and two-constant subtraction. 1 ulp like exp2 inside the range. The clamp is a float
+// max and min (one instruction each) whose operand order lets a NaN through, so NaN -> NaN with
+// no extra work: ~15 vector instructions in all.
+PYNEURO_VEC_INLINE float exp2_clamped(float x, Exp2Range range) {
+  const float c = std::min(std::max(x, range.lo), range.hi);  // x < lo ? lo : x: NaN stays x
   const float k = (c + kRoundToInt) - kRoundToInt;
-  return keep_nan(pow2_split(k, c - k), x);
+  return pow2_split(k, c - k);
+}
+
+// Vector values for hot loops whose state must stay in registers across iterations: an array
+// indexed inside `omp simd` is kept in memory, which puts a store-to-load round trip on the
+// recurrence. fvec is the widest native vector of the translation unit's ISA (GCC handles
+// vectors wider than the hardware's poorly: it spills them), f32x16 a fixed 16 lanes for
+// shuffles (the kernels' row sums).
+#if defined(__GNUC__) && !defined(__clang__)
+// Used only in always-inline functions, so the vector-argument ABI that GCC warns about never applies.
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+#if defined(__AVX512F__)
+constexpr int kNativeLanes = 16;
+#elif defined(__AVX__)
+constexpr int kNativeLanes = 8;
+#else
+constexpr int kNativeLanes = 4;  // SSE2, NEON
+#endif
+typedef float fvec __attribute__((vector_size(kNativeLanes * 4)));
+typedef int32_t ivec __attribute__((vector_size(kNativeLanes * 4)));
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+
+PYNEURO_VEC_INLINE fvec load_vec(const float* p) {
+  fvec v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+PYNEURO_VEC_INLINE void store_vec(float* p, fvec v) { std::memcpy(p, &v, sizeof v); }
+PYNEURO_VEC_INLINE f32x16 load16(const float* p) {
+  f32x16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+PYNEURO_VEC_INLINE void store16(float* p, f32x16 v) { std::memcpy(p, &v, sizeof v); }
+
+// exp2_clamped on a native vector: the same operations in the same order, so the same results.
+// The clamp compiles to one max and one min (lo and hi are opaque, see Exp2Range).
+PYNEURO_VEC_INLINE fvec exp2_clamped(fvec x, Exp2Range range) {
+  const fvec lo = fvec{} + range.lo, hi = fvec{} + range.hi;
+  fvec c = x < lo ? lo : x;  // a NaN x fails both compares and passes through
+  c = hi < c ? hi : c;
+  const fvec k = (c + kRoundToInt) - kRoundToInt;
+  const fvec f = c - k;
+  fvec p = f * 1.535335904918611e-4f + 1.3398876180872321e-3f;
+  p = p * f + 9.618437848985195e-3f;
+  p = p * f + 5.5503323674201965e-2f;
+  p = p * f + 2.4022647738456726e-1f;
+  p = p * f + 6.931471824645996e-1f;
+  p = p * f + 1.f;
+  const ivec scale_bits = (__builtin_convertvector(k, ivec) + 127) << 23;
+  fvec scale;
+  std::memcpy(&scale, &scale_bits, sizeof scale);
+  return p * scale;
 }
 
 // p * 2^k for an integer k in [-126, 128], in two factors so that k = 128 (x just below 128,

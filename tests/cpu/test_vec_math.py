@@ -26,6 +26,7 @@ FLT_MIN = 2.0 ** -126
 BOUNDS = {
     "exp": (1, FLT_MIN),
     "exp2": (1, FLT_MIN),
+    "exp2_clamped": (1, 0.0),
     "log1p": (2, 0.0),
     "softplus": (3, FLT_MIN),
     "sigmoid": (2, FLT_MIN),
@@ -42,6 +43,7 @@ def _reference(name: str, x: torch.Tensor) -> torch.Tensor:
     return {
         "exp": torch.exp,
         "exp2": torch.exp2,
+        "exp2_clamped": lambda v: torch.exp2(v.clamp(-126, 127)),  # the kernels' decay: clamped, no inf/0
         "log1p": torch.log1p,
         "softplus": lambda v: torch.logaddexp(v, torch.zeros_like(v)),  # no overflow for large v
         "sigmoid": torch.sigmoid,
@@ -55,6 +57,8 @@ SPECIALS = {
     "exp": [(0.0, 1.0), (-0.0, 1.0), (math.inf, math.inf), (-math.inf, 0.0), (89.0, math.inf), (-104.0, 0.0)],
     "exp2": [(0.0, 1.0), (-0.0, 1.0), (math.inf, math.inf), (-math.inf, 0.0), (128.0, math.inf), (1.0, 2.0),
              (-126.0, FLT_MIN)],
+    "exp2_clamped": [(0.0, 1.0), (1.0, 2.0), (-126.0, FLT_MIN), (-1000.0, FLT_MIN), (-math.inf, FLT_MIN),
+                     (127.0, 2.0 ** 127), (math.inf, 2.0 ** 127)],
     "log1p": [(0.0, 0.0), (-0.0, -0.0), (-1.0, -math.inf), (-2.0, None), (-math.inf, None), (math.inf, math.inf)],
     "softplus": [(math.inf, math.inf), (-math.inf, 0.0), (0.0, math.log(2.0))],
     "sigmoid": [(0.0, 0.5), (-0.0, 0.5), (math.inf, 1.0), (-math.inf, 0.0)],

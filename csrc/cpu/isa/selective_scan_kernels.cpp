@@ -1,4 +1,6 @@
-// Selective scan (Mamba's S6 recurrence) on the CPU: pyneuro::selective_scan_fwd / _bwd.
+// Selective scan (Mamba's S6 recurrence) on the CPU: the kernels behind pyneuro::selective_scan_fwd
+// / _bwd (csrc/cpu/selective_scan.cpp checks the arguments and picks the ISA variant). This file
+// is compiled once per CPU ISA variant (csrc/cpu/isa.h), into namespace pyneuro::cpu::<variant>.
 //
 // Contract (shapes, dtypes, results): docs/selective_scan_contract.md. Per channel (b, d):
 //   dt_t = softplus?(delta_t + delta_bias)       a_t = exp(dt_t * A)         (A: (dim, N))
@@ -11,11 +13,11 @@
 // block, converted to fp32 and transposed to a (T, N) "tile", making each step's N values
 // contiguous. For one channel, N is padded to a multiple of 16 lanes (padding lanes have
 // A = B = C = 0, so they stay 0) and the sequential time loop runs inside a loop over 16-lane
-// blocks, so a block's state stays in vector registers for the whole chunk; the dot products over
-// N are stored as 16-lane partials and summed 16 steps at a time (add_row_sums). The hot kernels
-// are compiled for x86-64, AVX2 and AVX-512 and the best is chosen when the library loads.
-// exp, log1p and sigmoid are branch-free polynomials that vectorise (std::exp does not without
-// -ffast-math), accurate to ~2 ulp.
+// blocks, so a block's state stays in vector registers for the whole chunk (as native-width
+// vector values, vec::fvec: an array would live in memory and put a store-to-load round trip on
+// the recurrence); the dot products over N are stored as 16-lane partials and summed 16 steps at
+// a time (add_row_sums). exp, softplus and sigmoid come from csrc/cpu/vec_math.h (branch-free,
+// vectorised, 1-3 ulp); the decay uses its exp2_clamped, ~15 vector instructions.
 //
 // Memory traffic. Forward: reads u, delta, z once (batch*dim*L each), B and C once per block of
 // 16 channels (batch*G*N*L each), writes out, last_state and the chunk_states
@@ -71,23 +73,22 @@ constexpr int64_t kMinBackwardTasks = 32;   // split a group's channels below th
 // shuffles for 16 rows. Written with GCC/Clang vector extensions, so every ISA clone gets its
 // own lowering.
 constexpr int64_t kLanes = 16;  // N is padded to a multiple of this inside the kernels
-#if defined(__GNUC__) && !defined(__clang__)
-// These helpers are always inlined, so the vector-argument ABI that GCC warns about never applies.
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-typedef float f32x16 __attribute__((vector_size(64)));
-typedef int32_t i32x16 __attribute__((vector_size(64)));
+constexpr int kVecs = kLanes / vec::kNativeLanes;  // native vectors per block of kLanes
+// Loops over a block's native vectors are unrolled, so their arrays become registers.
+#define PYNEURO_UNROLL _Pragma("GCC unroll 4")
+using vec::f32x16;
+using vec::fvec;
+using vec::i32x16;
+using vec::kNativeLanes;
+using vec::load16;
+using vec::load_vec;
+using vec::store16;
+using vec::store_vec;
 #if defined(__clang__)
 #define PYNEURO_SHUFFLE16(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
 #else  // GCC before 12 has no __builtin_shufflevector
 #define PYNEURO_SHUFFLE16(a, b, ...) __builtin_shuffle(a, b, i32x16{__VA_ARGS__})
 #endif
-
-PYNEURO_INLINE f32x16 load16(const float* p) {
-  f32x16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
 
 // One tree level: a and b each hold rows of W lanes; the result holds twice the rows of W/2.
 PYNEURO_INLINE f32x16 fold8(f32x16 a, f32x16 b) {
@@ -116,8 +117,7 @@ PYNEURO_INLINE void add_row_sums(const float* __restrict__ P, int64_t T, float* 
     for (int i = 0; i < 8; ++i) h[i] = fold8(load16(p + (2 * i) * kLanes), load16(p + (2 * i + 1) * kLanes));
     for (int i = 0; i < 4; ++i) q[i] = fold4(h[2 * i], h[2 * i + 1]);
     for (int i = 0; i < 2; ++i) e[i] = fold2(q[2 * i], q[2 * i + 1]);
-    const f32x16 sums = fold1(e[0], e[1]) + load16(out + t);  // lane i: row t + i
-    std::memcpy(out + t, &sums, sizeof sums);
+    store16(out + t, fold1(e[0], e[1]) + load16(out + t));  // lane i: row t + i
   }
   for (; t < T; ++t) {  // the last T % 16 rows
     float sum = 0.f;
@@ -253,23 +253,23 @@ void forward_channel_chunk(const ChannelChunk& cc, Workspace& ws, float* __restr
     dtu[t] = dt[t] * u[t];
     out[t] = 0.f;
   }
+  const vec::Exp2Range exp2_bounds = vec::exp2_range();
   for (int64_t n0 = 0; n0 < N; n0 += kLanes) {
-    const float* __restrict__ A2 = cc.A_log2e + n0;
-    float x[kLanes];
-    std::copy_n(state + n0, kLanes, x);
+    fvec A2[kVecs], x[kVecs];  // x: the block's state, in registers for the whole chunk
+    PYNEURO_UNROLL for (int j = 0; j < kVecs; ++j) {
+      A2[j] = load_vec(cc.A_log2e + n0 + j * kNativeLanes);
+      x[j] = load_vec(state + n0 + j * kNativeLanes);
+    }
     for (int64_t t = 0; t < T; ++t) {
       const float* __restrict__ Bt = cc.B + t * cc.B_step + n0;
       const float* __restrict__ Ct = cc.C + t * cc.C_step + n0;
-      float* __restrict__ yt = y_parts + t * kLanes;
-      const float dtt = dt[t], dtut = dtu[t];
-#pragma omp simd
-      for (int64_t l = 0; l < kLanes; ++l) {
+      PYNEURO_UNROLL for (int j = 0; j < kVecs; ++j) {
         // exp is off the state's dependency chain: out-of-order execution overlaps it with the FMAs.
-        x[l] = exp2_clamped(dtt * A2[l]) * x[l] + dtut * Bt[l];
-        yt[l] = x[l] * Ct[l];
+        x[j] = exp2_clamped(dt[t] * A2[j], exp2_bounds) * x[j] + dtu[t] * load_vec(Bt + j * kNativeLanes);
+        store_vec(y_parts + t * kLanes + j * kNativeLanes, x[j] * load_vec(Ct + j * kNativeLanes));
       }
     }
-    std::copy_n(x, kLanes, state + n0);
+    PYNEURO_UNROLL for (int j = 0; j < kVecs; ++j) store_vec(state + n0 + j * kNativeLanes, x[j]);
     add_row_sums(y_parts, T, out);
   }
   const float D = cc.D;
@@ -328,25 +328,25 @@ void backward_channel_chunk(const ChannelChunk& cc, ChannelChunkGrad& gr, Worksp
 
   // Recompute the chunk's states and decays from its first state, with dC_t += dy_t x_t (and
   // y_t, which only dz needs).
+  const vec::Exp2Range exp2_bounds = vec::exp2_range();
   for (int64_t n0 = 0; n0 < N; n0 += kLanes) {
-    const float* __restrict__ A2 = cc.A_log2e + n0;
-    float x[kLanes];
-    std::copy_n(X + n0, kLanes, x);
+    fvec A2[kVecs], x[kVecs];
+    PYNEURO_UNROLL for (int j = 0; j < kVecs; ++j) {
+      A2[j] = load_vec(cc.A_log2e + n0 + j * kNativeLanes);
+      x[j] = load_vec(X + n0 + j * kNativeLanes);
+    }
     for (int64_t t = 0; t < T; ++t) {
       const float* __restrict__ Bt = cc.B + t * cc.B_step + n0;
       const float* __restrict__ Ct = cc.C + t * cc.C_step + n0;
       float* __restrict__ dCt = gr.dC + t * gr.dC_step + n0;
-      float* __restrict__ at = decay + t * N + n0;
-      float* __restrict__ xt = X + (t + 1) * N + n0;
-      float* __restrict__ yt = y_parts + t * kLanes;
-      const float dtt = dt[t], dtut = dtu[t], dyt = dy[t];
-#pragma omp simd
-      for (int64_t l = 0; l < kLanes; ++l) {
-        at[l] = exp2_clamped(dtt * A2[l]);
-        x[l] = at[l] * x[l] + dtut * Bt[l];
-        xt[l] = x[l];
-        yt[l] = x[l] * Ct[l];
-        dCt[l] += dyt * x[l];
+      PYNEURO_UNROLL for (int j = 0; j < kVecs; ++j) {
+        const int o = j * kNativeLanes;
+        const fvec at = exp2_clamped(dt[t] * A2[j], exp2_bounds);
+        x[j] = at * x[j] + dtu[t] * load_vec(Bt + o);
+        store_vec(decay + t * N + n0 + o, at);
+        store_vec(X + (t + 1) * N + n0 + o, x[j]);
+        store_vec(y_parts + t * kLanes + o, x[j] * load_vec(Ct + o));
+        store_vec(dCt + o, load_vec(dCt + o) + dy[t] * x[j]);
       }
     }
     if (z) add_row_sums(y_parts, T, y);
@@ -363,36 +363,36 @@ void backward_channel_chunk(const ChannelChunk& cc, ChannelChunkGrad& gr, Worksp
   //   dB_t += g_t dt_t u_t      dA += dt_t (g_t a_t x_{t-1})
   //   du_t = dt_t <g_t, B_t> + D dy_t      d(dt_t) = <g_t a_t x_{t-1}, A> + u_t <g_t, B_t>
   for (int64_t n0 = 0; n0 < N; n0 += kLanes) {
-    const float* __restrict__ A = cc.A + n0;
-    float* __restrict__ dA = gr.dA + n0;
-    float g[kLanes], dA_acc[kLanes];
-    std::copy_n(gr.g + n0, kLanes, g);
-    std::fill_n(dA_acc, kLanes, 0.f);
+    fvec A[kVecs], g[kVecs], dA_acc[kVecs];
+    PYNEURO_UNROLL for (int j = 0; j < kVecs; ++j) {
+      A[j] = load_vec(cc.A + n0 + j * kNativeLanes);
+      g[j] = load_vec(gr.g + n0 + j * kNativeLanes);
+      dA_acc[j] = fvec{};
+    }
     for (int64_t t = T - 1; t >= 0; --t) {
       const float* __restrict__ at = decay + t * N + n0;
       const float* __restrict__ Bt = cc.B + t * cc.B_step + n0;
       const float* __restrict__ Ct = cc.C + t * cc.C_step + n0;
       const float* __restrict__ xp = X + t * N + n0;  // x_{t-1}
       float* __restrict__ dBt = gr.dB + t * gr.dB_step + n0;
-      float* __restrict__ gB = gB_parts + t * kLanes;
-      float* __restrict__ wA = wA_parts + t * kLanes;
-      const float dyt = dy[t], dtt = dt[t], dtut = dtu[t];
-#pragma omp simd
-      for (int64_t l = 0; l < kLanes; ++l) {
-        const float gn = g[l] + dyt * Ct[l];
-        const float w = gn * at[l] * xp[l];  // dL/d(a_t) * a_t
-        dBt[l] += gn * dtut;
-        dA_acc[l] += w * dtt;
-        gB[l] = gn * Bt[l];
-        wA[l] = w * A[l];
-        g[l] = gn * at[l];
+      PYNEURO_UNROLL for (int j = 0; j < kVecs; ++j) {
+        const int o = j * kNativeLanes;
+        const fvec a = load_vec(at + o);
+        const fvec gn = g[j] + dy[t] * load_vec(Ct + o);
+        const fvec w = gn * a * load_vec(xp + o);  // dL/d(a_t) * a_t
+        store_vec(dBt + o, load_vec(dBt + o) + gn * dtu[t]);
+        dA_acc[j] += w * dt[t];
+        store_vec(gB_parts + t * kLanes + o, gn * load_vec(Bt + o));
+        store_vec(wA_parts + t * kLanes + o, w * A[j]);
+        g[j] = gn * a;
       }
     }
     add_row_sums(gB_parts, T, g_dot_B);
     add_row_sums(wA_parts, T, w_dot_A);
-    std::copy_n(g, kLanes, gr.g + n0);
-#pragma omp simd
-    for (int64_t l = 0; l < kLanes; ++l) dA[l] += dA_acc[l];
+    PYNEURO_UNROLL for (int j = 0; j < kVecs; ++j) {
+      store_vec(gr.g + n0 + j * kNativeLanes, g[j]);
+      store_vec(gr.dA + n0 + j * kNativeLanes, load_vec(gr.dA + n0 + j * kNativeLanes) + dA_acc[j]);
+    }
   }
 
   float dbias = 0.f;

@@ -20,6 +20,11 @@ void vec_math(VecFn fn, const float* x, float* y, int64_t n) {
   switch (fn) {
     case VecFn::kExp: apply(x, y, n, [](float v) { return vec::exp(v); }); break;
     case VecFn::kExp2: apply(x, y, n, [](float v) { return vec::exp2(v); }); break;
+    case VecFn::kExp2Clamped: {
+      const vec::Exp2Range range = vec::exp2_range();
+      apply(x, y, n, [range](float v) { return vec::exp2_clamped(v, range); });
+      break;
+    }
     case VecFn::kLog1p: apply(x, y, n, [](float v) { return vec::log1p(v); }); break;
     case VecFn::kSoftplus: apply(x, y, n, [](float v) { return vec::softplus(v); }); break;
     case VecFn::kSigmoid: apply(x, y, n, [](float v) { return vec::sigmoid(v); }); break;
