@@ -1,0 +1,33 @@
+"""pyneuro.bench.timing: the clock each device uses, and that it measures the work, not the launch."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from pyneuro.bench.timing import copy_bandwidth, gemm_peak, time_fn
+
+
+def test_cpu_timing_is_wall_time_of_the_call():
+    t = time_fn(lambda: time.sleep(0.02), torch.device("cpu"), warmup=0, repeats=3)
+    assert t["clock"] == "wall" and t["runs"] == 3
+    assert 0.02 <= t["min_s"] <= t["median_s"]
+
+
+def test_limits_are_positive_and_finite_on_cpu():
+    cpu = torch.device("cpu")
+    for value in (copy_bandwidth(cpu, 1 << 22), gemm_peak(cpu, torch.float32, n=256)):
+        assert 0 < value < float("inf")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_timing_uses_events_and_sees_queued_work():
+    # _sleep queues a kernel that spins ~cycles; the call returns at once, so only a device clock
+    # (CUDA events, synchronised) sees the time it takes.
+    device = torch.device("cuda")
+    cycles = 50_000_000
+    t = time_fn(lambda: torch.cuda._sleep(cycles), device, warmup=1, repeats=3)
+    assert t["clock"] == "cuda-events"
+    assert t["median_s"] > cycles / 3e9  # no GPU clocks at 3 GHz: at least ~17 ms
