@@ -78,6 +78,8 @@ constexpr int kRow = kTile + 4;             // [channel][t] row stride: a lane's
                                             // row are bank-conflict free (4 banks apart per lane)
 constexpr int kNB = 16;                     // B/C rows (states) staged in shared memory at once
 constexpr int kRedRow = kLanes + 4;         // [t][lane] rows of the dB/dC reduction buffers
+constexpr int kSlabRow = kLanes + 1;        // [n][lane] rows of A / constant B, C slabs: the
+                                            // transposing store is 2-way, the reads conflict-free
 // Blocks per SM the kernels are compiled for (__launch_bounds__): the register budget is
 // 65536 / (128 · blocks). The forward fits 128 registers (4 blocks, 16 warps per SM) without
 // spilling; the backward holds six 16-step arrays and needs 168 (3 blocks, 12 warps).
@@ -156,6 +158,22 @@ __device__ __forceinline__ void lane_delta(float* row, float bias, bool softplus
   }
 }
 
+// kNB states [n0, n0 + kNB) of a (dim, N) fp32 parameter (A, constant B or C) for the block's
+// channels, times `scale`, transposed into s[n - n0][lane] (row stride kSlabRow); 0 outside. Each
+// slice then reads its 32 values with one conflict-free LDS instead of a global load whose lanes
+// are N floats apart (32 sectors and ~16 L1 wavefronts per warp, the forward's busiest load).
+// (Rolled, with 32-bit offsets from the block's first row: unrolled, the compiler hoisted one
+// 64-bit address per iteration out of the slice loop and the kernels spilled.)
+__device__ __forceinline__ void stage_param_slab(float* s, const float* __restrict__ M, int d0, int nch,
+                                                 int N, int n0, float scale) {
+  const float* __restrict__ rows = M + int64_t(d0) * N;  // (32 x N <= 8192 floats from here)
+#pragma unroll 1
+  for (int i = threadIdx.x; i < kLanes * kNB; i += kThreads) {
+    const int r = i / kNB, j = i % kNB;  // consecutive threads read consecutive n of one channel
+    s[j * kSlabRow + r] = (r < nch && n0 + j < N) ? rows[r * N + n0 + j] * scale : 0.f;
+  }
+}
+
 // A per-channel fp32 parameter (D, delta_bias) of this lane's channel, 0 when absent. Loaded where
 // it is used (an L1 hit after the first tile) rather than held in a register across the scan.
 __device__ __forceinline__ float channel_param(const float* __restrict__ v, int d, bool active) {
@@ -205,13 +223,17 @@ constexpr int kChannelTile = kLanes * kRow;  // a [channel][t] tile
 constexpr int kStateRows = kNB * kTile;       // a B/C staging block
 constexpr int kRedTile = kTile * kRedRow;     // a dB/dC reduction buffer
 constexpr int kAggF2 = kWarps * kLanes;       // one set of (P, X) scan aggregates, in float2
+constexpr int kSlab = kNB * kSlabRow;         // a slab of A or of a constant B/C
+static_assert(kSlab % 4 == 0, "float4 alignment of what follows a slab");
+// Slabs: A, plus one per constant B/C.
+constexpr int slabs(bool B_var, bool C_var) { return 1 + !B_var + !C_var; }
 size_t fwd_smem_floats(int N, bool has_z, bool B_var, bool C_var) {
   return size_t(2 + has_z) * kChannelTile + size_t(B_var + C_var) * kStateRows + 2 * 2 * kAggF2 +
-         size_t(kLanes) * N;
+         size_t(slabs(B_var, C_var)) * kSlab + size_t(kLanes) * N;
 }
 size_t bwd_smem_floats(int N, bool has_z, bool B_var, bool C_var) {
   return size_t(3 + has_z) * kChannelTile + size_t(B_var + C_var) * (kStateRows + kRedTile) +
-         3 * 2 * kAggF2 + size_t(2) * kLanes * N;
+         3 * 2 * kAggF2 + size_t(slabs(B_var, C_var)) * kSlab + size_t(2) * kLanes * N;
 }
 
 // =================================================================================================
@@ -234,7 +256,10 @@ selective_scan_fwd_kernel(const SelectiveScanFwdParams p) {
   float* const s_delta = reinterpret_cast<float*>(smem4);   // [kLanes][kRow] raw delta
   float* const s_u = s_delta + kChannelTile;                 // [kLanes][kRow] u, then out
   float2* const s_agg = reinterpret_cast<float2*>(s_u + kChannelTile);  // [2][kWarps][kLanes]
-  float* const s_B = reinterpret_cast<float*>(s_agg + 2 * kAggF2);      // [kNB][kTile] (variable B)
+  float* const s_pA = reinterpret_cast<float*>(s_agg + 2 * kAggF2);     // [kNB][kSlabRow] A·log2(e)
+  float* const s_pB = s_pA + kSlab;                          // [kNB][kSlabRow] (constant B)
+  float* const s_pC = s_pB + (kBVar ? 0 : kSlab);            // [kNB][kSlabRow] (constant C)
+  float* const s_B = s_pC + (kCVar ? 0 : kSlab);             // [kNB][kTile] (variable B)
   float* const s_C = s_B + (kBVar ? kStateRows : 0);         // [kNB][kTile] (variable C)
   float* const s_gate = s_C + (kCVar ? kStateRows : 0);      // [kLanes][kRow] z (with z)
   float* const s_carry = s_gate + (has_z ? kChannelTile : 0);  // [N][kLanes]
@@ -253,7 +278,6 @@ selective_scan_fwd_kernel(const SelectiveScanFwdParams p) {
   const BlockTile bt = block_tile(p);
   const int64_t row0 = int64_t(b) * p.dim + bt.d0;  // (b, d0) row of u/delta/z/out/states
   const bool active = lane < bt.nch;
-  const int64_t dN = int64_t(bt.d0 + lane) * N;     // this lane's row of A / constant B, C
   const int64_t rowB = (int64_t(b) * p.groups_B + bt.gB) * N;  // (b, gB, n = 0) row of B
   const int64_t rowC = (int64_t(b) * p.groups_C + bt.gC) * N;
 
@@ -279,6 +303,9 @@ selective_scan_fwd_kernel(const SelectiveScanFwdParams p) {
     if (has_z) stage_channels(s_gate, z, row0, bt.nch, L, t0, len);
     if (kBVar) stage_states(s_B, Bvar, rowB, imin(kNB, N), L, t0, len);
     if (kCVar) stage_states(s_C, Cvar, rowC, imin(kNB, N), L, t0, len);
+    stage_param_slab(s_pA, p.A, bt.d0, bt.nch, N, 0, kLog2e);
+    if (!kBVar) stage_param_slab(s_pB, Bconst, bt.d0, bt.nch, N, 0, 1.f);
+    if (!kCVar) stage_param_slab(s_pC, Cconst, bt.d0, bt.nch, N, 0, 1.f);
     __syncthreads();
 
     // This lane's 16 steps: δ, δ·u, and y accumulated over n.
@@ -290,24 +317,20 @@ selective_scan_fwd_kernel(const SelectiveScanFwdParams p) {
 #pragma unroll
     for (int k = 0; k < kSteps; ++k) { du[k] *= dl[k]; y[k] = 0.f; }
 
-    // Per-(d, n) scalars, loaded one slice ahead to hide their latency.
-    float A_nx = active ? p.A[dN] * kLog2e : 0.f;
-    float B_nx = (!kBVar && active) ? Bconst[dN] : 0.f;
-    float C_nx = (!kCVar && active) ? Cconst[dN] : 0.f;
     for (int n = 0; n < N; ++n) {
       const int nl = n % kNB;
-      if ((kBVar || kCVar) && nl == 0 && n > 0) {
+      if (nl == 0 && n > 0) {  // the next kNB states' B/C rows and A, B, C slabs
         __syncthreads();  // everyone is done with the previous rows
         if (kBVar) stage_states(s_B, Bvar, rowB + n, imin(kNB, N - n), L, t0, len);
         if (kCVar) stage_states(s_C, Cvar, rowC + n, imin(kNB, N - n), L, t0, len);
+        stage_param_slab(s_pA, p.A, bt.d0, bt.nch, N, n, kLog2e);
+        if (!kBVar) stage_param_slab(s_pB, Bconst, bt.d0, bt.nch, N, n, 1.f);
+        if (!kCVar) stage_param_slab(s_pC, Cconst, bt.d0, bt.nch, N, n, 1.f);
         __syncthreads();
       }
-      const float A2 = A_nx, Bn = B_nx, Cn = C_nx;
-      if (n + 1 < N && active) {
-        A_nx = p.A[dN + n + 1] * kLog2e;
-        if (!kBVar) B_nx = Bconst[dN + n + 1];
-        if (!kCVar) C_nx = Cconst[dN + n + 1];
-      }
+      const float A2 = s_pA[nl * kSlabRow + lane];
+      const float Bn = kBVar ? 0.f : s_pB[nl * kSlabRow + lane];
+      const float Cn = kCVar ? 0.f : s_pC[nl * kSlabRow + lane];
 
       const float* const Brow = s_B + nl * kTile + warp * kSteps;
       const float* const Crow = s_C + nl * kTile + warp * kSteps;
@@ -418,7 +441,10 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
   float* const s_dy = s_u + kChannelTile;                   // dout, then y, then dz
   float2* const s_aggF = reinterpret_cast<float2*>(s_dy + kChannelTile);  // [2][kWarps][kLanes]
   float2* const s_aggR = s_aggF + 2 * kAggF2;               // [kWarps][kLanes]
-  float* const s_B = reinterpret_cast<float*>(s_aggR + kAggF2);  // [kNB][kTile] (variable B)
+  float* const s_pA = reinterpret_cast<float*>(s_aggR + kAggF2);  // [kNB][kSlabRow] A
+  float* const s_pB = s_pA + kSlab;                         // [kNB][kSlabRow] (constant B)
+  float* const s_pC = s_pB + (kBVar ? 0 : kSlab);           // [kNB][kSlabRow] (constant C)
+  float* const s_B = s_pC + (kCVar ? 0 : kSlab);            // [kNB][kTile] (variable B)
   float* const s_C = s_B + (kBVar ? kStateRows : 0);        // [kNB][kTile] (variable C)
   float* const s_redB = s_C + (kCVar ? kStateRows : 0);     // [kTile][kRedRow] dB terms (variable B)
   float* const s_redC = s_redB + (kBVar ? kRedTile : 0);    // [kTile][kRedRow] dC terms (variable C)
@@ -443,7 +469,6 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
   const BlockTile bt = block_tile(p);
   const int64_t row0 = int64_t(b) * p.dim + bt.d0;
   const bool active = lane < bt.nch;
-  const int64_t dN = int64_t(bt.d0 + lane) * N;
   const int64_t rowB = (int64_t(b) * p.groups_B + bt.gB) * N;
   const int64_t rowC = (int64_t(b) * p.groups_C + bt.gC) * N;
   // This thread's (warp, b, n = 0, d) entry of the per-warp partials of dA and constant dB/dC,
@@ -481,6 +506,8 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
         stage_channels(s_delta, delta, row0, bt.nch, L, s0, kTile);
         stage_channels(s_u, u, row0, bt.nch, L, s0, kTile);
         if (kBVar) stage_states(s_B, Bvar, rowB, imin(kNB, N), L, s0, kTile);
+        stage_param_slab(s_pA, p.A, bt.d0, bt.nch, N, 0, kLog2e);
+        if (!kBVar) stage_param_slab(s_pB, Bconst, bt.d0, bt.nch, N, 0, 1.f);
         __syncthreads();
         float dl[kSteps], du[kSteps];
         lane_delta(s_delta + lane * kRow + warp * kSteps, channel_param(p.delta_bias, bt.d0 + lane, active),
@@ -491,13 +518,15 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
         for (int k = 0; k < kSteps; ++k) du[k] *= dl[k];
         for (int n = 0; n < N; ++n) {
           const int nl = n % kNB;
-          if (kBVar && nl == 0 && n > 0) {
+          if (nl == 0 && n > 0) {
             __syncthreads();
-            stage_states(s_B, Bvar, rowB + n, imin(kNB, N - n), L, s0, kTile);
+            if (kBVar) stage_states(s_B, Bvar, rowB + n, imin(kNB, N - n), L, s0, kTile);
+            stage_param_slab(s_pA, p.A, bt.d0, bt.nch, N, n, kLog2e);
+            if (!kBVar) stage_param_slab(s_pB, Bconst, bt.d0, bt.nch, N, n, 1.f);
             __syncthreads();
           }
-          const float A2 = active ? p.A[dN + n] * kLog2e : 0.f;
-          const float Bn = (!kBVar && active) ? Bconst[dN + n] : 0.f;
+          const float A2 = s_pA[nl * kSlabRow + lane];
+          const float Bn = kBVar ? 0.f : s_pB[nl * kSlabRow + lane];
           float P = 1.f, X = 0.f;
 #pragma unroll
           for (int q = 0; q < kSteps / 4; ++q) {
@@ -532,6 +561,9 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
       if (has_z) stage_channels(s_z, z, row0, bt.nch, L, t0, len);
       if (kBVar) stage_states(s_B, Bvar, rowB, imin(kNB, N), L, t0, len);
       if (kCVar) stage_states(s_C, Cvar, rowC, imin(kNB, N), L, t0, len);
+      stage_param_slab(s_pA, p.A, bt.d0, bt.nch, N, 0, 1.f);
+      if (!kBVar) stage_param_slab(s_pB, Bconst, bt.d0, bt.nch, N, 0, 1.f);
+      if (!kCVar) stage_param_slab(s_pC, Cconst, bt.d0, bt.nch, N, 0, 1.f);
       __syncthreads();
 
       // This lane's 16 steps: δ, δ·u, dy = dout·silu(z) in registers, gB = Σ_n g·B accumulated in
@@ -560,17 +592,18 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
 
       for (int n = 0; n < N; ++n) {
         const int nl = n % kNB;
-        if ((kBVar || kCVar) && nl == 0 && n > 0) {
+        if (nl == 0 && n > 0) {
           __syncthreads();
           if (kBVar) stage_states(s_B, Bvar, rowB + n, imin(kNB, N - n), L, t0, len);
           if (kCVar) stage_states(s_C, Cvar, rowC + n, imin(kNB, N - n), L, t0, len);
+          stage_param_slab(s_pA, p.A, bt.d0, bt.nch, N, n, 1.f);
+          if (!kBVar) stage_param_slab(s_pB, Bconst, bt.d0, bt.nch, N, n, 1.f);
+          if (!kCVar) stage_param_slab(s_pC, Cconst, bt.d0, bt.nch, N, n, 1.f);
           __syncthreads();
         }
-        // (no prefetch of the next slice's scalars: the backward has no registers to spare; the
-        // loads are independent of the slice and issue first, and 12 warps hide them)
-        const float An = active ? p.A[dN + n] : 0.f, A2 = An * kLog2e;
-        const float Bn = (!kBVar && active) ? Bconst[dN + n] : 0.f;
-        const float Cn = (!kCVar && active) ? Cconst[dN + n] : 0.f;
+        const float An = s_pA[nl * kSlabRow + lane], A2 = An * kLog2e;
+        const float Bn = kBVar ? 0.f : s_pB[nl * kSlabRow + lane];
+        const float Cn = kCVar ? 0.f : s_pC[nl * kSlabRow + lane];
         // This slice's terms of the per-warp partials of (b, d, n), added to them by this thread
         // only, each as soon as it is complete (fewer live registers in the reverse replay).
         float accA = 0.f, accB = 0.f, accC = 0.f;
