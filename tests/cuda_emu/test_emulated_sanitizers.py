@@ -7,7 +7,7 @@ Opt-in, since a sanitized build of selective_scan.cu takes minutes:
 
 Each mode first shows that it catches the bugs planted in small kernels (a write past the dynamic
 shared memory and a misaligned float4 load for ASan+UBSan; a shared-memory read with no barrier
-after the write for TSan), then runs
+after the write, and two blocks writing one word, for TSan), then runs
 the selective-scan self-check (tools/cuda_emu/drivers/selective_scan_selfcheck.cpp) and requires
 it clean.
 """
@@ -48,9 +48,10 @@ def test_sanitizer_sees_planted_bug(mode):
     rc, log = _run(exe, "reverse-ok")
     assert rc == 0 and "Sanitizer" not in log, log[-3000:]
     if mode == "thread":
-        rc, log = _run(exe, "reverse-race")
-        assert "WARNING: ThreadSanitizer: data race" in log and "emu_selftest.cu" in log, log[-3000:]
-        assert rc != 0
+        for bug in ("reverse-race", "block-race"):
+            rc, log = _run(exe, bug)
+            assert "WARNING: ThreadSanitizer: data race" in log and "emu_selftest.cu" in log, f"{bug}: {log[-3000:]}"
+            assert rc != 0
     else:
         rc, log = _run(exe, "smem-overflow")
         assert "AddressSanitizer: heap-buffer-overflow" in log and "emu_selftest.cu" in log, log[-3000:]

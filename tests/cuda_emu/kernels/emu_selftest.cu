@@ -33,6 +33,14 @@ __global__ void reverse_kernel(float* out, int with_barrier) {
   out[blockIdx.x * n + t] = s[n - 1 - t];
 }
 
+// Bug: every block's thread 0 writes the same global after a barrier (blocks are unordered).
+__global__ void block_race_kernel(int* out) {
+  __syncthreads();
+  __syncthreads();
+  if (threadIdx.x == 0) out[0] = int(blockIdx.x);
+  __syncthreads();
+}
+
 // A static __shared__ array is per block: each block sums its own threads' ids.
 __global__ void static_shared_kernel(int* out) {
   __shared__ int total[1];
@@ -98,6 +106,11 @@ int selftest_shuffles(int* out) {
 
 int selftest_reverse(float* out, int blocks, int threads, int with_barrier) {
   reverse_kernel<<<blocks, threads, threads * sizeof(float)>>>(out, with_barrier);
+  return cudaGetLastError();
+}
+
+int selftest_block_race(int* out) {
+  block_race_kernel<<<2, 32>>>(out);
   return cudaGetLastError();
 }
 

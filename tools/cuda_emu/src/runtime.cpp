@@ -186,8 +186,12 @@ struct Worker {
   std::vector<unsigned char*> used_smem;  // TSan: freed only after the launch's last thread
   int barrier_gen = 0;
   std::vector<int> warp_gen;
-  char barrier_sync[2];            // addresses TSan keys its happens-before edges on
-  std::vector<char> warp_sync;     // 2 per warp
+  // Addresses TSan keys the block's happens-before edges on: 2 for the barrier, 2 per warp for
+  // __syncwarp (alternating generations). A fresh allocation per block, freed after it, so that
+  // no edge leads from one block's threads to the next block's (blocks are unordered).
+  char* sync = nullptr;
+  std::vector<void*> finished_tsan_fibers;
+  size_t tsan_fiber_budget = 0;
   const void* asan_sched_bottom = nullptr;
   size_t asan_sched_size = 0;
   void* tsan_sched = nullptr;
@@ -398,7 +402,7 @@ bool run_block(Worker& w, int nthreads, size_t smem, uint64_t block_seed) {
   w.fibers.assign(nthreads, Fiber{});
   while (w.stacks.size() < size_t(nthreads)) w.stacks.push_back(new_stack());
   w.warp_gen.assign(nwarps, 0);
-  w.warp_sync.assign(2 * nwarps, 0);
+  w.sync = static_cast<char*>(std::calloc(2 + 2 * nwarps, 1));
   w.barrier_gen = 0;
   // Shared memory is uninitialised on a GPU: NaN bytes make a read before a write visible.
   // Under TSan a block's buffer outlives the launch: freeing it here, with no happens-before
@@ -470,8 +474,18 @@ bool run_block(Worker& w, int nthreads, size_t smem, uint64_t block_seed) {
     g_barriers.fetch_add(1, std::memory_order_relaxed);
   }
 #if defined(CUDA_EMU_TSAN)
-  for (Fiber& f : w.fibers) __tsan_destroy_fiber(f.tsan_fiber);
+  // Destroyed TSan fibers give their thread ids to new ones, and a reused id makes two blocks'
+  // threads look like one thread: keep each launch's fibers until it ends, up to a bound (TSan
+  // allows 8128 threads in all, shared by the workers); past it, races between blocks far apart
+  // in the run can go unseen.
+  for (Fiber& f : w.fibers) w.finished_tsan_fibers.push_back(f.tsan_fiber);
+  if (w.finished_tsan_fibers.size() + nthreads > w.tsan_fiber_budget) {
+    for (void* t : w.finished_tsan_fibers) __tsan_destroy_fiber(t);
+    w.finished_tsan_fibers.clear();
+  }
 #endif
+  std::free(w.sync);
+  w.sync = nullptr;
   if (!ok) record_error(cudaErrorLaunchFailure, block_name() + ": " + error);
   return ok;
 }
@@ -487,11 +501,11 @@ void syncthreads(const char* file, int line) {
   f.file = file;
   f.line = line;
 #if defined(CUDA_EMU_TSAN)
-  __tsan_release(&w.barrier_sync[gen & 1]);
+  __tsan_release(&w.sync[gen & 1]);
 #endif
   yield_to_scheduler(f, false);
 #if defined(CUDA_EMU_TSAN)
-  __tsan_acquire(&w.barrier_sync[gen & 1]);
+  __tsan_acquire(&w.sync[gen & 1]);
 #endif
   (void)gen;
 }
@@ -509,7 +523,7 @@ uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int arg, int 
   f.file = file;
   f.line = line;
   const int gen = w.warp_gen[f.warp];
-  char* sync = &w.warp_sync[2 * f.warp + (gen & 1)];
+  char* sync = &w.sync[2 + 2 * f.warp + (gen & 1)];
 #if defined(CUDA_EMU_TSAN)
   if (op == kSyncWarp) __tsan_release(sync);  // __syncwarp orders memory; shuffles do not
 #endif
@@ -583,6 +597,7 @@ cudaError_t run_grid(dim3 grid, dim3 block, size_t smem, void (*body)(void*), vo
   }
   std::atomic<int64_t> next{0};
   std::atomic<bool> failed{false};
+  const int nworkers = int(std::min<int64_t>(cfg.workers, nblocks));
   std::mutex smem_mutex;
   std::vector<unsigned char*> smem_to_free;
 #if defined(CUDA_EMU_TSAN)
@@ -595,6 +610,7 @@ cudaError_t run_grid(dim3 grid, dim3 block, size_t smem, void (*body)(void*), vo
     w.body_ctx = ctx;
 #if defined(CUDA_EMU_TSAN)
     w.tsan_sched = __tsan_get_current_fiber();
+    w.tsan_fiber_budget = std::max<size_t>(2048, 7000 / std::max(1, nworkers));
 #endif
     gridDim = grid;
     blockDim = block;
@@ -604,6 +620,9 @@ cudaError_t run_grid(dim3 grid, dim3 block, size_t smem, void (*body)(void*), vo
       g_blocks.fetch_add(1, std::memory_order_relaxed);
       if (!run_block(w, nthreads, smem, uint64_t(b))) failed = true;
     }
+#if defined(CUDA_EMU_TSAN)
+    for (void* t : w.finished_tsan_fibers) __tsan_destroy_fiber(t);
+#endif
     w.used_smem.push_back(w.smem);
     {
       std::lock_guard<std::mutex> lock(smem_mutex);
@@ -611,7 +630,6 @@ cudaError_t run_grid(dim3 grid, dim3 block, size_t smem, void (*body)(void*), vo
     }
     tl_worker = nullptr;
   };
-  const int nworkers = int(std::min<int64_t>(cfg.workers, nblocks));
   std::vector<std::thread> extra;
   for (int i = 1; i < nworkers; ++i) extra.emplace_back(work);
   work();
