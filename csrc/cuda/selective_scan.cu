@@ -239,12 +239,15 @@ size_t bwd_smem_floats(int N, bool has_z, bool B_var, bool C_var) {
 // =================================================================================================
 // Forward.  grid (blocks_x, batch), 128 threads; per block 32 channels x all L.
 // Per tile: u, delta, z and the first 16 B/C rows are staged raw (16-byte loads); each lane turns
-// its own 16 δ's into softplus(delta + bias) in place, then the slices run; the lane computes
-// out = (y + D·u)·silu(z) for its own steps and the tile is stored with 16-byte stores.
+// its own 16 δ's into softplus(delta + bias) in place, then the slices run (A, constant B/C
+// staged per 16 states as [n][lane] slabs); the lane computes out = (y + D·u)·silu(z) for its own
+// steps and the tile is stored with 16-byte stores.
 // Shared memory (fp32): δ, u (then out) tiles 2 x 32 x 68, z 32 x 68 (with z); B and C rows
-// 16 x 64 each (when variable); scan aggregates 2 x 4 x 32 float2; carries 32 x N. With z and
-// variable B, C: 37.5 KiB at N = 16 (4 blocks per SM on A100 and H100), 67.5 KiB at N = 256.
-// Registers: <= 128 (4 blocks, 16 warps per SM), no spills on sm_80 and sm_90.
+// 16 x 64 each (when variable); A and constant B/C slabs 16 x 33 each; scan aggregates
+// 2 x 4 x 32 float2; carries 32 x N. With z and variable B, C: 39.6 KiB at N = 16 (4 blocks per
+// SM on A100 and H100), 69.6 KiB at N = 256.
+// Registers: <= 128 (4 blocks, 16 warps per SM); no spills on sm_90, 16/24 bytes of tile-level
+// values in the fp32 variable-B/C variant on sm_80.
 // HBM traffic: u, delta, z read once, out written once, N floats of chunk_states per channel per
 // chunk (+6% over fp32 u/delta/z/out at N = 16, chunk 64), variable B/C read once per 32 channels.
 // =================================================================================================
@@ -422,14 +425,15 @@ selective_scan_fwd_kernel(const SelectiveScanFwdParams p) {
 // the z tile for dz (one sigmoid per element). Lane epilogue per step: ddelta (through softplus:
 // σ(v) = 1 - exp(-softplus(v))), du, dz = (y + D·u)·dout·silu'(z); 16-byte stores.
 // Shared memory (fp32): δ, u, dout tiles 3 x 32 x 68 (+ z with z); B, C rows 16 x 64 and dB/dC
-// terms 64 x 36 each (when variable); aggregates 3 x 4 x 32 float2; state and adjoint carries
-// 2 x 32 x N. With z and variable B, C: 67 KiB at N = 16 (3 blocks per SM on H100, 2 on A100),
-// 127 KiB at N = 256. Registers: 168 (3 blocks, 12 warps per SM); in most variable-B/C variants
-// ptxas spills a few block-level values (<= 48 bytes stored, reloaded a few times per slice or
+// terms 64 x 36 each (when variable); A and constant B/C slabs 16 x 33 each; aggregates
+// 3 x 4 x 32 float2; state and adjoint carries
+// 2 x 32 x N. With z and variable B, C: 69 KiB at N = 16 (3 blocks per SM on H100, 2 on A100),
+// 129 KiB at N = 256. Registers: 168 (3 blocks, 12 warps per SM); in most variable-B/C variants
+// ptxas spills a few block-level values (<= 32 bytes stored, reloaded a few times per slice or
 // tile, never inside the 16-step loops), as the code before common.cuh did (<= 80 bytes).
 // HBM traffic: u, delta, z, dout read once, du, ddelta, dz written once, chunk_states read once;
-// variable dB/dC partials of dim/32 rows x (N, L) per (batch, group) written once and read once
-// by sum_partials_kernel.
+// variable dB/dC partials of ⌈channels per group / 32⌉ rows x (N, L) per (batch, group) written
+// once and read once by sum_partials_kernel.
 // =================================================================================================
 template <typename T, bool kBVar, bool kCVar>
 __global__ void __launch_bounds__(kThreads, kBwdBlocksPerSM)
