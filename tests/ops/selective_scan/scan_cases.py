@@ -178,7 +178,8 @@ def naive_autograd_fp64(inputs, softplus, dout, dlast):
 
 
 def adjoint_fp64(inputs, softplus, dout, dlast):
-    """Gradients of <out, dout> + <last, dlast> by an explicit fp64 reverse recurrence."""
+    """An explicit fp64 recurrence, written independently of naive.py: (out, last_state, the
+    gradients of <out, dout> + <last, dlast> by the reverse recurrence)."""
     i = {k: (v.double().cpu() if v is not None else None) for k, v in inputs.items()}
     dout, dlast = dout.double().cpu(), dlast.double().cpu()
     u, A = i["u"], i["A"]
@@ -238,7 +239,8 @@ def adjoint_fp64(inputs, softplus, dout, dlast):
         d["z"] = dout * (y + Du) * s * (1 + z * (1 - s))
     if i["initial_state"] is not None:
         d["initial_state"] = g
-    return d
+    out = (y + (i["D"][:, None] * u if i["D"] is not None else 0)) * (z * torch.sigmoid(z) if z is not None else 1)
+    return out, xs[-1], d
 
 
 def oracle(inputs, softplus, dout, dlast):
@@ -247,7 +249,7 @@ def oracle(inputs, softplus, dout, dlast):
         out, last = selective_scan_naive(**{k: (v.double().cpu() if v is not None else None)
                                             for k, v in inputs.items()},
                                          delta_softplus=softplus, return_last_state=True)
-    return out, last, adjoint_fp64(inputs, softplus, dout, dlast)
+    return out, last, adjoint_fp64(inputs, softplus, dout, dlast)[2]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -32,8 +32,10 @@ def test_reference_gradcheck_fp64():
 def test_adjoint_matches_naive_autograd(B_kind, C_kind, options):
     inputs, cot = make_inputs(2, 6, 12, 5, B_kind=B_kind, C_kind=C_kind, **options)
     softplus = options.get("softplus", True)
-    *_, ref = naive_autograd_fp64(inputs, softplus, cot["dout"], cot["dlast"])
-    mine = adjoint_fp64(inputs, softplus, cot["dout"], cot["dlast"])
+    out_ref, last_ref, ref = naive_autograd_fp64(inputs, softplus, cot["dout"], cot["dlast"])
+    out, last, mine = adjoint_fp64(inputs, softplus, cot["dout"], cot["dlast"])
+    assert_matches(out, out_ref, 1e-12, "out")
+    assert_matches(last, last_ref, 1e-12, "last_state")
     assert set(mine) == set(ref)
     for name, r in ref.items():
         assert_matches(mine[name], r, 1e-12, f"d{name}")
