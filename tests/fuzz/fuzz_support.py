@@ -205,7 +205,7 @@ class Call:
     options: dict[str, Any] = field(default_factory=dict)
     mutations: list = field(default_factory=list)
     # Raised without any mutation: the documented error a value in the call itself must cause
-    # (e.g. a zero-length sequence for the recurrent ops), else None.
+    # (e.g. a zero-length sequence for the recurrent ops; Exception: any documented one), else None.
     invalid: Optional[type] = None
     # Whether a documented refusal of the unmutated call is acceptable on this backend (dtypes or
     # sizes outside its documented range); when False the call must succeed.
@@ -217,7 +217,10 @@ class Call:
     @property
     def must_raise(self) -> Optional[type]:
         """The error class the call must raise; Exception (any documented one) when several apply."""
-        sources = [m.must_raise for m in self.mutations] + ([self.invalid] if self.invalid else [])
+        # A mutation that may keep a call valid may also undo what made it invalid (one more
+        # time step for a zero-length sequence): then only the other mutations are certain.
+        undoable = any(m.must_raise is None for m in self.mutations)
+        sources = [m.must_raise for m in self.mutations] + ([self.invalid] if self.invalid and not undoable else [])
         expected = [e for e in sources if e is not None]
         if not expected:
             return None

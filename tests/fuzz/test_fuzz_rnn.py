@@ -53,8 +53,7 @@ def recurrent_calls(draw, op: str, backend: str, device: str):
     sizes = (steps, batch, inputs, hidden) + ((proj,) if proj is not None else ())
     return Call(
         op, FUNCTIONS[op], tensors, options=options,
-        # w_hh is required too, but None for it is a known bug (test_w_hh_none_is_a_type_error).
-        mutations=draw(mutations(tensors, ["x", "w_ih"], device)), invalid=invalid,
+        mutations=draw(mutations(tensors, ["x", "w_ih", "w_hh"], device)), invalid=invalid,
         # A backend other than the reference may refuse (documented) anything but fp32 at sizes >= 1.
         refusable=backend != "reference" and (dtype != torch.float32 or 0 in sizes),
         backward=draw(st.integers(0, 3)) == 0, grad_seed=draw(SEEDS))
@@ -68,15 +67,3 @@ def test_fuzz_recurrent(op_name, backend, device, fuzz_calls):
 
     fuzz()
 
-
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="bug reported to the lead: w_hh=None passes validation (the shape loop skips None) "
-                          "and the reference fails with AttributeError instead of a TypeError")
-@pytest.mark.parametrize("op", FUZZ_OPS)
-def test_w_hh_none_is_a_type_error(op):
-    x = torch.zeros(1, 1, 2)
-    args = {"x": x, "h0": None, "w_ih": torch.zeros(GATES[op] * 3, 2), "w_hh": None}
-    if op == "lstm":
-        args["c0"] = None
-    with pytest.raises(TypeError):
-        FUNCTIONS[op](**args)
