@@ -49,5 +49,10 @@ bench: build
 gpu-check:
 	bash scripts/gpu_check.sh
 
+# The C++ kernels built with ASan + UBSan (build/sanitize/) and the op tests run on them; any
+# sanitizer report fails it.
+sanitize: setup
+	bash scripts/sanitize.sh
+
 clean:
 	rm -rf build runs .pytest_cache
