@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?= --model cnn --out runs/demo-cnn --overwrite --epochs 3 \
 	--set model.channels=[16,32] --set model.convs_per_block=1 --set train.augment_shift=1
 
-.PHONY: setup build demo test test-fast cuda-compile gpu-check bench clean
+.PHONY: setup build demo test test-slow test-all cuda-compile triton-compile gpu-check bench clean
 
 setup: $(VENV)/.deps-installed
 
@@ -33,15 +33,25 @@ demo: build
 	$(BIN)/pyneuro train $(DEMO_ARGS)
 	@echo "plots: runs/demo-cnn/curves.png runs/demo-cnn/confusion.png runs/demo-cnn/predictions.png"
 
+# The suite without the `slow` tests: under 6 minutes on 2 cores.
 test: build
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
-
-test-fast: build
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-# Every .cu file must compile (sm_80 and sm_90) even on machines without a GPU.
-cuda-compile:
+# Only the `slow` tests (long sequences, inductor, training to a target); CI runs them too.
+test-slow: build
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+test-all: build
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Every .cu and *_glue.cpp must compile with the real build's flags even on machines without a
+# GPU; no register spills in hot kernels; shared memory at the largest N fits sm_80/86/90.
+cuda-compile: setup
 	bash scripts/check_cuda_compile.sh
+
+# Every Triton specialisation the ops launch, compiled ahead of time for sm_80/sm_90 (no GPU).
+triton-compile: setup
+	env -u TRITON_INTERPRET $(BIN)/python scripts/triton_compile.py
 
 bench: build
 	$(BIN)/python -m benchmarks
