@@ -118,9 +118,8 @@ PYNEURO_VEC_INLINE float exp2_clamped(float x, Exp2Range range) {
 
 // Vector values for hot loops whose state must stay in registers across iterations: an array
 // indexed inside `omp simd` is kept in memory, which puts a store-to-load round trip on the
-// recurrence. fvec is the widest native vector of the translation unit's ISA (GCC handles
-// vectors wider than the hardware's poorly: it spills them), f32x16 a fixed 16 lanes for
-// shuffles (the kernels' row sums).
+// recurrence. fvec is the widest native vector of the translation unit's ISA: GCC handles
+// vectors wider than the hardware's poorly (it keeps them in memory).
 #if defined(__GNUC__) && !defined(__clang__)
 // Used only in always-inline functions, so the vector-argument ABI that GCC warns about never applies.
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -134,8 +133,6 @@ constexpr int kNativeLanes = 4;  // SSE2, NEON
 #endif
 typedef float fvec __attribute__((vector_size(kNativeLanes * 4)));
 typedef int32_t ivec __attribute__((vector_size(kNativeLanes * 4)));
-typedef float f32x16 __attribute__((vector_size(64)));
-typedef int32_t i32x16 __attribute__((vector_size(64)));
 
 PYNEURO_VEC_INLINE fvec load_vec(const float* p) {
   fvec v;
@@ -143,12 +140,6 @@ PYNEURO_VEC_INLINE fvec load_vec(const float* p) {
   return v;
 }
 PYNEURO_VEC_INLINE void store_vec(float* p, fvec v) { std::memcpy(p, &v, sizeof v); }
-PYNEURO_VEC_INLINE f32x16 load16(const float* p) {
-  f32x16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-PYNEURO_VEC_INLINE void store16(float* p, f32x16 v) { std::memcpy(p, &v, sizeof v); }
 
 // exp2_clamped on a native vector: the same operations in the same order, so the same results.
 // The clamp compiles to one max and one min (lo and hi are opaque, see Exp2Range).

@@ -68,58 +68,87 @@ constexpr int64_t kMinBackwardTasks = 32;   // split a group's channels below th
 
 // Per-step dot products over N are not summed inside the time loop (a horizontal sum per step
 // costs ~10 instructions and sits in the loop's critical resources): each step stores its kLanes
-// partial products, and add_row_sums reduces 16 steps at a time afterwards, transposing as it
-// adds: each tree level halves the lanes per row and doubles the rows per vector, 15 adds and 30
-// shuffles for 16 rows. Written with GCC/Clang vector extensions, so every ISA clone gets its
-// own lowering.
+// partial products, and add_row_sums reduces W = kNativeLanes steps at a time afterwards. Each
+// row's kLanes partials are first added into one native vector; then a tree transposes as it
+// adds: each level halves the lanes per row and doubles the rows per vector, W - 1 adds and
+// 2 (W - 1) shuffles for W rows. Everything is a native-width vector (GCC spills vectors wider
+// than the ISA's), so every variant gets its own lowering: W = 4, 8 or 16.
 constexpr int64_t kLanes = 16;  // N is padded to a multiple of this inside the kernels
 constexpr int kVecs = kLanes / vec::kNativeLanes;  // native vectors per block of kLanes
 // Loops over a block's native vectors are unrolled, so their arrays become registers.
-#define PYNEURO_UNROLL _Pragma("GCC unroll 4")
-using vec::f32x16;
+#define PYNEURO_UNROLL _Pragma("GCC unroll 16")
 using vec::fvec;
-using vec::i32x16;
+using vec::ivec;
 using vec::kNativeLanes;
-using vec::load16;
 using vec::load_vec;
-using vec::store16;
 using vec::store_vec;
 #if defined(__clang__)
-#define PYNEURO_SHUFFLE16(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#define PYNEURO_SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
 #else  // GCC before 12 has no __builtin_shufflevector
-#define PYNEURO_SHUFFLE16(a, b, ...) __builtin_shuffle(a, b, i32x16{__VA_ARGS__})
+#define PYNEURO_SHUFFLE(a, b, ...) __builtin_shuffle(a, b, ivec{__VA_ARGS__})
 #endif
 
-// One tree level: a and b each hold rows of W lanes; the result holds twice the rows of W/2.
-PYNEURO_INLINE f32x16 fold8(f32x16 a, f32x16 b) {
-  return PYNEURO_SHUFFLE16(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-         PYNEURO_SHUFFLE16(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+// One tree level: a and b each hold rows of 2h lanes; the result holds twice the rows, of h lanes.
+#if defined(__AVX512F__)  // W = 16
+PYNEURO_INLINE fvec fold8(fvec a, fvec b) {
+  return PYNEURO_SHUFFLE(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+         PYNEURO_SHUFFLE(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
 }
-PYNEURO_INLINE f32x16 fold4(f32x16 a, f32x16 b) {
-  return PYNEURO_SHUFFLE16(a, b, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
-         PYNEURO_SHUFFLE16(a, b, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+PYNEURO_INLINE fvec fold4(fvec a, fvec b) {
+  return PYNEURO_SHUFFLE(a, b, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+         PYNEURO_SHUFFLE(a, b, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
 }
-PYNEURO_INLINE f32x16 fold2(f32x16 a, f32x16 b) {
-  return PYNEURO_SHUFFLE16(a, b, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
-         PYNEURO_SHUFFLE16(a, b, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+PYNEURO_INLINE fvec fold2(fvec a, fvec b) {
+  return PYNEURO_SHUFFLE(a, b, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+         PYNEURO_SHUFFLE(a, b, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
 }
-PYNEURO_INLINE f32x16 fold1(f32x16 a, f32x16 b) {
-  return PYNEURO_SHUFFLE16(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
-         PYNEURO_SHUFFLE16(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+PYNEURO_INLINE fvec fold1(fvec a, fvec b) {
+  return PYNEURO_SHUFFLE(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+         PYNEURO_SHUFFLE(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 }
+#elif defined(__AVX__)  // W = 8
+PYNEURO_INLINE fvec fold4(fvec a, fvec b) {
+  return PYNEURO_SHUFFLE(a, b, 0, 1, 2, 3, 8, 9, 10, 11) + PYNEURO_SHUFFLE(a, b, 4, 5, 6, 7, 12, 13, 14, 15);
+}
+PYNEURO_INLINE fvec fold2(fvec a, fvec b) {
+  return PYNEURO_SHUFFLE(a, b, 0, 1, 4, 5, 8, 9, 12, 13) + PYNEURO_SHUFFLE(a, b, 2, 3, 6, 7, 10, 11, 14, 15);
+}
+PYNEURO_INLINE fvec fold1(fvec a, fvec b) {
+  return PYNEURO_SHUFFLE(a, b, 0, 2, 4, 6, 8, 10, 12, 14) + PYNEURO_SHUFFLE(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
+}
+#else  // W = 4
+PYNEURO_INLINE fvec fold2(fvec a, fvec b) {
+  return PYNEURO_SHUFFLE(a, b, 0, 1, 4, 5) + PYNEURO_SHUFFLE(a, b, 2, 3, 6, 7);
+}
+PYNEURO_INLINE fvec fold1(fvec a, fvec b) {
+  return PYNEURO_SHUFFLE(a, b, 0, 2, 4, 6) + PYNEURO_SHUFFLE(a, b, 1, 3, 5, 7);
+}
+#endif
 
 // out[t] += sum over l of P[t, l] for t < T; P is (T, kLanes).
 PYNEURO_INLINE void add_row_sums(const float* __restrict__ P, int64_t T, float* __restrict__ out) {
+  constexpr int W = kNativeLanes;
   int64_t t = 0;
-  for (; t + 16 <= T; t += 16) {
-    const float* p = P + t * kLanes;
-    f32x16 h[8], q[4], e[2];
-    for (int i = 0; i < 8; ++i) h[i] = fold8(load16(p + (2 * i) * kLanes), load16(p + (2 * i + 1) * kLanes));
-    for (int i = 0; i < 4; ++i) q[i] = fold4(h[2 * i], h[2 * i + 1]);
-    for (int i = 0; i < 2; ++i) e[i] = fold2(q[2 * i], q[2 * i + 1]);
-    store16(out + t, fold1(e[0], e[1]) + load16(out + t));  // lane i: row t + i
+  for (; t + W <= T; t += W) {
+    fvec v[W];  // v[r]: row t + r folded to W lanes
+    PYNEURO_UNROLL for (int r = 0; r < W; ++r) {
+      v[r] = load_vec(P + (t + r) * kLanes);
+      PYNEURO_UNROLL for (int j = 1; j < kVecs; ++j) v[r] += load_vec(P + (t + r) * kLanes + j * W);
+    }
+    int rows = W;  // vectors left; each level halves them
+#if defined(__AVX512F__)
+    PYNEURO_UNROLL for (int i = 0; i < rows / 2; ++i) v[i] = fold8(v[2 * i], v[2 * i + 1]);
+    rows /= 2;
+#endif
+#if defined(__AVX__)
+    PYNEURO_UNROLL for (int i = 0; i < rows / 2; ++i) v[i] = fold4(v[2 * i], v[2 * i + 1]);
+    rows /= 2;
+#endif
+    PYNEURO_UNROLL for (int i = 0; i < rows / 2; ++i) v[i] = fold2(v[2 * i], v[2 * i + 1]);
+    rows /= 2;
+    store_vec(out + t, fold1(v[0], v[1]) + load_vec(out + t));  // lane i: row t + i
   }
-  for (; t < T; ++t) {  // the last T % 16 rows
+  for (; t < T; ++t) {  // the last T % W rows
     float sum = 0.f;
     for (int64_t l = 0; l < kLanes; ++l) sum += P[t * kLanes + l];
     out[t] += sum;
