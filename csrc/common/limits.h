@@ -16,7 +16,8 @@ constexpr int64_t kCpuScanDefaultChunk = 128;
 namespace cuda {
 // --- selective scan, CUDA (csrc/cuda/selective_scan.cu)
 // N is looped over, so it only costs shared memory: the backward keeps two fp32 carries of
-// 32 x N each (64 KiB at N = 256), which must fit the 163 KiB a block may use on sm_80.
+// 32 x N each up to N = 128 and one above (the other goes to the workspace: kBwdSmemCarryMaxN in
+// selective_scan.h), so that it fits the 99 KiB a block may use on sm_86/sm_89 at N = 256.
 constexpr int kSelectiveScanMaxDState = 256;
 // Time steps between stored states. Equal to the kernels' time tile, so the backward reads every
 // tile's start state instead of recomputing it (other values work; see selective_scan.cu).

@@ -82,9 +82,19 @@ constexpr int kSlabRow = kLanes + 1;        // [n][lane] rows of A / constant B,
                                             // transposing store is 2-way, the reads conflict-free
 // Blocks per SM the kernels are compiled for (__launch_bounds__): the register budget is
 // 65536 / (128 · blocks). The forward fits 128 registers (4 blocks, 16 warps per SM) without
-// spilling; the backward holds six 16-step arrays and needs 168 (3 blocks, 12 warps).
-constexpr int kFwdBlocksPerSM = 4;
-constexpr int kBwdBlocksPerSM = 3;
+// spilling, except the fp32 variable-B/C variant on sm_80, which spilled 16 bytes at 128 and gets
+// 168 (3 blocks) there only. The backward holds six 16-step arrays: at 168 registers (3 blocks)
+// ptxas spilled block-level values in 7 of 12 variants, so it gets up to 255 (2 blocks, 8 warps
+// per SM; its shared memory allowed 2 blocks on sm_80/sm_86 anyway, 3 on sm_90).
+template <typename T, bool kBVar, bool kCVar>
+struct FwdBlocksPerSM {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 800
+  static constexpr int value = (sizeof(T) == 4 && kBVar && kCVar) ? 3 : 4;
+#else
+  static constexpr int value = 4;
+#endif
+};
+constexpr int kBwdBlocksPerSM = 2;
 
 static_assert(kTile == kSelectiveScanDefaultChunk, "default chunk = one tile");
 static_assert(kSteps % 4 == 0 && kRow % 4 == 0 && kRedRow % 4 == 0, "float4 alignment");
@@ -233,8 +243,15 @@ size_t fwd_smem_floats(int N, bool has_z, bool B_var, bool C_var) {
 }
 size_t bwd_smem_floats(int N, bool has_z, bool B_var, bool C_var) {
   return size_t(3 + has_z) * kChannelTile + size_t(B_var + C_var) * (kStateRows + kRedTile) +
-         3 * 2 * kAggF2 + size_t(slabs(B_var, C_var)) * kSlab + size_t(2) * kLanes * N;
+         3 * 2 * kAggF2 + size_t(slabs(B_var, C_var)) * kSlab +
+         size_t(selective_scan_bwd_carry_in_smem(N) ? 2 : 1) * kLanes * N;
 }
+// The largest backward (z, variable B and C) at the largest N with shared carries, and at the
+// largest N: both within sm_86/sm_89's 99 KiB per block (the smallest opt-in limit targeted).
+static_assert((3 + 1) * kChannelTile + 2 * (kStateRows + kRedTile) + 3 * 2 * kAggF2 + kSlab +
+                  2 * kLanes * kBwdSmemCarryMaxN <= 99 * 1024 / 4, "shared carries fit 99 KiB");
+static_assert((3 + 1) * kChannelTile + 2 * (kStateRows + kRedTile) + 3 * 2 * kAggF2 + kSlab +
+                  kLanes * kSelectiveScanMaxDState <= 99 * 1024 / 4, "state carry fits 99 KiB");
 
 // =================================================================================================
 // Forward.  grid (blocks_x, batch), 128 threads; per block 32 channels x all L.
@@ -246,13 +263,13 @@ size_t bwd_smem_floats(int N, bool has_z, bool B_var, bool C_var) {
 // 16 x 64 each (when variable); A and constant B/C slabs 16 x 33 each; scan aggregates
 // 2 x 4 x 32 float2; carries 32 x N. With z and variable B, C: 39.6 KiB at N = 16 (4 blocks per
 // SM on A100 and H100), 69.6 KiB at N = 256.
-// Registers: <= 128 (4 blocks, 16 warps per SM); no spills on sm_90, 16/24 bytes of tile-level
-// values in the fp32 variable-B/C variant on sm_80.
+// Registers: <= 128 (4 blocks, 16 warps per SM), no spills; the fp32 variable-B/C variant on
+// sm_80 spilled 16/24 bytes there and is compiled for 3 blocks (154 registers, 12 warps per SM).
 // HBM traffic: u, delta, z read once, out written once, N floats of chunk_states per channel per
 // chunk (+6% over fp32 u/delta/z/out at N = 16, chunk 64), variable B/C read once per 32 channels.
 // =================================================================================================
 template <typename T, bool kBVar, bool kCVar>
-__global__ void __launch_bounds__(kThreads, kFwdBlocksPerSM)
+__global__ void __launch_bounds__(kThreads, (FwdBlocksPerSM<T, kBVar, kCVar>::value))
 selective_scan_fwd_kernel(const SelectiveScanFwdParams p) {
   extern __shared__ float4 smem4[];
   const bool has_z = p.z != nullptr;
@@ -427,10 +444,13 @@ selective_scan_fwd_kernel(const SelectiveScanFwdParams p) {
 // Shared memory (fp32): δ, u, dout tiles 3 x 32 x 68 (+ z with z); B, C rows 16 x 64 and dB/dC
 // terms 64 x 36 each (when variable); A and constant B/C slabs 16 x 33 each; aggregates
 // 3 x 4 x 32 float2; state and adjoint carries
-// 2 x 32 x N. With z and variable B, C: 69 KiB at N = 16 (3 blocks per SM on H100, 2 on A100),
-// 129 KiB at N = 256. Registers: 168 (3 blocks, 12 warps per SM); in most variable-B/C variants
-// ptxas spills a few block-level values (<= 32 bytes stored, reloaded a few times per slice or
-// tile, never inside the 16-step loops), as the code before common.cuh did (<= 80 bytes).
+// 2 x 32 x N, or for N > kBwdSmemCarryMaxN (128) only the state carry, the adjoint carry then
+// being 32 x N floats of the workspace (at N = 256 both in shared memory took 129 KiB, over the
+// 99 KiB of sm_86/sm_89). With z and variable B, C: 69.1 KiB at N = 16, 97.1 KiB at N = 128..256.
+// Registers: 195-225, no spills: compiled for 2 blocks per SM (8 warps; 255 registers). At 3
+// blocks (168 registers) ptxas spilled block-level values in 7 of 12 variants; shared memory
+// allowed only 2 blocks on A100 anyway (H100: 3 at N = 16). At N > 128: 1 block on A100 and
+// sm_86/89, 2 on H100.
 // HBM traffic: u, delta, z, dout read once, du, ddelta, dz written once, chunk_states read once;
 // variable dB/dC partials of ⌈channels per group / 32⌉ rows x (N, L) per (batch, group) written
 // once and read once by sum_partials_kernel.
@@ -454,7 +474,12 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams p) {
   float* const s_redC = s_redB + (kBVar ? kRedTile : 0);    // [kTile][kRedRow] dC terms (variable C)
   float* const s_z = s_redC + (kCVar ? kRedTile : 0);       // z, then dout·silu'(z) (with z)
   float* const s_fc = s_z + (has_z ? kChannelTile : 0);     // [N][kLanes] x at tile start
-  float* const s_rc = s_fc + kLanes * p.dstate;             // [N][kLanes] adjoint entering the tile end
+  // [N][kLanes] adjoint entering the tile end: in shared memory up to kBwdSmemCarryMaxN, else this
+  // block's 32 x N floats of the workspace (L2-resident; one access per slice and tile, ordered by
+  // the same __syncthreads as in shared memory).
+  float* const s_rc = p.dstate <= kBwdSmemCarryMaxN
+                          ? s_fc + kLanes * p.dstate
+                          : p.ws_carry + (int64_t(blockIdx.y) * gridDim.x + blockIdx.x) * kLanes * p.dstate;
 
   const T* __restrict__ u = static_cast<const T*>(p.u);
   const T* __restrict__ delta = static_cast<const T*>(p.delta);
@@ -839,6 +864,7 @@ cudaError_t launch_bwd(SelectiveScanBwdParams p, cudaStream_t stream) {
   p.ws_dbias = p.workspace + wl.dbias;
   p.ws_dB_var = p.workspace + wl.dB_var;
   p.ws_dC_var = p.workspace + wl.dC_var;
+  p.ws_carry = p.workspace + wl.carry;
   void (*kernel)(const SelectiveScanBwdParams) =
       p.groups_B > 0 ? (p.groups_C > 0 ? selective_scan_bwd_kernel<T, true, true>
                                        : selective_scan_bwd_kernel<T, true, false>)

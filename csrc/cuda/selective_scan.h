@@ -101,6 +101,7 @@ struct SelectiveScanBwdParams {
   float* ws_dbias = nullptr;
   float* ws_dB_var = nullptr;
   float* ws_dC_var = nullptr;
+  float* ws_carry = nullptr;  // the adjoint carries when they are not in shared memory (see below)
 };
 
 // ---- Channel tiling, shared by the kernels, the launchers and the glue -------------------------
@@ -130,9 +131,16 @@ inline ScanTiling selective_scan_tiling(int dim, int groups_B, int groups_C) {
 //   dA, constant dB, constant dC: 4·batch·dim·N each, laid out (warp, batch, N, dim) so that a
 //   warp's lanes (channels) access consecutive floats;  dD, ddelta_bias: (warp, batch, dim);
 // partials of the sums over channels for variable B/C, one row per 32-channel tile of a group:
-//   dB: tiles_B·batch·groups_B·N·L   (dim/32 rows for groups_B = 1; same for dC).
+//   dB: tiles_B·batch·groups_B·N·L   (dim/32 rows for groups_B = 1; same for dC);
+// for N > kBwdSmemCarryMaxN, the backward's adjoint carries: 32·N per block, batch·blocks_x·32·N.
+// Up to kBwdSmemCarryMaxN both carries (32 x N each) stay in shared memory; above it the adjoint
+// carry moves here (read and written once per slice and tile, by one thread each), so that the
+// backward's shared memory at N = 256 fits the 99 KiB a block may use on sm_86/sm_89.
+constexpr int kBwdSmemCarryMaxN = 128;
+inline bool selective_scan_bwd_carry_in_smem(int dstate) { return dstate <= kBwdSmemCarryMaxN; }
+
 struct ScanBwdWorkspace {
-  int64_t dA, dB_const, dC_const, dD, dbias, dB_var, dC_var, total;  // offsets in floats
+  int64_t dA, dB_const, dC_const, dD, dbias, dB_var, dC_var, carry, total;  // offsets in floats
 };
 
 inline ScanBwdWorkspace selective_scan_bwd_workspace_layout(int batch, int dim, int seqlen,
@@ -150,6 +158,7 @@ inline ScanBwdWorkspace selective_scan_bwd_workspace_layout(int batch, int dim, 
   w.dbias = o;    o += per_chan;
   w.dB_var = o;   o += groups_B > 0 ? int64_t(t.tiles_B) * batch * groups_B * dstate * seqlen : 0;
   w.dC_var = o;   o += groups_C > 0 ? int64_t(t.tiles_C) * batch * groups_C * dstate * seqlen : 0;
+  w.carry = o;    o += selective_scan_bwd_carry_in_smem(dstate) ? 0 : int64_t(batch) * t.blocks_x * 32 * dstate;
   w.total = o;
   return w;
 }
