@@ -106,6 +106,12 @@ REVERSE_SCAN = os.environ.get("PYNEURO_TRITON_REVERSE_SCAN", "native")
 # Op-specific helper (the generic ones are in _common.py)
 # ----------------------------------------------------------------------------------------------
 @triton.jit
+def _decay(dt, A):
+    """exp(dt·A), exactly 1 where dt = 0 (padded steps) even when A = -inf, where dt·A is NaN."""
+    return exp(tl.where(dt == 0.0, 0.0, dt * A))
+
+
+@triton.jit
 def _delta(raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """δ from the raw input (fp32) and the per-channel bias (BLOCK_D,)."""
     if HAS_BIAS:
@@ -191,7 +197,7 @@ def _ssm_fwd_kernel(
         else:
             Ct = Cc
 
-        a = exp(dt[:, None, :] * A[:, :, None])
+        a = _decay(dt[:, None, :], A[:, :, None])
         beta = (dt * uu)[:, None, :] * Bt
         a_cum, beta_cum = tl.associative_scan((a, beta), axis=2, combine_fn=affine_combine)
         xs = a_cum * x[:, :, None] + beta_cum  # (BLOCK_D, BLOCK_N, BLOCK_L): x_t in the chunk
@@ -300,7 +306,7 @@ def _ssm_bwd_kernel(
 
             # Recompute the chunk's states.
             x0 = tl.load(cs_ptr + (bd[:, None] * n_chunks + k) * N + n[None, :], mask=dn_mask, other=0.0)
-            a = exp(dt[:, None, :] * A[:, :, None])
+            a = _decay(dt[:, None, :], A[:, :, None])
             du_scale = dt * uu
             beta = du_scale[:, None, :] * Bt
             a_cum, beta_cum = tl.associative_scan((a, beta), axis=2, combine_fn=affine_combine)
@@ -343,7 +349,7 @@ def _ssm_bwd_kernel(
                                     other=0.0).to(tl.float32)[None, :, :]
                 else:
                     C_rev = Ct  # constant in time
-                a_next = exp(dt_next[:, None, :] * A[:, :, None])
+                a_next = _decay(dt_next[:, None, :], A[:, :, None])
                 g_cum, c_cum = tl.associative_scan((a_next, C_rev * dy_rev[:, None, :]), axis=2,
                                                    combine_fn=affine_combine)
                 g = tl.flip(g_cum * g_in[:, :, None] + c_cum, 2)
@@ -351,7 +357,7 @@ def _ssm_bwd_kernel(
                 nx_mask = d_mask[:, None] & ((t + 1) < L)[None, :]
                 raw_next = tl.load(delta_ptr + io + 1, mask=nx_mask, other=0.0).to(tl.float32)
                 dt_next = tl.where(nx_mask, _delta(raw_next, bias, HAS_BIAS, SOFTPLUS), 0.0)
-                a_next = exp(dt_next[:, None, :] * A[:, :, None])
+                a_next = _decay(dt_next[:, None, :], A[:, :, None])
                 g_cum, c_cum = tl.associative_scan((a_next, Ct * dy[:, None, :]), axis=2,
                                                    combine_fn=affine_combine, reverse=True)
                 g = g_cum * g_in[:, :, None] + c_cum
@@ -387,7 +393,7 @@ def _ssm_bwd_kernel(
             # dinitial_state = a_0·g_0.
             g_first = tl.sum(tl.where(first_col[None, :, :], g, 0.0), axis=2)
             dt_first = tl.sum(tl.where(first_col, dt, 0.0), axis=1)
-            g_first *= tl.where(k == 0, exp(dt_first[:, None] * A), 1.0)
+            g_first *= tl.where(k == 0, _decay(dt_first[:, None], A), 1.0)
             tl.store(g_wr + state_off, g_first, mask=dn_mask)
 
         if B_VAR:
