@@ -603,6 +603,7 @@ void forward_impl(const Problem<scalar_t>& p, scalar_t* out, float* last_state, 
 // on the number of threads.
 std::vector<Block> backward_blocks(int64_t batch, int64_t dim, int64_t cpg_B, int64_t cpg_C) {
   const int64_t base = static_cast<int64_t>(channel_blocks(dim, cpg_B, cpg_C, [](int64_t) { return 1; }).size());
+  if (batch == 0 || base == 0) return {};  // no task (batch or dim is 0): nothing to split
   const int64_t split = (kMinBackwardTasks + batch * base - 1) / (batch * base);
   return channel_blocks(dim, cpg_B, cpg_C, [split](int64_t) { return split; });
 }
