@@ -44,12 +44,14 @@ def selective_scan_naive(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     B_c, C_c = _per_dim(B, batch, dim, compute), _per_dim(C, batch, dim, compute)
     x = (initial_state.to(compute) if initial_state is not None
          else u_c.new_zeros(batch, dim, A.shape[1]))
+    # Per-step views by unbind, not [..., t] slicing: the backward of L slices writes L full-size
+    # zero gradients (O(L^2) memory traffic), the backward of one unbind is one stack.
+    B_steps = [B_c] * L if B_c.dim() == 2 else B_c.unbind(-1)
+    C_steps = [C_c] * L if C_c.dim() == 2 else C_c.unbind(-1)
     ys = []
-    for t in range(L):
-        dt = delta_c[:, :, t, None]  # (batch, dim, 1)
-        B_t = B_c if B_c.dim() == 2 else B_c[..., t]
-        C_t = C_c if C_c.dim() == 2 else C_c[..., t]
-        x = torch.exp(dt * A_c) * x + dt * B_t * u_c[:, :, t, None]
+    for dt, u_t, B_t, C_t in zip(delta_c.unbind(-1), u_c.unbind(-1), B_steps, C_steps):
+        dt = dt[..., None]  # (batch, dim, 1)
+        x = torch.exp(dt * A_c) * x + dt * B_t * u_t[..., None]
         ys.append((x * C_t).sum(-1))
     y = torch.stack(ys, dim=-1) if L else u_c.new_zeros(batch, dim, 0)
     if D is not None:

@@ -8,7 +8,7 @@ interpreter, ``cuda`` on a GPU. A target that cannot run here is still generated
 its reason, so nothing disappears silently.
 
 The oracle: naive.py's forward in fp64 and, for gradients, ``adjoint_fp64`` (an explicit fp64
-reverse recurrence: naive's autograd is O(L^2) at L = 2049), which test_oracle.py checks against
+reverse recurrence: naive's autograd builds a graph node per step, slow at L = 2049), which test_oracle.py checks against
 naive's autograd and finite differences. Both run on the very inputs the backend saw (already
 rounded to fp16/bf16), so tolerances measure the backend, not the input rounding. Tolerances are
 the op's own table (pyneuro.ops.scan.TOLERANCE), which the first-use self-check uses too.
