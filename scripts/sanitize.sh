@@ -57,14 +57,10 @@ EOF
 
 tests=(tests/ops tests/fuzz)
 [ -d tests/cpu ] && tests+=(tests/cpu)
-# Deselected: a reproducer of a known crash (reported), run in a child process; its expected
-# report would fail this run. The normal test run keeps it (as a strict xfail).
 # --capture=sys: pytest captures Python's output only, so a report (written to file descriptor 2
 # by the runtime) reaches the log even when it aborts the process mid-test; -v names that test.
 set +e
-"$PYTHON" -m pytest -v -x --capture=sys -m "not slow and not cuda" -p no:cacheprovider "${tests[@]}" \
-  --deselect tests/fuzz/test_fuzz_selective_scan.py::test_cpu_backward_with_zero_batch_or_dim "$@" \
-  2>&1 | tee "$log" | grep -v " PASSED"
+"$PYTHON" -m pytest -v -x --capture=sys -m "not slow and not cuda" -p no:cacheprovider "${tests[@]}" "$@" 2>&1 | tee "$log" | grep -v " PASSED"
 status=${PIPESTATUS[0]}
 set -e
 end=$(date +%s)
