@@ -230,9 +230,11 @@ PYNEURO_VEC_INLINE float log1p_unit(float e) { return two_atanh(e / (2.f + e)); 
 PYNEURO_VEC_INLINE float log1p(float x) {
   const float w = 1.f + x;
   // Exponent of w relative to sqrt(1/2): bits minus those of sqrt(1/2) puts m in [sqrt(1/2), sqrt(2)).
-  const int32_t iw = static_cast<int32_t>(float_bits(w));
-  const int32_t k = (iw - 0x3f3504f3) >> 23;
-  const float m = bits_float(static_cast<uint32_t>(iw) - (static_cast<uint32_t>(k) << 23));
+  // (Subtracted as uint32: for w < 0, i.e. x < -1, a signed subtraction would overflow; the lane
+  // is NaN then anyway.)
+  const uint32_t uw = float_bits(w);
+  const int32_t k = static_cast<int32_t>(uw - 0x3f3504f3u) >> 23;
+  const float m = bits_float(uw - (static_cast<uint32_t>(k) << 23));
   const uint32_t k_zero = mask_if(k == 0);
   const float num = select_bits(k_zero, x, m - 1.f);
   const float den = select_bits(k_zero, 2.f + x, m + 1.f);
