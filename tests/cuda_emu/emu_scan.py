@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from pyneuro.ops.scan.naive import selective_scan_naive
+from pyneuro.ops.scan.naive import selective_scan_adjoint, selective_scan_naive
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -184,67 +183,17 @@ class EmulatedScan:
 def oracle(c: Case, i, dout, dlast):
     """(out, last, chunk_states, grads) in fp64 from the kernel's own (rounded) inputs. out and the
     last state are naive.py's; the states and the gradients of <out, dout> + <last, dlast> come
-    from the recurrence and its adjoint written out step by step (test_oracle_matches_autograd
-    checks them against autograd through naive.py; autograd itself is too slow at L = 200)."""
+    from naive.py's explicit recurrence and adjoint (selective_scan_adjoint, itself checked
+    against autograd through selective_scan_naive by tests/ops/selective_scan/test_oracle.py)."""
     d = {k: (v.double() if v is not None else None) for k, v in i.items()}
     out, last = selective_scan_naive(d["u"], d["delta"], d["A"], d["B"], d["C"], d["D"], d["z"],
                                      d["delta_bias"], c.softplus, return_last_state=True,
                                      initial_state=d["initial_state"])
-    u, A, D, z = d["u"], d["A"], d["D"], d["z"]
-    batch, dim, L, N = c.batch, c.dim, c.L, c.N
-
-    def per_dim(M):  # (batch | 1, dim, N, L | 1)
-        return M[None, :, :, None] if M.dim() == 2 else M.repeat_interleave(dim // M.shape[1], dim=1)
-
-    def at(M, t):
-        return M[..., min(t, M.shape[-1] - 1)]
-
-    def reduce_like(full, M):  # (batch, dim, N, L) summed to M's shape
-        if M.dim() == 2:
-            return full.sum((0, 3))
-        G = M.shape[1]
-        return full.view(batch, G, dim // G, N, L).sum(2)
-
-    v = d["delta"] + (d["delta_bias"][:, None] if d["delta_bias"] is not None else 0)
-    dt = F.softplus(v) if c.softplus else v
-    Bd, Cd = per_dim(d["B"]), per_dim(d["C"])
-    xs = [d["initial_state"] if d["initial_state"] is not None else u.new_zeros(batch, dim, N)]
-    for t in range(L):
-        xs.append(torch.exp(dt[..., t, None] * A) * xs[-1] + (dt[..., t] * u[..., t])[..., None] * at(Bd, t))
-    assert torch.allclose(xs[-1], last, rtol=1e-12, atol=1e-12), "oracle: recurrence disagrees with naive.py"
-    cs = min(c.chunk, max(L, 1))
-    chunk_states = torch.stack(xs[:L:cs], dim=2)
-
-    y = torch.stack([(xs[t + 1] * at(Cd, t)).sum(-1) for t in range(L)], -1)
-    pre = y + (D[:, None] * u if D is not None else 0)
-    sz = torch.sigmoid(z) if z is not None else None
-    dout = dout.double()
-    dy = dout * z * sz if z is not None else dout
-    H = dlast.double().clone() if dlast is not None else u.new_zeros(batch, dim, N)  # dL/dx_t from later steps
-    dB_full, dC_full = u.new_zeros(batch, dim, N, L), u.new_zeros(batch, dim, N, L)
-    du, ddt, dA = torch.zeros_like(u), torch.zeros_like(u), torch.zeros_like(A)
-    for t in reversed(range(L)):
-        a = torch.exp(dt[..., t, None] * A)
-        g = dy[..., t, None] * at(Cd, t) + H  # dL/dx_{t+1}
-        dC_full[..., t] = dy[..., t, None] * xs[t + 1]
-        dB_full[..., t] = g * (dt[..., t] * u[..., t])[..., None]
-        w = g * a * xs[t]  # dL/da_t · a_t
-        dA += (w * dt[..., t, None]).sum(0)
-        gB = (g * at(Bd, t)).sum(-1)
-        du[..., t] = dt[..., t] * gB + (D * dy[..., t] if D is not None else 0)
-        ddt[..., t] = (w * A).sum(-1) + u[..., t] * gB
-        H = a * g
-    ddelta = ddt * torch.sigmoid(v) if c.softplus else ddt
-    grads = dict(u=du, delta=ddelta, A=dA, B=reduce_like(dB_full, d["B"]), C=reduce_like(dC_full, d["C"]))
-    if D is not None:
-        grads["D"] = (dy * u).sum((0, 2))
-    if z is not None:
-        grads["z"] = dout * pre * sz * (1 + z * (1 - sz))
-    if d["delta_bias"] is not None:
-        grads["delta_bias"] = ddelta.sum((0, 2))
-    if d["initial_state"] is not None:
-        grads["initial_state"] = H
-    return out, last, chunk_states, grads
+    _, states, grads = selective_scan_adjoint(**d, delta_softplus=c.softplus, dout=dout.double(),
+                                              dlast_state=dlast.double() if dlast is not None else None)
+    assert torch.allclose(states[:, :, -1], last, rtol=1e-12, atol=1e-12), "oracle: recurrence disagrees with naive.py"
+    cs = min(c.chunk, max(c.L, 1))
+    return out, last, states[:, :, :c.L:cs], grads
 
 
 def autograd_grads(c: Case, i, dout, dlast):

@@ -21,11 +21,11 @@ from typing import Optional
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import pyneuro.ops.scan as scan
 from pyneuro import _backends
 from pyneuro.ops.scan import selective_scan, selective_scan_naive
+from pyneuro.ops.scan.naive import selective_scan_adjoint
 
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 HAS_GPU = torch.cuda.is_available()
@@ -178,69 +178,12 @@ def naive_autograd_fp64(inputs, softplus, dout, dlast):
 
 
 def adjoint_fp64(inputs, softplus, dout, dlast):
-    """An explicit fp64 recurrence, written independently of naive.py: (out, last_state, the
-    gradients of <out, dout> + <last, dlast> by the reverse recurrence)."""
+    """naive.py's explicit recurrence and its adjoint (selective_scan_adjoint) in fp64, written
+    independently of selective_scan_naive: (out, last_state, gradients of <out, dout> + <last, dlast>)."""
     i = {k: (v.double().cpu() if v is not None else None) for k, v in inputs.items()}
-    dout, dlast = dout.double().cpu(), dlast.double().cpu()
-    u, A = i["u"], i["A"]
-    batch, dim, L = u.shape
-
-    def per_channel(M):  # (batch | 1, dim, N, L | 1)
-        if M.dim() == 2:
-            return M[None, :, :, None]
-        return M[:, None] if M.dim() == 3 else M.repeat_interleave(dim // M.shape[1], dim=1)
-
-    def at(M, t):
-        return M[..., t if M.shape[-1] > 1 else 0]
-
-    raw = i["delta"] + (i["delta_bias"][:, None] if i["delta_bias"] is not None else 0)
-    dt = F.softplus(raw) if softplus else raw
-    Bv, Cv = per_channel(i["B"]), per_channel(i["C"])
-    x = i["initial_state"] if i["initial_state"] is not None else u.new_zeros(batch, dim, A.shape[1])
-    xs = [x]
-    for t in range(L):
-        x = torch.exp(dt[..., t, None] * A) * x + (dt[..., t] * u[..., t])[..., None] * at(Bv, t)
-        xs.append(x)
-    y = torch.stack([(xs[t + 1] * at(Cv, t)).sum(-1) for t in range(L)], -1) if L else u.new_zeros(u.shape)
-    z = i["z"]
-    dy = dout * (z * torch.sigmoid(z) if z is not None else 1)
-
-    g = dlast.clone()
-    d = {"u": torch.zeros_like(u), "A": torch.zeros_like(A)}
-    N = A.shape[1]
-    dB_full, dC_full = u.new_zeros(batch, dim, N, L), u.new_zeros(batch, dim, N, L)
-    ddt = torch.zeros_like(dt)
-    for t in reversed(range(L)):
-        g = g + dy[..., t, None] * at(Cv, t)
-        a = torch.exp(dt[..., t, None] * A)
-        dC_full[..., t] = dy[..., t, None] * xs[t + 1]
-        dB_full[..., t] = g * (dt[..., t] * u[..., t])[..., None]
-        w = g * a * xs[t]  # gradient of the decay term, times the decay
-        d["A"] += (w * dt[..., t, None]).sum(0)
-        gB = (g * at(Bv, t)).sum(-1)
-        d["u"][..., t] = dt[..., t] * gB + (i["D"] * dy[..., t] if i["D"] is not None else 0)
-        ddt[..., t] = (w * A).sum(-1) + u[..., t] * gB
-        g = g * a
-    d["delta"] = ddt * torch.sigmoid(raw) if softplus else ddt
-    for name, full in (("B", dB_full), ("C", dC_full)):  # sum over what B/C is shared across
-        M = i[name]
-        if M.dim() == 2:
-            d[name] = full.sum((0, 3))
-        else:
-            G = M.shape[1] if M.dim() == 4 else 1
-            d[name] = full.view(batch, G, dim // G, N, L).sum(2).view(M.shape)
-    if i["D"] is not None:
-        d["D"] = (dy * u).sum((0, 2))
-    if i["delta_bias"] is not None:
-        d["delta_bias"] = d["delta"].sum((0, 2))
-    if z is not None:
-        s = torch.sigmoid(z)
-        Du = i["D"][:, None] * u if i["D"] is not None else 0
-        d["z"] = dout * (y + Du) * s * (1 + z * (1 - s))
-    if i["initial_state"] is not None:
-        d["initial_state"] = g
-    out = (y + (i["D"][:, None] * u if i["D"] is not None else 0)) * (z * torch.sigmoid(z) if z is not None else 1)
-    return out, xs[-1], d
+    out, states, grads = selective_scan_adjoint(**i, delta_softplus=softplus, dout=dout.double().cpu(),
+                                                dlast_state=dlast.double().cpu())
+    return out, states[:, :, -1], grads
 
 
 def oracle(inputs, softplus, dout, dlast):
