@@ -131,7 +131,7 @@ def cmd_info(args) -> int:
         archs = ext["cuda_architectures"] or "-"
         print(f"extension pyneuro._C: built with {ext['compiler']}, OpenMP {'on' if ext['openmp'] else 'off'} "
               f"({ext['openmp_max_threads']} threads), CUDA {'on' if ext['cuda'] else 'off'} (archs: {archs})")
-        if "cpu_isa" in ext:
+        if ext.get("cpu_isa"):
             runnable = ", ".join(ext.get("cpu_isas", []))
             print(f"CPU kernels: ISA {ext['cpu_isa']} (this CPU runs: {runnable}; PYNEURO_CPU_ISA forces one)")
         if ext.get("cpu_isa_error"):
