@@ -195,3 +195,27 @@ def test_python_dash_m_benchmarks_is_an_alias_of_the_packaged_runner():
     out = subprocess.run([sys.executable, "-m", "benchmarks", "--help"], capture_output=True, text=True,
                          check=True, cwd=REPO)
     assert out.stdout.startswith("usage: python -m benchmarks") and "--ops" in out.stdout
+
+
+def test_explain_says_which_backend_auto_picks_and_why(capsys):
+    from pyneuro import _backends
+
+    assert cli.main(["explain", "selective_scan", "--shape", "batch=2,dim=8,L=16,N=4096"]) == 0
+    out = capsys.readouterr().out
+    assert "auto picks: reference" in out
+    if _backends.OPS["selective_scan"].status("cpu", torch.device("cpu")) is None:
+        assert "N = 4096 (A.shape[1]) exceeds the 'cpu' backend's limit" in out
+        assert cli.main(["explain", "selective_scan", "--shape", "N=16", "--dtype", "bf16"]) == 0
+        assert "auto picks: cpu" in capsys.readouterr().out
+    assert "does not run on cpu tensors" in out  # the cuda backend, with its reason
+
+
+@pytest.mark.parametrize("args,message", [
+    (["explain", "nope"], "unknown op 'nope'"),
+    (["explain", "selective_scan", "--shape", "N=x"], "--shape takes KEY=INT items"),
+    (["explain", "selective_scan", "--shape", "width=3"], "selective_scan --shape"),
+    (["explain", "selective_scan", "--dtype", "int8"], "--dtype must be one of"),
+])
+def test_explain_bad_arguments_are_reported(capsys, args, message):
+    assert cli.main(args) == 2
+    assert message in capsys.readouterr().err
