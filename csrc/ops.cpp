@@ -4,7 +4,7 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(pyneuro, m) {
-  // Schemas are added per op as its compiled backends land (see DESIGN.md, "Ops").
+  // Schemas are added per op as its compiled backends land (docs/ARCHITECTURE.md, "the recipe").
 
   // Selective scan (Mamba). Shapes, dtypes and results: docs/selective_scan_contract.md.
   m.def(
