@@ -25,6 +25,7 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton", reason="the triton backend needs the triton package")
 
 from pyneuro.ops.scan.naive import selective_scan_naive  # noqa: E402
+from scan_inputs import make_inputs  # noqa: E402  (tests/scan_inputs.py)
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 if not INTERPRET and not torch.cuda.is_available():
@@ -54,29 +55,9 @@ DEVICE = "cpu" if INTERPRET else "cuda"
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
 
-def _make(batch, dim, L, N, B_kind, C_kind, *, softplus=True, D=True, z=True, bias=True, x0=True,
-          dtype=torch.float32, seed=0):
-    """Normalised inputs (contract shapes). *_kind: "const" (dim, N) or an int G (batch, G, N, L).
-    Without softplus, delta and delta_bias are kept positive (a negative step makes the scan blow up)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, scale=1.0):
-        return torch.randn(*shape, generator=g) * scale
-
-    def bc(kind):
-        return rnd(dim, N) if kind == "const" else rnd(batch, kind, N, L).to(dtype)
-
-    return dict(
-        u=rnd(batch, dim, L).to(dtype),
-        delta=(rnd(batch, dim, L, scale=0.5) - 1.0 if softplus
-               else torch.rand(batch, dim, L, generator=g) * 0.5 + 0.01).to(dtype),
-        A=-torch.rand(dim, N, generator=g) * 2 - 0.2,
-        B=bc(B_kind), C=bc(C_kind),
-        D=rnd(dim) if D else None,
-        z=rnd(batch, dim, L).to(dtype) if z else None,
-        delta_bias=(rnd(dim, scale=0.3) if softplus else torch.rand(dim, generator=g) * 0.1) if bias else None,
-        initial_state=rnd(batch, dim, N) if x0 else None,
-    )
+def _make(batch, dim, L, N, B_kind, C_kind, **options):
+    """Normalised inputs (contract shapes): *_kind "const" (dim, N) or an int G (batch, G, N, L)."""
+    return make_inputs(batch, dim, L, N, B_kind, C_kind, **options)[0]
 
 
 def _to(inputs, device):

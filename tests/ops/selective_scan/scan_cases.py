@@ -26,6 +26,7 @@ import pyneuro.ops.scan as scan
 from pyneuro import _backends
 from pyneuro.ops.scan import selective_scan, selective_scan_naive
 from pyneuro.ops.scan.naive import selective_scan_adjoint
+from scan_inputs import make_inputs, on  # noqa: F401  (tests/scan_inputs.py; re-exported)
 
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 HAS_GPU = torch.cuda.is_available()
@@ -109,41 +110,6 @@ def interpreted(target: Target) -> bool:
 # ----------------------------------------------------------------------------------------------
 # Inputs
 # ----------------------------------------------------------------------------------------------
-def make_inputs(batch, dim, L, N, B_kind="var", C_kind="var", *, D=True, z=True, bias=True, softplus=True,
-                x0=True, dtype=torch.float32, seed=0, device="cpu"):
-    """Public-API inputs and cotangents. *_kind: "var" (batch, N, L), an int G (batch, G, N, L)
-    or "const" (dim, N). Without softplus, delta is kept positive (a negative step makes the
-    recurrence grow)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, scale=1.0):
-        return torch.randn(*shape, generator=g) * scale
-
-    def bc(kind):
-        if kind == "const":
-            return rnd(dim, N)
-        return (rnd(batch, N, L) if kind == "var" else rnd(batch, kind, N, L)).to(dtype)
-
-    inputs = dict(
-        u=rnd(batch, dim, L).to(dtype),
-        delta=(rnd(batch, dim, L, scale=0.5) - 1.0 if softplus
-               else torch.rand(batch, dim, L, generator=g) * 0.5 + 0.01).to(dtype),
-        A=-torch.rand(dim, N, generator=g) * 2 - 0.2,
-        B=bc(B_kind), C=bc(C_kind),
-        D=rnd(dim) if D else None,
-        z=rnd(batch, dim, L).to(dtype) if z else None,
-        delta_bias=(rnd(dim, scale=0.3) if softplus else torch.rand(dim, generator=g) * 0.1) if bias else None,
-        initial_state=rnd(batch, dim, N) if x0 else None,
-    )
-    # dout in out's dtype (autograd rounds it to that anyway), kept as fp32 for the oracle.
-    cotangents = dict(dout=rnd(batch, dim, L).to(dtype).float(), dlast=rnd(batch, dim, N))
-    return on(inputs, device), on(cotangents, device)
-
-
-def on(d: dict, device) -> dict:
-    return {k: (v.to(device) if v is not None else None) for k, v in d.items()}
-
-
 def contract_args(inputs, softplus, chunk_size):
     """Public inputs -> the contract's normalised forward arguments (docs/selective_scan_contract.md)."""
     bc = lambda M: (M.unsqueeze(1) if M.dim() == 3 else M).contiguous()  # noqa: E731
