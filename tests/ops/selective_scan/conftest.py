@@ -13,6 +13,13 @@ def target(request):
         yield t
 
 
+@pytest.fixture(params=[p for p in compiled_targets() if p.values[0].backend in ("cpu", "cuda")])
+def cxx_target(request):
+    """The backends that are C++ dispatcher ops with their own argument checks (cpu per ISA, cuda)."""
+    with activated(request.param) as t:
+        yield t
+
+
 @pytest.fixture(params=all_targets())
 def any_target(request):
     """The reference and every compiled target."""

@@ -85,7 +85,7 @@ def compiled_targets() -> list:
 
 def all_targets() -> list:
     """compiled_targets() and the reference (on the GPU when there is one)."""
-    return [pytest.param(Target("reference", "cuda" if HAS_GPU else "cpu"), id="reference")] + compiled_targets()
+    return [_param(Target("reference", "cuda" if HAS_GPU else "cpu"), None)] + compiled_targets()
 
 
 @contextlib.contextmanager

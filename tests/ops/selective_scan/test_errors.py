@@ -116,28 +116,24 @@ RAW_BAD = [
 
 
 @pytest.mark.parametrize("name,index,change,error,fragment", RAW_BAD, ids=[c[0] for c in RAW_BAD])
-def test_raw_op_rejects_bad_arguments(target, name, index, change, error, fragment):
-    if target.backend not in ("cpu", "cuda"):
-        pytest.skip("only the C++ ops are dispatcher ops with their own checks; the Triton wrappers run "
-                    "behind the public function's validation")
+def test_raw_op_rejects_bad_arguments(cxx_target, name, index, change, error, fragment):
+    target = cxx_target  # the Triton wrappers run behind the public function's validation only
     args = list(contract_args(_good(target.device), True, 8))
     args[index] = change(args)
     with pytest.raises(error, match=fragment):
         torch.ops.pyneuro.selective_scan_fwd(*args)
 
 
-def test_raw_op_rejects_N_above_its_limit(target):
-    if target.backend not in ("cpu", "cuda"):
-        pytest.skip("only the C++ ops are dispatcher ops with their own checks")
+def test_raw_op_rejects_N_above_its_limit(cxx_target):
+    target = cxx_target
     N = max_n(target.backend) + 1
     inputs, _ = make_inputs(1, 2, 3, N, device=target.device)
     with pytest.raises(ValueError, match=rf"N.*{N}"):
         torch.ops.pyneuro.selective_scan_fwd(*contract_args(inputs, True, 8))
 
 
-def test_raw_backward_rejects_wrong_chunk_states(target):
-    if target.backend not in ("cpu", "cuda"):
-        pytest.skip("only the C++ ops are dispatcher ops with their own checks")
+def test_raw_backward_rejects_wrong_chunk_states(cxx_target):
+    target = cxx_target
     args = contract_args(_good(target.device), True, 8)
     out, last, states = torch.ops.pyneuro.selective_scan_fwd(*args)
     with pytest.raises(ValueError, match="chunk_states"):
