@@ -326,14 +326,6 @@ def _first_tensor_dtype(args) -> Optional[torch.dtype]:
     return None
 
 
-def reset_caches() -> None:
-    """Forget probes and self-check results (tests change the environment between calls)."""
-    for op in OPS.values():
-        op._probed.clear()
-        op._checked.clear()
-    _WARNED.clear()
-
-
 def report(device: torch.device | None = None) -> dict[str, dict[str, str]]:
     """{op: {backend: "available" | reason}} for `pyneuro info`."""
     device = device or torch.device("cpu")

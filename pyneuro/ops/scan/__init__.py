@@ -327,6 +327,17 @@ def _self_check(backend: str, device: torch.device, dtype: torch.dtype) -> Optio
     return None
 
 
+def example_arguments(batch: int = 2, dim: int = 64, L: int = 128, N: int = 16, dtype=torch.float32,
+                      device="meta") -> tuple:
+    """Arguments of the given sizes (shape only, on the meta device by default) for
+    ``pyneuro explain selective_scan``."""
+    def t(*shape, dt=dtype):
+        return torch.empty(*shape, dtype=dt, device=device)
+
+    BC = t(batch, N, L)
+    return (t(batch, dim, L), t(batch, dim, L), t(dim, N, dt=torch.float32), BC, BC, None, None, None, None, True)
+
+
 OP = _backends.register_op(
     "selective_scan",
     {
@@ -339,7 +350,7 @@ OP = _backends.register_op(
                         _compiled_supports("cuda"), selfcheck=True),
     },
     self_check=_self_check,
-    example=lambda **kw: example_arguments(**kw),
+    example=example_arguments,
 )
 
 
@@ -368,17 +379,6 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     args = (u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus))
     out, last_state = OP(backend, u.device, *args)
     return (out, last_state) if return_last_state else out
-
-
-def example_arguments(batch: int = 2, dim: int = 64, L: int = 128, N: int = 16, dtype=torch.float32,
-                      device="meta") -> tuple:
-    """Arguments of the given sizes (shape only, on the meta device by default) for
-    ``pyneuro explain selective_scan``."""
-    def t(*shape, dt=dtype):
-        return torch.empty(*shape, dtype=dt, device=device)
-
-    BC = t(batch, N, L)
-    return (t(batch, dim, L), t(batch, dim, L), t(dim, N, dt=torch.float32), BC, BC, None, None, None, None, True)
 
 
 __all__ = ["selective_scan", "selective_scan_naive", "OP", "LIMITS", "TOLERANCE", "chunk_size_for", "max_n"]
