@@ -18,4 +18,43 @@ TORCH_LIBRARY(pyneuro, m) {
       "bool delta_softplus, int chunk_size) -> (Tensor du, Tensor ddelta, Tensor dA, Tensor dB, Tensor dC, "
       "Tensor dD, Tensor dz, Tensor ddelta_bias, Tensor dinitial_state)",
       {at::Tag::pt2_compliant_tag});
+
+  // Recurrent cells, one layer and one direction. Layout, reserve and gradients:
+  // docs/rnn_contract.md.
+  m.def(
+      "lstm_fwd(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "Tensor? w_hr) -> (Tensor y, Tensor h_n, Tensor c_n, Tensor reserve)",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "lstm_bwd(Tensor dy, Tensor? dh_n, Tensor? dc_n, Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, Tensor reserve) -> (Tensor dx, Tensor dh0, Tensor dc0, "
+      "Tensor dw_ih, Tensor dw_hh, Tensor db_ih, Tensor db_hh, Tensor dw_hr)",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "gru_fwd(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) "
+      "-> (Tensor y, Tensor h_n, Tensor reserve)",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "gru_bwd(Tensor dy, Tensor? dh_n, Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor reserve) -> (Tensor dx, Tensor dh0, Tensor dw_ih, Tensor dw_hh, Tensor db_ih, "
+      "Tensor db_hh)",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "rnn_fwd(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool relu) "
+      "-> (Tensor y, Tensor h_n, Tensor reserve)",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "rnn_bwd(Tensor dy, Tensor? dh_n, Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor reserve, bool relu) -> (Tensor dx, Tensor dh0, Tensor dw_ih, Tensor dw_hh, "
+      "Tensor db_ih, Tensor db_hh)",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "leaky_fwd(Tensor x, Tensor u0, Tensor w_ih, Tensor w_hh, Tensor? bias, Tensor tau) "
+      "-> (Tensor h, Tensor u_n, Tensor reserve)",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "leaky_bwd(Tensor dh, Tensor? du_n, Tensor x, Tensor u0, Tensor w_ih, Tensor w_hh, Tensor? bias, "
+      "Tensor tau, Tensor reserve) -> (Tensor dx, Tensor du0, Tensor dw_ih, Tensor dw_hh, Tensor dbias, "
+      "Tensor dtau)",
+      {at::Tag::pt2_compliant_tag});
 }
