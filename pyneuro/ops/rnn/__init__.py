@@ -1,23 +1,39 @@
-"""One recurrent layer, one direction, over a whole sequence: lstm_sequence, gru_sequence, rnn_sequence.
+"""One recurrent layer, one direction, over a whole sequence: lstm_sequence, gru_sequence,
+rnn_sequence and leaky_sequence (the leaky-integrator cell of MTRNN and PV-RNN).
 
 Shapes and gate orders are torch.nn.LSTM/GRU/RNN's (see naive.py), time-major. Stacking layers,
 bidirectionality, batch_first and dropout belong to :mod:`pyneuro.nn.rnn`, which calls these once
 per layer and direction; a fused kernel therefore only has to implement the single-direction cell
 loop.
 
-Backends: ``reference`` (naive.py, autograd through PyTorch). Fused CPU/CUDA/Triton cells are
-added behind these same functions.
+Backends (declared once per op below; pyneuro/_backends.py chooses among them):
+
+* ``reference``: naive.py, differentiated by PyTorch autograd; the only one taking fp64.
+* ``cpu``: torch.ops.pyneuro.<cell>_fwd/_bwd from pyneuro._C (csrc/cpu/rnn.cpp): the input
+  projection of all steps as one GEMM, per step the recurrent GEMM and one fused pointwise update,
+  the weight gradients as single GEMMs after the reverse loop.
+* ``cuda``: the same ops' CUDA kernels (csrc/cuda/rnn*.cu), when the extension was built with CUDA.
+* ``triton``: pyneuro.kernels.rnn wrapped as the custom ops pyneuro::<cell>_fwd_triton/_bwd_triton.
+
+The compiled backends implement the forward/backward pairs of docs/rnn_contract.md: the forward
+also returns a fp32 ``reserve`` (the gates and states the backward needs) and one autograd wiring
+serves them all. naive.py holds the same pairs in PyTorch (``*_fwd_contract``/``*_bwd_contract``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable, Optional
+
 import torch
+from torch import Tensor
 
 from ... import _backends
-from .naive import gru_sequence_naive, lstm_sequence_naive, rnn_sequence_naive
+from ..._backends import Backend
+from . import naive
+from .naive import gru_sequence_naive, leaky_sequence_naive, lstm_sequence_naive, rnn_sequence_naive
 
-LSTM_OP = _backends.reference_only("lstm", lstm_sequence_naive)
-GRU_OP = _backends.reference_only("gru", gru_sequence_naive)
-RNN_OP = _backends.reference_only("rnn", rnn_sequence_naive)
+_TRITON_MODULE = "pyneuro.kernels.rnn"
+_COMPILED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _NONLINEARITIES = ("tanh", "relu")
@@ -77,6 +93,273 @@ def _check(op: str, gates: int, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr=None) ->
             raise ValueError(f"{op}: {name} must be on x's device {x.device}, got {t.device}")
     return hidden, out_size
 
+# ----------------------------------------------------------------------------------------------
+# The compiled pairs: schemas, fake shapes and one autograd wiring for every backend
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Cell:
+    """One cell's compiled pair (docs/rnn_contract.md).
+
+    The forward takes ``n_tensors`` tensor arguments then the ``flags`` (non-tensor arguments),
+    and returns its outputs followed by the reserve; the backward takes the gradients of those
+    outputs, the forward's tensor arguments, the reserve, then the flags."""
+    name: str
+    fwd_schema: str
+    bwd_schema: str
+    n_tensors: int
+    fake_outputs: Callable  # (tensor args) -> [(shape, dtype)] of the forward's outputs, reserve last
+
+    @property
+    def n_outputs(self) -> int:
+        """The differentiable outputs (all but the reserve): y and the final state(s)."""
+        return 3 if self.name == "lstm" else 2
+
+
+def _lstm_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
+    T, B, _ = x.shape
+    H, R = c0.shape[1], h0.shape[1]
+    return [((T, B, R), x.dtype), ((B, R), x.dtype), ((B, H), x.dtype), ((T, B, 5 * H + R), torch.float32)]
+
+
+def _gru_fake(x, h0, w_ih, w_hh, b_ih, b_hh):
+    T, B, _ = x.shape
+    H = h0.shape[1]
+    return [((T, B, H), x.dtype), ((B, H), x.dtype), ((T, B, 5 * H), torch.float32)]
+
+
+def _single_state_fake(x, h0, *_weights):
+    T, B, _ = x.shape
+    H = h0.shape[1]
+    return [((T, B, H), x.dtype), ((B, H), x.dtype), ((T, B, H), torch.float32)]
+
+
+CELLS = {
+    "lstm": _Cell(
+        "lstm",
+        "(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr) "
+        "-> (Tensor y, Tensor h_n, Tensor c_n, Tensor reserve)",
+        "(Tensor dy, Tensor? dh_n, Tensor? dc_n, Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, "
+        "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, Tensor reserve) -> (Tensor dx, Tensor dh0, Tensor dc0, "
+        "Tensor dw_ih, Tensor dw_hh, Tensor db_ih, Tensor db_hh, Tensor dw_hr)",
+        8, _lstm_fake),
+    "gru": _Cell(
+        "gru",
+        "(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) "
+        "-> (Tensor y, Tensor h_n, Tensor reserve)",
+        "(Tensor dy, Tensor? dh_n, Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+        "Tensor reserve) -> (Tensor dx, Tensor dh0, Tensor dw_ih, Tensor dw_hh, Tensor db_ih, Tensor db_hh)",
+        6, _gru_fake),
+    "rnn": _Cell(
+        "rnn",
+        "(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool relu) "
+        "-> (Tensor y, Tensor h_n, Tensor reserve)",
+        "(Tensor dy, Tensor? dh_n, Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+        "Tensor reserve, bool relu) -> (Tensor dx, Tensor dh0, Tensor dw_ih, Tensor dw_hh, Tensor db_ih, "
+        "Tensor db_hh)",
+        6, _single_state_fake),
+    "leaky": _Cell(
+        "leaky",
+        "(Tensor x, Tensor u0, Tensor w_ih, Tensor w_hh, Tensor? bias, Tensor tau) "
+        "-> (Tensor h, Tensor u_n, Tensor reserve)",
+        "(Tensor dh, Tensor? du_n, Tensor x, Tensor u0, Tensor w_ih, Tensor w_hh, Tensor? bias, Tensor tau, "
+        "Tensor reserve) -> (Tensor dx, Tensor du0, Tensor dw_ih, Tensor dw_hh, Tensor dbias, Tensor dtau)",
+        6, _single_state_fake),
+}
+
+
+def _fake_fwd_for(cell: _Cell):
+    def fake(*args):
+        return tuple(args[0].new_empty(shape, dtype=dtype) for shape, dtype in cell.fake_outputs(*args[:cell.n_tensors]))
+
+    return fake
+
+
+def _fake_bwd_for(cell: _Cell):
+    def fake(*args):
+        x = args[cell.n_outputs]  # after the gradients of the differentiable outputs
+        inputs = args[cell.n_outputs:cell.n_outputs + cell.n_tensors]
+        return tuple(t.new_empty(t.shape) if t is not None else x.new_empty((0,)) for t in inputs)
+
+    return fake
+
+
+def _setup_context_for(cell: _Cell):
+    def setup_context(ctx, inputs, output):
+        tensors, flags = inputs[:cell.n_tensors], inputs[cell.n_tensors:]
+        ctx.save_for_backward(*tensors, output[-1])
+        ctx.flags = tuple(flags)
+        ctx.y_shape = output[0].shape
+        ctx.mark_non_differentiable(output[-1])
+
+    return setup_context
+
+
+def _backward_for(cell: _Cell, bwd_op):
+    """Gradients into every tensor input from y and from the final states; the reserve is
+    internal and not differentiable."""
+
+    def backward(ctx, *grads):
+        *saved, reserve = ctx.saved_tensors
+        x = saved[0]
+        dy, *dstates = grads[:-1]
+        dy = x.new_zeros(ctx.y_shape) if dy is None else dy.to(x.dtype).contiguous()
+        dstates = [None if d is None else d.to(x.dtype).contiguous() for d in dstates]
+        result = bwd_op(dy, *dstates, *saved, reserve, *ctx.flags)
+        return (*(g if t is not None else None for g, t in zip(result, saved)), *(None for _ in ctx.flags))
+
+    return backward
+
+
+def _register_pair(cell: _Cell, fwd, bwd, bwd_callable) -> None:
+    _backends.register_kernel_pair(cell.name, fwd, bwd, fake_fwd=_fake_fwd_for(cell), fake_bwd=_fake_bwd_for(cell),
+                                   setup_context=_setup_context_for(cell), backward=_backward_for(cell, bwd_callable))
+
+
+def _has_compiled(name: str) -> bool:
+    return _backends.extension()[0] is not None and hasattr(torch.ops.pyneuro, name)
+
+
+_TRITON_FWD: dict[str, object] = {}
+for _cell in CELLS.values():
+    # The C++ ops (cpu and, when built, cuda) exist once pyneuro._C is loaded.
+    if _has_compiled(f"{_cell.name}_fwd"):
+        _register_pair(_cell, f"pyneuro::{_cell.name}_fwd", f"pyneuro::{_cell.name}_bwd",
+                       getattr(torch.ops.pyneuro, f"{_cell.name}_bwd").default)
+    _fwd = _backends.triton_custom_op(f"pyneuro::{_cell.name}_fwd_triton", _cell.fwd_schema, _TRITON_MODULE,
+                                      f"{_cell.name}_fwd")
+    _bwd = _backends.triton_custom_op(f"pyneuro::{_cell.name}_bwd_triton", _cell.bwd_schema, _TRITON_MODULE,
+                                      f"{_cell.name}_bwd")
+    _register_pair(_cell, _fwd, _bwd, _bwd)
+    _TRITON_FWD[_cell.name] = _fwd
+
+
+# Normwise tolerances (max |actual - expected| / max |expected|, per output and per gradient)
+# against the fp64 oracle on the same inputs. One table for the conformance suite
+# (tests/ops/rnn/) and the first-use self-check.
+#   fp32: the same math in another order (blocked GEMMs, polynomial sigmoid/tanh of ~2 ulp),
+#         amplified over T steps by the recurrence: observed ~1e-6 at T = 28.
+#   bf16 / fp16: the CPU computes in fp32 and rounds inputs and outputs once (2^-8 / 2^-11
+#         relative); GPU kernels also round h to the input dtype for the recurrent GEMM each step.
+TOLERANCE = {
+    "reference": {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3},
+    "cpu": {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3},
+    "triton": {torch.float32: 5e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3},
+    "cuda": {torch.float32: 5e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3},
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Backends
+# ----------------------------------------------------------------------------------------------
+def _contract_call(cell: _Cell, backend: str):
+    """The backend's forward op on the validated arguments; returns the outputs without the reserve."""
+
+    def call(*args):
+        fwd = _TRITON_FWD[cell.name] if backend == "triton" else getattr(torch.ops.pyneuro, f"{cell.name}_fwd").default
+        prepared = [a.contiguous() if isinstance(a, Tensor) else a for a in args]
+        return tuple(fwd(*prepared)[:-1])
+
+    return call
+
+
+def _triton_kernels():
+    import importlib
+
+    return importlib.import_module(_TRITON_MODULE)
+
+
+def _compiled_supports(cell: _Cell, backend: str):
+    def supports(x, h0, *rest) -> Optional[Exception]:
+        if x.dtype not in _COMPILED_DTYPES:
+            return TypeError(f"{cell.name}: the {backend!r} backend takes float32, float16 or bfloat16, got "
+                             f"{x.dtype} ({x.dtype} runs on backend='reference')")
+        if backend == "triton":
+            hidden = rest[0].shape[1] if cell.name == "lstm" else h0.shape[1]  # lstm: c0 holds H
+            reason = _triton_kernels().supports(cell.name, hidden, h0.shape[1], x.dtype)
+            if reason is not None:
+                return ValueError(f"{cell.name}: the 'triton' backend cannot take these sizes: {reason}")
+        return None
+
+    return supports
+
+
+def _self_check_for(cell: _Cell):
+    def self_check(backend: str, device: torch.device, dtype: torch.dtype) -> Optional[str]:
+        """Compare ``backend`` with the reference on a tiny problem, forward and backward."""
+        dtype = dtype if dtype in _COMPILED_DTYPES else torch.float32
+        args = example_arguments(cell.name, T=5, B=3, I=7, H=12, dtype=dtype, device=device, random=True)
+        results = []
+        for b in (backend, "reference"):
+            outs = OPS[cell.name].backends[b].impl(*args)
+            tensors = [a for a in args if isinstance(a, Tensor)]
+            loss = sum((o.double() * torch.linspace(-1, 1, o.numel(), device=device, dtype=torch.float64)
+                        .view_as(o)).sum() for o in outs)
+            results.append([*outs, *torch.autograd.grad(loss, tensors)])
+        tol = TOLERANCE[backend][dtype]
+        for k, (got, want) in enumerate(zip(*results)):
+            got, want = got.detach().double(), want.detach().double()
+            err = ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+            if not err <= tol:  # also catches NaN
+                return f"result {k} differs from the reference by {err:.2e} (normwise; tolerance {tol:.0e})"
+        return None
+
+    return self_check
+
+
+def example_arguments(cell: str, T: int = 28, B: int = 128, I: int = 28, H: int = 128, P: int = 0,
+                      dtype=torch.float32, device="meta", random: bool = False) -> tuple:
+    """Validated-form arguments of ``cell`` ("lstm", "gru", "rnn", "leaky") at these sizes: shape
+    only on the meta device (``pyneuro explain``), or random leaves requiring grad."""
+    gen = torch.Generator().manual_seed(1234)
+
+    def t(*shape, scale=1.0):
+        if not random:
+            return torch.empty(*shape, dtype=dtype, device=device)
+        value = torch.randn(*shape, generator=gen) * scale
+        return value.to(device=device, dtype=dtype).requires_grad_()
+
+    G = {"lstm": 4, "gru": 3}.get(cell, 1)
+    R = P or H
+    w = 1.0 / H ** 0.5
+    common = (t(G * H, I, scale=w), t(G * H, R if cell == "lstm" else H, scale=w))
+    if cell == "lstm":
+        return (t(T, B, I), t(B, R), t(B, H), *common, t(G * H, scale=w), t(G * H, scale=w),
+                t(P, H, scale=w) if P else None)
+    if cell == "leaky":
+        tau = torch.linspace(1.0, 8.0, H).to(device=device, dtype=dtype)
+        return (t(T, B, I), t(B, H), *common, t(H, scale=w), tau.requires_grad_() if random else tau)
+    args = (t(T, B, I), t(B, H), *common, t(G * H, scale=w), t(G * H, scale=w))
+    return (*args, False) if cell == "rnn" else args
+
+
+def _reference_rnn(x, h0, w_ih, w_hh, b_ih, b_hh, relu):
+    return rnn_sequence_naive(x, h0, w_ih, w_hh, b_ih, b_hh, "relu" if relu else "tanh")
+
+
+_REFERENCES = {"lstm": lstm_sequence_naive, "gru": gru_sequence_naive, "rnn": _reference_rnn,
+               "leaky": leaky_sequence_naive}
+
+OPS: dict[str, _backends.Op] = {}
+for _cell in CELLS.values():
+    OPS[_cell.name] = _backends.register_op(
+        _cell.name,
+        {
+            "reference": Backend("reference", ("cpu", "cuda"), _REFERENCES[_cell.name]),
+            "cpu": Backend("cpu", ("cpu",), _contract_call(_cell, "cpu"), _backends.compiled_probe(f"{_cell.name}_fwd"),
+                           _compiled_supports(_cell, "cpu")),
+            "triton": Backend("triton", ("cuda", "cpu"), _contract_call(_cell, "triton"),
+                              _backends.triton_probe(_TRITON_MODULE), _compiled_supports(_cell, "triton"),
+                              selfcheck=True),
+            "cuda": Backend("cuda", ("cuda",), _contract_call(_cell, "cuda"),
+                            _backends.compiled_probe(f"{_cell.name}_fwd"), _compiled_supports(_cell, "cuda"),
+                            selfcheck=True),
+        },
+        self_check=_self_check_for(_cell),
+        example=lambda dtype=torch.float32, device="meta", _name=_cell.name, **sizes: example_arguments(
+            _name, dtype=dtype, device=device, **sizes),
+    )
+LSTM_OP, GRU_OP, RNN_OP, LEAKY_OP = (OPS[name] for name in ("lstm", "gru", "rnn", "leaky"))
+
 
 def lstm_sequence(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, backend: str = "auto"):
     """One LSTM layer over x (T, B, I) -> (y (T, B, H_out), h_n (B, H_out), c_n (B, H)).
@@ -110,10 +393,59 @@ def rnn_sequence(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity: str = "t
         raise ValueError(f"rnn_sequence: nonlinearity must be one of {_NONLINEARITIES}, got {nonlinearity!r}")
     hidden, _ = _check("rnn_sequence", 1, x, h0, None, w_ih, w_hh, b_ih, b_hh)
     h0 = x.new_zeros(x.shape[1], hidden) if h0 is None else h0
-    return RNN_OP(backend, x.device, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity)
+    return RNN_OP(backend, x.device, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity == "relu")
+
+
+def _check_leaky(x, u0, w_ih, w_hh, bias, tau) -> int:
+    op = "leaky_sequence"
+    _require_float_tensor(op, "x", x)
+    if x.dim() != 3:
+        raise ValueError(f"{op}: x must be 3-D (seq_len, batch, input_size), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{op}: x must hold at least one time step, got seq_len 0")
+    _require_float_tensor(op, "w_ih", w_ih)
+    if w_ih.dim() != 2 or w_ih.shape[0] == 0:
+        raise ValueError(f"{op}: w_ih must be 2-D (hidden_size, input_size), got shape {tuple(w_ih.shape)}")
+    hidden = w_ih.shape[0]
+    seq_len, batch, input_size = x.shape
+    expected = (("w_ih", w_ih, (hidden, input_size), "(hidden_size, input_size)"),
+                ("w_hh", w_hh, (hidden, hidden), "(hidden_size, hidden_size)"),
+                ("bias", bias, (hidden,), "(hidden_size,)"),
+                ("tau", tau, (hidden,), "(hidden_size,)"),
+                ("u0", u0, (batch, hidden), "(batch, hidden_size)"))
+    for name, t, shape, described in expected:
+        if t is None:
+            if name in ("w_hh", "tau"):
+                raise TypeError(f"{op}: {name} is required, got None")
+            continue
+        _require_float_tensor(op, name, t)
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{op}: {name} must have shape {described} = {shape}, got {tuple(t.shape)}")
+        if t.dtype != x.dtype:
+            raise TypeError(f"{op}: {name} must have x's dtype {x.dtype}, got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{op}: {name} must be on x's device {x.device}, got {t.device}")
+    return hidden
+
+
+def leaky_sequence(x, u0, w_ih, w_hh, bias, tau, backend: str = "auto"):
+    """The leaky-integrator (continuous-time) RNN over x (T, B, I) -> (h (T, B, H), u_T (B, H)).
+
+        u_t = (1 - 1/τ) ⊙ u_{t-1} + (1/τ) ⊙ (W_ih x_t + W_hh tanh(u_{t-1}) + bias),  h_t = tanh(u_t)
+
+    ``u0`` (B, H) is the initial internal state (None: zeros), ``w_ih`` (H, I), ``w_hh`` (H, H),
+    ``bias`` (H,) or None, ``tau`` (H,) the per-unit time constants, τ ≥ 1 (fixed, or a learned
+    tensor: it gets its gradient). τ is not range-checked here, since that would synchronise a GPU
+    at every call; keep it ≥ 1 by construction (e.g. 1 + softplus(θ)). Gradients flow into every
+    tensor argument, also from u_T.
+    """
+    hidden = _check_leaky(x, u0, w_ih, w_hh, bias, tau)
+    u0 = x.new_zeros(x.shape[1], hidden) if u0 is None else u0
+    return LEAKY_OP(backend, x.device, x, u0, w_ih, w_hh, bias, tau)
 
 
 __all__ = [
-    "lstm_sequence", "gru_sequence", "rnn_sequence",
-    "lstm_sequence_naive", "gru_sequence_naive", "rnn_sequence_naive",
+    "lstm_sequence", "gru_sequence", "rnn_sequence", "leaky_sequence",
+    "lstm_sequence_naive", "gru_sequence_naive", "rnn_sequence_naive", "leaky_sequence_naive",
+    "CELLS", "OPS", "TOLERANCE", "example_arguments",
 ]
