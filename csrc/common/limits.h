@@ -22,6 +22,15 @@ constexpr int kSelectiveScanMaxDState = 256;
 // Time steps between stored states. Equal to the kernels' time tile, so the backward reads every
 // tile's start state instead of recomputing it (other values work; see selective_scan.cu).
 constexpr int kSelectiveScanDefaultChunk = 64;
+
+// --- recurrent cells, CUDA (csrc/cuda/rnn.cu, rnn_persistent.cu)
+// The persistent forward keeps W_hh's rows of its unit tiles in shared memory: at H = 256 an LSTM
+// block holds 64 rows x 260 fp32 (65 KiB) plus a 16 x 260 fp32 h tile (16 KiB), within the 99 KiB
+// an sm_86 block may use (the compile check measures it). Above it, path 1 (cuBLAS + fused cells) runs.
+constexpr int kRnnPersistentMaxH = 256;
+// Hidden units per unit tile and batch rows per batch tile: 16 x 16 = 256 threads, one (b, j) each.
+constexpr int kRnnPersistentUnits = 16;
+constexpr int kRnnPersistentBatch = 16;
 }  // namespace cuda
 
 }  // namespace pyneuro

@@ -322,5 +322,40 @@ __device__ __forceinline__ float block_reduce_sum(float v, float* scratch) {
   return total;
 }
 
+
+// ---- grid-wide synchronisation (persistent kernels) ------------------------------------------------
+// A load that bypasses L1 (ld.global.cg): for data other blocks wrote during this launch, which a
+// stale L1 line must not hide. Emulation: a plain load (host memory is coherent).
+__device__ __forceinline__ float ldcg(const float* p) {
+#if defined(__CUDA_ARCH__) && !defined(PYNEURO_CUDA_EMULATION)
+  return __ldcg(p);
+#else
+  return *p;
+#endif
+}
+
+// Barrier of a group of `count` co-resident blocks (a cooperative launch guarantees residency):
+// every thread of each block calls it with the same monotonic `target` = (calls so far + 1)·count,
+// and `counter` starts at 0 for the launch. As cooperative_groups' grid sync: block barrier,
+// one thread publishes the block's writes (fence, then the arrival), spins until all arrived,
+// fences, block barrier. A monotonic target needs no reset between calls (a reset could race
+// with a late block still reading the old value). Emulation: blocks run one after another, so a
+// group of more than one block would never meet; one block's group is exact (the arrival makes
+// the count reach the target), and a larger one traps instead of hanging.
+__device__ __forceinline__ void group_barrier(unsigned* counter, unsigned target) {
+  __syncthreads();
+  if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) {
+    __threadfence();
+    atomicAdd(counter, 1u);
+#if defined(__CUDA_ARCH__) && !defined(PYNEURO_CUDA_EMULATION)
+    while (*static_cast<volatile unsigned*>(counter) < target) __nanosleep(20);
+#else
+    if (__atomic_load_n(counter, __ATOMIC_ACQUIRE) < target) __trap();
+#endif
+    __threadfence();
+  }
+  __syncthreads();
+}
+
 }  // namespace cuda
 }  // namespace pyneuro

@@ -1,0 +1,313 @@
+// Recurrent cells, path 2: the persistent forward for small hidden sizes (H <= kRnnPersistentMaxH).
+// One cooperative launch runs all T steps; the ideas follow FlashRNN (Pöppel et al., ICLR 2025),
+// haste and cuDNN's persistent RNN (weights stay on chip, one launch per sequence, the blocks
+// meet between steps) — this is our own, simpler kernel, not a port of any of them.
+//
+// Work split. gx = x W_ihᵀ (T, B, G·H) fp32 comes from one cuBLAS GEMM in the glue. The recurrent
+// GEMM of a step, (B, H) x (H, G·H), is cut into unit tiles of U = 16 hidden units (all G gates of
+// each: G·16 rows of W_hh, so a tile's cell update needs nothing from other tiles) and batch
+// tiles of Bt = 16 rows. Block (x, y) owns `tiles_per_block` unit tiles (x) and the batch tiles
+// y, y + gridDim.y, ...; thread (bl, jl) = (tid / 16, tid % 16) computes the G dot products of
+// batch row bl and unit jl, then that unit's cell, in registers.
+//
+// Shared memory (dynamic): W slice tiles_per_block·G·16 rows x ldw (Hp = H rounded up to 16;
+// ldw = Hp + 16 bytes of padding, in fp32 for fp32 and in X for fp16/bf16), loaded once;
+// the h tile 16 x (Hp + 4) fp32, restaged every step. H = 256, LSTM, fp32: 65 KiB + 16 KiB.
+// Padding makes ldw / 4 words odd, so the 8 lanes of a quarter-warp (8 rows) hit distinct banks
+// with 16-byte loads; the h tile is read as a broadcast (2 rows per warp).
+//
+// Per step and block: reads Bt·H fp32 of h_{t-1} from the reserve (L2: written by every block of
+// the group at step t-1), gx (Bt·G·16 fp32 per tile); writes the reserve rows and y; FMAs:
+// Bt·G·16·H per tile (H = 256, LSTM: 256 K). Between steps the x-blocks of one y group meet at a
+// counter barrier (group_barrier, common.cuh): step t+1 needs every unit of h_t.
+//
+// Not done (yet): weights in registers instead of shared memory (FlashRNN's fastest variant),
+// tensor-core MMA for fp16/bf16 (here fp16/bf16 weights live in shared memory as X and are
+// widened to fp32 for FMA: half the shared memory, fp32 math), the projection LSTM (path 1),
+// and a persistent backward (the backward always runs path 1).
+#include <algorithm>
+
+#include "common.cuh"
+#include "rnn.h"
+#include "rnn_cell.h"
+
+namespace pyneuro {
+namespace cuda {
+namespace {
+
+constexpr int kU = kRnnPersistentUnits;   // 16 units per tile
+constexpr int kBt = kRnnPersistentBatch;  // 16 batch rows per tile
+constexpr int kThreads = kU * kBt;        // 256
+static_assert(kU == 16 && kBt == 16, "thread mapping assumes 16 x 16");
+
+__host__ __device__ constexpr int gates_of(RnnCellKind c) { return c == RnnCellKind::kLstm ? 4 : c == RnnCellKind::kGru ? 3 : 1; }
+
+// Shared storage of W: fp32 for fp32, else the input dtype (fp32 math after widening).
+template <typename X> struct WStore { using type = X; };
+
+__host__ __device__ inline int padded_h(int H) { return (H + 15) / 16 * 16; }
+template <typename WT> __host__ __device__ inline int ldw_of(int H) { return padded_h(H) + 16 / int(sizeof(WT)); }
+__host__ __device__ inline int ldh_of(int H) { return padded_h(H) + 4; }
+
+template <typename WT>
+size_t smem_bytes_t(int G, int H, int tiles_per_block) {
+  return size_t(tiles_per_block) * G * kU * ldw_of<WT>(H) * sizeof(WT) + size_t(kBt) * ldh_of(H) * sizeof(float);
+}
+
+// Dot products of one h row with G weight rows over k < Hp (zero-padded), fp32 accumulation.
+__device__ __forceinline__ void load8(const float* p, float (&v)[8]) {
+  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+  v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+}
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, float (&v)[8]) { load_vec16(p, v); }
+
+template <int G, typename WT>
+__device__ __forceinline__ void dots(float (&acc)[G], const float* __restrict__ hrow, const WT* __restrict__ w0,
+                                     int ldw16, int Hp) {
+#pragma unroll
+  for (int g = 0; g < G; ++g) acc[g] = 0.f;
+#pragma unroll 2
+  for (int k = 0; k < Hp; k += 8) {
+    float hv[8];
+    load8(hrow + k, hv);
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float wv[8];
+      load8(w0 + g * ldw16 + k, wv);
+#pragma unroll
+      for (int q = 0; q < 8; ++q) acc[g] = fmaf(hv[q], wv[q], acc[g]);
+    }
+  }
+}
+
+template <RnnCellKind kCell, typename X>
+__global__ void __launch_bounds__(kThreads, 1) rnn_persistent_fwd_kernel(const RnnPersistentFwdParams p) {
+  using namespace rnn;
+  using WT = typename WStore<X>::type;
+  constexpr int G = gates_of(kCell);
+  const int H = p.H, B = p.B, Hp = padded_h(H);
+  const int ldw = ldw_of<WT>(H), ldh = ldh_of(H);
+  const int64_t GH = int64_t(G) * H;
+  const int64_t W = kCell == RnnCellKind::kLstm ? 5 * int64_t(H) + H : kCell == RnnCellKind::kGru ? 5 * int64_t(H) : H;
+  const int so = kCell == RnnCellKind::kLstm ? 5 * H : kCell == RnnCellKind::kGru ? 4 * H : 0;  // h_t / u_t column
+  const int ntiles = (H + kU - 1) / kU, nbt = (B + kBt - 1) / kBt;
+  const int tid = threadIdx.x, bl = tid / kU, jl = tid % kU;
+
+  extern __shared__ float4 smem_f4[];
+  WT* const ws = reinterpret_cast<WT*>(smem_f4);
+  float* const hs = reinterpret_cast<float*>(ws + size_t(p.tiles_per_block) * G * kU * ldw);
+
+  // W_hh rows of this block's unit tiles, once: smem row (q·G + g)·16 + jj holds W_hh[g·H + u·16 + jj].
+  const int rows = p.tiles_per_block * G * kU;
+  const WT* w_hh = static_cast<const WT*>(p.w_hh);
+  for (int64_t e = tid; e < int64_t(rows) * Hp; e += kThreads) {
+    const int r = int(e / Hp), k = int(e % Hp);
+    const int q = r / (G * kU), g = r / kU % G, jj = r % kU;
+    const int unit = (blockIdx.x * p.tiles_per_block + q) * kU + jj;
+    ws[size_t(r) * ldw + k] = (unit < H && k < H) ? w_hh[(int64_t(g) * H + unit) * H + k] : from_f<WT>(0.f);
+  }
+  // (padding columns [Hp, ldw) are never read)
+
+  const X* state0 = static_cast<const X*>(p.state0);
+  for (int t = 0; t < p.T; ++t) {
+    const bool last = t == p.T - 1;
+    const float* res_prev = p.reserve + int64_t(t - 1) * B * W;  // valid for t > 0
+    float* res_t = p.reserve + int64_t(t) * B * W;
+    for (int bt = blockIdx.y; bt < nbt; bt += gridDim.y) {
+      const int b0 = bt * kBt;
+      // h_{t-1} (leaky: tanh(u_{t-1})) for rows b0.., zero outside [0, B) x [0, H). The previous
+      // use of hs ended at the __syncthreads below (or the barrier).
+      for (int e = tid; e < kBt * Hp; e += kThreads) {
+        const int r = e / Hp, k = e % Hp, b = b0 + r;
+        float v = 0.f;
+        if (b < B && k < H) {
+          v = t == 0 ? to_f(state0[int64_t(b) * H + k]) : ldcg(res_prev + int64_t(b) * W + so + k);
+          if (kCell == RnnCellKind::kLeaky) v = tanh_f(v);
+        }
+        hs[r * ldh + k] = v;
+      }
+      __syncthreads();
+      const int b = b0 + bl;
+      for (int q = 0; q < p.tiles_per_block; ++q) {
+        const int u = blockIdx.x * p.tiles_per_block + q;
+        if (u >= ntiles) break;  // uniform over the block
+        const int j = u * kU + jl;
+        float acc[G];
+        dots<G>(acc, hs + bl * ldh, ws + size_t(q * G * kU + jl) * ldw, kU * ldw, Hp);
+        if (b >= B || j >= H) continue;
+        const float* gx = p.gx + (int64_t(t) * B + b) * GH;
+        float* res = res_t + int64_t(b) * W;
+        const float* prev = res_prev + int64_t(b) * W;
+        const int64_t bj = int64_t(b) * H + j;
+        const int64_t yj = (int64_t(t) * B + b) * H + j;
+        if constexpr (kCell == RnnCellKind::kLstm) {
+          float pre[4];
+#pragma unroll
+          for (int g = 0; g < 4; ++g) {
+            const int64_t k = int64_t(g) * H + j;
+            pre[g] = gx[k] + acc[g] + ldx_or0<X>(p.b_ih, k) + ldx_or0<X>(p.b_hh, k);
+          }
+          const float c_prev = t > 0 ? prev[4 * int64_t(H) + j] : ldx<X>(p.c0, bj);
+          const LstmStep s = lstm_step(pre[0], pre[1], pre[2], pre[3], c_prev);
+          res[j] = s.i; res[H + j] = s.f; res[2 * int64_t(H) + j] = s.g; res[3 * int64_t(H) + j] = s.o;
+          res[4 * int64_t(H) + j] = s.c;
+          res[5 * int64_t(H) + j] = s.m;
+          stx<X>(p.y, yj, s.m);
+          if (last) { stx<X>(p.h_n, bj, s.m); stx<X>(p.c_n, bj, s.c); }
+        } else if constexpr (kCell == RnnCellKind::kGru) {
+          float a[3], s[3];
+#pragma unroll
+          for (int g = 0; g < 3; ++g) {
+            const int64_t k = int64_t(g) * H + j;
+            a[g] = gx[k] + ldx_or0<X>(p.b_ih, k);
+            s[g] = acc[g] + ldx_or0<X>(p.b_hh, k);
+          }
+          const float h_prev = t > 0 ? prev[4 * int64_t(H) + j] : to_f(state0[bj]);
+          const GruStep st = gru_step(a[0], a[1], a[2], s[0], s[1], s[2], h_prev);
+          res[j] = st.r; res[H + j] = st.z; res[2 * int64_t(H) + j] = st.n; res[3 * int64_t(H) + j] = s[2];
+          res[4 * int64_t(H) + j] = st.h;
+          stx<X>(p.y, yj, st.h);
+          if (last) stx<X>(p.h_n, bj, st.h);
+        } else if constexpr (kCell == RnnCellKind::kLeaky) {
+          const float a = gx[j] + acc[0] + ldx_or0<X>(p.b_ih, j);
+          const float u_prev = t > 0 ? prev[j] : to_f(state0[bj]);
+          const float uu = leaky_step(a, u_prev, 1.f / ldx<X>(p.tau, j));
+          res[j] = uu;
+          stx<X>(p.y, yj, tanh_f(uu));
+          if (last) stx<X>(p.h_n, bj, uu);
+        } else {
+          const float h = rnn_act(gx[j] + acc[0] + ldx_or0<X>(p.b_ih, j) + ldx_or0<X>(p.b_hh, j),
+                                  kCell == RnnCellKind::kRnnRelu);
+          res[j] = h;
+          stx<X>(p.y, yj, h);
+          if (last) stx<X>(p.h_n, bj, h);
+        }
+      }
+      __syncthreads();  // hs is restaged for the next batch tile
+    }
+    // Step t+1 reads h_t of every unit tile of the group's batch tiles.
+    if (!last) group_barrier(p.barrier + blockIdx.y, unsigned(t + 1) * gridDim.x);
+  }
+}
+
+template <RnnCellKind kCell, typename X>
+void* kernel_ptr() {
+  return reinterpret_cast<void*>(&rnn_persistent_fwd_kernel<kCell, X>);
+}
+
+template <typename X>
+void* pick_kernel_x(RnnCellKind cell) {
+  switch (cell) {
+    case RnnCellKind::kLstm: return kernel_ptr<RnnCellKind::kLstm, X>();
+    case RnnCellKind::kGru: return kernel_ptr<RnnCellKind::kGru, X>();
+    case RnnCellKind::kRnnTanh: return kernel_ptr<RnnCellKind::kRnnTanh, X>();
+    case RnnCellKind::kRnnRelu: return kernel_ptr<RnnCellKind::kRnnRelu, X>();
+    case RnnCellKind::kLeaky: return kernel_ptr<RnnCellKind::kLeaky, X>();
+  }
+  return nullptr;
+}
+
+void* pick_kernel(RnnCellKind cell, RnnDtype dtype) {
+  switch (dtype) {
+    case RnnDtype::kFloat32: return pick_kernel_x<float>(cell);
+    case RnnDtype::kFloat16: return pick_kernel_x<__half>(cell);
+    case RnnDtype::kBFloat16: return pick_kernel_x<__nv_bfloat16>(cell);
+  }
+  return nullptr;
+}
+
+template <RnnCellKind kCell, typename X>
+cudaError_t launch_t(const RnnPersistentFwdParams& p, size_t smem, cudaStream_t stream) {
+  auto* k = &rnn_persistent_fwd_kernel<kCell, X>;
+  PYNEURO_CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  void* args[] = {const_cast<RnnPersistentFwdParams*>(&p)};
+  PYNEURO_CUDA_TRY(cudaLaunchCooperativeKernel(k, dim3(p.blocks_x, p.blocks_y), dim3(kThreads), args, smem, stream));
+  PYNEURO_CUDA_CHECK_LAUNCH();
+  return cudaSuccess;
+}
+
+template <typename X>
+cudaError_t launch_x(const RnnPersistentFwdParams& p, size_t smem, cudaStream_t stream) {
+  switch (p.cell) {
+    case RnnCellKind::kLstm: return launch_t<RnnCellKind::kLstm, X>(p, smem, stream);
+    case RnnCellKind::kGru: return launch_t<RnnCellKind::kGru, X>(p, smem, stream);
+    case RnnCellKind::kRnnTanh: return launch_t<RnnCellKind::kRnnTanh, X>(p, smem, stream);
+    case RnnCellKind::kRnnRelu: return launch_t<RnnCellKind::kRnnRelu, X>(p, smem, stream);
+    case RnnCellKind::kLeaky: return launch_t<RnnCellKind::kLeaky, X>(p, smem, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+size_t rnn_persistent_fwd_smem_bytes(RnnCellKind cell, RnnDtype dtype, int H, int tiles_per_block) {
+  const int G = gates_of(cell);
+  return dtype == RnnDtype::kFloat32 ? smem_bytes_t<float>(G, H, tiles_per_block)
+                                     : smem_bytes_t<__half>(G, H, tiles_per_block);
+}
+
+RnnPersistentPlan rnn_persistent_fwd_plan(RnnCellKind cell, RnnDtype dtype, int B, int H, int device,
+                                          int max_blocks_x) {
+  RnnPersistentPlan plan;
+  if (H < 1 || B < 1 || H > kRnnPersistentMaxH) {
+    plan.why_not = "H is above the persistent kernel's limit (kRnnPersistentMaxH)";
+    return plan;
+  }
+  int coop = 0, sms = 0, optin = 0;
+  if (cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device) != cudaSuccess || !coop) {
+    cudaGetLastError();
+    plan.why_not = "the device does not support cooperative launches";
+    return plan;
+  }
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
+    cudaGetLastError();
+    plan.why_not = "device attributes could not be read";
+    return plan;
+  }
+  const int ntiles = (H + kU - 1) / kU, nbt = (B + kBt - 1) / kBt;
+  int bx = max_blocks_x > 0 ? std::min(ntiles, max_blocks_x) : ntiles;
+  const int tpb = (ntiles + bx - 1) / bx;
+  bx = (ntiles + tpb - 1) / tpb;
+  const size_t smem = rnn_persistent_fwd_smem_bytes(cell, dtype, H, tpb);
+  if (smem > size_t(optin)) {
+    plan.why_not = "the weight slice does not fit in shared memory";
+    return plan;
+  }
+  void* k = pick_kernel(cell, dtype);
+  int per_sm = 0;
+  if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, smem) != cudaSuccess) {
+    cudaGetLastError();
+    plan.why_not = "the occupancy query failed";
+    return plan;
+  }
+  const int64_t capacity = int64_t(per_sm) * sms;
+  if (capacity < bx) {
+    plan.why_not = "the unit tiles' blocks cannot all be co-resident";
+    return plan;
+  }
+  plan.ok = true;
+  plan.blocks_x = bx;
+  plan.blocks_y = int(std::min<int64_t>({int64_t(nbt), capacity / bx, 65535}));
+  plan.tiles_per_block = tpb;
+  plan.smem_bytes = smem;
+  return plan;
+}
+
+cudaError_t rnn_persistent_fwd(const RnnPersistentFwdParams& p, cudaStream_t stream) {
+  if (p.B < 1 || p.H < 1 || p.H > kRnnPersistentMaxH || p.T < 1 || p.blocks_x < 1 || p.blocks_y < 1 ||
+      p.tiles_per_block < 1 || int64_t(p.blocks_x) * p.tiles_per_block * kU < p.H)
+    return cudaErrorInvalidValue;
+  const size_t smem = rnn_persistent_fwd_smem_bytes(p.cell, p.dtype, p.H, p.tiles_per_block);
+  switch (p.dtype) {
+    case RnnDtype::kFloat32: return launch_x<float>(p, smem, stream);
+    case RnnDtype::kFloat16: return launch_x<__half>(p, smem, stream);
+    case RnnDtype::kBFloat16: return launch_x<__nv_bfloat16>(p, smem, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace cuda
+}  // namespace pyneuro
