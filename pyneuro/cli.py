@@ -17,6 +17,9 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model on MNIST, evaluate it on the test set, write plots")
     t.add_argument("--model", choices=registry.names(), help="which model to train")
+    t.add_argument("--preset", metavar="NAME",
+                   help="apply a preset of the model's config section (after the file, before --set); "
+                        "`pyneuro models` lists them")
     t.add_argument("--config", help=f"settings file (default: ./{DEFAULT_CONFIG} when it exists)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting: train.lr=1e-3, model.hidden_size=256, or a bare unambiguous key")
@@ -24,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default: auto)")
     t.add_argument("--seed", type=int, help="random seed; the same seed repeats the run exactly")
     t.add_argument("--out", help="run folder (default: runs/MODEL, or runs/MODEL-2, ... if taken)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR (its last.pt)")
+    t.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run saved in RUN_DIR (its last.pt); --epochs and --device may be given")
     t.add_argument("--overwrite", action="store_true", help="reuse --out even if it holds a run")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on the MNIST test set")
@@ -59,14 +63,19 @@ def _free_run_dir(model: str) -> Path:
     return candidate
 
 
+def _read_config(path: str | None) -> dict | None:
+    from .train import config as cfg
+
+    if path:
+        return cfg.read_config_file(path)
+    if Path(DEFAULT_CONFIG).exists():
+        return cfg.read_config_file(DEFAULT_CONFIG)
+    return None
+
+
 def train_settings(args) -> dict:
     from .train import config as cfg
 
-    config = None
-    if args.config:
-        config = cfg.read_config_file(args.config)
-    elif Path(DEFAULT_CONFIG).exists():
-        config = cfg.read_config_file(DEFAULT_CONFIG)
     overrides = list(args.overrides)
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
@@ -74,27 +83,49 @@ def train_settings(args) -> dict:
         overrides.append(f"train.device={json.dumps(args.device)}")
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
-    return cfg.resolve(args.model, config, overrides)
+    return cfg.resolve(args.model, _read_config(args.config), overrides, preset=args.preset)
+
+
+def _check_device(name: str | None) -> None:
+    # Before any work (and before torchrun's processes try to join a group on a missing GPU).
+    if name == "cuda":
+        from .train.loop import resolve_device
+
+        resolve_device(name)
 
 
 def cmd_train(args) -> int:
     from .train import loop
 
+    _check_device(args.device)
     if args.resume:
-        if args.model or args.config or args.overrides:
-            raise ValueError("--resume continues a run with its saved settings; only --epochs may be given with it")
-        settings = {"train": {"epochs": args.epochs}} if args.epochs is not None else None
-        summary = loop.train(settings, args.resume, resume=True)
+        extra = [flag for flag, given in (("--config", args.config), ("--set", args.overrides),
+                                          ("--preset", args.preset), ("--seed", args.seed is not None),
+                                          ("--out", args.out), ("--overwrite", args.overwrite)) if given]
+        if extra:
+            raise ValueError(f"--resume continues a run with its saved settings; {', '.join(extra)} cannot be "
+                             "given with it (only --epochs, --device and a matching --model)")
+        run = Path(args.resume)
+        if not run.is_dir():
+            raise ValueError(f"--resume {run}: no such run folder")
+        if not (run / "last.pt").is_file():
+            raise ValueError(f"--resume {run}: the folder holds no last.pt (the run saved no checkpoint yet); "
+                             "start it again with --out and --overwrite")
+        settings = {"train": {"epochs": args.epochs, "device": args.device}}
+        summary = loop.train(settings, run, resume=True, expect_model=args.model)
     else:
         if not args.model:
             raise ValueError("--model is required (or --resume RUN_DIR); see `pyneuro models`")
         settings = train_settings(args)
         out = Path(args.out) if args.out else _free_run_dir(args.model)
-        if (out / "last.pt").exists() and not args.overwrite:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out}: exists and is not a folder")
+        if ((out / "last.pt").exists() or (out / "eval.json").exists()) and not args.overwrite:
             raise ValueError(f"{out} already holds a run: pass --resume {out} to continue it, "
                              "--overwrite to start again there, or another --out")
         summary = loop.train(settings, out)
-    print(json.dumps({"model": summary["model"], "test_acc": summary["test_acc"], "plots": summary["plots"]}))
+    if summary is not None:  # None on the torchrun ranks other than 0
+        print(json.dumps({"model": summary["model"], "test_acc": summary["test_acc"], "plots": summary["plots"]}))
     return 0
 
 
@@ -102,6 +133,7 @@ def cmd_eval(args) -> int:
     from .train import loop
     from .train.checkpoint import load_checkpoint
 
+    _check_device(args.device)
     state = load_checkpoint(args.checkpoint)
     ckpt_dir = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
     out = Path(args.out) if args.out else ckpt_dir
@@ -195,11 +227,17 @@ def cmd_explain(args) -> int:
 
 def cmd_models(args) -> int:
     from .models import registry
+    from .train.config import preset_names
 
+    config = _read_config(None)
     for name in registry.names():
         spec = registry.get(name)
         print(f"{name:<12} {spec.description} (view: {spec.view})")
         print(f"{'':<12} defaults: {json.dumps(spec.defaults)}")
+        presets = preset_names(config, name)
+        if presets:
+            print(f"{'':<12} presets ({DEFAULT_CONFIG}): {', '.join(presets)}  (pyneuro train --model {name} "
+                  f"--preset {presets[0]})")
     return 0
 
 
@@ -213,6 +251,7 @@ def main(argv=None) -> int:
     from .data import DataError
     from .train.checkpoint import CheckpointError
     from .train.config import ConfigError
+    from .train.distributed import env_rank
 
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -224,11 +263,19 @@ def main(argv=None) -> int:
                "bench": cmd_bench}[args.command]
     try:
         return handler(args)
-    except (ConfigError, CheckpointError, DataError, ValueError) as exc:
-        print(f"pyneuro: error: {exc}", file=sys.stderr)
+    except (ConfigError, CheckpointError, DataError, ValueError, OSError) as exc:
+        if env_rank() == 0:  # under torchrun every process fails alike: say it once
+            print(f"pyneuro: error: {_message(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:
+        # The loop saved a checkpoint before raising Interrupted; 128 + signal is the shell's code.
+        return 128 + getattr(exc, "signum", 2)
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)
 
 
 if __name__ == "__main__":

@@ -1,22 +1,31 @@
 """Training and evaluation of a registered model on MNIST.
 
-The whole data set stays in memory as uint8 tensors; each batch is gathered by index, augmented
-and turned into the model's view on the fly. A run folder holds:
-    settings.json    the resolved settings (model, hyper-parameters, training)
+The whole data set stays in memory as uint8 tensors on the training device; each batch is gathered
+by index, augmented and turned into the model's view on the fly. A run folder holds:
+    settings.json    the resolved settings (model, preset, hyper-parameters, training, world size)
     metrics.jsonl    one record per epoch (train/val loss and accuracy, lr, samples/s)
     last.pt          checkpoint: model, optimizer, scheduler, RNG states, position (atomic writes)
     eval.json        the final test-set evaluation (test_acc, per-class report, confusion matrix)
     *.png            training curves, confusion matrix, predictions grid
-Ctrl-C (or SIGTERM) saves a checkpoint at the current batch; ``resume`` continues exactly there.
+
+Stopping: SIGINT (Ctrl-C) and SIGTERM only set a flag. The loop acts on it at the next batch
+boundary, where the model, optimizer, scheduler and position agree: it saves the checkpoint and
+raises :class:`Interrupted`. ``resume`` continues from there bit for bit. Checkpoints are also
+written at every epoch end and every ``train.checkpoint_every`` steps, so even ``kill -9`` loses at
+most that many steps. A second signal stops at once (the last checkpoint on disk stays whole).
+
+Under torchrun every process trains on its share of each global batch (DistributedDataParallel
+averages the gradients); only rank 0 logs, writes files and evaluates. See distributed.py.
 """
 from __future__ import annotations
 
+import copy
+import io
 import json
 import math
 import signal
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -25,20 +34,63 @@ import torch.nn.functional as F
 
 from .. import data as pdata
 from ..models import registry
-from .augment import random_shift
-from .checkpoint import load_checkpoint, save_checkpoint
+from . import distributed
+from .augment import shift_images, shift_offsets
+from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
+from .config import ConfigError
 from .metrics import MetricsLog, classification_report, confusion_matrix, format_report
 from .progress import Progress
 
 CHECKPOINT_NAME = "last.pt"
 
 
+class Interrupted(KeyboardInterrupt):
+    """A signal stopped the run; the checkpoint to resume from was saved first."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class StopRequest:
+    """Signal handlers that only record the request (SIGINT and SIGTERM).
+
+    The old handler raised inside whatever was running, optimizer.step() included, which could save
+    a half-updated model, or an updated model with the old position. Here the loop polls
+    ``signum`` at batch boundaries. A second signal raises KeyboardInterrupt at once, for a user
+    who does not want to wait for the batch to finish."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = 0
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        try:
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: signals cannot be caught here
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        return False
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but torch sees no CUDA GPU "
-                         f"(torch {torch.__version__}, CUDA build: {torch.version.cuda})")
+        raise ConfigError("--device cuda: torch sees no CUDA GPU here "
+                          f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use --device cpu")
     return torch.device(name)
 
 
@@ -50,9 +102,46 @@ def load_split(split: str, data_dir=None, subset: int = 0):
     return images, labels
 
 
-def model_input(spec, hyper: dict, images: torch.Tensor) -> torch.Tensor:
+def input_view(spec, hyper: dict) -> str:
+    """The view the model reads: its ``view`` hyper-parameter when it has one, else the registry's."""
+    return hyper.get("view", spec.view)
+
+
+def model_input(spec, hyper: dict, images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     """uint8 (B, 28, 28) -> the float view the model consumes."""
-    return pdata.to_view(images, spec.view, patch_size=hyper.get("patch_size", 7))
+    x = pdata.to_view(images, input_view(spec, hyper), patch_size=hyper.get("patch_size", 7))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def build_model(spec, hyper: dict, device: torch.device) -> nn.Module:
+    """Build the model and run it once on two blank images, so that hyper-parameters which pass the
+    schema but do not fit together (a head count that does not divide the width, more pooling
+    stages than the image has pixels) are reported as settings errors before training starts.
+    The probe runs in eval mode without gradients: it changes no state and draws no random numbers."""
+    try:
+        model = spec.build(**hyper).to(device)
+    except Exception as exc:  # noqa: BLE001 -- any failure here is the settings' fault
+        raise ConfigError(f"model {spec.name}: cannot build it with {json.dumps(hyper)}: {_one_line(exc)}") from None
+    probe = torch.zeros(2, 28, 28, dtype=torch.uint8, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(model_input(spec, hyper, probe))
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"model {spec.name} with {json.dumps(hyper)} cannot read {input_view(spec, hyper)!r} "
+                          f"input: {_one_line(exc)}") from None
+    finally:
+        model.train(was_training)
+    if tuple(out.shape) != (2, 10):
+        raise ConfigError(f"model {spec.name} with {json.dumps(hyper)} gives outputs of shape "
+                          f"{tuple(out.shape)} for 2 images, expected (2, 10)")
+    return model
 
 
 def lr_factor(scheduler: str, step: int, total: int, warmup_frac: float) -> float:
@@ -82,176 +171,285 @@ def make_optimizer(model: nn.Module, train: dict) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def evaluate(model, spec, hyper, images, labels, device, batch_size=1000):
-    """Loss, accuracy and per-sample predictions/probabilities over a whole split."""
+def evaluate(model, spec, hyper, images, labels, device, batch_size=1000, channels_last=False):
+    """Loss, accuracy and per-sample predictions/probabilities over a whole split (one host sync)."""
     model.eval()
-    preds, probs, total_loss = [], [], 0.0
+    probs = []
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
     for start in range(0, len(labels), batch_size):
-        x = model_input(spec, hyper, images[start:start + batch_size].to(device))
+        x = model_input(spec, hyper, images[start:start + batch_size].to(device), channels_last)
         y = labels[start:start + batch_size].to(device)
         logits = model(x).float()
-        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
-        p = logits.softmax(-1)
-        probs.append(p.cpu())
-        preds.append(p.argmax(-1).cpu())
-    preds = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+        total_loss += F.cross_entropy(logits, y, reduction="sum")
+        probs.append(logits.softmax(-1))
+    probs = torch.cat(probs).cpu() if probs else torch.zeros(0, 10)
+    preds = probs.argmax(-1)
     n = max(len(labels), 1)
-    return {"loss": total_loss / n, "acc": (preds == labels).float().sum().item() / n,
-            "preds": preds, "probs": torch.cat(probs) if probs else torch.zeros(0, 10)}
+    return {"loss": total_loss.item() / n, "acc": (preds == labels).sum().item() / n,
+            "preds": preds, "probs": probs}
 
 
-@contextmanager
-def _sigterm_as_interrupt():
-    """Treat SIGTERM like Ctrl-C so a killed run still saves its checkpoint."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def _restore_partial(partial: dict, device, main: bool) -> dict:
+    """The epoch's running sums, as device tensors (no host sync per step). A resumed run keeps the
+    saved sums on rank 0 only: the ranks' sums are added up at the end of the epoch."""
+    return {"loss": torch.tensor(partial["loss"] if main else 0.0, dtype=torch.float64, device=device),
+            "correct": torch.tensor(partial["correct"] if main else 0, dtype=torch.int64, device=device),
+            "seen": partial["seen"] if main else 0, "time": partial["time"]}
 
 
-def _rng_snapshot(aug_gen) -> dict:
-    """The random state that the next batch will draw from (dropout, augmentation)."""
-    state = {"torch": torch.get_rng_state(), "augment": aug_gen.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def train(settings: dict | None, out_dir: str | Path, resume: bool = False, stream=None,
+          expect_model: str | None = None) -> dict | None:
+    """Train ``settings["model"]`` (see config.resolve) into ``out_dir``; returns the eval summary
+    (None on the ranks other than 0 of a torchrun launch).
 
-
-def _restore_rng(state, aug_gen) -> None:
-    torch.set_rng_state(state["torch"])
-    aug_gen.set_state(state["augment"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def train(settings: dict, out_dir: str | Path, resume: bool = False, stream=None) -> dict:
-    """Train ``settings["model"]`` (see config.resolve) into ``out_dir``; returns the eval summary.
-
-    With ``resume=True`` the run continues from ``out_dir/last.pt`` (its saved settings win, except
-    ``train.epochs``, which may be raised to train longer)."""
-    stream = stream or sys.stderr
+    With ``resume=True`` the run continues from ``out_dir/last.pt``: its saved settings win, except
+    ``settings["train"]["epochs"]`` (to train longer) and ``["device"]`` when given.
+    ``expect_model``: refuse a checkpoint of another model."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt = None
     if resume:
-        ckpt = load_checkpoint(out / CHECKPOINT_NAME)
-        epochs = settings["train"]["epochs"] if settings else ckpt["settings"]["train"]["epochs"]
-        settings = ckpt["settings"]
-        settings["train"]["epochs"] = max(epochs, ckpt["epoch"])
-    tr, hyper = settings["train"], settings["hyper"]
-    spec = registry.get(settings["model"])
-    device = resolve_device(tr["device"])
-    if tr["threads"]:
-        torch.set_num_threads(tr["threads"])
-    torch.manual_seed(tr["seed"])
-    (out / "settings.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        ckpt = load_checkpoint(out / CHECKPOINT_NAME, model=expect_model, resume=True)
+        extra = (settings or {}).get("train", {})
+        settings = copy.deepcopy(ckpt["settings"])
+        if extra.get("epochs") is not None:
+            settings["train"]["epochs"] = max(extra["epochs"], ckpt["epoch"])
+        if extra.get("device") is not None:
+            settings["train"]["device"] = extra["device"]
+    ctx, device = distributed.setup(settings["train"]["device"])
+    try:
+        return _Run(settings, out, ckpt, ctx, device, stream or sys.stderr).run()
+    finally:
+        distributed.teardown(ctx)
 
-    train_x, train_y = load_split("train", tr["data_dir"], tr["train_subset"])
-    val_x, val_y = load_split("val", tr["data_dir"], tr["val_subset"])
-    train_x, train_y = train_x.to(device), train_y.to(device)
 
-    model = spec.build(**hyper).to(device)
-    optimizer = make_optimizer(model, tr)
-    batch_gen = torch.Generator().manual_seed(tr["seed"] + 1)
-    aug_gen = torch.Generator().manual_seed(tr["seed"] + 2)
-    batches = pdata.TensorBatches(train_x, train_y, tr["batch_size"], shuffle=True, drop_last=True,
-                                  generator=batch_gen)
-    steps_per_epoch = len(batches)
-    total_steps = tr["epochs"] * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(tr["scheduler"], s, total_steps, tr["warmup_frac"]))
-    log = MetricsLog(out / "metrics.jsonl")
+class _Run:
+    def __init__(self, settings, out: Path, ckpt, ctx: distributed.Context, device, stream):
+        self.settings, self.out, self.ckpt, self.ctx, self.device = settings, out, ckpt, ctx, device
+        self.stream = stream if ctx.is_main else io.StringIO()  # only rank 0 talks
+        self.tr, self.hyper = settings["train"], settings["hyper"]
+        self.spec = registry.get(settings["model"])
 
-    epoch, skip, step = 0, 0, 0
-    partial = {"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0}
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model_state"])
-        optimizer.load_state_dict(ckpt["optimizer_state"])
-        scheduler.load_state_dict(ckpt["scheduler_state"])
-        epoch, skip, step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
-        partial = ckpt["partial_epoch"]
-        _restore_rng(ckpt["rng"], aug_gen)
-        batch_gen.set_state(ckpt["batches_epoch_start"])
-        log.truncate_after(step)
-        print(f"resuming {spec.name} at epoch {epoch + 1}, batch {skip}/{steps_per_epoch} (step {step})",
-              file=stream)
-    else:
-        log.path.write_text("", encoding="utf-8")
+    # -- set-up --------------------------------------------------------------------------------
+    def _prepare(self):
+        tr, ctx, device = self.tr, self.ctx, self.device
+        if tr["threads"]:
+            torch.set_num_threads(tr["threads"])
+        if tr["batch_size"] % ctx.world_size:
+            raise ConfigError(f"train.batch_size={tr['batch_size']} is the global batch: it must be a multiple of "
+                              f"the {ctx.world_size} processes, which each take an equal share")
+        self.local_batch = tr["batch_size"] // ctx.world_size
+        self.settings["world_size"] = ctx.world_size
+        torch.manual_seed(tr["seed"])
 
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"training {spec.name} ({n_params:,} parameters) on {device} for {tr['epochs']} epochs, "
-          f"{len(train_y):,} train / {len(val_y):,} val images -> {out}", file=stream)
+        train_x, train_y = load_split("train", tr["data_dir"], tr["train_subset"])
+        self.val_x, self.val_y = load_split("val", tr["data_dir"], tr["val_subset"])
+        if len(train_y) < tr["batch_size"]:
+            subset = f" (train.train_subset={tr['train_subset']})" if tr["train_subset"] else ""
+            raise ConfigError(f"train.batch_size={tr['batch_size']} is more than the {len(train_y)} training "
+                              f"images{subset}: not one full batch per epoch; lower batch_size or use more images")
+        self.train_x, self.train_y = train_x.to(device), train_y.to(device)
 
-    def checkpoint(epoch_, batch_in_epoch, epoch_start_state, rng):
-        # Everything needed to continue bit-for-bit: position, optimizer/scheduler state, the
-        # shuffling generator as it was when this epoch began, and the RNG the next batch draws from.
+        self.view = input_view(self.spec, self.hyper)
+        self.channels_last = tr["channels_last"] and self.view == "image"
+        model = build_model(self.spec, self.hyper, device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if ctx.distributed and device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics of the global batch
+        self.model = model
+        if ctx.rank:  # dropout masks differ between ranks, as they would between samples of one batch
+            torch.manual_seed(tr["seed"] + 7919 * ctx.rank)
+        self.optimizer = make_optimizer(model, tr)
+        self.batch_gen = torch.Generator().manual_seed(tr["seed"] + 1)
+        self.aug_gen = torch.Generator().manual_seed(tr["seed"] + 2)
+        self.steps_per_epoch = len(train_y) // tr["batch_size"]
+        total = tr["epochs"] * self.steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(tr["scheduler"], s, total, tr["warmup_frac"]))
+        self.log = MetricsLog(self.out / "metrics.jsonl")
+        self.epoch = self.skip = self.step = 0
+        partial = {"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0}
+        if self.ckpt is not None:
+            partial = self._load_state(self.ckpt)
+        self.partial = _restore_partial(partial, device, ctx.is_main)
+
+        forward = model
+        if ctx.distributed:
+            forward = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        if tr["compile"]:
+            forward = torch.compile(forward)
+        self.forward = forward
+
+    def _load_state(self, ckpt) -> dict:
+        try:
+            self.model.load_state_dict(ckpt["model_state"])
+            self.optimizer.load_state_dict(ckpt["optimizer_state"])
+            self.scheduler.load_state_dict(ckpt["scheduler_state"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{self.out / CHECKPOINT_NAME} does not fit model {self.spec.name} with its saved "
+                                  f"settings: {_one_line(exc)}") from None
+        self.epoch, self.skip, self.step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
+        rng = ckpt["rng"]
+        self.batch_gen.set_state(rng["batches"])
+        self.aug_gen.set_state(rng["augment"])
+        if ckpt["world_size"] == self.ctx.world_size:  # each rank continues its own dropout stream
+            torch.set_rng_state(rng["torch"][self.ctx.rank])
+            if rng.get("cuda") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"][self.ctx.rank], self.device)
+        else:  # another world size: fresh dropout streams, everything else continues exactly
+            torch.manual_seed(self.tr["seed"] + 7919 * self.ctx.rank + 104729 * self.step)
+        return ckpt["partial_epoch"]
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _checkpoint(self, batch_in_epoch: int, epoch_start: dict, partial_time: float) -> None:
+        """Save the state at a batch boundary (a collective: every rank calls it at the same step)."""
+        ctx = self.ctx
+        sums = torch.stack([self.partial["loss"], self.partial["correct"].double()]).cpu()
+        seen = torch.tensor([float(self.partial["seen"])])
+        ctx.sum_(sums, seen)
+        torch_states = ctx.gather(torch.get_rng_state())
+        cuda_states = ctx.gather(torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None)
+        if not ctx.is_main:
+            return
         save_checkpoint({
-            "model": spec.name, "settings": settings, "model_state": model.state_dict(),
-            "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
-            "epoch": epoch_, "batch_in_epoch": batch_in_epoch, "step": step,
-            "partial_epoch": partial, "rng": rng, "batches_epoch_start": epoch_start_state,
-            "pyneuro_version": _version()}, out / CHECKPOINT_NAME)
+            "format": CHECKPOINT_FORMAT, "pyneuro_version": _version(), "model": self.spec.name,
+            "settings": self.settings, "world_size": ctx.world_size,
+            "model_state": self.model.state_dict(), "optimizer_state": self.optimizer.state_dict(),
+            "scheduler_state": self.scheduler.state_dict(),
+            "epoch": self.epoch, "batch_in_epoch": batch_in_epoch, "step": self.step,
+            "partial_epoch": {"loss": sums[0].item(), "correct": int(sums[1].item()), "seen": int(seen.item()),
+                              "time": partial_time},
+            # The shuffling and augmentation generators as they were when this epoch began (the
+            # epoch's order and shifts are drawn at once), and each rank's dropout RNG now.
+            "rng": {**epoch_start, "torch": torch_states,
+                    "cuda": cuda_states if self.device.type == "cuda" else None},
+        }, self.out / CHECKPOINT_NAME)
 
-    with _sigterm_as_interrupt():
-        while epoch < tr["epochs"]:
-            epoch_start_state = batch_gen.get_state()
-            model.train()
-            bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{tr['epochs']}", every=tr["log_every"],
-                           stream=stream)
-            t0 = time.perf_counter()
-            done = skip  # batches of this epoch completed so far
-            rng = _rng_snapshot(aug_gen)
-            try:
-                for batch_idx, (xb, yb) in enumerate(batches):
-                    if batch_idx < skip:
-                        continue
-                    xb = random_shift(xb, tr["augment_shift"], aug_gen)
-                    logits = model(model_input(spec, hyper, xb))
-                    loss = F.cross_entropy(logits.float(), yb, label_smoothing=tr["label_smoothing"])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if tr["grad_clip"] > 0:
-                        nn.utils.clip_grad_norm_(model.parameters(), tr["grad_clip"])
-                    optimizer.step()
-                    scheduler.step()
-                    step, done, rng = step + 1, done + 1, _rng_snapshot(aug_gen)
-                    partial["loss"] += loss.item() * len(yb)
-                    partial["correct"] += (logits.argmax(-1) == yb).sum().item()
-                    partial["seen"] += len(yb)
-                    bar.update(len(yb), loss=partial["loss"] / partial["seen"],
-                               acc=partial["correct"] / partial["seen"])
-            except KeyboardInterrupt:
+    def _stop_requested(self, stop: StopRequest) -> int:
+        if self.ctx.any(bool(stop.signum)):
+            return stop.signum or signal.SIGTERM  # another rank got it (torchrun signals them all)
+        return 0
+
+    def _interrupted(self, signum: int, batch: int):
+        if self.ctx.is_main:
+            print(f"\ninterrupted: saved {self.out / CHECKPOINT_NAME} at epoch {self.epoch + 1}, batch {batch}; "
+                  f"continue with `pyneuro train --resume {self.out}`", file=self.stream)
+        return Interrupted(signum)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self):
+        ctx, tr, out = self.ctx, self.tr, self.out
+        with StopRequest() as stop:
+            self._prepare()
+            if ctx.is_main:
+                out.mkdir(parents=True, exist_ok=True)
+                if self.ckpt is None:  # a fresh start leaves nothing of an earlier run to resume
+                    for name in (CHECKPOINT_NAME, "eval.json"):
+                        (out / name).unlink(missing_ok=True)
+                    self.log.path.write_text("", encoding="utf-8")
+                else:
+                    self.log.truncate_after(self.step)
+                atomic_write_text(out / "settings.json", json.dumps(self.settings, indent=2) + "\n")
+            self._announce()
+            while self.epoch < tr["epochs"]:
+                self._epoch(stop)
+            if ctx.is_main:
+                summary = evaluate_run(out, device=self.device, model=self.model, settings=self.settings,
+                                       stream=self.stream)
+            else:
+                summary = None
+            signum = self._stop_requested(stop)
+            if signum:  # arrived during the final evaluation: the end-of-training checkpoint is on disk
+                raise self._interrupted(signum, 0)
+            return summary
+
+    def _announce(self):
+        if self.ckpt is not None:
+            print(f"resuming {self.spec.name} at epoch {self.epoch + 1}, batch {self.skip}/{self.steps_per_epoch} "
+                  f"(step {self.step})", file=self.stream)
+        n_params = sum(p.numel() for p in self.model.parameters())
+        procs = (f"{self.ctx.world_size} processes ({self.local_batch} images each per step)"
+                 if self.ctx.distributed else "1 process")
+        preset = f", preset {self.settings['preset']}" if self.settings.get("preset") else ""
+        print(f"training {self.spec.name} ({n_params:,} parameters{preset}) on {self.device}, {procs}, for "
+              f"{self.tr['epochs']} epochs, {len(self.train_y):,} train / {len(self.val_y):,} val images "
+              f"-> {self.out}", file=self.stream)
+
+    def _epoch(self, stop: StopRequest):
+        ctx, tr, device = self.ctx, self.tr, self.device
+        B, b, shift = tr["batch_size"], self.local_batch, tr["augment_shift"]
+        epoch_start = {"batches": self.batch_gen.get_state(), "augment": self.aug_gen.get_state()}
+        # The whole epoch's order and shifts in one draw each, copied to the device once.
+        order = torch.randperm(len(self.train_y), generator=self.batch_gen).to(device)
+        offsets = (shift_offsets(B, shift, self.aug_gen, batches=self.steps_per_epoch).to(device)
+                   if shift else None)
+        mine = slice(ctx.rank * b, (ctx.rank + 1) * b)  # this rank's share of each global batch
+        self.model.train()
+        bar = Progress(self.steps_per_epoch, f"epoch {self.epoch + 1}/{tr['epochs']}", every=tr["log_every"],
+                       stream=self.stream, start=self.skip)
+        partial, t0 = self.partial, time.perf_counter()
+
+        def shown():
+            seen = max(partial["seen"], 1)
+            return {"loss": partial["loss"].item() / seen, "acc": partial["correct"].item() / seen}
+
+        for i in range(self.skip, self.steps_per_epoch):
+            idx = order[i * B:(i + 1) * B][mine]
+            xb, yb = self.train_x.index_select(0, idx), self.train_y.index_select(0, idx)
+            if shift:
+                xb = shift_images(xb, offsets[i][:, mine], shift)
+            logits = self.forward(model_input(self.spec, self.hyper, xb, self.channels_last))
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=tr["label_smoothing"])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tr["grad_clip"] > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), tr["grad_clip"])
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            with torch.no_grad():  # on the device: reading them would wait for the GPU every step
+                partial["loss"] += loss.detach().double() * len(yb)
+                partial["correct"] += (logits.detach().argmax(-1) == yb).sum()
+            partial["seen"] += len(yb)
+            bar.update(len(yb), shown)
+            # A batch boundary: model, optimizer, scheduler and position agree.
+            signum = self._stop_requested(stop)
+            if signum or (tr["checkpoint_every"] and self.step % tr["checkpoint_every"] == 0
+                          and i + 1 < self.steps_per_epoch):
+                self._checkpoint(i + 1, epoch_start, partial["time"] + time.perf_counter() - t0)
+            if signum:
                 bar.close()
-                partial["time"] += time.perf_counter() - t0
-                checkpoint(epoch, done, epoch_start_state, rng)
-                print(f"\ninterrupted: saved {out / CHECKPOINT_NAME} at epoch {epoch + 1}, batch {done}; "
-                      f"continue with `pyneuro train --resume {out}`", file=stream)
-                raise
-            bar.close()
-            skip = 0
-            train_time = partial["time"] + time.perf_counter() - t0
-            val = evaluate(model, spec, hyper, val_x, val_y, device, tr["eval_batch_size"])
-            record = {"epoch": epoch + 1, "step": step,
-                      "train_loss": partial["loss"] / max(partial["seen"], 1),
-                      "train_acc": partial["correct"] / max(partial["seen"], 1),
-                      "val_loss": val["loss"], "val_acc": val["acc"],
-                      "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": train_time,
-                      "samples_per_s": partial["seen"] / max(train_time, 1e-9)}
-            log.append(record)
-            print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f} | "
-                  f"val loss {val['loss']:.4f} acc {val['acc']:.4f} | {train_time:.1f}s", file=stream)
-            epoch += 1
-            partial = {"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0}
-            checkpoint(epoch, 0, batch_gen.get_state(), _rng_snapshot(aug_gen))
-
-    return evaluate_run(out, device=device, model=model, settings=settings, stream=stream)
+                raise self._interrupted(signum, i + 1)
+        bar.close()
+        self.skip = 0
+        train_time = partial["time"] + time.perf_counter() - t0
+        sums = torch.stack([partial["loss"], partial["correct"].double()])
+        seen = torch.tensor([float(partial["seen"])], device=device)
+        ctx.sum_(sums, seen)
+        if ctx.is_main:
+            seen_n = max(seen.item(), 1)
+            record = {"epoch": self.epoch + 1, "step": self.step,
+                      "train_loss": sums[0].item() / seen_n, "train_acc": sums[1].item() / seen_n}
+            every, last = tr["eval_every"], self.epoch + 1 == tr["epochs"]
+            if every and ((self.epoch + 1) % every == 0 or last):
+                val = evaluate(self.model, self.spec, self.hyper, self.val_x, self.val_y, device,
+                               tr["eval_batch_size"], self.channels_last)
+                record.update(val_loss=val["loss"], val_acc=val["acc"])
+            record.update(lr=self.optimizer.param_groups[0]["lr"], epoch_time_s=train_time,
+                          samples_per_s=seen_n / max(train_time, 1e-9), world_size=ctx.world_size)
+            self.log.append(record)
+            val_text = (f" | val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}"
+                        if "val_acc" in record else "")
+            print(f"epoch {self.epoch + 1}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}"
+                  f"{val_text} | {train_time:.1f}s", file=self.stream)
+        self.epoch += 1
+        self.partial = partial = _restore_partial({"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0},
+                                                  device, True)
+        self._checkpoint(0, {"batches": self.batch_gen.get_state(), "augment": self.aug_gen.get_state()}, 0.0)
+        signum = self._stop_requested(stop)
+        if signum:
+            raise self._interrupted(signum, 0)
 
 
 def _version() -> str:
@@ -269,8 +467,13 @@ def evaluate_run(out_dir, device=None, model=None, settings=None, checkpoint=Non
         state = load_checkpoint(checkpoint or out / CHECKPOINT_NAME)
         settings = state["settings"]
         device = device or resolve_device(settings["train"]["device"])
-        model = registry.get(settings["model"]).build(**settings["hyper"]).to(device)
-        model.load_state_dict(state["model_state"])
+        spec = registry.get(settings["model"])
+        model = build_model(spec, settings["hyper"], device)
+        try:
+            model.load_state_dict(state["model_state"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{checkpoint or out / CHECKPOINT_NAME} does not fit model {spec.name} with its "
+                                  f"saved settings: {_one_line(exc)}") from None
     spec = registry.get(settings["model"])
     tr = settings["train"]
     test_x, test_y = load_split("test", tr["data_dir"])
@@ -278,13 +481,16 @@ def evaluate_run(out_dir, device=None, model=None, settings=None, checkpoint=Non
     res = evaluate(model, spec, settings["hyper"], test_x, test_y, device, tr["eval_batch_size"])
     cm = confusion_matrix(test_y, res["preds"])
     report = classification_report(cm)
+    # Nothing time- or machine-dependent beyond the device: a resumed run writes the same bytes.
     summary = {"model": spec.name, "test_acc": res["acc"], "test_loss": res["loss"], "n_test": len(test_y),
-               "eval_time_s": time.perf_counter() - t0, "device": str(device),
+               "device": str(device), "world_size": settings.get("world_size", 1),
                "report": report, "confusion_matrix": cm.tolist(), "settings": settings}
-    (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / "eval.json", json.dumps(summary, indent=2) + "\n")
     print(format_report(report), file=stream)
-    print(f"test accuracy ({spec.name}): {res['acc'] * 100:.2f}%  ({len(test_y):,} images)", file=stream)
-    records = MetricsLog(out / "metrics.jsonl").read()
+    print(f"test accuracy ({spec.name}): {res['acc'] * 100:.2f}%  ({len(test_y):,} images, "
+          f"{time.perf_counter() - t0:.1f}s)", file=stream)
+    nan = float("nan")  # epochs without a validation pass leave gaps in the curves
+    records = [{"val_loss": nan, "val_acc": nan, **r} for r in MetricsLog(out / "metrics.jsonl").read()]
     summary["plots"] = [str(p) for p in plots.run_plots(out, records, cm, test_x, test_y, res["preds"],
                                                          res["probs"], title=spec.name)]
     return summary

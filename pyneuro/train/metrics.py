@@ -63,5 +63,8 @@ class MetricsLog:
 
     def truncate_after(self, step: int) -> None:
         """Drop records past ``step`` (used on resume, so replayed steps are not logged twice)."""
+        from .checkpoint import atomic_write_text
+
         kept = [r for r in self.read() if r.get("step", 0) <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        # Atomic: a kill during the rewrite must not lose the records before ``step``.
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
