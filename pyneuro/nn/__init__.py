@@ -1,10 +1,11 @@
 """Layers built on :mod:`pyneuro.ops`. Recurrent and attention layers load torch.nn state_dicts."""
 from .attention import MultiheadAttention, MultiheadSelfAttention, TransformerEncoder, TransformerEncoderLayer
+from .leaky import MTRNN, LeakyRNN
 from .mamba import Mamba
 from .rnn import GRU, LSTM, RNN
 
 __all__ = [
-    "LSTM", "GRU", "RNN",
+    "LSTM", "GRU", "RNN", "LeakyRNN", "MTRNN",
     "MultiheadAttention", "MultiheadSelfAttention", "TransformerEncoderLayer", "TransformerEncoder",
     "Mamba",
 ]
