@@ -38,6 +38,17 @@ py::dict limits() {
   scan["chunk_size"] = chunk_size;
   py::dict all;
   all["selective_scan"] = scan;
+  // Recurrent cells: the CUDA persistent forward's largest hidden size and tile shape (above it,
+  // or when its grid cannot be co-resident, the per-step path runs; every backend takes any H).
+  py::dict rnn;
+#ifdef PYNEURO_WITH_CUDA
+  py::dict persistent;
+  persistent["max_h"] = pyneuro::cuda::kRnnPersistentMaxH;
+  persistent["units_per_tile"] = pyneuro::cuda::kRnnPersistentUnits;
+  persistent["batch_per_tile"] = pyneuro::cuda::kRnnPersistentBatch;
+  rnn["cuda_persistent"] = persistent;
+#endif
+  all["rnn"] = rnn;
   return all;
 }
 

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdio>
 
+#include "rnn.h"
 #include "selective_scan.h"
 
 int main() {
@@ -35,5 +36,16 @@ int main() {
   std::printf("selective_scan_fwd_kernel %zu\n", fwd);
   std::printf("selective_scan_bwd_kernel %zu\n", bwd);
   std::printf("sum_partials_kernel 0\n");  // launched without dynamic shared memory
+  // Recurrent cells: the fused per-step kernels use none; the persistent forward at H = max with
+  // one unit tile per block (what the plan picks whenever the tiles can be co-resident), the
+  // largest over cells (LSTM: 4 gates) and dtypes (fp32 weights: the largest).
+  size_t rnn_persistent = 0;
+  for (RnnCellKind cell : {RnnCellKind::kLstm, RnnCellKind::kGru, RnnCellKind::kRnnTanh, RnnCellKind::kLeaky})
+    for (RnnDtype dtype : {RnnDtype::kFloat32, RnnDtype::kFloat16, RnnDtype::kBFloat16})
+      rnn_persistent = std::max(rnn_persistent, rnn_persistent_fwd_smem_bytes(cell, dtype, kRnnPersistentMaxH, 1));
+  std::printf("# H = kRnnPersistentMaxH = %d\n", kRnnPersistentMaxH);
+  std::printf("rnn_cell_fwd_kernel 0\n");
+  std::printf("rnn_cell_bwd_kernel 0\n");
+  std::printf("rnn_persistent_fwd_kernel %zu\n", rnn_persistent);
   return 0;
 }

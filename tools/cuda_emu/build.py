@@ -54,6 +54,7 @@ TARGETS = {
     "selective_scan": (["csrc/cuda/*.cu"], ["tools/cuda_emu/drivers/selective_scan.cpp"], False),
     "selective_scan_selfcheck": (["csrc/cuda/*.cu"], ["tools/cuda_emu/drivers/selective_scan.cpp",
                                                       "tools/cuda_emu/drivers/selective_scan_selfcheck.cpp"], True),
+    "rnn": (["csrc/cuda/rnn*.cu"], ["tools/cuda_emu/drivers/rnn.cpp"], False),
     "emu_selftest": (["tests/cuda_emu/kernels/*.cu"], [], False),
     "emu_selftest_main": (["tests/cuda_emu/kernels/*.cu"], ["tools/cuda_emu/drivers/emu_selftest_main.cpp"], True),
 }

@@ -545,6 +545,14 @@ std::mutex g_attr_mutex;
 std::map<const void*, int> g_max_dynamic_smem;  // cudaFuncAttributeMaxDynamicSharedMemorySize
 }  // namespace
 
+size_t smem_limit() { return settings().smem_limit; }
+
+size_t max_dynamic_smem(const void* kernel) {
+  std::lock_guard<std::mutex> lock(g_attr_mutex);
+  const auto it = g_max_dynamic_smem.find(kernel);
+  return std::max<size_t>(48 << 10, it == g_max_dynamic_smem.end() ? 0 : size_t(it->second));
+}
+
 cudaError_t set_func_attribute(const void* kernel, cudaFuncAttribute attr, int value) {
   if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
     if (value < 0 || size_t(value) > settings().smem_limit) {
@@ -664,6 +672,7 @@ const char* cudaGetErrorName(cudaError_t err) {
     case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
     case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    case cudaErrorCooperativeLaunchTooLarge: return "cudaErrorCooperativeLaunchTooLarge";
   }
   return "cudaErrorUnknown";
 }

@@ -70,6 +70,7 @@ enum cudaError_t {
   cudaErrorMemoryAllocation = 2,
   cudaErrorInvalidConfiguration = 9,
   cudaErrorLaunchFailure = 719,
+  cudaErrorCooperativeLaunchTooLarge = 720,
 };
 typedef cudaError_t cudaError;
 struct CUstream_st;
@@ -77,6 +78,12 @@ typedef CUstream_st* cudaStream_t;
 enum cudaMemcpyKind {
   cudaMemcpyHostToHost = 0, cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2,
   cudaMemcpyDeviceToDevice = 3, cudaMemcpyDefault = 4,
+};
+// The device attributes the project queries (values as in the CUDA headers).
+enum cudaDeviceAttr {
+  cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrCooperativeLaunch = 95,
+  cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
 };
 enum cudaFuncAttribute {
   cudaFuncAttributeMaxDynamicSharedMemorySize = 8,
@@ -255,4 +262,52 @@ inline cudaError_t cudaMemcpyToSymbol(T& symbol, const void* src, size_t bytes, 
 template <typename F>
 inline cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute attr, int value) {
   return cuda_emu::set_func_attribute(reinterpret_cast<const void*>(kernel), attr, value);
+}
+
+// Devices and occupancy. The emulated device: device 0 with kEmuMultiprocessors "SMs", cooperative
+// launches supported, the shared-memory limit of the settings (PYNEURO_EMU_SMEM_LIMIT), and one
+// resident block per SM for any kernel whose launch would be accepted (occupancy is not modelled).
+namespace cuda_emu {
+constexpr int kEmuMultiprocessors = 4;
+size_t smem_limit();
+size_t max_dynamic_smem(const void* kernel);  // the 48 KiB default or the kernel's attribute
+}  // namespace cuda_emu
+inline cudaError_t cudaGetDevice(int* device) { *device = 0; return cudaSuccess; }
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  if (device != 0) return cudaErrorInvalidValue;
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *value = cuda_emu::kEmuMultiprocessors; return cudaSuccess;
+    case cudaDevAttrCooperativeLaunch: *value = 1; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = int(cuda_emu::smem_limit()); return cudaSuccess;
+  }
+  return cudaErrorInvalidValue;
+}
+template <typename F>
+inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, F* kernel, int block_size,
+                                                                 size_t dynamic_smem) {
+  const bool fits = block_size >= 1 && block_size <= 1024 &&
+                    dynamic_smem <= cuda_emu::max_dynamic_smem(reinterpret_cast<const void*>(kernel));
+  *blocks = fits ? 1 : 0;
+  return cudaSuccess;
+}
+// A cooperative launch: the kernel's arguments come as an array of pointers, as on the GPU. Blocks
+// still run one after another (README: a grid barrier across more than one block cannot meet
+// here), so the grid must fit the emulated device, as the real call requires.
+namespace cuda_emu {
+template <typename... P, size_t... I>
+inline void launch_from_pointers(void (*kernel)(P...), const LaunchConfig& cfg, void** args,
+                                 std::index_sequence<I...>) {
+  launch(kernel, cfg, *static_cast<std::decay_t<P>*>(args[I])...);
+}
+}  // namespace cuda_emu
+template <typename... P>
+inline cudaError_t cudaLaunchCooperativeKernel(void (*kernel)(P...), dim3 grid, dim3 block, void** args,
+                                               size_t smem = 0, cudaStream_t stream = nullptr) {
+  int per_sm = 0;
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, int(block.x * block.y * block.z), smem);
+  if (uint64_t(grid.x) * grid.y * grid.z > uint64_t(per_sm) * cuda_emu::kEmuMultiprocessors)
+    return cudaErrorCooperativeLaunchTooLarge;
+  cuda_emu::launch_from_pointers(kernel, cuda_emu::LaunchConfig(grid, block, smem, stream), args,
+                                 std::index_sequence_for<P...>{});
+  return cudaPeekAtLastError();
 }
