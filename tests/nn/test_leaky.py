@@ -12,6 +12,16 @@ FAST, SLOW = 4, 3
 F64 = dict(dtype=torch.float64)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: these small recurrent steps gain nothing from two, and on a busy machine
+    each step's thread barrier can stall for a whole scheduler slice."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def leaky_loop(x, u, w_ih, w_hh, bias, tau):
     """The recurrence written out, time-major: u_t = (1 - 1/τ) u_{t-1} + (1/τ)(W x_t + U tanh u_{t-1} + b)."""
     hs = []

@@ -1,0 +1,101 @@
+"""What an MTRNN's two timescales do: the fast and slow units' activity while it reads a few digits."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..data import to_view
+from ..nn import MTRNN
+from .plots import plt  # imported there with the file-only Agg backend
+
+__all__ = ["plot_unit_activity"]
+
+
+def _mtrnn_layer(model: torch.nn.Module) -> MTRNN:
+    layers = [m for m in model.modules() if isinstance(m, MTRNN)]
+    if len(layers) != 1:
+        raise ValueError(f"model: expected exactly one pyneuro.nn.MTRNN layer inside, found {len(layers)}")
+    return layers[0]
+
+
+def _one_per_class(labels: torch.Tensor, count: int) -> list[int]:
+    """Indices of the first image of each of the first ``count`` distinct labels, in label order."""
+    first: dict[int, int] = {}
+    for i, label in enumerate(labels.tolist()):
+        first.setdefault(label, i)
+        if len(first) == count:
+            break
+    return [first[label] for label in sorted(first)]
+
+
+@torch.no_grad()
+def plot_unit_activity(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, path,
+                       count: int = 5, title: str = "mtrnn") -> Path:
+    """Heat maps of every fast and every slow unit's activity h_t = tanh(u_t) over the steps.
+
+    ``model`` holds one :class:`pyneuro.nn.MTRNN` (the ``mtrnn`` model, whose ``view`` attribute
+    says how it reads an image: "rows" by default); ``images`` are uint8 (N, 28, 28) and
+    ``labels`` (N,), e.g. the test set; one digit of each of the first ``count`` classes found is
+    drawn: the image, then the fast units (units x steps), then the slow ones, with the model's
+    prediction. Written as a PNG at ``path``; returns the path.
+    """
+    layer = _mtrnn_layer(model)
+    if images.dim() == 4:
+        images = images[:, 0]
+    if images.dim() != 3 or len(images) != len(labels):
+        raise ValueError(f"images: expected uint8 (N, 28, 28) with one label each, got {tuple(images.shape)} "
+                         f"and {len(labels)} labels")
+    picks = _one_per_class(labels, count)
+    if not picks:
+        raise ValueError("images: no image to draw")
+    device = next(model.parameters()).device
+    chosen = images[picks].to(device)
+    view = getattr(model, "view", "rows")
+
+    captured = []
+    hook = layer.register_forward_hook(lambda module, args, output: captured.append(output[0]))
+    was_training = model.training
+    model.eval()
+    try:
+        x = to_view(chosen, view).to(next(model.parameters()).dtype)
+        preds = model(x).argmax(-1).cpu()
+    finally:
+        hook.remove()
+        model.train(was_training)
+    h = captured[0].float().cpu()
+    if not layer.batch_first:
+        h = h.transpose(0, 1)
+    fast, slow = layer.split(h)  # (n, T, units)
+    steps = h.shape[1]
+
+    n = len(picks)
+    fig, axes = plt.subplots(3, n, figsize=(2.3 * n + 0.8, 6.6), squeeze=False,
+                             gridspec_kw={"height_ratios": [1.0, 1.3, 1.0]})
+    for j, i in enumerate(picks):
+        ok = preds[j].item() == labels[i].item()
+        ax = axes[0, j]
+        ax.imshow(images[i].cpu().numpy(), cmap="gray_r")
+        ax.set_title(f"digit {labels[i].item()}, predicted {preds[j].item()}", fontsize=8,
+                     color="black" if ok else "red")
+        ax.axis("off")
+        for row, (group, tau, name) in enumerate(((fast[j], layer.fast_tau, "fast"),
+                                                  (slow[j], layer.slow_tau, "slow")), start=1):
+            ax = axes[row, j]
+            # Units down, steps across, as the image is read: tanh activity, so a fixed [-1, 1] scale.
+            im = ax.imshow(group.t().numpy(), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1,
+                           interpolation="nearest", extent=(0.5, steps + 0.5, group.shape[1] - 0.5, -0.5))
+            ax.set_xlabel("row" if view == "rows" else "pixel", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"{name} units (τ = {tau:g})", fontsize=8)
+            ax.tick_params(labelsize=7)
+    fig.colorbar(im, ax=axes[1:, :].ravel().tolist(), fraction=0.02, pad=0.02, label="h = tanh(u)")
+    fig.suptitle(f"{title}: fast and slow context units while reading one digit per class", fontsize=9)
+    # Laid out by hand: tight_layout cannot place a colour bar shared by several axes.
+    fig.subplots_adjust(left=0.07, right=0.88, top=0.9, bottom=0.08, hspace=0.35, wspace=0.25)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")  # atomic, like the run's other plots
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
