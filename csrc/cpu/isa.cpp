@@ -21,7 +21,10 @@ struct Variant {
 const std::vector<Variant>& variants() {  // worst first
   static const std::vector<Variant> all = {
 #define PYNEURO_TABLE_ROW(isa) \
-  Variant{KernelTable{#isa, &isa::selective_scan_fwd, &isa::selective_scan_bwd, &isa::vec_math}, {}},
+  Variant{KernelTable{#isa, &isa::selective_scan_fwd, &isa::selective_scan_bwd, &isa::vec_math,             \
+                      &isa::lstm_fwd_step, &isa::lstm_bwd_step, &isa::gru_fwd_step, &isa::gru_bwd_step,       \
+                      &isa::rnn_fwd_step, &isa::rnn_bwd_step, &isa::leaky_fwd_step, &isa::leaky_bwd_step},    \
+          {}},
       PYNEURO_FOR_EACH_CPU_ISA(PYNEURO_TABLE_ROW)
 #undef PYNEURO_TABLE_ROW
   };

@@ -37,6 +37,12 @@ using ScanBwdResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor,
 // The functions of csrc/cpu/vec_math.h, for the test entry point _vec_math.
 enum class VecFn { kExp, kExp2, kExp2Clamped, kLog1p, kSoftplus, kSigmoid, kTanh, kSilu };
 
+// A recurrent step's batch rows [b0, b1) and sizes (csrc/cpu/isa/rnn_kernels.cpp): H hidden units,
+// ld_reserve the reserve's row stride in floats (docs/rnn_contract.md).
+struct RnnRows {
+  int64_t b0 = 0, b1 = 0, H = 0, ld_reserve = 0;
+};
+
 // What each variant defines (csrc/cpu/isa/*.cpp). Arguments are checked before these are called
 // (csrc/common/selective_scan_args.h); `s` holds the checked sizes.
 #define PYNEURO_DECLARE_CPU_KERNELS(isa)                                                                          \
@@ -54,6 +60,20 @@ enum class VecFn { kExp, kExp2, kExp2Clamped, kLog1p, kSoftplus, kSigmoid, kTanh
                                    const std::optional<at::Tensor>& initial_state, const at::Tensor& chunk_states, \
                                    bool delta_softplus);                                                          \
   void vec_math(VecFn fn, const float* x, float* y, int64_t n);                                                   \
+  void lstm_fwd_step(const RnnRows& r, const float* pre, const float* c_prev, int64_t ld_c, float* reserve_t,      \
+                     float* m_out);                                                                               \
+  void lstm_bwd_step(const RnnRows& r, const float* dm, int64_t ld_dm, const float* reserve_t, const float* c_prev, \
+                     int64_t ld_c, float* dc, float* dgates_t, float* m_out);                                     \
+  void gru_fwd_step(const RnnRows& r, const float* xg, const float* s, const float* b_hh, const float* h_prev,     \
+                    int64_t ld_h, float* reserve_t);                                                              \
+  void gru_bwd_step(const RnnRows& r, const float* dh, const float* reserve_t, const float* h_prev, int64_t ld_h,  \
+                    float* d_input_t, float* d_recurrent_t, float* dh_prev);                                      \
+  void rnn_fwd_step(const RnnRows& r, const float* pre, bool relu, float* h_t);                                    \
+  void rnn_bwd_step(const RnnRows& r, const float* dh, const float* h_t, bool relu, float* dpre_t);                \
+  void leaky_fwd_step(const RnnRows& r, const float* a, const float* u_prev, int64_t ld_u, const float* alpha,     \
+                      float* u_t, float* h_t);                                                                    \
+  void leaky_bwd_step(const RnnRows& r, const float* dh, const float* u_t, const float* u_prev, int64_t ld_u,      \
+                      const float* alpha, float* g, float* da_t, float* dtau_acc, float* h_t);                    \
   }
 PYNEURO_FOR_EACH_CPU_ISA(PYNEURO_DECLARE_CPU_KERNELS)
 #undef PYNEURO_DECLARE_CPU_KERNELS
@@ -63,6 +83,14 @@ struct KernelTable {
   decltype(&baseline::selective_scan_fwd) selective_scan_fwd;
   decltype(&baseline::selective_scan_bwd) selective_scan_bwd;
   decltype(&baseline::vec_math) vec_math;
+  decltype(&baseline::lstm_fwd_step) lstm_fwd_step;
+  decltype(&baseline::lstm_bwd_step) lstm_bwd_step;
+  decltype(&baseline::gru_fwd_step) gru_fwd_step;
+  decltype(&baseline::gru_bwd_step) gru_bwd_step;
+  decltype(&baseline::rnn_fwd_step) rnn_fwd_step;
+  decltype(&baseline::rnn_bwd_step) rnn_bwd_step;
+  decltype(&baseline::leaky_fwd_step) leaky_fwd_step;
+  decltype(&baseline::leaky_bwd_step) leaky_bwd_step;
 };
 
 // The variant in use; raises ValueError (c10::ValueError) if PYNEURO_CPU_ISA was refused.

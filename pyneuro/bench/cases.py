@@ -114,38 +114,68 @@ def attention_cases(device: torch.device, quick: bool):
 
 
 # ----------------------------------------------------------------------------- recurrent layers
-def recurrent_cases(device: torch.device, quick: bool):
-    import pyneuro.nn as pnn
-
-    shapes = [(28, 128, 28, 128)]  # MNIST rows: T, B, I, H
+def _recurrent_shapes(device: torch.device, quick: bool) -> list[tuple]:
+    """(T, B, I, H, dtype): MNIST rows, a mid-size layer, and on the GPU issue 7's targets."""
     if device.type == "cuda":
-        shapes.append((512, 32, 256, 256))
-    elif quick:
-        shapes = [(16, 32, 16, 32)]
-    gates = {"lstm": 4, "gru": 3, "rnn": 1}
-    for cell, ours, theirs in (("lstm", pnn.LSTM, torch.nn.LSTM), ("gru", pnn.GRU, torch.nn.GRU),
-                               ("rnn", pnn.RNN, torch.nn.RNN)):
-        for T, B, I, H in shapes:
-            ref = theirs(I, H).to(device)
-            x = torch.randn(T, B, I, device=device)
+        return [(28, 128, 28, 128, torch.float32), (512, 32, 256, 256, torch.float32),
+                (784, 128, 1, 128, torch.bfloat16), (512, 64, 1024, 1024, torch.float32)]
+    if quick:
+        return [(16, 32, 16, 32, torch.float32)]
+    return [(28, 128, 28, 128, torch.float32), (128, 32, 256, 256, torch.float32)]
+
+
+def _recurrent_cell_cases(cell: str):
+    """Cases of one cell: pyneuro.nn's layer on each backend against torch.nn's (oneDNN / cuDNN),
+    same weights, same threads; the leaky cell has no torch.nn twin, so its baseline is the
+    PyTorch reference loop."""
+    gates = {"lstm": 4, "gru": 3, "rnn": 1, "leaky": 1}[cell]
+
+    def cases(device: torch.device, quick: bool):
+        import pyneuro.nn as pnn
+        from pyneuro.ops.rnn import leaky_sequence
+
+        for T, B, I, H, dtype in _recurrent_shapes(device, quick):
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(T, B, I, generator=g).to(device=device, dtype=dtype)
+            modules, label = {}, "reference"
+            if cell == "leaky":
+                weights = [(torch.randn(*shape, generator=g) / H ** 0.5).to(device=device, dtype=dtype)
+                           for shape in ((H, I), (H, H), (H,))]
+                tau = torch.linspace(1.0, 16.0, H).to(device=device, dtype=dtype)
+                u0 = torch.zeros(B, H, device=device, dtype=dtype)
+                for backend in _backends_for("leaky", device):
+                    params = [w.clone().requires_grad_() for w in weights]
+                    modules[backend] = (lambda inp, b=backend, p=params: leaky_sequence(inp, u0, *p, tau, backend=b),
+                                        params)
+            else:
+                label = "torch.nn (cuDNN)" if device.type == "cuda" else "torch.nn"
+                theirs = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](I, H)
+                theirs = theirs.to(device=device, dtype=dtype)
+                modules[label] = (theirs, list(theirs.parameters()))
+                ours_cls = {"lstm": pnn.LSTM, "gru": pnn.GRU, "rnn": pnn.RNN}[cell]
+                for backend in _backends_for(cell, device):
+                    if backend == "reference" and T * B * H > 4_000_000:
+                        continue  # a Python loop over 512 steps says nothing new
+                    m = ours_cls(I, H, backend=backend).to(device=device, dtype=dtype)
+                    m.load_state_dict(theirs.state_dict())
+                    modules[backend] = (m, list(m.parameters()))
             for mode in ("fwd", "fwd+bwd"):
                 xs = x.clone().requires_grad_(mode != "fwd")
                 contenders = {}
-                label = "torch.nn (cuDNN)" if device.type == "cuda" else "torch.nn"
-                modules = {label: ref}
-                for backend in _backends_for(cell, device):
-                    m = ours(I, H, backend=backend).to(device)
-                    m.load_state_dict(ref.state_dict())
-                    modules[backend] = m
-                for name, m in modules.items():
+                for name, (fn, params) in modules.items():
                     if mode == "fwd":
-                        contenders[name] = lambda m=m: torch.no_grad()(m)(x)
+                        contenders[name] = lambda fn=fn: torch.no_grad()(fn)(x)
                     else:
-                        contenders[name] = _fwd_bwd(lambda m=m: m(xs)[0], [xs])
-                # The two matmuls per step (input and recurrent); backward does twice the forward's.
-                flops = 2 * T * B * (I + H) * gates[cell] * H * (1 if mode == "fwd" else 3)
-                yield {"op": cell, "mode": mode, "dtype": "float32", "shape": {"T": T, "B": B, "I": I, "H": H},
-                       "baseline": label, "contenders": contenders, "flops": flops}
+                        contenders[name] = _fwd_bwd(lambda fn=fn: fn(xs)[0], [xs, *params])
+                # Forward: the input and the recurrent GEMM of every step; the backward does twice
+                # that (dx + dh, and dW_ih + dW_hh).
+                flops = 2 * T * B * (I + H) * gates * H * (1 if mode == "fwd" else 3)
+                yield {"op": cell, "mode": mode, "dtype": str(dtype).replace("torch.", ""),
+                       "shape": {"T": T, "B": B, "I": I, "H": H}, "baseline": label, "contenders": contenders,
+                       "flops": flops}
+
+    return cases
 
 
-CASES = {"selective_scan": scan_cases, "attention": attention_cases, "recurrent": recurrent_cases}
+CASES = {"selective_scan": scan_cases, "attention": attention_cases,
+         **{cell: _recurrent_cell_cases(cell) for cell in ("lstm", "gru", "rnn", "leaky")}}

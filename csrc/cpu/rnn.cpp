@@ -1,0 +1,410 @@
+// CPU backend of the recurrent cells: pyneuro::lstm_fwd/_bwd, gru_*, rnn_*, leaky_* (layout,
+// reserve and gradients: docs/rnn_contract.md).
+//
+// Where the time goes, and how each part is done (T steps, B batch, I inputs, H units, G gates):
+//   - the input projection of all steps, x W_ihᵀ + b: ONE GEMM (T·B × I × G·H), before the loop;
+//   - per step, the recurrent GEMM h_{t-1} W_hhᵀ (B × R × G·H), accumulated in place into that
+//     step's slice of the projection (beta = 1), then ONE fused pointwise pass (csrc/cpu/isa/
+//     rnn_kernels.cpp, per ISA) that writes the activated gates, the state and the reserve;
+//   - the backward runs the steps in reverse: a fused pointwise pass produces the gradients of
+//     all gates of the step, and one GEMM sends them back to h_{t-1}, accumulating in place into
+//     the next (earlier) step's incoming gradient;
+//   - dx, dW_ih, dW_hh and the bias gradients: single GEMMs / reductions over all T·B rows after
+//     the loop.
+// The per-step GEMMs call BLAS directly on raw pointers (sgemm, see gemm() below): no Tensor is
+// created, nothing is allocated and nothing is dispatched inside the time loop. Half-precision
+// inputs are widened to fp32 once; all math and state are fp32.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <dlfcn.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <tuple>
+
+#include "common/rnn_args.h"
+#include "cpu/isa.h"
+
+namespace pyneuro::cpu {
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+// The BLAS sgemm that torch itself links (MKL on x86 wheels, OpenBLAS elsewhere), found at run
+// time: torch does not export a raw-pointer GEMM, and a per-step at::mm would create tensors and
+// go through the dispatcher T times. Fortran ABI with 32-bit integers (LP64), as torch's builds.
+using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+                         const int*, const float*, const int*, const float*, float*, const int*);
+
+SgemmFn find_sgemm() {
+  for (const char* lib : {"libtorch_cpu.so", "libtorch_cpu.dylib"}) {
+    if (void* handle = dlopen(lib, RTLD_LAZY | RTLD_NOLOAD)) {
+      if (void* fn = dlsym(handle, "sgemm_")) return reinterpret_cast<SgemmFn>(fn);
+    }
+  }
+  return reinterpret_cast<SgemmFn>(dlsym(RTLD_DEFAULT, "sgemm_"));
+}
+
+at::Tensor matrix(const float* p, int64_t rows, int64_t cols, int64_t ld) {
+  return at::from_blob(const_cast<float*>(p), {rows, cols}, {ld, 1}, at::TensorOptions().dtype(at::kFloat));
+}
+
+// Row-major C (M × N, row stride ldc) = op(A) op(B) + beta C, with op(A) M × K and op(B) K × N;
+// `ta`/`tb` transpose a row-major stored A (K × M) / B (N × K). BLAS is column-major, and a
+// row-major matrix is its column-major transpose, so this is the column-major Cᵀ = op(B)ᵀ op(A)ᵀ.
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+          float beta, float* C, int64_t ldc) {
+  static const SgemmFn sgemm = find_sgemm();
+  if (sgemm != nullptr) {
+    const char op_a = ta ? 'T' : 'N', op_b = tb ? 'T' : 'N';
+    const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
+    const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
+    const float one = 1.f;
+    sgemm(&op_b, &op_a, &m, &n, &k, &one, B, &la, A, &lb, &beta, C, &lc);
+    return;
+  }
+  // No BLAS symbol in this torch build: the same product through ATen.
+  at::Tensor a = ta ? matrix(A, K, M, lda).t() : matrix(A, M, K, lda);
+  at::Tensor b = tb ? matrix(B, N, K, ldb).t() : matrix(B, K, N, ldb);
+  at::Tensor c = matrix(C, M, N, ldc);
+  if (beta == 0.f) {
+    at::mm_out(c, a, b);
+  } else {
+    c.addmm_(a, b, beta, 1.f);
+  }
+}
+
+// The fused pointwise pass of one step, split over batch rows: enough rows per task that a task
+// moves ~64 KiB, below which the fork costs more than the pass.
+template <typename F>
+void for_rows(int64_t B, int64_t floats_per_row, const F& step) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(floats_per_row, 1));
+  at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) { step(b0, b1); });
+}
+
+// The per-step GEMMs pass sizes and strides to BLAS as 32-bit ints.
+void check_blas_sizes(const char* op, const RnnShape& s) {
+  const int64_t widest = std::max({s.B, s.I, 6 * s.H + s.R});
+  TORCH_CHECK_VALUE(widest <= INT32_MAX, op, ": batch, input_size and 6 * hidden_size + state_size must stay below 2^31 "
+                    "for the CPU backend's BLAS calls, got ", widest);
+}
+
+Tensor f32(const Tensor& t) { return t.to(at::kFloat).contiguous(); }
+Tensor f32_copy(const Tensor& t) { return t.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true).contiguous(); }
+float* ptr(Tensor& t) { return t.data_ptr<float>(); }
+const float* ptr(const Tensor& t) { return t.const_data_ptr<float>(); }
+
+// A fresh output of dtype `dt` holding `src` (outputs may alias neither inputs nor each other).
+Tensor fresh(const Tensor& src, at::ScalarType dt) {
+  return at::empty(src.sizes(), src.options().dtype(dt)).copy_(src);
+}
+
+Tensor absent_grad(const Tensor& x) { return at::empty({0}, x.options()); }
+
+Tensor grad_or_absent(const Tensor& g, const OptTensor& input, const Tensor& x) {
+  return input.has_value() ? fresh(g, x.scalar_type()) : absent_grad(x);
+}
+
+// x W_ihᵀ + b_ih (+ b_hh) for all T·B rows: (T·B, G·H) fp32.
+Tensor input_projection(const Tensor& x, const Tensor& w_ih, const OptTensor& b_ih, const OptTensor& b_hh) {
+  const Tensor rows = f32(x).view({-1, x.size(2)});
+  const Tensor w = f32(w_ih);
+  std::optional<Tensor> bias;
+  if (b_ih) bias = f32(*b_ih);
+  if (b_hh) bias = bias ? *bias + f32(*b_hh) : f32(*b_hh);
+  return bias ? at::addmm(*bias, rows, w.t()) : at::mm(rows, w.t());
+}
+
+// dx = dpre W_ih and dW_ih = dpreᵀ x over all T·B rows.
+std::pair<Tensor, Tensor> input_grads(const Tensor& dpre, const Tensor& x, const Tensor& w_ih) {
+  const Tensor flat = dpre.view({-1, dpre.size(2)});
+  Tensor dx = at::mm(flat, f32(w_ih)).view({x.size(0), x.size(1), x.size(2)});
+  Tensor dw_ih = at::mm(flat.t(), f32(x).view({-1, x.size(2)}));
+  return {dx.to(x.scalar_type()), dw_ih.to(x.scalar_type())};
+}
+
+// dW_hh = Σ_t dpre_tᵀ h_{t-1}: step 0 against the initial state, the rest against the states the
+// forward kept (`states`: (T, B, ≥R) with the R-wide state starting at column `col`).
+Tensor recurrent_weight_grad(const Tensor& dpre, const Tensor& h0, const Tensor& states, int64_t col, int64_t R) {
+  const int64_t T = dpre.size(0), B = dpre.size(1), GH = dpre.size(2);
+  Tensor dw = at::mm(dpre[0].t(), h0);
+  if (T > 1) {
+    const Tensor prev = states.narrow(0, 0, T - 1).narrow(2, col, R).reshape({(T - 1) * B, R});
+    dw.addmm_(dpre.narrow(0, 1, T - 1).reshape({(T - 1) * B, GH}).t(), prev);
+  }
+  return dw;
+}
+
+// ---------------------------------------------------------------------------------------------
+// LSTM
+// ---------------------------------------------------------------------------------------------
+std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_fwd(const Tensor& x, const Tensor& h0, const Tensor& c0,
+                                                    const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
+                                                    const OptTensor& b_hh, const OptTensor& w_hr) {
+  const RnnShape s = check_rnn_fwd("lstm_fwd", RnnCell::kLstm, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
+  check_blas_sizes("lstm_fwd", s);
+  const auto& k = kernels();
+  const int64_t T = s.T, B = s.B, H = s.H, R = s.R, W = rnn_reserve_width(RnnCell::kLstm, H, R);
+  Tensor pre = input_projection(x, w_ih, b_ih, b_hh);  // (T·B, 4H), step t's slice completed in place
+  Tensor reserve = at::empty({T, B, W}, x.options().dtype(at::kFloat));
+  const Tensor h0f = f32(h0), c0f = f32(c0), whh = f32(w_hh);
+  const Tensor whr = s.has_proj ? f32(*w_hr) : Tensor();
+  Tensor m = s.has_proj ? at::empty({B, H}, reserve.options()) : Tensor();
+  float* res = ptr(reserve);
+  for (int64_t t = 0; t < T; ++t) {
+    float* pre_t = ptr(pre) + t * B * 4 * H;
+    float* res_t = res + t * B * W;
+    const float* h_prev = t ? res_t - B * W + 5 * H : ptr(h0f);
+    const float* c_prev = t ? res_t - B * W + 4 * H : ptr(c0f);
+    gemm(false, true, B, 4 * H, R, h_prev, t ? W : R, ptr(whh), R, 1.f, pre_t, 4 * H);  // += h_{t-1} W_hhᵀ
+    for_rows(B, 10 * H, [&](int64_t b0, int64_t b1) {
+      k.lstm_fwd_step({b0, b1, H, W}, pre_t, c_prev, t ? W : H, res_t, s.has_proj ? ptr(m) : nullptr);
+    });
+    if (s.has_proj) gemm(false, true, B, R, H, ptr(m), H, ptr(whr), H, 0.f, res_t + 5 * H, W);  // h_t = m_t W_hrᵀ
+  }
+  const auto dt = x.scalar_type();
+  return {fresh(reserve.narrow(2, 5 * H, R), dt), fresh(reserve[T - 1].narrow(1, 5 * H, R), dt),
+          fresh(reserve[T - 1].narrow(1, 4 * H, H), dt), reserve};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_bwd(
+    const Tensor& dy, const OptTensor& dh_n, const OptTensor& dc_n, const Tensor& x, const Tensor& h0,
+    const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+    const OptTensor& w_hr, const Tensor& reserve) {
+  const RnnShape s = check_rnn_fwd("lstm_bwd", RnnCell::kLstm, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
+  check_blas_sizes("lstm_bwd", s);
+  check_rnn_bwd("lstm_bwd", RnnCell::kLstm, s, x, dy, dh_n, dc_n, reserve);
+  const auto& k = kernels();
+  const int64_t T = s.T, B = s.B, H = s.H, R = s.R, W = rnn_reserve_width(RnnCell::kLstm, H, R);
+  // dH[t] collects the whole gradient of h_t: dy_t, then (from step t+1) dG_{t+1} W_hh in place.
+  Tensor dH = f32_copy(dy);
+  if (dh_n) dH[T - 1].add_(dh_n->to(at::kFloat));
+  Tensor dc = dc_n ? f32_copy(*dc_n) : at::zeros({B, H}, reserve.options());
+  Tensor dG = at::empty({T, B, 4 * H}, reserve.options());
+  Tensor dh0 = at::zeros({B, R}, reserve.options());
+  const Tensor c0f = f32(c0), whh = f32(w_hh), whr = s.has_proj ? f32(*w_hr) : Tensor();
+  Tensor m_all = s.has_proj ? at::empty({T, B, H}, reserve.options()) : Tensor();  // m_t, for dW_hr
+  Tensor dm = s.has_proj ? at::empty({B, H}, reserve.options()) : Tensor();
+  const float* res = ptr(reserve);
+  for (int64_t t = T - 1; t >= 0; --t) {
+    float* dH_t = ptr(dH) + t * B * R;
+    float* dG_t = ptr(dG) + t * B * 4 * H;
+    const float* res_t = res + t * B * W;
+    const float* dm_t = dH_t;
+    if (s.has_proj) {  // dm_t = dh_t W_hr
+      gemm(false, false, B, H, R, dH_t, R, ptr(whr), H, 0.f, ptr(dm), H);
+      dm_t = ptr(dm);
+    }
+    const float* c_prev = t ? res_t - B * W + 4 * H : ptr(c0f);
+    for_rows(B, 12 * H, [&](int64_t b0, int64_t b1) {
+      k.lstm_bwd_step({b0, b1, H, W}, dm_t, s.has_proj ? H : R, res_t, c_prev, t ? W : H, ptr(dc), dG_t,
+                      s.has_proj ? ptr(m_all) + t * B * H : nullptr);
+    });
+    float* dh_prev = t ? dH_t - B * R : ptr(dh0);
+    gemm(false, false, B, R, 4 * H, dG_t, 4 * H, ptr(whh), R, 1.f, dh_prev, R);  // += dG_t W_hh
+  }
+  auto [dx, dw_ih] = input_grads(dG, x, w_ih);
+  const auto dt = x.scalar_type();
+  Tensor dw_hh = recurrent_weight_grad(dG, f32(h0), reserve, 5 * H, R).to(dt);
+  const Tensor db = dG.view({T * B, 4 * H}).sum(0);
+  Tensor dw_hr = s.has_proj ? at::mm(dH.view({T * B, R}).t(), m_all.view({T * B, H})).to(dt) : absent_grad(x);
+  return {dx, fresh(dh0, dt), fresh(dc, dt), dw_ih, dw_hh, grad_or_absent(db, b_ih, x), grad_or_absent(db, b_hh, x),
+          dw_hr};
+}
+
+// ---------------------------------------------------------------------------------------------
+// GRU
+// ---------------------------------------------------------------------------------------------
+std::tuple<Tensor, Tensor, Tensor> gru_fwd(const Tensor& x, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+                                           const OptTensor& b_ih, const OptTensor& b_hh) {
+  const RnnShape s = check_rnn_fwd("gru_fwd", RnnCell::kGru, x, h0, std::nullopt, w_ih, w_hh, b_ih, b_hh, std::nullopt);
+  check_blas_sizes("gru_fwd", s);
+  const auto& k = kernels();
+  const int64_t T = s.T, B = s.B, H = s.H, W = rnn_reserve_width(RnnCell::kGru, H, H);
+  // b_hh stays with the recurrent term: b_hn sits inside the reset product.
+  const Tensor pre = input_projection(x, w_ih, b_ih, std::nullopt);
+  Tensor reserve = at::empty({T, B, W}, x.options().dtype(at::kFloat));
+  Tensor rec = at::empty({B, 3 * H}, reserve.options());  // h_{t-1} W_hhᵀ of the current step
+  const Tensor h0f = f32(h0), whh = f32(w_hh);
+  const Tensor bhh = b_hh ? f32(*b_hh) : at::zeros({3 * H}, reserve.options());
+  float* res = ptr(reserve);
+  for (int64_t t = 0; t < T; ++t) {
+    float* res_t = res + t * B * W;
+    const float* h_prev = t ? res_t - B * W + 4 * H : ptr(h0f);
+    const int64_t ld_h = t ? W : H;
+    gemm(false, true, B, 3 * H, H, h_prev, ld_h, ptr(whh), H, 0.f, ptr(rec), 3 * H);
+    for_rows(B, 12 * H, [&](int64_t b0, int64_t b1) {
+      k.gru_fwd_step({b0, b1, H, W}, ptr(pre) + t * B * 3 * H, ptr(rec), ptr(bhh), h_prev, ld_h, res_t);
+    });
+  }
+  const auto dt = x.scalar_type();
+  return {fresh(reserve.narrow(2, 4 * H, H), dt), fresh(reserve[T - 1].narrow(1, 4 * H, H), dt), reserve};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd(const Tensor& dy, const OptTensor& dh_n,
+                                                                   const Tensor& x, const Tensor& h0,
+                                                                   const Tensor& w_ih, const Tensor& w_hh,
+                                                                   const OptTensor& b_ih, const OptTensor& b_hh,
+                                                                   const Tensor& reserve) {
+  const RnnShape s = check_rnn_fwd("gru_bwd", RnnCell::kGru, x, h0, std::nullopt, w_ih, w_hh, b_ih, b_hh, std::nullopt);
+  check_blas_sizes("gru_bwd", s);
+  check_rnn_bwd("gru_bwd", RnnCell::kGru, s, x, dy, dh_n, std::nullopt, reserve);
+  const auto& k = kernels();
+  const int64_t T = s.T, B = s.B, H = s.H, W = rnn_reserve_width(RnnCell::kGru, H, H);
+  Tensor dH = f32_copy(dy);
+  if (dh_n) dH[T - 1].add_(dh_n->to(at::kFloat));
+  Tensor d_input = at::empty({T, B, 3 * H}, reserve.options());      // of x W_ihᵀ + b_ih
+  Tensor d_recurrent = at::empty({T, B, 3 * H}, reserve.options());  // of h W_hhᵀ + b_hh
+  Tensor dh0 = at::zeros({B, H}, reserve.options());
+  const Tensor h0f = f32(h0), whh = f32(w_hh);
+  const float* res = ptr(reserve);
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const float* res_t = res + t * B * W;
+    const float* h_prev = t ? res_t - B * W + 4 * H : ptr(h0f);
+    float* dH_t = ptr(dH) + t * B * H;
+    float* dS_t = ptr(d_recurrent) + t * B * 3 * H;
+    float* dh_prev = t ? dH_t - B * H : ptr(dh0);
+    for_rows(B, 13 * H, [&](int64_t b0, int64_t b1) {
+      k.gru_bwd_step({b0, b1, H, W}, dH_t, res_t, h_prev, t ? W : H, ptr(d_input) + t * B * 3 * H, dS_t, dh_prev);
+    });
+    gemm(false, false, B, H, 3 * H, dS_t, 3 * H, ptr(whh), H, 1.f, dh_prev, H);  // += dS_t W_hh
+  }
+  auto [dx, dw_ih] = input_grads(d_input, x, w_ih);
+  const auto dt = x.scalar_type();
+  Tensor dw_hh = recurrent_weight_grad(d_recurrent, h0f, reserve, 4 * H, H).to(dt);
+  return {dx, fresh(dh0, dt), dw_ih, dw_hh, grad_or_absent(d_input.view({T * B, 3 * H}).sum(0), b_ih, x),
+          grad_or_absent(d_recurrent.view({T * B, 3 * H}).sum(0), b_hh, x)};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elman RNN (tanh / relu)
+// ---------------------------------------------------------------------------------------------
+std::tuple<Tensor, Tensor, Tensor> rnn_fwd(const Tensor& x, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+                                           const OptTensor& b_ih, const OptTensor& b_hh, bool relu) {
+  const RnnShape s = check_rnn_fwd("rnn_fwd", RnnCell::kRnn, x, h0, std::nullopt, w_ih, w_hh, b_ih, b_hh, std::nullopt);
+  check_blas_sizes("rnn_fwd", s);
+  const auto& k = kernels();
+  const int64_t T = s.T, B = s.B, H = s.H;
+  Tensor pre = input_projection(x, w_ih, b_ih, b_hh);
+  Tensor reserve = at::empty({T, B, H}, x.options().dtype(at::kFloat));  // h_t
+  const Tensor h0f = f32(h0), whh = f32(w_hh);
+  for (int64_t t = 0; t < T; ++t) {
+    float* pre_t = ptr(pre) + t * B * H;
+    float* h_t = ptr(reserve) + t * B * H;
+    gemm(false, true, B, H, H, t ? h_t - B * H : ptr(h0f), H, ptr(whh), H, 1.f, pre_t, H);
+    for_rows(B, 2 * H, [&](int64_t b0, int64_t b1) { k.rnn_fwd_step({b0, b1, H, H}, pre_t, relu, h_t); });
+  }
+  const auto dt = x.scalar_type();
+  return {fresh(reserve, dt), fresh(reserve[T - 1], dt), reserve};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_bwd(const Tensor& dy, const OptTensor& dh_n,
+                                                                   const Tensor& x, const Tensor& h0,
+                                                                   const Tensor& w_ih, const Tensor& w_hh,
+                                                                   const OptTensor& b_ih, const OptTensor& b_hh,
+                                                                   const Tensor& reserve, bool relu) {
+  const RnnShape s = check_rnn_fwd("rnn_bwd", RnnCell::kRnn, x, h0, std::nullopt, w_ih, w_hh, b_ih, b_hh, std::nullopt);
+  check_blas_sizes("rnn_bwd", s);
+  check_rnn_bwd("rnn_bwd", RnnCell::kRnn, s, x, dy, dh_n, std::nullopt, reserve);
+  const auto& k = kernels();
+  const int64_t T = s.T, B = s.B, H = s.H;
+  Tensor dH = f32_copy(dy);
+  if (dh_n) dH[T - 1].add_(dh_n->to(at::kFloat));
+  Tensor dpre = at::empty({T, B, H}, reserve.options());
+  Tensor dh0 = at::zeros({B, H}, reserve.options());
+  const Tensor h0f = f32(h0), whh = f32(w_hh);
+  for (int64_t t = T - 1; t >= 0; --t) {
+    float* dH_t = ptr(dH) + t * B * H;
+    float* dpre_t = ptr(dpre) + t * B * H;
+    const float* h_t = ptr(reserve) + t * B * H;
+    for_rows(B, 3 * H, [&](int64_t b0, int64_t b1) { k.rnn_bwd_step({b0, b1, H, H}, dH_t, h_t, relu, dpre_t); });
+    gemm(false, false, B, H, H, dpre_t, H, ptr(whh), H, 1.f, t ? dH_t - B * H : ptr(dh0), H);
+  }
+  auto [dx, dw_ih] = input_grads(dpre, x, w_ih);
+  const auto dt = x.scalar_type();
+  Tensor dw_hh = recurrent_weight_grad(dpre, h0f, reserve, 0, H).to(dt);
+  const Tensor db = dpre.view({T * B, H}).sum(0);
+  return {dx, fresh(dh0, dt), dw_ih, dw_hh, grad_or_absent(db, b_ih, x), grad_or_absent(db, b_hh, x)};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Leaky integrator
+// ---------------------------------------------------------------------------------------------
+std::tuple<Tensor, Tensor, Tensor> leaky_fwd(const Tensor& x, const Tensor& u0, const Tensor& w_ih, const Tensor& w_hh,
+                                             const OptTensor& bias, const Tensor& tau) {
+  const RnnShape s = check_rnn_fwd("leaky_fwd", RnnCell::kLeaky, x, u0, std::nullopt, w_ih, w_hh, bias, std::nullopt, tau);
+  check_blas_sizes("leaky_fwd", s);
+  const auto& k = kernels();
+  const int64_t T = s.T, B = s.B, H = s.H;
+  Tensor pre = input_projection(x, w_ih, bias, std::nullopt);
+  Tensor reserve = at::empty({T, B, H}, x.options().dtype(at::kFloat));  // u_t
+  Tensor h = at::empty({T, B, H}, reserve.options());                    // tanh(u_t), the next GEMM's input
+  const Tensor u0f = f32(u0), whh = f32(w_hh), alpha = f32(tau).reciprocal();
+  const Tensor h0 = u0f.tanh();
+  for (int64_t t = 0; t < T; ++t) {
+    float* pre_t = ptr(pre) + t * B * H;
+    float* u_t = ptr(reserve) + t * B * H;
+    float* h_t = ptr(h) + t * B * H;
+    gemm(false, true, B, H, H, t ? h_t - B * H : ptr(h0), H, ptr(whh), H, 1.f, pre_t, H);  // a_t
+    for_rows(B, 4 * H, [&](int64_t b0, int64_t b1) {
+      k.leaky_fwd_step({b0, b1, H, H}, pre_t, t ? u_t - B * H : ptr(u0f), H, ptr(alpha), u_t, h_t);
+    });
+  }
+  const auto dt = x.scalar_type();
+  return {dt == at::kFloat ? h : fresh(h, dt), fresh(reserve[T - 1], dt), reserve};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> leaky_bwd(const Tensor& dh, const OptTensor& du_n,
+                                                                     const Tensor& x, const Tensor& u0,
+                                                                     const Tensor& w_ih, const Tensor& w_hh,
+                                                                     const OptTensor& bias, const Tensor& tau,
+                                                                     const Tensor& reserve) {
+  const RnnShape s = check_rnn_fwd("leaky_bwd", RnnCell::kLeaky, x, u0, std::nullopt, w_ih, w_hh, bias, std::nullopt, tau);
+  check_blas_sizes("leaky_bwd", s);
+  check_rnn_bwd("leaky_bwd", RnnCell::kLeaky, s, x, dh, du_n, std::nullopt, reserve);
+  const auto& k = kernels();
+  const int64_t T = s.T, B = s.B, H = s.H;
+  Tensor dH = f32_copy(dh);  // dh_t, then + da_{t+1} W_hh in place
+  // g: the gradient reaching u_t along the leak; at T it is du_n itself.
+  Tensor g = du_n ? f32_copy(*du_n) : at::zeros({B, H}, reserve.options());
+  Tensor da = at::empty({T, B, H}, reserve.options());
+  Tensor h = at::empty({T, B, H}, reserve.options());  // tanh(u_t), recomputed for dW_hh
+  Tensor dtau_rows = at::zeros({B, H}, reserve.options());
+  Tensor dh0 = at::zeros({B, H}, reserve.options());  // gradient of tanh(u0)
+  const Tensor u0f = f32(u0), whh = f32(w_hh), alpha = f32(tau).reciprocal();
+  for (int64_t t = T - 1; t >= 0; --t) {
+    float* dH_t = ptr(dH) + t * B * H;
+    float* da_t = ptr(da) + t * B * H;
+    const float* u_t = ptr(reserve) + t * B * H;
+    for_rows(B, 8 * H, [&](int64_t b0, int64_t b1) {
+      k.leaky_bwd_step({b0, b1, H, H}, dH_t, u_t, t ? u_t - B * H : ptr(u0f), H, ptr(alpha), ptr(g), da_t,
+                       ptr(dtau_rows), ptr(h) + t * B * H);
+    });
+    gemm(false, false, B, H, H, da_t, H, ptr(whh), H, 1.f, t ? dH_t - B * H : ptr(dh0), H);
+  }
+  const Tensor h0 = u0f.tanh();
+  const Tensor du0 = dh0 * (1 - h0 * h0) + g;
+  auto [dx, dw_ih] = input_grads(da, x, w_ih);
+  const auto dt = x.scalar_type();
+  Tensor dw_hh = recurrent_weight_grad(da, h0, h, 0, H).to(dt);
+  return {dx, fresh(du0, dt), dw_ih, dw_hh, grad_or_absent(da.view({T * B, H}).sum(0), bias, x),
+          fresh(dtau_rows.sum(0), dt)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyneuro, CPU, m) {
+  m.impl("lstm_fwd", &lstm_fwd);
+  m.impl("lstm_bwd", &lstm_bwd);
+  m.impl("gru_fwd", &gru_fwd);
+  m.impl("gru_bwd", &gru_bwd);
+  m.impl("rnn_fwd", &rnn_fwd);
+  m.impl("rnn_bwd", &rnn_bwd);
+  m.impl("leaky_fwd", &leaky_fwd);
+  m.impl("leaky_bwd", &leaky_bwd);
+}
+
+}  // namespace pyneuro::cpu
