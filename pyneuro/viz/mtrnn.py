@@ -37,8 +37,8 @@ def plot_unit_activity(model: torch.nn.Module, images: torch.Tensor, labels: tor
     ``model`` holds one :class:`pyneuro.nn.MTRNN` (the ``mtrnn`` model, whose ``view`` attribute
     says how it reads an image: "rows" by default); ``images`` are uint8 (N, 28, 28) and
     ``labels`` (N,), e.g. the test set; one digit of each of the first ``count`` classes found is
-    drawn: the image, then the fast units (units x steps), then the slow ones, with the model's
-    prediction. Written as a PNG at ``path``; returns the path.
+    drawn: the image with the model's prediction, the fast units (units x steps), the slow ones,
+    and each group's mean change per step. Written as a PNG at ``path``; returns the path.
     """
     layer = _mtrnn_layer(model)
     if images.dim() == 4:
@@ -70,8 +70,10 @@ def plot_unit_activity(model: torch.nn.Module, images: torch.Tensor, labels: tor
     steps = h.shape[1]
 
     n = len(picks)
-    fig, axes = plt.subplots(3, n, figsize=(2.3 * n + 0.8, 6.6), squeeze=False,
-                             gridspec_kw={"height_ratios": [1.0, 1.3, 1.0]})
+    fig, axes = plt.subplots(4, n, figsize=(2.3 * n + 0.8, 8.4), squeeze=False,
+                             gridspec_kw={"height_ratios": [1.0, 1.3, 1.0, 0.8]})
+    groups = ((fast, layer.fast_tau, "fast", "C3"), (slow, layer.slow_tau, "slow", "C0"))
+    unit = "row" if view == "rows" else "pixel"
     for j, i in enumerate(picks):
         ok = preds[j].item() == labels[i].item()
         ax = axes[0, j]
@@ -79,20 +81,32 @@ def plot_unit_activity(model: torch.nn.Module, images: torch.Tensor, labels: tor
         ax.set_title(f"digit {labels[i].item()}, predicted {preds[j].item()}", fontsize=8,
                      color="black" if ok else "red")
         ax.axis("off")
-        for row, (group, tau, name) in enumerate(((fast[j], layer.fast_tau, "fast"),
-                                                  (slow[j], layer.slow_tau, "slow")), start=1):
+        for row, (group, tau, name, _) in enumerate(groups, start=1):
             ax = axes[row, j]
             # Units down, steps across, as the image is read: tanh activity, so a fixed [-1, 1] scale.
-            im = ax.imshow(group.t().numpy(), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1,
-                           interpolation="nearest", extent=(0.5, steps + 0.5, group.shape[1] - 0.5, -0.5))
-            ax.set_xlabel("row" if view == "rows" else "pixel", fontsize=8)
+            im = ax.imshow(group[j].t().numpy(), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1,
+                           interpolation="nearest", extent=(0.5, steps + 0.5, group.shape[2] - 0.5, -0.5))
             if j == 0:
                 ax.set_ylabel(f"{name} units (τ = {tau:g})", fontsize=8)
             ax.tick_params(labelsize=7)
-    fig.colorbar(im, ax=axes[1:, :].ravel().tolist(), fraction=0.02, pad=0.02, label="h = tanh(u)")
+        # How much each group moves per step: the two timescales as numbers, not only as colours.
+        ax = axes[3, j]
+        for group, tau, name, colour in groups:
+            change = torch.cat([group[j, :1], group[j, 1:] - group[j, :-1]]).abs().mean(-1)
+            ax.plot(range(1, steps + 1), change.numpy(), color=colour, lw=1.2, label=f"{name} (τ = {tau:g})")
+        ax.set_xlim(0.5, steps + 0.5)
+        ax.set_xlabel(unit, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        if j == 0:
+            ax.set_ylabel("mean |h_t − h_{t−1}|", fontsize=8)
+            ax.legend(fontsize=7)
     fig.suptitle(f"{title}: fast and slow context units while reading one digit per class", fontsize=9)
-    # Laid out by hand: tight_layout cannot place a colour bar shared by several axes.
-    fig.subplots_adjust(left=0.07, right=0.88, top=0.9, bottom=0.08, hspace=0.35, wspace=0.25)
+    # Laid out by hand: tight_layout cannot place a colour bar beside two rows of axes only.
+    fig.subplots_adjust(left=0.07, right=0.9, top=0.92, bottom=0.06, hspace=0.3, wspace=0.25)
+    top, bottom = axes[1, -1].get_position(), axes[2, -1].get_position()
+    bar = fig.add_axes((top.x1 + 0.012, bottom.y0, 0.012, top.y1 - bottom.y0))
+    fig.colorbar(im, cax=bar, label="h = tanh(u)")
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")  # atomic, like the run's other plots
     fig.savefig(tmp, dpi=110)
