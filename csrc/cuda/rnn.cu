@@ -32,10 +32,12 @@ __global__ void __launch_bounds__(kThreads) rnn_cell_fwd_kernel(const RnnCellFwd
   const int64_t GH = int64_t(G) * H;
   const int64_t W = kCell == RnnCellKind::kLstm ? 5 * int64_t(H) + p.R : kCell == RnnCellKind::kGru ? 5 * int64_t(H) : H;
   const bool last = p.t == p.T - 1;
-  const int64_t n = int64_t(p.B) * H;
-  for (int64_t e = int64_t(blockIdx.x) * kThreads + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
-    const int64_t b = e / H;
-    const int j = int(e - b * H);
+  // 32-bit index math (B·G·H < 2^31, the launchers check): a 64-bit division is a call that spills.
+  const unsigned n = unsigned(p.B) * unsigned(H);
+  for (unsigned e = blockIdx.x * kThreads + threadIdx.x; e < n; e += gridDim.x * kThreads) {
+    const unsigned bu = e / unsigned(H);
+    const int j = int(e - bu * unsigned(H));
+    const int64_t b = bu;
     const float* gx = p.gx + b * GH;
     const float* gh = p.gh + b * GH;
     float* res = p.reserve + b * W;
@@ -98,12 +100,14 @@ __global__ void __launch_bounds__(kThreads) rnn_cell_bwd_kernel(const RnnCellBwd
   const int64_t GH = int64_t(G) * H;
   const int64_t W = kCell == RnnCellKind::kLstm ? 5 * int64_t(H) + p.R : kCell == RnnCellKind::kGru ? 5 * int64_t(H) : H;
   const bool last = p.t == p.T - 1;
-  const int64_t n = int64_t(p.B) * H;
+  // 32-bit index math (B·G·H < 2^31, the launchers check): a 64-bit division is a call that spills.
+  const unsigned n = unsigned(p.B) * unsigned(H);
   const float* row_t = p.reserve + int64_t(p.t) * p.B * W;
   const float* row_prev = p.t > 0 ? row_t - int64_t(p.B) * W : nullptr;
-  for (int64_t e = int64_t(blockIdx.x) * kThreads + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
-    const int64_t b = e / H;
-    const int j = int(e - b * H);
+  for (unsigned e = blockIdx.x * kThreads + threadIdx.x; e < n; e += gridDim.x * kThreads) {
+    const unsigned bu = e / unsigned(H);
+    const int j = int(e - bu * unsigned(H));
+    const int64_t b = bu;
     const int64_t bj = b * H + j;  // (b, j) of every (B, H) operand (R = H except the projection's dm)
     const float* res = row_t + b * W;
     const float* prev = row_prev ? row_prev + b * W : nullptr;
@@ -152,6 +156,7 @@ __global__ void __launch_bounds__(kThreads) rnn_cell_bwd_kernel(const RnnCellBwd
 }
 
 int grid_for(int64_t n) { return int(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 8192))); }
+bool fits_index(int B, int H, RnnCellKind c) { return int64_t(B) * H * rnn_cell_gates(c) < (int64_t(1) << 31); }
 
 template <typename X, typename P>
 cudaError_t launch_fwd(const P& p, cudaStream_t stream) {
@@ -186,7 +191,7 @@ cudaError_t launch_bwd(const P& p, cudaStream_t stream) {
 }  // namespace
 
 cudaError_t rnn_cell_fwd(const RnnCellFwdParams& p, cudaStream_t stream) {
-  if (p.B < 1 || p.H < 1) return cudaErrorInvalidValue;
+  if (p.B < 1 || p.H < 1 || !fits_index(p.B, p.H, p.cell)) return cudaErrorInvalidValue;
   switch (p.dtype) {
     case RnnDtype::kFloat32: return launch_fwd<float>(p, stream);
     case RnnDtype::kFloat16: return launch_fwd<__half>(p, stream);
@@ -196,7 +201,7 @@ cudaError_t rnn_cell_fwd(const RnnCellFwdParams& p, cudaStream_t stream) {
 }
 
 cudaError_t rnn_cell_bwd(const RnnCellBwdParams& p, cudaStream_t stream) {
-  if (p.B < 1 || p.H < 1) return cudaErrorInvalidValue;
+  if (p.B < 1 || p.H < 1 || !fits_index(p.B, p.H, p.cell)) return cudaErrorInvalidValue;
   switch (p.dtype) {
     case RnnDtype::kFloat32: return launch_bwd<float>(p, stream);
     case RnnDtype::kFloat16: return launch_bwd<__half>(p, stream);

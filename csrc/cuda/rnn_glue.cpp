@@ -65,8 +65,10 @@ const void* ptr_or_null(const OptT& t) { return t.has_value() ? t->data_ptr() : 
 
 void check_cuda(const char* op, const at::Tensor& x, const RnnShape& s) {
   TORCH_CHECK_VALUE(x.is_cuda(), op, ": x must be a CUDA tensor for the cuda backend, got one on ", x.device());
-  TORCH_CHECK_VALUE(s.B <= INT_MAX && s.H <= INT_MAX / 8 && s.R <= INT_MAX && s.T <= INT_MAX, op,
-                    ": sizes must fit in int32 on the cuda backend");
+  TORCH_CHECK_VALUE(s.B * s.G * s.H < (int64_t(1) << 31) && s.B * s.R < (int64_t(1) << 31) && s.T <= INT_MAX &&
+                        s.I <= INT_MAX,
+                    op, ": batch * gates * hidden_size must be < 2^31 on the cuda backend (32-bit indices), got ",
+                    s.B, " * ", s.G, " * ", s.H);
 }
 
 void launched(const char* op, cudaError_t err, const char* what) {

@@ -101,8 +101,8 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_persistent_fwd_kernel(const R
   // W_hh rows of this block's unit tiles, once: smem row (q·G + g)·16 + jj holds W_hh[g·H + u·16 + jj].
   const int rows = p.tiles_per_block * G * kU;
   const WT* w_hh = static_cast<const WT*>(p.w_hh);
-  for (int64_t e = tid; e < int64_t(rows) * Hp; e += kThreads) {
-    const int r = int(e / Hp), k = int(e % Hp);
+  for (int e = tid; e < rows * Hp; e += kThreads) {  // rows·Hp <= 16·64·256: int, no 64-bit division
+    const int r = e / Hp, k = e % Hp;
     const int q = r / (G * kU), g = r / kU % G, jj = r % kU;
     const int unit = (blockIdx.x * p.tiles_per_block + q) * kU + jj;
     ws[size_t(r) * ldw + k] = (unit < H && k < H) ? w_hh[(int64_t(g) * H + unit) * H + k] : from_f<WT>(0.f);
