@@ -41,7 +41,7 @@ def _time_constants(owner: str, name: str, tau, size: int, learn: bool, device=N
     with torch.no_grad():
         values = torch.as_tensor(tau, dtype=torch.float64).detach().cpu()
     if values.dim() == 0:
-        values = values.expand(size)
+        values = values.repeat(size)  # a copy: an expanded (stride 0) buffer could not be loaded into
     if values.shape != (size,):
         raise ValueError(f"{owner}: {name} must be a number or hold one value per unit ({size}), "
                          f"got shape {tuple(values.shape)}")

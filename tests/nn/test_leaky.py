@@ -95,6 +95,9 @@ def test_no_bias_and_dtype_device_factory_kwargs():
     assert {p.dtype for p in layer.parameters()} == {torch.float64} and layer.tau.dtype == torch.float64
     h, _ = layer(torch.randn(T, B, I, **F64))
     assert h.dtype == torch.float64
+    clone = pn.LeakyRNN(I, H, tau=5.0, bias=False, **F64)  # a scalar τ is stored one value per unit
+    clone.load_state_dict(layer.state_dict())
+    assert torch.equal(clone.tau, torch.full((H,), 2.0, **F64))
 
 
 def test_fixed_tau_is_a_saved_buffer_not_a_parameter():
