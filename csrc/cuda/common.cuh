@@ -357,5 +357,52 @@ __device__ __forceinline__ void group_barrier(unsigned* counter, unsigned target
   __syncthreads();
 }
 
+
+// ---- tensor-core MMA ------------------------------------------------------------------------------
+// One warp: D (16 x 8, fp32) += A (16 x 16) · B (16 x 8) with fp16 or bf16 operands and fp32
+// accumulation (mma.sync m16n8k16, sm_80+), both operands read from shared memory: A row-major
+// (A[m][k] at a[m·lda + k]), B given as its transpose (B[k][n] at bt[n·ldb + k]: the rows of a
+// weight matrix). lda, ldb even and a, bt 4-byte aligned (32-bit fragment loads). The lane with
+// g = lane / 4, q = lane % 4 holds d[0], d[1] = D[g][2q], D[g][2q+1] and d[2], d[3] = D[g+8][2q],
+// D[g+8][2q+1] (PTX ISA, "Matrix fragments for mma.m16n8k16").
+// Emulation: each lane computes its own four elements from shared memory in fp32 (the products of
+// 16-bit values are exact in fp32; the summation order differs from the hardware's).
+namespace detail {
+template <typename T> struct MmaType;
+template <> struct MmaType<__half> { static constexpr bool bf16 = false; };
+template <> struct MmaType<__nv_bfloat16> { static constexpr bool bf16 = true; };
+}  // namespace detail
+
+template <typename T>
+__device__ __forceinline__ void mma_16x8x16_smem(float (&d)[4], const T* a, int lda, const T* bt, int ldb) {
+  const int lane = threadIdx.x % kWarpSize, g = lane / 4, q = lane % 4;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && !defined(PYNEURO_CUDA_EMULATION)
+  const auto w = [](const T* p) { return *reinterpret_cast<const unsigned*>(p); };
+  const unsigned a0 = w(a + g * lda + 2 * q), a1 = w(a + (g + 8) * lda + 2 * q);
+  const unsigned a2 = w(a + g * lda + 2 * q + 8), a3 = w(a + (g + 8) * lda + 2 * q + 8);
+  const unsigned b0 = w(bt + g * ldb + 2 * q), b1 = w(bt + g * ldb + 2 * q + 8);
+  if constexpr (detail::MmaType<T>::bf16) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+#else
+  (void)detail::MmaType<T>::bf16;  // only fp16/bf16 operands
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int m = g + (i >= 2 ? 8 : 0), n = 2 * q + (i & 1);
+    float acc = 0.f;
+    for (int k = 0; k < 16; ++k) acc = fmaf(to_f(a[m * lda + k]), to_f(bt[n * ldb + k]), acc);
+    d[i] += acc;
+  }
+#endif
+}
+
 }  // namespace cuda
 }  // namespace pyneuro

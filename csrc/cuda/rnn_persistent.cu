@@ -10,22 +10,28 @@
 // y, y + gridDim.y, ...; thread (bl, jl) = (tid / 16, tid % 16) computes the G dot products of
 // batch row bl and unit jl, then that unit's cell, in registers.
 //
-// Shared memory (dynamic): W slice tiles_per_block·G·16 rows x ldw (Hp = H rounded up to 16;
-// ldw = Hp + 16 bytes of padding, in fp32 for fp32 and in X for fp16/bf16), loaded once;
-// the h tile 16 x (Hp + 4) fp32, restaged every step. H = 256, LSTM, fp32: 65 KiB + 16 KiB.
-// Padding makes ldw / 4 words odd, so the 8 lanes of a quarter-warp (8 rows) hit distinct banks
-// with 16-byte loads; the h tile is read as a broadcast (2 rows per warp).
+// Shared memory (dynamic): the W slice, tiles_per_block·G·16 rows x ldw (Hp = H rounded up to
+// 16; ldw = Hp + 16 bytes of padding), fp32 for fp32 inputs and X for fp16/bf16, loaded once; then
+//   fp32: the h tile, 16 x (Hp + 4) fp32, restaged every step; SIMT FMAs, thread (bl, jl) does its
+//     G dot products with 16-byte shared loads. Padding makes ldw / 4 words odd, so the 8 lanes of
+//     a quarter-warp (8 W rows) hit distinct banks; the h rows are broadcasts (2 per warp).
+//   fp16/bf16: the h tile rounded to X (the GEMM operand the contract allows), 16 x ldw, and an fp32
+//     output tile; tensor cores (mma.sync m16n8k16, fp32 accumulation; common.cuh): warp w owns
+//     n-tile w % 2G (8 gate rows) of the 16 x G·16 product, the K range split over the idle warps
+//     when 2G < 8; the cell threads then read their G sums from the output tile. Fragment loads
+//     are 32-bit: row strides of ldw / 2 ≡ 4 (mod 8) words keep the 8 rows x 4 lanes conflict-free.
+// H = 256, LSTM: fp32 65 + 16 KiB; fp16/bf16 33 + 8.3 + 5 KiB.
 //
 // Per step and block: reads Bt·H fp32 of h_{t-1} from the reserve (L2: written by every block of
-// the group at step t-1), gx (Bt·G·16 fp32 per tile); writes the reserve rows and y; FMAs:
+// the group at step t-1), gx (Bt·G·16 fp32 per tile); writes the reserve rows and y; MACs:
 // Bt·G·16·H per tile (H = 256, LSTM: 256 K). Between steps the x-blocks of one y group meet at a
 // counter barrier (group_barrier, common.cuh): step t+1 needs every unit of h_t.
 //
-// Not done (yet): weights in registers instead of shared memory (FlashRNN's fastest variant),
-// tensor-core MMA for fp16/bf16 (here fp16/bf16 weights live in shared memory as X and are
-// widened to fp32 for FMA: half the shared memory, fp32 math), the projection LSTM (path 1),
-// and a persistent backward (the backward always runs path 1).
+// Not done (yet): weights in registers (FlashRNN's fastest variant keeps them there; here they stay
+// in shared memory and are re-read every step), the projection LSTM (path 1), and a persistent
+// backward (the backward always runs path 1).
 #include <algorithm>
+#include <type_traits>
 
 #include "common.cuh"
 #include "rnn.h"
@@ -49,9 +55,20 @@ __host__ __device__ inline int padded_h(int H) { return (H + 15) / 16 * 16; }
 template <typename WT> __host__ __device__ inline int ldw_of(int H) { return padded_h(H) + 16 / int(sizeof(WT)); }
 __host__ __device__ inline int ldh_of(int H) { return padded_h(H) + 4; }
 
+// fp16/bf16 (tensor cores): warp w computes n-tile w % (2G) (8 of the tile's G·16 gate rows) over
+// the k-steps w / (2G), w / (2G) + kparts, ...; with fewer than 8 n-tiles (RNN, leaky: 2) the K
+// range is split over kparts = 8 / (2G) warps and the partial sums meet in shared memory.
+__host__ __device__ constexpr int mma_kparts(int G) { return 2 * G >= 8 ? 1 : 8 / (2 * G); }
+// Row stride (floats) of the MMA output tile: ≡ 16 (mod 32) so that the two batch rows a warp of
+// cell threads reads fall in different banks.
+__host__ __device__ constexpr int ldo_of(int G) { return G * kU + (G * kU % 32 == 0 ? 16 : 0); }
+
 template <typename WT>
 size_t smem_bytes_t(int G, int H, int tiles_per_block) {
-  return size_t(tiles_per_block) * G * kU * ldw_of<WT>(H) * sizeof(WT) + size_t(kBt) * ldh_of(H) * sizeof(float);
+  const size_t w = size_t(tiles_per_block) * G * kU * ldw_of<WT>(H) * sizeof(WT);
+  if (sizeof(WT) == 4) return w + size_t(kBt) * ldh_of(H) * sizeof(float);
+  // the h tile as the A operand (X, row stride ldw) + the MMA output tile (fp32)
+  return w + size_t(kBt) * ldw_of<WT>(H) * sizeof(WT) + size_t(mma_kparts(G)) * kBt * ldo_of(G) * sizeof(float);
 }
 
 // Dot products of one h row with G weight rows over k < Hp (zero-padded), fp32 accumulation.
@@ -94,9 +111,16 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_persistent_fwd_kernel(const R
   const int ntiles = (H + kU - 1) / kU, nbt = (B + kBt - 1) / kBt;
   const int tid = threadIdx.x, bl = tid / kU, jl = tid % kU;
 
+  constexpr bool kMma = !std::is_same<X, float>::value;
   extern __shared__ float4 smem_f4[];
   WT* const ws = reinterpret_cast<WT*>(smem_f4);
+  // fp32: the h tile (fp32, row stride ldh). fp16/bf16: the h tile as X (row stride ldw), then the
+  // MMA output tile (kparts x 16 x ldo fp32).
   float* const hs = reinterpret_cast<float*>(ws + size_t(p.tiles_per_block) * G * kU * ldw);
+  WT* const ha = reinterpret_cast<WT*>(hs);
+  float* const outs = reinterpret_cast<float*>(ha + size_t(kBt) * ldw);
+  constexpr int kParts = mma_kparts(G), ldo = ldo_of(G);
+  const int warp = tid / kWarpSize, lane = tid % kWarpSize;
 
   // W_hh rows of this block's unit tiles, once: smem row (q·G + g)·16 + jj holds W_hh[g·H + u·16 + jj].
   const int rows = p.tiles_per_block * G * kU;
@@ -125,7 +149,8 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_persistent_fwd_kernel(const R
           v = t == 0 ? to_f(state0[int64_t(b) * H + k]) : ldcg(res_prev + int64_t(b) * W + so + k);
           if (kCell == RnnCellKind::kLeaky) v = tanh_f(v);
         }
-        hs[r * ldh + k] = v;
+        if constexpr (kMma) ha[r * ldw + k] = from_f<WT>(v);  // the GEMM operand in X (contract)
+        else hs[r * ldh + k] = v;
       }
       __syncthreads();
       const int b = b0 + bl;
@@ -134,7 +159,28 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_persistent_fwd_kernel(const R
         if (u >= ntiles) break;  // uniform over the block
         const int j = u * kU + jl;
         float acc[G];
-        dots<G>(acc, hs + bl * ldh, ws + size_t(q * G * kU + jl) * ldw, kU * ldw, Hp);
+        if constexpr (kMma) {
+          // Tensor cores: (16 x Hp) h tile times the tile's (Hp x G·16) weights, into `outs`.
+          const int nt = warp % (2 * G), kp = warp / (2 * G);
+          if (kp < kParts) {  // warp-uniform
+            float d[4] = {0.f, 0.f, 0.f, 0.f};
+            const WT* bt = ws + size_t(q * G * kU + nt * 8) * ldw;
+            for (int ks = kp; ks < Hp / 16; ks += kParts) mma_16x8x16_smem(d, ha + ks * 16, ldw, bt + ks * 16, ldw);
+            const int g8 = lane / 4, c = nt * 8 + 2 * (lane % 4);
+            float* o = outs + (kp * kBt + g8) * ldo + c;
+            o[0] = d[0]; o[1] = d[1]; o[8 * ldo] = d[2]; o[8 * ldo + 1] = d[3];
+          }
+          __syncthreads();
+#pragma unroll
+          for (int g = 0; g < G; ++g) {
+            acc[g] = 0.f;
+#pragma unroll
+            for (int kq = 0; kq < kParts; ++kq) acc[g] += outs[(kq * kBt + bl) * ldo + g * kU + jl];
+          }
+          __syncthreads();  // outs is rewritten by the next unit tile
+        } else {
+          dots<G>(acc, hs + bl * ldh, ws + size_t(q * G * kU + jl) * ldw, kU * ldw, Hp);
+        }
         if (b >= B || j >= H) continue;
         const float* gx = p.gx + (int64_t(t) * B + b) * GH;
         float* res = res_t + int64_t(b) * W;
