@@ -5,6 +5,8 @@ import hashlib
 import logging
 import os
 import re
+import socket
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +88,24 @@ def _file_digest(path: Path, algorithm: str) -> str:
     return digest.hexdigest()
 
 
+def _timed_out(exc: BaseException) -> bool:
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    return isinstance(reason, (TimeoutError, socket.timeout))
+
+
 def _fetch(url: str, dest: Path, algorithm: str, expected: str, timeout: float) -> None:
+    """Stream ``url`` into ``dest`` (see :func:`_fetch_once`); a server that stops answering for
+    ``timeout`` seconds, before or during the transfer, is a DataError that says so."""
+    try:
+        _fetch_once(url, dest, algorithm, expected, timeout)
+    except (urllib.error.URLError, OSError) as exc:
+        if _timed_out(exc):
+            raise DataError(f"timed out: no data from the server for {timeout:g} s "
+                            "(a hung connection; the timeout argument sets the limit)") from None
+        raise
+
+
+def _fetch_once(url: str, dest: Path, algorithm: str, expected: str, timeout: float) -> None:
     """Stream ``url`` into a temporary file beside ``dest``, verify it, then rename it to ``dest``;
     on any failure (KeyboardInterrupt included) no file, partial or temporary, is left behind."""
     digest = hashlib.new(algorithm, usedforsecurity=False)

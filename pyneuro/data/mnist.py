@@ -15,9 +15,11 @@ Files under ``root`` always win; the cache built from them is reused while they 
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -109,16 +111,50 @@ def _read_cache(folder: Path) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndar
     return manifest, arrays
 
 
+@contextmanager
+def _build_lock(folder: Path):
+    """Hold an exclusive lock on ``folder`` while the cache is built, so that processes starting
+    together (torchrun's ranks on one node, parallel jobs) build it once: the others wait, then
+    find it complete. Without a lock, one process's rebuild removed the manifest another had just
+    written. No lock where the folder cannot be written (the build then only warns) or where the
+    platform has no flock."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        # Beside the folder, not in it: the folder holds the cache's files and nothing else.
+        fd = os.open(folder.parent / f".{folder.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _write_cache(folder: Path, arrays: dict[str, tuple[np.ndarray, np.ndarray]], source: dict) -> None:
-    """Write every array atomically, then the manifest that marks the cache complete."""
+    """Write every array atomically, then the manifest that marks the cache complete. On failure
+    nothing of this build is left behind (a file without its manifest is only clutter)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "source.json").unlink(missing_ok=True)  # incomplete until rewritten below
-    for (part, kind), path in _cache_files(folder).items():
-        array = arrays[part][0 if kind == "images" else 1]
-        with atomic_writer(path) as f:
-            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-    manifest = {"format": _CACHE_FORMAT, "source": source, "counts": {p: len(arrays[p][1]) for p in _PARTS}}
-    atomic_write_bytes(folder / "source.json", json.dumps(manifest, indent=1).encode())
+    written = []
+    try:
+        for (part, kind), path in _cache_files(folder).items():
+            array = arrays[part][0 if kind == "images" else 1]
+            with atomic_writer(path) as f:
+                np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+            written.append(path)
+        manifest = {"format": _CACHE_FORMAT, "source": source, "counts": {p: len(arrays[p][1]) for p in _PARTS}}
+        atomic_write_bytes(folder / "source.json", json.dumps(manifest, indent=1).encode())
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _try_cache(folder: Path, want_source: dict | None = None):
@@ -137,16 +173,26 @@ def _try_cache(folder: Path, want_source: dict | None = None):
     return arrays
 
 
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
 def _store(folder: Path, arrays, source: dict):
     """Cache freshly read arrays and return the memory-mapped copies (or the arrays themselves if
-    the cache folder cannot be written: a read-only cache must not stop training)."""
+    the cache folder cannot be written: a read-only cache must not stop training). A full disk is
+    an error: it would fail again at the next write of the run (checkpoints, plots)."""
     try:
         _write_cache(folder, arrays, source)
     except OSError as e:
+        if e.errno in _DISK_FULL:
+            need = sum(a.nbytes for pair in arrays.values() for a in pair) / 2**20
+            raise DataError(f"{folder}: the disk is full (no space left to write the {need:.0f} MB data cache; "
+                            "nothing was left behind): free some space, or point PYNEURO_DATA_DIR "
+                            "(train.data_dir) at another disk") from None
         message = f"{folder}: cannot write the data cache ({e}); using the data uncached"
         warnings.warn(message, DataWarning, stacklevel=4)
         return arrays
-    return _read_cache(folder)[1]
+    cached = _read_cache(folder)
+    return cached[1] if cached is not None else arrays
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,10 +236,19 @@ def _load_all(root, ds: DatasetFiles, cache: Path, download: bool, mirrors, time
     idx_files = _idx_files(root, ds, warn=True)
     if idx_files is not None:  # (a) files under root
         source = {"kind": "idx", "files": _fingerprint(idx_files)}
-        return _try_cache(cache, source) or _store(cache, sources.read_idx_splits(idx_files), source)
+        cached = _try_cache(cache, source)
+        if cached is not None:
+            return cached
+        with _build_lock(cache):  # another process may have built it while we waited
+            return _try_cache(cache, source) or _store(cache, sources.read_idx_splits(idx_files), source)
     arrays = _try_cache(cache)  # (b) the cache
     if arrays is not None:
         return arrays
+    with _build_lock(cache):
+        return _try_cache(cache) or _build(root, ds, cache, download, mirrors, timeout)
+
+
+def _build(root, ds: DatasetFiles, cache: Path, download: bool, mirrors, timeout: float):
     offline = _offline_source(ds)  # (c) offline copy on this machine
     if offline is not None:
         kind, path = offline

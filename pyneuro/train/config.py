@@ -248,6 +248,8 @@ def parse_override(text: str):
         raise ConfigError(f"--set expects key=value, got {text!r}")
     key, value = text.split("=", 1)
     key = key.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_.]+", key):
+        raise ConfigError(f"--set {text!r}: the key must be a name such as train.lr or model.hidden")
     try:
         return key, json.loads(value)
     except json.JSONDecodeError:
@@ -273,7 +275,7 @@ def resolve(model: str, config: dict | None = None, overrides: list[str] | tuple
         valid = preset_names(config, model)
         if preset not in valid:
             listed = ", ".join(valid) if valid else "none (presets live in config.json's model section)"
-            raise ConfigError(f"--preset {preset}: {model} has no such preset; valid presets: {listed}")
+            raise ConfigError(f"--preset {preset!r}: {model} has no such preset; valid presets: {listed}")
         chosen = section["presets"][preset]
     hyper_of = lambda sec: {k: v for k, v in sec.items() if k not in ("train", "presets")}  # noqa: E731
     train = {**TRAIN_DEFAULTS, **spec.train_defaults, **config.get("train", {}), **section.get("train", {}),

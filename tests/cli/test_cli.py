@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -77,14 +78,15 @@ def test_resume_after_interrupt_matches_uninterrupted_run(real_mnist, tmp_path, 
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     assert cli.main(["train", *TINY, "--epochs", "2", "--out", str(straight)]) == 0
 
-    # Ctrl-C after the 6th batch (epoch 2 of 2, 4 batches per epoch at batch 128 on 512 images).
+    # A real Ctrl-C (SIGINT to this process) during the 6th batch (epoch 2 of 2, 4 batches per
+    # epoch at batch 128 on 512 images): the batch completes, then the run saves and stops.
     real_update, calls = progress.Progress.update, {"n": 0}
 
     def interrupting_update(self, *args, **kwargs):
         calls["n"] += 1
-        real_update(self, *args, **kwargs)
         if calls["n"] == 6:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
+        real_update(self, *args, **kwargs)
 
     monkeypatch.setattr(progress.Progress, "update", interrupting_update)
     assert cli.main(["train", *TINY, "--epochs", "2", "--out", str(interrupted)]) == 130
@@ -115,7 +117,7 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert cli.main(["train", "--model", "cnn", "--config", str(bad)]) == 2
     assert "bad.json:1:18: malformed JSON" in capsys.readouterr().err
     assert cli.main(["train", "--model", "cnn", "--set", "train.batch_size=big"]) == 2
-    assert "'batch_size' must be a integer" in capsys.readouterr().err
+    assert "'batch_size' must be an integer" in capsys.readouterr().err
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "none.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
     corrupt = tmp_path / "corrupt.pt"

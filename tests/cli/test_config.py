@@ -28,13 +28,13 @@ def test_unknown_key_lists_valid_keys():
 
 
 def test_wrong_type_names_the_key():
-    with pytest.raises(ConfigError, match="key 'batch_size' must be a integer, got string"):
+    with pytest.raises(ConfigError, match="key 'batch_size' must be an integer, got string"):
         validate_config({"train": {"batch_size": "128"}})
     with pytest.raises(ConfigError, match="key 'lr' must be a number, got boolean"):
         validate_config({"train": {"lr": True}})
     with pytest.raises(ConfigError, match="key 'optimizer' must be one of"):
         validate_config({"train": {"optimizer": "adam"}})
-    with pytest.raises(ConfigError, match=r"section 'lstm'.train.*'epochs' must be a integer"):
+    with pytest.raises(ConfigError, match=r"section 'lstm'.train.*'epochs' must be an integer"):
         validate_config({"lstm": {"train": {"epochs": 1.5}}})
 
 
@@ -68,6 +68,6 @@ def test_override_errors():
         resolve("cnn", None, ["lr"])
     with pytest.raises(ConfigError, match="unknown key; training keys"):
         resolve("cnn", None, ["nope=1"])
-    with pytest.raises(ConfigError, match="'epochs' must be a integer"):
+    with pytest.raises(ConfigError, match="'epochs' must be an integer"):
         resolve("cnn", None, ["train.epochs=abc"])
     assert resolve("cnn", None, ["model.channels=[8,16]"])["hyper"]["channels"] == [8, 16]
