@@ -36,4 +36,4 @@ register("mtrnn", view="rows",
          description="multiple-timescale RNN: fast (tau 2) and slow (tau 16) leaky units, row by row",
          defaults={"fast_size": 128, "slow_size": 64, "fast_tau": 2.0, "slow_tau": 16.0, "learn_tau": False,
                    "view": "rows", "backend": "auto"},
-         train_defaults={"epochs": 12, "lr": 2e-3, "grad_clip": 1.0})(MTRNNClassifier)
+         train_defaults={"epochs": 15, "lr": 5e-3, "grad_clip": 1.0})(MTRNNClassifier)
