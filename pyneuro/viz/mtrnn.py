@@ -31,14 +31,16 @@ def _one_per_class(labels: torch.Tensor, count: int) -> list[int]:
 
 @torch.no_grad()
 def plot_unit_activity(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, path,
-                       count: int = 5, title: str = "mtrnn") -> Path:
+                       count: int = 5, title: str = "mtrnn", view: str | None = None) -> Path:
     """Heat maps of every fast and every slow unit's activity h_t = tanh(u_t) over the steps.
 
-    ``model`` holds one :class:`pyneuro.nn.MTRNN` (the ``mtrnn`` model, whose ``view`` attribute
-    says how it reads an image: "rows" by default); ``images`` are uint8 (N, 28, 28) and
-    ``labels`` (N,), e.g. the test set; one digit of each of the first ``count`` classes found is
-    drawn: the image with the model's prediction, the fast units (units x steps), the slow ones,
-    and each group's mean change per step. Written as a PNG at ``path``; returns the path.
+    ``model`` holds one :class:`pyneuro.nn.MTRNN` (e.g. the ``mtrnn`` model, also wrapped in DDP or
+    torch.compile); ``view`` is how it reads an image ("rows" or "pixels"; None: the ``view``
+    attribute of the model or of the module inside it that has one, else "rows"). ``images`` are
+    uint8 (N, 28, 28) and ``labels`` (N,), e.g. the test set; one digit of each of the first
+    ``count`` classes found is drawn: the image with the model's prediction, the fast units
+    (units x steps), the slow ones, and each group's mean change per step. Written as a PNG at
+    ``path``; returns the path.
     """
     layer = _mtrnn_layer(model)
     if images.dim() == 4:
@@ -51,7 +53,8 @@ def plot_unit_activity(model: torch.nn.Module, images: torch.Tensor, labels: tor
         raise ValueError("images: no image to draw")
     device = next(model.parameters()).device
     chosen = images[picks].to(device)
-    view = getattr(model, "view", "rows")
+    if view is None:
+        view = next((m.view for m in model.modules() if isinstance(getattr(m, "view", None), str)), "rows")
 
     captured = []
     hook = layer.register_forward_hook(lambda module, args, output: captured.append(output[0]))
@@ -63,7 +66,9 @@ def plot_unit_activity(model: torch.nn.Module, images: torch.Tensor, labels: tor
     finally:
         hook.remove()
         model.train(was_training)
-    h = captured[0].float().cpu()
+    # A compiled model may run without calling the hook; the MTRNN then reads the input directly
+    # (in the mtrnn model it is the first layer).
+    h = (captured[0] if captured else layer(x)[0]).float().cpu()
     if not layer.batch_first:
         h = h.transpose(0, 1)
     fast, slow = layer.split(h)  # (n, T, units)

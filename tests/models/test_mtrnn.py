@@ -122,7 +122,8 @@ def test_unit_activity_plot_writes_a_png(tmp_path):
 def test_unit_activity_plot_reads_the_pixels_view_and_refuses_models_without_an_mtrnn(tmp_path):
     images, labels = _mnist_like(4)
     model = registry.get("mtrnn").build(view="pixels", fast_size=4, slow_size=2)
-    assert plot_unit_activity(model, images, labels, tmp_path / "pixels.png", count=2).exists()
+    wrapped = torch.nn.Sequential(model)  # as under DDP: the view is found on the module inside
+    assert plot_unit_activity(wrapped, images, labels, tmp_path / "pixels.png", count=2).exists()
     with pytest.raises(ValueError, match="model: expected exactly one pyneuro.nn.MTRNN layer inside, found 0"):
         plot_unit_activity(registry.get("gru").build(hidden_size=4), images, labels, tmp_path / "x.png")
 
