@@ -356,10 +356,17 @@ def register_kernel_pair(op_name: str, fwd, bwd, *, fake_fwd: Optional[Callable]
 
 
 def _fresh(outputs, inputs):
-    """custom_op outputs may not alias inputs: copy any that do (e.g. a state passed through)."""
-    storages = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, Tensor) and t.numel()}
-    return tuple(o.clone() if isinstance(o, Tensor) and o.numel() and o.untyped_storage().data_ptr() in storages
-                 else o for o in outputs)
+    """custom_op outputs may alias neither an input nor each other: copy any that do (a state
+    passed through, a final state returned as a view of the sequence output)."""
+    seen = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, Tensor) and t.numel()}
+    fresh = []
+    for o in outputs:
+        if isinstance(o, Tensor) and o.numel():
+            if o.untyped_storage().data_ptr() in seen:
+                o = o.clone()
+            seen.add(o.untyped_storage().data_ptr())
+        fresh.append(o)
+    return tuple(fresh)
 
 
 def triton_custom_op(qualname: str, schema: str, module: str, function: str):

@@ -39,13 +39,13 @@ using OptTensor = std::optional<Tensor>;
 using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
                          const int*, const float*, const int*, const float*, float*, const int*);
 
-SgemmFn find_sgemm() {
+void* find_blas_symbol(const char* name) {
   for (const char* lib : {"libtorch_cpu.so", "libtorch_cpu.dylib"}) {
     if (void* handle = dlopen(lib, RTLD_LAZY | RTLD_NOLOAD)) {
-      if (void* fn = dlsym(handle, "sgemm_")) return reinterpret_cast<SgemmFn>(fn);
+      if (void* fn = dlsym(handle, name)) return fn;
     }
   }
-  return reinterpret_cast<SgemmFn>(dlsym(RTLD_DEFAULT, "sgemm_"));
+  return dlsym(RTLD_DEFAULT, name);
 }
 
 at::Tensor matrix(const float* p, int64_t rows, int64_t cols, int64_t ld) {
@@ -57,7 +57,7 @@ at::Tensor matrix(const float* p, int64_t rows, int64_t cols, int64_t ld) {
 // row-major matrix is its column-major transpose, so this is the column-major Cᵀ = op(B)ᵀ op(A)ᵀ.
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
           float beta, float* C, int64_t ldc) {
-  static const SgemmFn sgemm = find_sgemm();
+  static const auto sgemm = reinterpret_cast<SgemmFn>(find_blas_symbol("sgemm_"));
   if (sgemm != nullptr) {
     const char op_a = ta ? 'T' : 'N', op_b = tb ? 'T' : 'N';
     const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
@@ -76,6 +76,60 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int
     c.addmm_(a, b, beta, 1.f);
   }
 }
+
+// A weight used by every step's GEMM, C (M × N) = A (M × K) op(W) + beta C, with W packed once
+// into MKL's internal GEMM layout (cblas_sgemm_pack) when torch's BLAS is MKL. An unpacked sgemm
+// re-packs W at every call: for the recurrent GEMM of a small batch (M = 32, W 256 × 1024) that
+// copy moves as many bytes as the product reads. Without MKL it is the plain gemm() above.
+class StepWeight {
+ public:
+  // W is row-major, stored (N × K) when `transposed` (op(W) = Wᵀ, as W_hh in h W_hhᵀ), else (K × N).
+  StepWeight(const float* W, int64_t ldw, bool transposed, int64_t M, int64_t N, int64_t K)
+      : W_(W), ldw_(ldw), transposed_(transposed), M_(M), N_(N), K_(K) {
+    const Api& api = mkl();
+    if (api.pack == nullptr) return;
+    const size_t bytes = api.get_size(kBMatrix, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K));
+    packed_ = at::empty({static_cast<int64_t>((bytes + sizeof(float) - 1) / sizeof(float))}, at::kFloat);
+    api.pack(kRowMajor, kBMatrix, transposed ? kTrans : kNoTrans, static_cast<int>(M), static_cast<int>(N),
+             static_cast<int>(K), 1.f, W, static_cast<int>(ldw), packed_.data_ptr<float>());
+  }
+
+  void multiply(const float* A, int64_t lda, float beta, float* C, int64_t ldc) const {
+    if (!packed_.defined()) {
+      gemm(false, transposed_, M_, N_, K_, A, lda, W_, ldw_, beta, C, ldc);
+      return;
+    }
+    mkl().compute(kRowMajor, kNoTrans, kPacked, static_cast<int>(M_), static_cast<int>(N_), static_cast<int>(K_), A,
+                  static_cast<int>(lda), packed_.const_data_ptr<float>(), static_cast<int>(N_), beta, C,
+                  static_cast<int>(ldc));
+  }
+
+ private:
+  // MKL's CBLAS enum values (mkl_cblas.h), and its packed-GEMM entry points with 32-bit ints.
+  static constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
+  struct Api {
+    size_t (*get_size)(int, int, int, int) = nullptr;
+    void (*pack)(int, int, int, int, int, int, float, const float*, int, float*) = nullptr;
+    void (*compute)(int, int, int, int, int, int, const float*, int, const float*, int, float, float*, int) = nullptr;
+  };
+  static const Api& mkl() {
+    static const Api api = [] {
+      Api a;
+      a.get_size = reinterpret_cast<decltype(a.get_size)>(find_blas_symbol("cblas_sgemm_pack_get_size"));
+      a.pack = reinterpret_cast<decltype(a.pack)>(find_blas_symbol("cblas_sgemm_pack"));
+      a.compute = reinterpret_cast<decltype(a.compute)>(find_blas_symbol("cblas_sgemm_compute"));
+      if (!a.get_size || !a.pack || !a.compute) a = Api{};
+      return a;
+    }();
+    return api;
+  }
+
+  const float* W_;
+  int64_t ldw_;
+  bool transposed_;
+  int64_t M_, N_, K_;
+  at::Tensor packed_;
+};
 
 // The fused pointwise pass of one step, split over batch rows: enough rows per task that a task
 // moves ~64 KiB, below which the fork costs more than the pass.
@@ -153,17 +207,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_fwd(const Tensor& x, const Tenso
   const Tensor h0f = f32(h0), c0f = f32(c0), whh = f32(w_hh);
   const Tensor whr = s.has_proj ? f32(*w_hr) : Tensor();
   Tensor m = s.has_proj ? at::empty({B, H}, reserve.options()) : Tensor();
+  const StepWeight recurrent(ptr(whh), R, /*transposed=*/true, B, 4 * H, R);
+  const std::optional<StepWeight> projection =
+      s.has_proj ? std::optional<StepWeight>(std::in_place, ptr(whr), H, true, B, R, H) : std::nullopt;
   float* res = ptr(reserve);
   for (int64_t t = 0; t < T; ++t) {
     float* pre_t = ptr(pre) + t * B * 4 * H;
     float* res_t = res + t * B * W;
     const float* h_prev = t ? res_t - B * W + 5 * H : ptr(h0f);
     const float* c_prev = t ? res_t - B * W + 4 * H : ptr(c0f);
-    gemm(false, true, B, 4 * H, R, h_prev, t ? W : R, ptr(whh), R, 1.f, pre_t, 4 * H);  // += h_{t-1} W_hhᵀ
+    recurrent.multiply(h_prev, t ? W : R, 1.f, pre_t, 4 * H);  // += h_{t-1} W_hhᵀ
     for_rows(B, 10 * H, [&](int64_t b0, int64_t b1) {
       k.lstm_fwd_step({b0, b1, H, W}, pre_t, c_prev, t ? W : H, res_t, s.has_proj ? ptr(m) : nullptr);
     });
-    if (s.has_proj) gemm(false, true, B, R, H, ptr(m), H, ptr(whr), H, 0.f, res_t + 5 * H, W);  // h_t = m_t W_hrᵀ
+    if (projection) projection->multiply(ptr(m), H, 0.f, res_t + 5 * H, W);  // h_t = m_t W_hrᵀ
   }
   const auto dt = x.scalar_type();
   return {fresh(reserve.narrow(2, 5 * H, R), dt), fresh(reserve[T - 1].narrow(1, 5 * H, R), dt),
@@ -188,14 +245,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
   const Tensor c0f = f32(c0), whh = f32(w_hh), whr = s.has_proj ? f32(*w_hr) : Tensor();
   Tensor m_all = s.has_proj ? at::empty({T, B, H}, reserve.options()) : Tensor();  // m_t, for dW_hr
   Tensor dm = s.has_proj ? at::empty({B, H}, reserve.options()) : Tensor();
+  const StepWeight recurrent(ptr(whh), R, /*transposed=*/false, B, R, 4 * H);
+  const std::optional<StepWeight> projection =
+      s.has_proj ? std::optional<StepWeight>(std::in_place, ptr(whr), H, false, B, H, R) : std::nullopt;
   const float* res = ptr(reserve);
   for (int64_t t = T - 1; t >= 0; --t) {
     float* dH_t = ptr(dH) + t * B * R;
     float* dG_t = ptr(dG) + t * B * 4 * H;
     const float* res_t = res + t * B * W;
     const float* dm_t = dH_t;
-    if (s.has_proj) {  // dm_t = dh_t W_hr
-      gemm(false, false, B, H, R, dH_t, R, ptr(whr), H, 0.f, ptr(dm), H);
+    if (projection) {  // dm_t = dh_t W_hr
+      projection->multiply(dH_t, R, 0.f, ptr(dm), H);
       dm_t = ptr(dm);
     }
     const float* c_prev = t ? res_t - B * W + 4 * H : ptr(c0f);
@@ -204,7 +264,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
                       s.has_proj ? ptr(m_all) + t * B * H : nullptr);
     });
     float* dh_prev = t ? dH_t - B * R : ptr(dh0);
-    gemm(false, false, B, R, 4 * H, dG_t, 4 * H, ptr(whh), R, 1.f, dh_prev, R);  // += dG_t W_hh
+    recurrent.multiply(dG_t, 4 * H, 1.f, dh_prev, R);  // += dG_t W_hh
   }
   auto [dx, dw_ih] = input_grads(dG, x, w_ih);
   const auto dt = x.scalar_type();
@@ -230,12 +290,13 @@ std::tuple<Tensor, Tensor, Tensor> gru_fwd(const Tensor& x, const Tensor& h0, co
   Tensor rec = at::empty({B, 3 * H}, reserve.options());  // h_{t-1} W_hhᵀ of the current step
   const Tensor h0f = f32(h0), whh = f32(w_hh);
   const Tensor bhh = b_hh ? f32(*b_hh) : at::zeros({3 * H}, reserve.options());
+  const StepWeight recurrent(ptr(whh), H, /*transposed=*/true, B, 3 * H, H);
   float* res = ptr(reserve);
   for (int64_t t = 0; t < T; ++t) {
     float* res_t = res + t * B * W;
     const float* h_prev = t ? res_t - B * W + 4 * H : ptr(h0f);
     const int64_t ld_h = t ? W : H;
-    gemm(false, true, B, 3 * H, H, h_prev, ld_h, ptr(whh), H, 0.f, ptr(rec), 3 * H);
+    recurrent.multiply(h_prev, ld_h, 0.f, ptr(rec), 3 * H);
     for_rows(B, 12 * H, [&](int64_t b0, int64_t b1) {
       k.gru_fwd_step({b0, b1, H, W}, ptr(pre) + t * B * 3 * H, ptr(rec), ptr(bhh), h_prev, ld_h, res_t);
     });
@@ -260,6 +321,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd(const Tensor&
   Tensor d_recurrent = at::empty({T, B, 3 * H}, reserve.options());  // of h W_hhᵀ + b_hh
   Tensor dh0 = at::zeros({B, H}, reserve.options());
   const Tensor h0f = f32(h0), whh = f32(w_hh);
+  const StepWeight recurrent(ptr(whh), H, /*transposed=*/false, B, H, 3 * H);
   const float* res = ptr(reserve);
   for (int64_t t = T - 1; t >= 0; --t) {
     const float* res_t = res + t * B * W;
@@ -270,7 +332,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd(const Tensor&
     for_rows(B, 13 * H, [&](int64_t b0, int64_t b1) {
       k.gru_bwd_step({b0, b1, H, W}, dH_t, res_t, h_prev, t ? W : H, ptr(d_input) + t * B * 3 * H, dS_t, dh_prev);
     });
-    gemm(false, false, B, H, 3 * H, dS_t, 3 * H, ptr(whh), H, 1.f, dh_prev, H);  // += dS_t W_hh
+    recurrent.multiply(dS_t, 3 * H, 1.f, dh_prev, H);  // += dS_t W_hh
   }
   auto [dx, dw_ih] = input_grads(d_input, x, w_ih);
   const auto dt = x.scalar_type();
@@ -291,10 +353,11 @@ std::tuple<Tensor, Tensor, Tensor> rnn_fwd(const Tensor& x, const Tensor& h0, co
   Tensor pre = input_projection(x, w_ih, b_ih, b_hh);
   Tensor reserve = at::empty({T, B, H}, x.options().dtype(at::kFloat));  // h_t
   const Tensor h0f = f32(h0), whh = f32(w_hh);
+  const StepWeight recurrent(ptr(whh), H, /*transposed=*/true, B, H, H);
   for (int64_t t = 0; t < T; ++t) {
     float* pre_t = ptr(pre) + t * B * H;
     float* h_t = ptr(reserve) + t * B * H;
-    gemm(false, true, B, H, H, t ? h_t - B * H : ptr(h0f), H, ptr(whh), H, 1.f, pre_t, H);
+    recurrent.multiply(t ? h_t - B * H : ptr(h0f), H, 1.f, pre_t, H);
     for_rows(B, 2 * H, [&](int64_t b0, int64_t b1) { k.rnn_fwd_step({b0, b1, H, H}, pre_t, relu, h_t); });
   }
   const auto dt = x.scalar_type();
@@ -316,12 +379,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_bwd(const Tensor&
   Tensor dpre = at::empty({T, B, H}, reserve.options());
   Tensor dh0 = at::zeros({B, H}, reserve.options());
   const Tensor h0f = f32(h0), whh = f32(w_hh);
+  const StepWeight recurrent(ptr(whh), H, /*transposed=*/false, B, H, H);
   for (int64_t t = T - 1; t >= 0; --t) {
     float* dH_t = ptr(dH) + t * B * H;
     float* dpre_t = ptr(dpre) + t * B * H;
     const float* h_t = ptr(reserve) + t * B * H;
     for_rows(B, 3 * H, [&](int64_t b0, int64_t b1) { k.rnn_bwd_step({b0, b1, H, H}, dH_t, h_t, relu, dpre_t); });
-    gemm(false, false, B, H, H, dpre_t, H, ptr(whh), H, 1.f, t ? dH_t - B * H : ptr(dh0), H);
+    recurrent.multiply(dpre_t, H, 1.f, t ? dH_t - B * H : ptr(dh0), H);  // += dpre_t W_hh
   }
   auto [dx, dw_ih] = input_grads(dpre, x, w_ih);
   const auto dt = x.scalar_type();
@@ -344,11 +408,12 @@ std::tuple<Tensor, Tensor, Tensor> leaky_fwd(const Tensor& x, const Tensor& u0, 
   Tensor h = at::empty({T, B, H}, reserve.options());                    // tanh(u_t), the next GEMM's input
   const Tensor u0f = f32(u0), whh = f32(w_hh), alpha = f32(tau).reciprocal();
   const Tensor h0 = u0f.tanh();
+  const StepWeight recurrent(ptr(whh), H, /*transposed=*/true, B, H, H);
   for (int64_t t = 0; t < T; ++t) {
     float* pre_t = ptr(pre) + t * B * H;
     float* u_t = ptr(reserve) + t * B * H;
     float* h_t = ptr(h) + t * B * H;
-    gemm(false, true, B, H, H, t ? h_t - B * H : ptr(h0), H, ptr(whh), H, 1.f, pre_t, H);  // a_t
+    recurrent.multiply(t ? h_t - B * H : ptr(h0), H, 1.f, pre_t, H);  // a_t
     for_rows(B, 4 * H, [&](int64_t b0, int64_t b1) {
       k.leaky_fwd_step({b0, b1, H, H}, pre_t, t ? u_t - B * H : ptr(u0f), H, ptr(alpha), u_t, h_t);
     });
@@ -375,6 +440,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> leaky_bwd(const Tenso
   Tensor dtau_rows = at::zeros({B, H}, reserve.options());
   Tensor dh0 = at::zeros({B, H}, reserve.options());  // gradient of tanh(u0)
   const Tensor u0f = f32(u0), whh = f32(w_hh), alpha = f32(tau).reciprocal();
+  const StepWeight recurrent(ptr(whh), H, /*transposed=*/false, B, H, H);
   for (int64_t t = T - 1; t >= 0; --t) {
     float* dH_t = ptr(dH) + t * B * H;
     float* da_t = ptr(da) + t * B * H;
@@ -383,7 +449,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> leaky_bwd(const Tenso
       k.leaky_bwd_step({b0, b1, H, H}, dH_t, u_t, t ? u_t - B * H : ptr(u0f), H, ptr(alpha), ptr(g), da_t,
                        ptr(dtau_rows), ptr(h) + t * B * H);
     });
-    gemm(false, false, B, H, H, da_t, H, ptr(whh), H, 1.f, t ? dH_t - B * H : ptr(dh0), H);
+    recurrent.multiply(da_t, H, 1.f, t ? dH_t - B * H : ptr(dh0), H);  // += da_t W_hh
   }
   const Tensor h0 = u0f.tanh();
   const Tensor du0 = dh0 * (1 - h0 * h0) + g;

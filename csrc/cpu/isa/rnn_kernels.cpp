@@ -114,9 +114,12 @@ void rnn_fwd_step(const RnnRows& r, const float* pre, bool relu, float* h_t) {
   for (int64_t b = r.b0; b < r.b1; ++b) {
     const float* p = pre + b * H;
     float* h = h_t + b * H;
-    if (relu) {
+    if (relu) {  // max(p, 0) on the bits (vectorises; see vec_math.h), NaN kept as torch.relu keeps it
 #pragma omp simd
-      for (int64_t k = 0; k < H; ++k) h[k] = p[k] > 0.f ? p[k] : 0.f;
+      for (int64_t k = 0; k < H; ++k) {
+        const float v = vec::select_bits(vec::mask_if((vec::float_bits(p[k]) >> 31) != 0u), 0.f, p[k]);
+        h[k] = vec::keep_nan(v, p[k]);
+      }
     } else {
 #pragma omp simd
       for (int64_t k = 0; k < H; ++k) h[k] = vec::tanh(p[k]);
@@ -130,9 +133,9 @@ void rnn_bwd_step(const RnnRows& r, const float* dh, const float* h_t, bool relu
     const float* d = dh + b * H;
     const float* h = h_t + b * H;
     float* out = dpre_t + b * H;
-    if (relu) {
+    if (relu) {  // d where h > 0 (bits in [1, +inf]; NaN and negatives excluded, as torch's mask)
 #pragma omp simd
-      for (int64_t k = 0; k < H; ++k) out[k] = h[k] > 0.f ? d[k] : 0.f;
+      for (int64_t k = 0; k < H; ++k) out[k] = vec::select_bits(vec::mask_if(vec::float_bits(h[k]) - 1u < 0x7f800000u), d[k], 0.f);
     } else {
 #pragma omp simd
       for (int64_t k = 0; k < H; ++k) out[k] = d[k] * (1.f - h[k] * h[k]);
