@@ -159,6 +159,19 @@ def test_self_check_passes_a_correct_backend(backend_target, cell, dtype):
     assert op.self_check(backend_target.backend, torch.device(backend_target.device), dtype) is None
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "leaky"])
+def test_first_use_under_no_grad(backend_target, cell, monkeypatch):
+    """The first call of a self-checked backend may come in inference (torch.no_grad()): the
+    self-check must still compare gradients, not fail for lack of a graph."""
+    op = rnn_ops.OPS[cell]
+    monkeypatch.setattr(op, "_checked", {})  # as in a fresh process
+    v = next(v for v in VARIANTS.values() if v.cell == cell)
+    args = make_args(v, Size(T=2, B=2, I=3, H=4), device=backend_target.device)
+    with torch.no_grad():
+        outs = v.public(args, backend_target.backend)
+    assert outs[0].shape[:2] == (2, 2)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "leaky"])
 def test_self_check_catches_a_wrong_gradient(monkeypatch, cell):
     """A backend whose forward is right but whose backward is off by 1% fails the check."""
