@@ -89,6 +89,11 @@ def _print_case(record, stream) -> None:
 
 
 def main(argv=None, prog: str = "pyneuro bench") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--mnist" in argv:  # the models' training throughput instead of the ops (pyneuro.bench.mnist)
+        from .mnist import main as mnist_main
+
+        return mnist_main([a for a in argv if a != "--mnist"], prog=f"{prog} --mnist")
     p = argparse.ArgumentParser(prog=prog, description=__doc__)
     p.add_argument("--ops", default=",".join(CASES), help=f"comma-separated subset of {list(CASES)}")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -71,3 +71,53 @@ def test_override_errors():
     with pytest.raises(ConfigError, match="'epochs' must be an integer"):
         resolve("cnn", None, ["train.epochs=abc"])
     assert resolve("cnn", None, ["model.channels=[8,16]"])["hyper"]["channels"] == [8, 16]
+
+
+def test_preset_applies_after_the_file_and_before_set():
+    config = validate_config({
+        "train": {"lr": 0.5},
+        "cnn": {"hidden": 64, "dropout": 0.3, "train": {"epochs": 5, "batch_size": 64},
+                "presets": {"fast": {"hidden": 32, "train": {"epochs": 2, "lr": 0.25}}}}})
+    s = resolve("cnn", config, ["train.epochs=3"], preset="fast")
+    assert s["preset"] == "fast"
+    assert s["hyper"]["hidden"] == 32 and s["hyper"]["dropout"] == 0.3   # preset over section, section kept
+    assert s["train"]["lr"] == 0.25 and s["train"]["batch_size"] == 64   # preset over file
+    assert s["train"]["epochs"] == 3                                      # --set over preset
+    assert resolve("cnn", config, [])["hyper"]["hidden"] == 64            # no preset: untouched
+    assert "presets" not in resolve("cnn", config, [])["hyper"]
+
+
+def test_presets_are_checked_like_their_section():
+    with pytest.raises(ConfigError, match=r"section 'cnn'.presets.fast: unknown key\(s\) \['hiden'\]"):
+        validate_config({"cnn": {"presets": {"fast": {"hiden": 3}}}})
+    with pytest.raises(ConfigError, match=r"presets.fast.train: key 'batch_size' must be in \[1, "):
+        validate_config({"cnn": {"presets": {"fast": {"train": {"batch_size": 0}}}}})
+    with pytest.raises(ConfigError, match="a preset cannot hold presets"):
+        validate_config({"cnn": {"presets": {"fast": {"presets": {}}}}})
+    with pytest.raises(ConfigError, match="presets must be a JSON object"):
+        validate_config({"cnn": {"presets": ["fast"]}})
+    with pytest.raises(ConfigError, match="preset name 'a b' must be"):
+        validate_config({"cnn": {"presets": {"a b": {}}}})
+    with pytest.raises(ConfigError, match=r"--preset 'slow': cnn has no such preset; valid presets: fast"):
+        resolve("cnn", validate_config({"cnn": {"presets": {"fast": {}}}}), [], preset="slow")
+
+
+def test_every_numeric_setting_has_a_range():
+    from pyneuro.train import config as cfg
+
+    numeric = {k for k, v in TRAIN_DEFAULTS.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    assert numeric == set(cfg._TRAIN_RANGES)
+    with pytest.raises(ConfigError, match=r"'warmup_frac' must be in \[0.0, 1.0\), got 1.0"):
+        validate_config({"train": {"warmup_frac": 1}})
+    with pytest.raises(ConfigError, match=r"'hidden' must be in \[1, 65536\], got 100000"):
+        validate_config({"cnn": {"hidden": 100000}})
+    with pytest.raises(ConfigError, match=r"'channels\[1\]' must be an integer, got boolean True"):
+        validate_config({"cnn": {"channels": [8, True]}})
+    with pytest.raises(ConfigError, match=r"'backend' must be one of"):
+        validate_config({"lstm": {"backend": "gpu"}})
+
+
+def test_shipped_fast_preset_resolves():
+    config = read_config_file(REPO / "config.json")
+    s = resolve("cnn", config, [], preset="fast")
+    assert s["train"]["eval_every"] == 0 and s["train"]["channels_last"] is True

@@ -1,0 +1,124 @@
+"""Training throughput of every MNIST model: pyneuro's layers against the same model on stock
+torch.nn layers (``python -m benchmarks --mnist``, ``pyneuro bench --mnist``).
+
+The stock twin is the same network with each pyneuro layer swapped for its torch.nn counterpart
+(LSTM, GRU, RNN, MultiheadAttention), weights copied, so both compute the same function. A layer
+torch.nn lacks (Mamba) runs its pure-PyTorch reference instead, and the row says so. One step is
+forward, backward and an AdamW update on one batch, timed after warm-up, synchronised at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def stock_twin(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """A copy of ``model`` on torch.nn layers; also the notes on what had no torch.nn counterpart."""
+    from .. import nn as pnn
+
+    twin, notes = copy.deepcopy(model), []
+    recurrent = {pnn.LSTM: nn.LSTM, pnn.GRU: nn.GRU, pnn.RNN: nn.RNN}
+    for name, module in list(twin.named_modules()):
+        stock = None
+        if type(module) in recurrent:
+            extra = {"proj_size": module.proj_size} if type(module) is pnn.LSTM else {}
+            if type(module) is pnn.RNN:
+                extra = {"nonlinearity": getattr(module, "nonlinearity", "tanh")}
+            stock = recurrent[type(module)](module.input_size, module.hidden_size, module.num_layers,
+                                            bias=module.bias, batch_first=module.batch_first, dropout=module.dropout,
+                                            bidirectional=module.bidirectional, **extra)
+        elif isinstance(module, pnn.MultiheadAttention):
+            stock = nn.MultiheadAttention(module.embed_dim, module.num_heads, dropout=module.dropout,
+                                          bias=module.in_proj_bias is not None, batch_first=module.batch_first)
+        elif hasattr(module, "backend") and module is not twin and not name.endswith("self_attn"):
+            module.backend = "reference"
+            notes.append(f"{type(module).__name__}: no torch.nn layer, pure-PyTorch reference")
+            continue
+        if stock is None:
+            continue
+        stock.load_state_dict(module.state_dict())
+        parent_name, _, child = name.rpartition(".")
+        setattr(twin.get_submodule(parent_name) if parent_name else twin, child, stock)
+    return twin, sorted(set(notes))
+
+
+def samples_per_s(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, warmup: int = 3) -> float:
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * len(y) / (time.perf_counter() - t0)
+
+
+def run(models: list[str], device: torch.device, batch_size: int, steps: int) -> list[dict]:
+    from ..data import to_view
+    from ..models import registry
+
+    rows = []
+    images = torch.randint(0, 256, (batch_size, 28, 28), dtype=torch.uint8, device=device)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    for name in models:
+        spec = registry.get(name)
+        torch.manual_seed(0)
+        model = spec.build().to(device)
+        x = to_view(images, spec.view)
+        twin, notes = stock_twin(model)
+        row = {"model": name, "batch_size": batch_size, "device": str(device),
+               "pyneuro_samples_per_s": samples_per_s(model, x, y, steps),
+               "torch_nn_samples_per_s": samples_per_s(twin.to(device), x, y, steps), "notes": notes}
+        row["speedup"] = row["pyneuro_samples_per_s"] / row["torch_nn_samples_per_s"]
+        rows.append(row)
+        note = f"  ({'; '.join(notes)})" if notes else ""
+        print(f"{name:<12} pyneuro {row['pyneuro_samples_per_s']:10,.0f}  torch.nn {row['torch_nn_samples_per_s']:10,.0f}"
+              f"  samples/s  {row['speedup']:5.2f}x{note}", flush=True)
+    return rows
+
+
+def main(argv=None, prog: str = "pyneuro bench --mnist") -> int:
+    from ..models import registry
+
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=",".join(registry.names()), help="comma-separated subset")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=10, help="timed training steps per model and variant")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(models) - set(registry.names()))
+    if unknown:
+        p.error(f"--models: unknown {unknown}; choose from {registry.names()}")
+    if args.batch_size < 1 or args.steps < 1:
+        p.error("--batch-size and --steps must be positive")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA GPU here")
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    print(f"MNIST training throughput on {device}, batch {args.batch_size}, {args.steps} steps "
+          f"(forward + backward + AdamW)")
+    rows = run(models, device, args.batch_size, args.steps)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
