@@ -1,0 +1,41 @@
+"""`python -m benchmarks --mnist`: samples/s of each model against its twin on torch.nn layers."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from pyneuro import cli
+from pyneuro.bench.mnist import stock_twin
+from pyneuro.data import to_view
+from pyneuro.models import registry
+
+
+def test_stock_twins_compute_the_same_function_on_torch_nn_layers():
+    images = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
+    for name in ("lstm", "gru", "rnn", "transformer"):
+        torch.manual_seed(0)
+        spec = registry.get(name)
+        model = spec.build().eval()
+        twin, notes = stock_twin(model)
+        twin.eval()
+        kinds = {type(m).__module__.split(".")[0] for m in twin.modules() if hasattr(m, "weight_hh_l0")
+                 or type(m).__name__ == "MultiheadAttention"}
+        assert kinds == {"torch"}, (name, kinds)  # every pyneuro layer swapped
+        assert notes == []
+        x = to_view(images, spec.view)
+        with torch.no_grad():
+            torch.testing.assert_close(twin(x), model(x), rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_bench_mnist_reports_samples_per_second(tmp_path, capsys):
+    out = tmp_path / "mnist.json"
+    assert cli.main(["bench", "--mnist", "--models", "cnn,mamba", "--steps", "1", "--batch-size", "4",
+                     "--device", "cpu", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["model"] for r in rows] == ["cnn", "mamba"]
+    for r in rows:
+        assert r["pyneuro_samples_per_s"] > 0 and r["torch_nn_samples_per_s"] > 0
+        assert r["speedup"] == r["pyneuro_samples_per_s"] / r["torch_nn_samples_per_s"]
+    assert any("reference" in n for n in rows[1]["notes"])  # Mamba has no torch.nn layer: said so
+    assert "samples/s" in capsys.readouterr().out
