@@ -61,9 +61,23 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # at least this (masked loads/stores; padded weights are zero, so padded units stay 0).
 MIN_BLOCK = 16
 BLOCK_B = 16  # batch rows per persistent program: the smallest tl.dot M, the most programs
-# Largest H (and state width R) run by the persistent kernel, per dtype: the weights that stay on
-# chip (see the module docstring; figures from `make triton-compile`).
-PERSISTENT_MAX_H = {torch.float32: 64, torch.float16: 128, torch.bfloat16: 128}
+# Largest H (and state width R) the persistent kernel runs, per cell and dtype: what compiles for
+# both sm_80 and sm_90 without register spills and within shared memory (`make triton-compile`,
+# table in docs/kernels/triton.md). The limits that bind:
+# * fp32: IEEE dots run on the FMA units with operand slices in registers; H = 128 spills (every
+#   cell's forward) or needs more shared memory than sm_80/sm_90 have (LSTM/GRU: 200-385 KB).
+# * fp16/bf16 LSTM and GRU at H = 128: the backward stages 4 (3) 128x128 weight tiles plus the
+#   transposes through shared memory, 221 KB (188 KB) > sm_80's 163 KB, and the LSTM's spills on
+#   sm_90. RNN and leaky (one 128x128 tile) fit at 128.
+PERSISTENT_MAX_H = {
+    "lstm": {torch.float32: 64, torch.float16: 64, torch.bfloat16: 64},
+    "gru": {torch.float32: 64, torch.float16: 64, torch.bfloat16: 64},
+    "rnn": {torch.float32: 64, torch.float16: 128, torch.bfloat16: 128},
+    "leaky": {torch.float32: 64, torch.float16: 128, torch.bfloat16: 128},
+}
+# Warps of a persistent program: from a sweep over 4/8/16/32 of every cell, dtype and H up to the
+# limits above (sm_80 and sm_90), 8 is spill-free everywhere but at one shape (launch_config).
+PERSISTENT_WARPS = 8
 # Step mode tile: (STEP_BLOCK_B, STEP_BLOCK_H) elements per program, 4 warps.
 STEP_BLOCK_B, STEP_BLOCK_H = 16, 64
 # Triton's interpreter (3.9, measured) returns garbage (~1e10) from tl.dot on bf16 operands. Under
@@ -503,7 +517,7 @@ def _block(n: int) -> int:
 
 def persistent(cell: str, hidden_size: int, state_size: int, dtype) -> bool:
     """Whether the persistent kernel runs this shape (its weights fit on chip), else step mode."""
-    return max(hidden_size, state_size) <= PERSISTENT_MAX_H.get(dtype, 0)
+    return max(hidden_size, state_size) <= PERSISTENT_MAX_H.get(cell, {}).get(dtype, 0)
 
 
 def launch_config(cell: str, hidden_size: int, state_size: int, dtype, step: bool):
@@ -511,9 +525,9 @@ def launch_config(cell: str, hidden_size: int, state_size: int, dtype, step: boo
     if step:
         return STEP_BLOCK_B, STEP_BLOCK_H, STEP_BLOCK_H, 4
     bh, br = _block(hidden_size), _block(state_size)
-    # Resident weight elements per program; keep them (and the dot tiles) at ~16 per thread.
-    w = GATES[cell] * bh * br + (bh * br if cell == "lstm" and state_size != hidden_size else 0)
-    warps = max(4, min(16, triton.next_power_of_2(w // (32 * 32))))
+    warps = PERSISTENT_WARPS
+    if cell == "gru" and dtype == torch.float32 and bh == 64:
+        warps = 16  # the GRU backward spills 32 B on sm_90 at 8 warps (4 and 16 are clean)
     return BLOCK_B, bh, br, warps
 
 
@@ -611,7 +625,7 @@ def lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
                 h = torch.mm(m, w_hr_t)
                 res[t, :, 5 * H:] = h
                 y[t] = h
-    return y, y[T - 1].clone(), res[T - 1, :, 4 * H:5 * H].to(x.dtype), res
+    return y, y[T - 1].clone(), res[T - 1, :, 4 * H:5 * H].to(x.dtype, copy=True), res
 
 
 def lstm_bwd(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reserve):
@@ -647,7 +661,7 @@ def lstm_bwd(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reserve):
     h_prev = _shifted(h0, reserve[:, :, 5 * H:])
     dx, dw_ih, dw_hh, db = _weight_grads(x, dg, w_ih, h_prev)
     db_ih = db.to(x.dtype) if b_ih is not None else _empty(x)
-    db_hh = db.to(x.dtype) if b_hh is not None else _empty(x)
+    db_hh = db.to(x.dtype, copy=True) if b_hh is not None else _empty(x)  # never db_ih's storage
     if proj:
         m = reserve[:, :, 3 * H:4 * H] * torch.tanh(reserve[:, :, 4 * H:5 * H])
         dw_hr = torch.mm(dht.reshape(T * B, R).t(), m.reshape(T * B, H)).to(x.dtype)
@@ -785,13 +799,13 @@ def rnn_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, relu):
 def rnn_bwd(dy, dh_n, x, h0, w_ih, w_hh, b_ih, b_hh, reserve, relu):
     dx, dh0, dw_ih, dw_hh, db, _, _ = _one_gate_bwd("rnn", dy, dh_n, x, h0, w_ih, w_hh, None, reserve, relu)
     db_ih = db.to(x.dtype) if b_ih is not None else _empty(x)
-    db_hh = db.to(x.dtype) if b_hh is not None else _empty(x)
+    db_hh = db.to(x.dtype, copy=True) if b_hh is not None else _empty(x)  # never db_ih's storage
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
 
 
 def leaky_fwd(x, u0, w_ih, w_hh, bias, tau):
     h, res = _one_gate_fwd("leaky", x, u0, w_ih, w_hh, (bias,), tau, False)
-    return h, res[-1].to(x.dtype), res
+    return h, res[-1].to(x.dtype, copy=True), res
 
 
 def leaky_bwd(dh, du_n, x, u0, w_ih, w_hh, bias, tau, reserve):

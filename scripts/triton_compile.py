@@ -1,15 +1,17 @@
 """Compile the Triton kernels ahead of time for sm_80 and sm_90, without a GPU, and report registers,
 spills and shared memory per specialisation (`make triton-compile`).
 
-    python scripts/triton_compile.py [--arch 80 90] [--jobs N] [--all-n]
+    python scripts/triton_compile.py [--arch 80 90] [--jobs N] [--all-n] [--ops scan rnn] [-k TEXT]
 
-Which specialisations: the ones pyneuro.kernels.selective_scan launches, with its own launch-shape
-rules (fwd_launch_shape/bwd_launch_shape) for a wide segment (seg_dim = 1024, the largest BLOCK_D):
+Which specialisations (--ops scan rnn; both by default): the ones pyneuro.kernels.selective_scan
+launches, with its own launch-shape rules (fwd_launch_shape/bwd_launch_shape) for a wide segment (seg_dim = 1024, the largest BLOCK_D):
   * every feature on (D, z, delta_bias, softplus, variable B and C, initial state): the most live
     tiles, so the worst case for registers; fp32 and bf16; N = 4 .. 128 (256 with --all-n) at
     default_chunk_size(N)
   * N = 16 over every chunk size, N = 64 at chunk 64; fp16; constant B/C without z; the
     backward's "flip" reverse scan
+and the ones pyneuro.kernels.rnn launches (rnn_specialisations: every cell variant's persistent
+kernels at H = 32 .. 128 and its per-step kernels, with the module's own launch_config).
 Each is compiled from the kernel source with triton.compile(ASTSource(...), target=GPUTarget(...)),
 which runs Triton's whole pipeline down to ptxas; registers and spills come from that ptxas run's
 -v log (knobs.nvidia.dump_ptxas_log; on Triton versions without it, from ptxas -v run again on
@@ -18,7 +20,10 @@ does for fresh torch tensors, so the figures match a real launch up to integer s
 
 Fails (exit 1) on a compile error, or on any spill for N <= 64 at a chunk size up to
 default_chunk_size(N) with the default reverse scan (what the op runs); spills at larger N or chunk,
-or in the "flip" fallback, are reported only (see gated()). Must not run under TRITON_INTERPRET (it compiles for real).
+or in the "flip" fallback, are reported only (see gated()). rnn: fails on any spill, or shared
+memory above the architecture's per-block maximum, in a kernel the op runs (step mode, persistent
+up to PERSISTENT_MAX_H); larger persistent shapes are reported only (rnn_gated()).
+Must not run under TRITON_INTERPRET (it compiles for real).
 """
 from __future__ import annotations
 
@@ -38,6 +43,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SPILL_GATE_N = 64
+# Largest shared memory one block may use (opt-in), bytes: A100 (sm_80) 163 KB, H100 (sm_90) 227 KB.
+MAX_SHARED = {80: 166912, 90: 232448}
 SEG_DIM = 1024
 
 
@@ -87,6 +94,82 @@ def gated(ssk, spec):
     proves wrong on a GPU) sits at the same 255-register edge on 8 warps and may spill a few bytes
     there (N = 64, sm_90: 4 B); that is reported, not failed: a fallback for correctness."""
     return not spec.flip and spec.N <= SPILL_GATE_N and spec.chunk <= ssk.default_chunk_size(spec.N)
+
+
+RNN_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@dataclasses.dataclass(frozen=True)
+class RnnSpec:
+    """One specialisation of pyneuro.kernels.rnn: a cell variant's fwd or bwd kernel."""
+    cell: str  # "lstm" | "gru" | "rnn" | "leaky"
+    kernel: str  # "fwd" | "bwd"
+    dtype: str  # x, the weights, y/dy, h0 (the reserve and the gate buffers are fp32)
+    H: int
+    P: int = 0  # LSTM projection size (0: none)
+    step: bool = False  # per-step mode (no tl.dot; tiles of STEP_BLOCK_B x STEP_BLOCK_H)
+    relu: bool = False
+
+    def flags(self):
+        return " ".join(f for f, on in (("proj", self.P), ("step", self.step), ("relu", self.relu)) if on)
+
+    def name(self):
+        return f"{self.cell}_{self.kernel} {self.dtype} H={self.H}" + (f" P={self.P}" if self.P else "") + \
+            (f" {self.flags()}" if self.flags() else "")
+
+
+def rnn_specialisations(rk):
+    """Every cell variant's fwd and bwd: persistent at H = 32, 64, 128 (fp32, bf16; fp16 at 64, 128;
+    the projected LSTM with P = H/2), and step mode once per variant and dtype (H = 256). Persistent
+    shapes above PERSISTENT_MAX_H are compiled too: their spills or shared memory are why the limit
+    is where it is."""
+    variants = [("lstm", {}), ("lstm", {"proj": True}), ("gru", {}), ("rnn", {}), ("rnn", {"relu": True}),
+                ("leaky", {})]
+    specs = []
+    for cell, opt in variants:
+        for kernel in ("fwd", "bwd"):
+            sizes = [(d, h) for d in ("fp32", "bf16") for h in (32, 64, 128)] + [("fp16", 64), ("fp16", 128)]
+            if opt.get("relu"):  # only the activation differs from tanh: one size is enough
+                sizes = [("fp32", 64), ("bf16", 128)]
+            for dtype, h in sizes:
+                specs.append(RnnSpec(cell, kernel, dtype, h, P=h // 2 if opt.get("proj") else 0,
+                                     relu=opt.get("relu", False)))
+            for dtype in ("fp32", "bf16"):
+                specs.append(RnnSpec(cell, kernel, dtype, 256, P=128 if opt.get("proj") else 0, step=True,
+                                     relu=opt.get("relu", False)))
+    return specs
+
+
+def rnn_gated(rk, spec):
+    """Spills fail the run where the op runs the kernel: step mode, and persistent up to
+    PERSISTENT_MAX_H[dtype]; larger persistent shapes are reported only."""
+    import torch
+    return spec.step or rk.persistent(spec.cell, spec.H, spec.P or spec.H, getattr(torch, RNN_DTYPES[spec.dtype]))
+
+
+# Pointers in x's dtype; every other pointer of the rnn kernels is fp32 (reserve, gate buffers).
+_RNN_X_POINTERS = {"h0_ptr", "c0_ptr", "whh_ptr", "whr_ptr", "bhh_ptr", "tau_ptr", "y_ptr", "dy_ptr"}
+
+
+def _rnn_launch(rk, spec):
+    """(kernel fn, signature, constexprs, num_warps, block) as pyneuro.kernels.rnn launches it."""
+    import torch
+    R = spec.P or spec.H
+    bb, bh, br, warps = rk.launch_config(spec.cell, spec.H, R, getattr(torch, RNN_DTYPES[spec.dtype]), spec.step)
+    family = {"lstm": "lstm", "gru": "gru", "rnn": "rnn", "leaky": "rnn"}[spec.cell]
+    fn = getattr(rk, f"_{family}_{spec.kernel}_kernel")
+    values = dict(PROJ=bool(spec.P), STEP=spec.step, HAS_BHH=True, LEAKY=spec.cell == "leaky", RELU=spec.relu,
+                  BLOCK_B=bb, BLOCK_H=bh, BLOCK_R=br)
+    signature, constexprs = {}, {}
+    for p in fn.params:
+        if p.is_constexpr:
+            signature[p.name] = "constexpr"
+            constexprs[p.name] = values[p.name]
+        elif p.name.endswith("_ptr"):
+            signature[p.name] = "*" + (spec.dtype if p.name in _RNN_X_POINTERS else "fp32")
+        else:
+            signature[p.name] = "i32"
+    return fn, signature, constexprs, warps, (bb, bh, br)
 
 
 def _launch(ssk, spec):
@@ -171,10 +254,16 @@ def compile_one(spec, arch):
     from triton.compiler import ASTSource
 
     sys.path.insert(0, str(REPO))
-    import kernels.selective_scan as ssk
+    if isinstance(spec, RnnSpec):
+        import kernels.rnn as rk
 
-    fn, signature, constexprs, warps, block_d = _launch(ssk, spec)
-    res = dict(spec=spec, arch=arch, warps=warps, block=(block_d, constexprs["BLOCK_N"], spec.chunk))
+        fn, signature, constexprs, warps, block = _rnn_launch(rk, spec)
+    else:
+        import kernels.selective_scan as ssk
+
+        fn, signature, constexprs, warps, block_d = _launch(ssk, spec)
+        block = (block_d, constexprs["BLOCK_N"], spec.chunk)
+    res = dict(spec=spec, arch=arch, warps=warps, block=block)
     start = time.perf_counter()
     try:
         try:
@@ -202,7 +291,8 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--all-n", action="store_true", help="also N = 256 (slow to compile, spills)")
     ap.add_argument("-k", dest="select", default="", help="only rows whose 'kernel dtype N=.. chunk=.. flags' "
-                    "contains this text, e.g. -k 'bwd fp32 N=16 '")
+                    "(rnn: 'cell_kernel dtype H=.. [P=..] flags') contains this text, e.g. -k 'bwd fp32 N=16 '")
+    ap.add_argument("--ops", nargs="+", choices=("scan", "rnn"), default=["scan", "rnn"])
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("triton_compile: TRITON_INTERPRET is set; unset it, this compiles for real GPUs")
@@ -213,10 +303,15 @@ def main(argv=None):
 
     import triton
     sys.path.insert(0, str(REPO))
+    import kernels.rnn as rk
     import kernels.selective_scan as ssk
 
-    specs = [s for s in specialisations(ssk, args.all_n)
-             if args.select in f"{s.kernel} {s.dtype} N={s.N} chunk={s.chunk} {s.flags()}"]
+    specs = []
+    if "scan" in args.ops:
+        specs += [s for s in specialisations(ssk, args.all_n)
+                  if args.select in f"{s.kernel} {s.dtype} N={s.N} chunk={s.chunk} {s.flags()}"]
+    if "rnn" in args.ops:
+        specs += [s for s in rnn_specialisations(rk) if args.select in s.name()]
     jobs = [(s, a) for s in specs for a in args.arch]
     start = time.perf_counter()
     try:
@@ -231,9 +326,11 @@ def main(argv=None):
            f"{'regs':>4} {'spill st/ld':>11} {'smem':>6}  {'s':>4}"
     print(head)
     print("-" * len(head))
+    scan_results = [r for r in results if not isinstance(r["spec"], RnnSpec)]
+    rnn_results = [r for r in results if isinstance(r["spec"], RnnSpec)]
     failed = []
-    for r in sorted(results, key=lambda r: (r["spec"].kernel, r["spec"].dtype, r["spec"].N, r["spec"].chunk,
-                                            r["spec"].flags(), r["arch"])):
+    for r in sorted(scan_results, key=lambda r: (r["spec"].kernel, r["spec"].dtype, r["spec"].N, r["spec"].chunk,
+                                                 r["spec"].flags(), r["arch"])):
         s = r["spec"]
         block = "(%d,%d,%d)" % r["block"]
         line = f"{s.kernel:6} {s.dtype:5} {s.N:>4} {block:>14} {r['warps']:>5}  {s.flags():26} {r['arch']:>4} "
@@ -251,11 +348,36 @@ def main(argv=None):
                 note = "  (spills; reported only: %s)" % (
                     "flip fallback" if s.flip else f"chunk above default_chunk_size(N) or N > {SPILL_GATE_N}")
         print(line + f"{r['regs']:>4} {spill:>11} {r['smem']:>6}  {r['seconds']:>4.1f}{note}")
+    if rnn_results:
+        head = f"\n{'rnn kernel':34} {'BLOCK (B,H,R)':>14} {'warps':>5} {'arch':>4} {'regs':>4} {'spill st/ld':>11} " \
+               f"{'smem':>6}  {'s':>5}"
+        print(head)
+        print("-" * len(head))
+    for r in sorted(rnn_results, key=lambda r: (r["spec"].cell, r["spec"].kernel, r["spec"].flags(), r["spec"].dtype,
+                                                r["spec"].H, r["arch"])):
+        s = r["spec"]
+        line = f"{s.name():34} {'(%d,%d,%d)' % r['block']:>14} {r['warps']:>5} {r['arch']:>4} "
+        if "error" in r:
+            failed.append(r)
+            print(line + f"ERROR {r['error']}")
+            continue
+        note = ""
+        too_big = r["smem"] > MAX_SHARED[r["arch"]]
+        if r["spill_st"] or r["spill_ld"] or too_big:
+            what = "SPILLS" if not too_big else "SHARED MEMORY > %d" % MAX_SHARED[r["arch"]]
+            if rnn_gated(rk, s):
+                failed.append(r)
+                note = f"  <- {what}"
+            else:
+                note = f"  ({what.lower()}; reported only: persistent above PERSISTENT_MAX_H)"
+        print(line + f"{r['regs']:>4} {r['spill_st']:>5}/{r['spill_ld']:<5} {r['smem']:>6}  {r['seconds']:>5.1f}{note}")
     if failed:
-        print(f"\nFAILED: {len(failed)} specialisation(s) with compile errors or spills at N <= "
-              f"{SPILL_GATE_N} and chunk <= default_chunk_size(N)")
+        print(f"\nFAILED: {len(failed)} specialisation(s) with compile errors or gated spills (scan: N <= "
+              f"{SPILL_GATE_N} and chunk <= default_chunk_size(N); rnn: step mode and persistent up to "
+              f"PERSISTENT_MAX_H)")
         return 1
-    print(f"\nOK: no compile errors, no spills at N <= {SPILL_GATE_N} and chunk <= default_chunk_size(N)")
+    print(f"\nOK: no compile errors, no spills at N <= {SPILL_GATE_N} and chunk <= default_chunk_size(N) (scan), "
+          f"none in the rnn kernels the op runs")
     return 0
 
 

@@ -2,11 +2,12 @@
 
 Each launcher is called directly with normalised inputs (docs/rnn_contract.md) and compared with
 `<cell>_fwd_contract` / `<cell>_bwd_contract` run in fp64 on the same (rounded) inputs: forward
-outputs, final states and the reserve, then every gradient of the backward, fed the fp64
-reserve's twin (the kernel's own reserve) and random upstream gradients, dh_n/dc_n/du_n included.
+outputs, final states and the reserve, then every gradient of the backward (the kernel's backward
+fed its own reserve, the reference its fp64 one) for random upstream gradients, dh_n/dc_n/du_n
+included or absent.
 
 Both time-loop modes run: the persistent kernel (one launch, weights on chip) at the sizes it
-takes, and the per-step mode, forced by setting PERSISTENT_MAX_H to 0. Sizes are tiny (the
+takes, and the per-step mode, forced by emptying PERSISTENT_MAX_H. Sizes are tiny (the
 interpreter runs every tl.dot in numpy, every step in Python) but odd: B = 1, T = 1, I = 1, H not
 a power of two, H above one 16-wide tile, projections with P < H.
 
@@ -141,6 +142,9 @@ def check(cell, T, B, I, H, P=None, bias=True, dtype=torch.float32, with_final=T
                                                        *(ref_in[k] for k in fwd_names), ref[-1],
                                                        **_relu_kw(cell, relu))
     assert len(grads) == len(grad_names)
+    for outs in (fwd, grads):  # a custom op's outputs must not alias one another
+        ptrs = [t.untyped_storage().data_ptr() for t in outs if t.numel()]
+        assert len(set(ptrs)) == len(ptrs), f"{cell}: outputs share storage"
     for name, a, e in zip(grad_names, grads, ref_grads):
         if inputs[name] is None:
             assert a.shape == (0,) and a.dtype == dtype, f"d{name} of an absent input"
@@ -199,25 +203,29 @@ def test_half_step(cell, monkeypatch):
 
 
 def test_multi_tile():
-    """More than one batch block and more than one 64-wide hidden tile in step mode (B = 17, H = 70),
-    and a persistent H above 64 in fp16 (BLOCK_H = 128)."""
-    check("gru", 2, 17, 3, 70, dtype=torch.float32)  # fp32: H > PERSISTENT_MAX_H[fp32] -> step
+    """More than one batch block and more than one 64-wide hidden tile in step mode (B = 17,
+    H = 70 > PERSISTENT_MAX_H for fp32 and for the 16-bit LSTM), and a persistent BLOCK_H = 128."""
+    check("gru", 2, 17, 3, 70, dtype=torch.float32)
     check("lstm", 2, 17, 2, 70, 33, dtype=torch.float16)
+    check("rnn", 2, 17, 3, 70, dtype=torch.float16)  # persistent up to 128 in 16-bit
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_larger(cell):
-    """Longer sequences and the largest persistent size (H = 128, fp16/bf16)."""
+    """Longer sequences, and each cell's largest persistent size in bf16."""
     check(cell, 16, 20, 8, 48, 24 if cell == "lstm" else None)
-    check(cell, 8, 4, 8, 128, 64 if cell == "lstm" else None, dtype=torch.bfloat16)
+    H = rk.PERSISTENT_MAX_H[cell][torch.bfloat16]
+    check(cell, 8, 4, 8, H, H // 2 if cell == "lstm" else None, dtype=torch.bfloat16)
 
 
-def test_persistent_selection(monkeypatch):
-    assert rk.persistent("lstm", 64, 64, torch.float32)
-    assert not rk.persistent("lstm", 65, 65, torch.float32)
-    assert rk.persistent("gru", 128, 128, torch.bfloat16)
-    assert not rk.persistent("gru", 129, 129, torch.bfloat16)
+def test_persistent_selection():
+    """The launchers' choice follows PERSISTENT_MAX_H (state width included for the LSTM)."""
+    for cell, limits in rk.PERSISTENT_MAX_H.items():
+        for dtype, h in limits.items():
+            assert rk.persistent(cell, h, h, dtype) and not rk.persistent(cell, h + 1, h + 1, dtype)
+    assert not rk.persistent("lstm", 32, 65, torch.float32)
+    assert rk.PERSISTENT_MAX_H["rnn"][torch.bfloat16] == 128
 
 
 @pytest.mark.parametrize("args, problem", [
