@@ -255,6 +255,11 @@ def _contract_call(cell: _Cell, backend: str):
     """The backend's forward op on the validated arguments; returns the outputs without the reserve."""
 
     def call(*args):
+        x = args[0]
+        if x.shape[1] == 0 or x.shape[2] == 0:
+            # An empty batch or zero inputs: the kernels' launch shapes degenerate (and their
+            # argument checks refuse them); the result is empty or bias-only, as the reference gives.
+            return _REFERENCES[cell.name](*args)
         fwd = _TRITON_FWD[cell.name] if backend == "triton" else getattr(torch.ops.pyneuro, f"{cell.name}_fwd").default
         prepared = [a.contiguous() if isinstance(a, Tensor) else a for a in args]
         return tuple(fwd(*prepared)[:-1])
@@ -262,22 +267,15 @@ def _contract_call(cell: _Cell, backend: str):
     return call
 
 
-def _triton_kernels():
-    import importlib
-
-    return importlib.import_module(_TRITON_MODULE)
-
-
 def _compiled_supports(cell: _Cell, backend: str):
-    def supports(x, h0, *rest) -> Optional[Exception]:
+    # Every compiled backend takes any validated size (the Triton kernels switch from their
+    # persistent form to one launch per step above kernels/rnn.py's PERSISTENT_MAX_H; the CUDA ones
+    # from the persistent kernel to the per-step cell above csrc/common/limits.h's bound), so only
+    # the dtype can rule one out.
+    def supports(x, *_rest) -> Optional[Exception]:
         if x.dtype not in _COMPILED_DTYPES:
             return TypeError(f"{cell.name}: the {backend!r} backend takes float32, float16 or bfloat16, got "
                              f"{x.dtype} ({x.dtype} runs on backend='reference')")
-        if backend == "triton":
-            hidden = rest[0].shape[1] if cell.name == "lstm" else h0.shape[1]  # lstm: c0 holds H
-            reason = _triton_kernels().supports(cell.name, hidden, h0.shape[1], x.dtype)
-            if reason is not None:
-                return ValueError(f"{cell.name}: the 'triton' backend cannot take these sizes: {reason}")
         return None
 
     return supports
@@ -286,6 +284,10 @@ def _compiled_supports(cell: _Cell, backend: str):
 def _self_check_for(cell: _Cell):
     def self_check(backend: str, device: torch.device, dtype: torch.dtype) -> Optional[str]:
         """Compare ``backend`` with the reference on a tiny problem, forward and backward."""
+        with torch.enable_grad():  # the first call may come under torch.no_grad()
+            return _compare(backend, device, dtype)
+
+    def _compare(backend: str, device: torch.device, dtype: torch.dtype) -> Optional[str]:
         dtype = dtype if dtype in _COMPILED_DTYPES else torch.float32
         args = example_arguments(cell.name, T=5, B=3, I=7, H=12, dtype=dtype, device=device, random=True)
         results = []

@@ -300,6 +300,11 @@ def _compiled_probe(backend: str):
 def _self_check(backend: str, device: torch.device, dtype: torch.dtype) -> Optional[str]:
     """Compare ``backend`` with the reference on a tiny problem, forward and backward (a few ms).
     Returns None when they agree within TOLERANCE, else what disagreed."""
+    with torch.enable_grad():  # the first call may come under torch.no_grad()
+        return _compare_with_reference(backend, device, dtype)
+
+
+def _compare_with_reference(backend: str, device: torch.device, dtype: torch.dtype) -> Optional[str]:
     dtype = dtype if dtype in _INPUT_DTYPES else torch.float32
     g = torch.Generator().manual_seed(1234)
     batch, dim, L, N = 2, 4, 37, 8
