@@ -39,7 +39,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",           # auto | cpu | cuda
     "threads": 0,               # torch intra-op threads; 0 keeps torch's default
-    "train_subset": 0,          # use only the first N training images (0 = all 50,000)
+    "train_split": "train",     # train (50,000) | train+val (all 60,000: needs eval_every=0)
+    "train_subset": 0,          # use only the first N training images (0 = all of train_split)
     "val_subset": 0,            # use only the first N validation images (0 = all 10,000)
     "data_dir": None,           # where MNIST files / the converted cache live (None = default)
     "log_every": 50,            # steps between progress-bar refreshes when not on a terminal
@@ -53,6 +54,7 @@ _CHOICES = {
     "optimizer": ("adamw", "sgd"),
     "scheduler": ("onecycle", "cosine", "constant"),
     "device": ("auto", "cpu", "cuda"),
+    "train_split": ("train", "train+val"),
 }
 _NULLABLE = {"data_dir": str}
 
@@ -302,4 +304,7 @@ def resolve(model: str, config: dict | None = None, overrides: list[str] | tuple
         if name not in schema:
             raise ConfigError(f"--set {key}: unknown key; valid: {sorted(schema)}")
         target[name] = _check_value(f"--set {key}", name, value, schema[name], hyper=is_hyper)
+    if train["train_split"] == "train+val" and train["eval_every"]:
+        raise ConfigError("train.train_split='train+val' trains on the validation images too: set "
+                          "train.eval_every=0 (no validation pass), or keep train_split='train'")
     return {"model": model, "preset": preset, "hyper": hyper, "train": train}

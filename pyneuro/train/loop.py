@@ -241,7 +241,7 @@ class _Run:
         self.settings["world_size"] = ctx.world_size
         torch.manual_seed(tr["seed"])
 
-        train_x, train_y = load_split("train", tr["data_dir"], tr["train_subset"])
+        train_x, train_y = load_split(tr.get("train_split", "train"), tr["data_dir"], tr["train_subset"])
         self.val_x, self.val_y = load_split("val", tr["data_dir"], tr["val_subset"])
         if len(train_y) < tr["batch_size"]:
             subset = f" (train.train_subset={tr['train_subset']})" if tr["train_subset"] else ""
@@ -369,7 +369,8 @@ class _Run:
                  if self.ctx.distributed else "1 process")
         preset = f", preset {self.settings['preset']}" if self.settings.get("preset") else ""
         print(f"training {self.spec.name} ({n_params:,} parameters{preset}) on {self.device}, {procs}, for "
-              f"{self.tr['epochs']} epochs, {len(self.train_y):,} train / {len(self.val_y):,} val images "
+              f"{self.tr['epochs']} epochs, {len(self.train_y):,} {self.tr['train_split']} images, "
+              f"{f'{len(self.val_y):,} val images' if self.tr['eval_every'] else 'no validation pass'} "
               f"-> {self.out}", file=self.stream)
 
     def _epoch(self, stop: StopRequest):

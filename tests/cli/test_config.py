@@ -121,3 +121,10 @@ def test_shipped_fast_preset_resolves():
     config = read_config_file(REPO / "config.json")
     s = resolve("cnn", config, [], preset="fast")
     assert s["train"]["eval_every"] == 0 and s["train"]["channels_last"] is True
+    assert s["train"]["train_split"] == "train+val"  # the validation images are not needed: train on them
+
+
+def test_training_on_the_validation_images_needs_no_validation_pass():
+    with pytest.raises(ConfigError, match="train_split='train\\+val' trains on the validation images too"):
+        resolve("cnn", None, ['train.train_split="train+val"'])
+    assert resolve("cnn", None, ['train.train_split="train+val"', "train.eval_every=0"])["train"]["eval_every"] == 0
