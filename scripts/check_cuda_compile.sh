@@ -5,9 +5,13 @@
 #  2. every csrc/cuda/*_glue.cpp (torch-facing) with g++ -fsyntax-only against the headers of a
 #     CUDA build of torch, extracted once into build/torch-cuda-headers/ (scripts/cuda_torch_headers.py);
 #  3. the report (scripts/cuda_ptxas_report.py): no register spill in a hot kernel, and static +
-#     dynamic shared memory at the largest supported N (sizes from the launchers, printed by
-#     scripts/cuda_smem_probe.cu) within each architecture's per-block opt-in limit
-#     (sm_86 stands for sm_86/sm_89: same 99 KiB).
+#     dynamic shared memory at the largest supported size (sizes from the launchers, printed by
+#     scripts/cuda_smem_probe.cu: the selective scan at N = kSelectiveScanMaxDState, the persistent
+#     RNN kernels at H = kRnnPersistentMaxH) within each architecture's per-block opt-in limit
+#     (sm_86 stands for sm_86/sm_89: same 99 KiB);
+#  4. the tensor-core path is real: the PTX of csrc/cuda/rnn_persistent.cu for sm_80 contains
+#     mma.sync for both fp16 and bf16 (a guard mistake would silently fall back to the emulator's
+#     scalar loop, which compiles everywhere).
 # One line per compiled file, a table per kernel and architecture, exit status 1 on any failure.
 #   NVCC=/path/to/nvcc  PYTHON=python3  CUDA_COMPILE_JOBS=N (default: the number of cores)
 #   TORCH_CUDA_HEADERS=DIR (the header cache)
@@ -151,6 +155,23 @@ if [[ -f "$WORK/smem.txt" ]] && (( ${#logs[@]} > 0 )); then
   for e in "${NOT_HOT[@]}"; do exempt+=(--exempt "$e"); done
   "$PYTHON" scripts/cuda_ptxas_report.py --sources "${cu_files[@]}" csrc/cuda/*.cuh --smem "$WORK/smem.txt" \
     "${logs[@]}" "${exempt[@]}" || failed=1
+fi
+
+# ---- tensor cores: the persistent RNN forward's fp16/bf16 MMA must reach the PTX ----------------
+if [[ -f csrc/cuda/rnn_persistent.cu ]]; then
+  if "$NVCC" -std=c++17 -O3 -DNDEBUG --use_fast_math -DPYNEURO_WITH_CUDA=1 -Icsrc -Icsrc/cuda -arch=sm_80 -ptx \
+       csrc/cuda/rnn_persistent.cu -o "$WORK/rnn_persistent.sm_80.ptx" > "$WORK/rnn_ptx.log" 2>&1; then
+    n_bf16=$(grep -c "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" "$WORK/rnn_persistent.sm_80.ptx" || true)
+    n_f16=$(grep -c "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" "$WORK/rnn_persistent.sm_80.ptx" || true)
+    if (( n_bf16 > 0 && n_f16 > 0 )); then
+      echo "ok    rnn_persistent.cu tensor cores: $n_bf16 bf16 and $n_f16 fp16 mma.sync in the sm_80 PTX"
+    else
+      echo "FAIL  rnn_persistent.cu: no mma.sync in the sm_80 PTX (bf16: $n_bf16, fp16: $n_f16)"
+      failed=1
+    fi
+  else
+    echo "FAIL  rnn_persistent.cu: PTX for sm_80 did not compile"; sed 's/^/      /' "$WORK/rnn_ptx.log"; failed=1
+  fi
 fi
 
 echo "== check_cuda_compile: $([[ $failed == 0 ]] && echo ok || echo FAILED) in $(elapsed "$t0" "$EPOCHREALTIME") s"

@@ -36,16 +36,20 @@ int main() {
   std::printf("selective_scan_fwd_kernel %zu\n", fwd);
   std::printf("selective_scan_bwd_kernel %zu\n", bwd);
   std::printf("sum_partials_kernel 0\n");  // launched without dynamic shared memory
-  // Recurrent cells: the fused per-step kernels use none; the persistent forward at H = max with
+  // Recurrent cells: the fused per-step kernels use none; the persistent forward and backward at H = max with
   // one unit tile per block (what the plan picks whenever the tiles can be co-resident), the
   // largest over cells (LSTM: 4 gates) and dtypes (fp32 weights: the largest).
-  size_t rnn_persistent = 0;
+  size_t rnn_persistent = 0, rnn_persistent_bwd = 0;
   for (RnnCellKind cell : {RnnCellKind::kLstm, RnnCellKind::kGru, RnnCellKind::kRnnTanh, RnnCellKind::kLeaky})
-    for (RnnDtype dtype : {RnnDtype::kFloat32, RnnDtype::kFloat16, RnnDtype::kBFloat16})
+    for (RnnDtype dtype : {RnnDtype::kFloat32, RnnDtype::kFloat16, RnnDtype::kBFloat16}) {
       rnn_persistent = std::max(rnn_persistent, rnn_persistent_fwd_smem_bytes(cell, dtype, kRnnPersistentMaxH, 1));
+      rnn_persistent_bwd =
+          std::max(rnn_persistent_bwd, rnn_persistent_bwd_smem_bytes(cell, dtype, kRnnPersistentMaxH, 1));
+    }
   std::printf("# H = kRnnPersistentMaxH = %d\n", kRnnPersistentMaxH);
   std::printf("rnn_cell_fwd_kernel 0\n");
   std::printf("rnn_cell_bwd_kernel 0\n");
   std::printf("rnn_persistent_fwd_kernel %zu\n", rnn_persistent);
+  std::printf("rnn_persistent_bwd_kernel %zu\n", rnn_persistent_bwd);
   return 0;
 }

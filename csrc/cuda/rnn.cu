@@ -114,44 +114,8 @@ __global__ void __launch_bounds__(kThreads) rnn_cell_bwd_kernel(const RnnCellBwd
     // Gradient reaching this step's output state.
     float dh = ldx_or0<X>(p.dy, bj) + (p.drec ? p.drec[bj] : 0.f);
     if (last) dh += ldx_or0<X>(p.dh_n, bj);
-    float* dA = p.dA + b * GH;
-    if constexpr (kCell == RnnCellKind::kLstm) {
-      const float i = res[j], f = res[H + j], g = res[2 * int64_t(H) + j], o = res[3 * int64_t(H) + j];
-      const float c = res[4 * int64_t(H) + j];
-      const float c_prev = prev ? prev[4 * int64_t(H) + j] : ldx<X>(p.c0, bj);
-      const float tc = tanh_f(c);
-      const float dc = (last ? ldx_or0<X>(p.dc_n, bj) : p.carry[bj]) + dh * o * (1.f - tc * tc);
-      dA[j] = dc * g * i * (1.f - i);
-      dA[H + j] = dc * c_prev * f * (1.f - f);
-      dA[2 * int64_t(H) + j] = dc * i * (1.f - g * g);
-      dA[3 * int64_t(H) + j] = dh * tc * o * (1.f - o);
-      p.carry[bj] = dc * f;
-      if (p.m) p.m[bj] = o * tc;
-    } else if constexpr (kCell == RnnCellKind::kGru) {
-      const float r = res[j], z = res[H + j], nn = res[2 * int64_t(H) + j], sn = res[3 * int64_t(H) + j];
-      const float h_prev = prev ? prev[4 * int64_t(H) + j] : ldx<X>(p.state0, bj);
-      if (!last) dh += p.carry[bj];
-      const float dan = dh * (1.f - z) * (1.f - nn * nn);
-      const float dar = dan * sn * r * (1.f - r);
-      const float daz = dh * (h_prev - nn) * z * (1.f - z);
-      float* dS = p.dS + b * GH;
-      dA[j] = dar; dA[H + j] = daz; dA[2 * int64_t(H) + j] = dan;
-      dS[j] = dar; dS[H + j] = daz; dS[2 * int64_t(H) + j] = dan * r;
-      p.carry[bj] = dh * z;
-    } else if constexpr (kCell == RnnCellKind::kLeaky) {
-      const float u = res[j];
-      const float h = tanh_f(u);
-      const float tau = ldx<X>(p.tau, j);
-      const float alpha = 1.f / tau;
-      const float g = (last ? ldx_or0<X>(p.dc_n, bj) : p.carry[bj]) + dh * (1.f - h * h);
-      const float u_prev = prev ? prev[j] : ldx<X>(p.state0, bj);
-      dA[j] = alpha * g;
-      p.dtau_acc[bj] += g * (u_prev - u) / tau;
-      p.carry[bj] = (1.f - alpha) * g;
-    } else {
-      const float h = res[j];
-      dA[j] = kCell == RnnCellKind::kRnnRelu ? (h > 0.f ? dh : 0.f) : dh * (1.f - h * h);
-    }
+    cell_backward_unit<kCell, X>(last, H, b, j, res, prev, dh, p.dc_n, p.state0, p.c0, p.tau, p.carry,
+                                 p.dA + b * GH, kCell == RnnCellKind::kGru ? p.dS + b * GH : nullptr, p.m, p.dtau_acc);
   }
 }
 

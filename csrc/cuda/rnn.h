@@ -142,5 +142,38 @@ size_t rnn_persistent_fwd_smem_bytes(RnnCellKind cell, RnnDtype dtype, int H, in
 inline int rnn_persistent_barrier_words(const RnnPersistentFwdParams& p) { return p.blocks_y; }
 cudaError_t rnn_persistent_fwd(const RnnPersistentFwdParams& p, cudaStream_t stream);
 
+// ---- path 2: the persistent backward ------------------------------------------------------------
+// One cooperative launch runs the reverse loop: per step t, drec = dS_{t+1} W_hh (the gradient
+// reaching h_t through step t+1; W_hh's columns of the block's units stay in shared memory), then
+// the same per-unit gradient as rnn_cell_bwd. dS_t goes through global memory to every block of the
+// batch-tile group (a grid barrier per step). After step 0 it writes drec = dS_0 W_hh and leaves the
+// carry of step 0, so that the glue finishes dh0 (dc0, du0) as for path 1; dx, dW and db stay
+// single GEMMs in the glue. Same grid shape and limits as the forward; not for the projection LSTM.
+struct RnnPersistentBwdParams {
+  RnnCellKind cell = RnnCellKind::kLstm;
+  RnnDtype dtype = RnnDtype::kFloat32;
+  int B = 0, H = 0, T = 0;
+  const float* reserve = nullptr;  // (T, B, W), the forward's
+  const void* dy = nullptr;        // (T, B, H) X
+  const void* dh_n = nullptr;      // (B, H) X or null (not for leaky)
+  const void* last_in = nullptr;   // LSTM dc_n / leaky du_n, (B, H) X or null
+  const void* w_hh = nullptr;      // (G·H, H) X
+  const void* state0 = nullptr;    // (B, H) X
+  const void* c0 = nullptr;        // LSTM (B, H) X
+  const void* tau = nullptr;       // leaky (H,) X
+  float* carry = nullptr;          // (B, H) fp32: out, step 0's carry (see RnnCellBwdParams)
+  float* drec = nullptr;           // (B, H) fp32: out, dS_0 W_hh
+  float* dA = nullptr;             // (T, B, G·H) fp32
+  float* dS = nullptr;             // (T, B, G·H) fp32; GRU: its own buffer, else == dA
+  float* dtau_acc = nullptr;       // leaky (B, H) fp32, zeroed by the caller
+  unsigned* barrier = nullptr;     // blocks_y zeroed words
+  int blocks_x = 0, blocks_y = 0, tiles_per_block = 0;
+};
+
+RnnPersistentPlan rnn_persistent_bwd_plan(RnnCellKind cell, RnnDtype dtype, int B, int H, int device,
+                                          int max_blocks_x = 0);
+size_t rnn_persistent_bwd_smem_bytes(RnnCellKind cell, RnnDtype dtype, int H, int tiles_per_block);
+cudaError_t rnn_persistent_bwd(const RnnPersistentBwdParams& p, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace pyneuro

@@ -53,6 +53,61 @@ __device__ __forceinline__ float rnn_act(float pre, bool relu) { return relu ? f
 // leaky: u_t = (1 - α) u_{t-1} + α a_t  with α = 1/τ, written u_{t-1} + α (a_t - u_{t-1}).
 __device__ __forceinline__ float leaky_step(float a, float u_prev, float alpha) { return fmaf(alpha, a - u_prev, u_prev); }
 
+
+// The backward of one unit (b, j) at step t, shared by the per-step kernel (rnn.cu) and the
+// persistent backward (rnn_persistent.cu). `dh`: the gradient reaching h_t (dy_t + the recurrent
+// part + dh_n at the last step; LSTM with projection: dm_t). res/prev: reserve rows of (t, b) and
+// (t-1, b), prev null at t = 0 (then state0/c0, X, are the previous state). `last_in`: the LSTM's
+// dc_n or the leaky cell's du_n (X or null), read at the last step instead of the carry. `carry`
+// (B, H) fp32 at (b, j), read (not at the last step) and rewritten: LSTM dc_{t-1} = dc_t f_t;
+// GRU dh_t z_t (the direct part of dh_{t-1}); leaky (1 - α) g_t. dA/dS: rows (t, b) of the input-
+// and recurrent-side pre-activation gradients (dS: GRU only); m: LSTM projection's m_t row or null;
+// dtau_acc (leaky, (B, H)) += g_t (u_{t-1} - u_t) / τ.
+template <RnnCellKind kCell, typename X>
+__device__ __forceinline__ void cell_backward_unit(bool last, int H, int64_t b, int j, const float* res,
+                                                   const float* prev, float dh, const void* last_in,
+                                                   const void* state0, const void* c0, const void* tau,
+                                                   float* carry, float* dA, float* dS, float* m, float* dtau_acc) {
+  const int64_t bj = b * H + j;
+  const int64_t H1 = H, H2 = 2 * int64_t(H), H3 = 3 * int64_t(H), H4 = 4 * int64_t(H);
+  if constexpr (kCell == RnnCellKind::kLstm) {
+    const float i = res[j], f = res[H1 + j], g = res[H2 + j], o = res[H3 + j];
+    const float c = res[H4 + j];
+    const float c_prev = prev ? prev[H4 + j] : ldx<X>(c0, bj);
+    const float tc = tanh_f(c);
+    const float dc = (last ? ldx_or0<X>(last_in, bj) : carry[bj]) + dh * o * (1.f - tc * tc);
+    dA[j] = dc * g * i * (1.f - i);
+    dA[H1 + j] = dc * c_prev * f * (1.f - f);
+    dA[H2 + j] = dc * i * (1.f - g * g);
+    dA[H3 + j] = dh * tc * o * (1.f - o);
+    carry[bj] = dc * f;
+    if (m) m[bj] = o * tc;
+  } else if constexpr (kCell == RnnCellKind::kGru) {
+    const float r = res[j], z = res[H1 + j], nn = res[H2 + j], sn = res[H3 + j];
+    const float h_prev = prev ? prev[H4 + j] : ldx<X>(state0, bj);
+    if (!last) dh += carry[bj];
+    const float dan = dh * (1.f - z) * (1.f - nn * nn);
+    const float dar = dan * sn * r * (1.f - r);
+    const float daz = dh * (h_prev - nn) * z * (1.f - z);
+    dA[j] = dar; dA[H1 + j] = daz; dA[H2 + j] = dan;
+    dS[j] = dar; dS[H1 + j] = daz; dS[H2 + j] = dan * r;
+    carry[bj] = dh * z;
+  } else if constexpr (kCell == RnnCellKind::kLeaky) {
+    const float u = res[j];
+    const float h = tanh_f(u);
+    const float t = ldx<X>(tau, j);
+    const float alpha = 1.f / t;
+    const float g = (last ? ldx_or0<X>(last_in, bj) : carry[bj]) + dh * (1.f - h * h);
+    const float u_prev = prev ? prev[j] : ldx<X>(state0, bj);
+    dA[j] = alpha * g;
+    dtau_acc[bj] += g * (u_prev - u) / t;
+    carry[bj] = (1.f - alpha) * g;
+  } else {
+    const float h = res[j];
+    dA[j] = kCell == RnnCellKind::kRnnRelu ? (h > 0.f ? dh : 0.f) : dh * (1.f - h * h);
+  }
+}
+
 }  // namespace rnn
 }  // namespace cuda
 }  // namespace pyneuro

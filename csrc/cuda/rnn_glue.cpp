@@ -11,13 +11,14 @@
 //   per step: gh = h_{t-1} W_hhᵀ (GEMM; the operand is y_{t-1}, i.e. h in X — for fp32 exactly the
 //     state, for fp16/bf16 the rounded GEMM operand the contract allows), one fused cell kernel;
 //     with a projection a second GEMM h_t = m_t W_hrᵀ.
-// Backward (always per step, fp32): the fused gradient kernel and drec = dS_t W_hh per step
-// (with a projection also dm_t = dh_t W_hr), then dx, dW_ih, dW_hh, db, dW_hr, dτ as single
-// GEMMs / sums over all T·B rows.
+// Backward (fp32 gradients): the persistent backward (same conditions as the forward; one launch
+// for the reverse loop), or per step the fused gradient kernel and drec = dS_t W_hh (with a
+// projection also dm_t = dh_t W_hr); then dx, dW_ih, dW_hh, db, dW_hr, dτ as single GEMMs / sums
+// over all T·B rows.
 //
 // Environment (read per call; for tests and benchmarks):
-//   PYNEURO_CUDA_RNN_PATH = auto (default) | persistent (raise if the persistent forward cannot
-//     run, naming why) | stepwise (never the persistent forward)
+//   PYNEURO_CUDA_RNN_PATH = auto (default) | persistent (raise if the persistent forward or
+//     backward cannot run, naming why) | stepwise (never the persistent kernels)
 //   PYNEURO_CUDA_RNN_MAX_BLOCKS_X = n  caps the persistent kernel's blocks along the hidden units
 //     (more unit tiles per block; exercises that code path on small H)
 #include <ATen/ATen.h>
@@ -205,6 +206,32 @@ Bwd backward(const char* op, RnnCellKind cell, const at::Tensor& dy, const OptT&
   at::Tensor M = proj ? at::empty({T, B, H}, f32) : at::Tensor();   // m_t, for dW_hr
   at::Tensor dm = proj ? at::empty({B, H}, f32) : at::Tensor();
 
+  const Path path = requested_path(op);
+  bool done = false;
+  if (path != Path::kStepwise) {
+    const RnnPersistentPlan plan = proj ? RnnPersistentPlan{false, "the projection LSTM runs per step"}
+                                        : rnn_persistent_bwd_plan(cell, dtype_of(x), B, H, x.get_device(), max_blocks_x());
+    if (plan.ok) {
+      at::Tensor barrier = at::zeros({plan.blocks_y}, x.options().dtype(at::kInt));
+      RnnPersistentBwdParams q;
+      q.cell = cell; q.dtype = dtype_of(x); q.B = B; q.H = H; q.T = T;
+      q.reserve = reserve.data_ptr<float>(); q.dy = dy.data_ptr();
+      q.dh_n = leaky ? nullptr : ptr_or_null(dlast);
+      q.last_in = lstm ? ptr_or_null(dc_n) : leaky ? ptr_or_null(dlast) : nullptr;
+      q.w_hh = w_hh.data_ptr(); q.state0 = state0.data_ptr(); q.c0 = ptr_or_null(c0); q.tau = ptr_or_null(tau);
+      q.carry = carry.data_ptr<float>(); q.drec = drec.data_ptr<float>();
+      q.dA = dA.data_ptr<float>(); q.dS = dS.data_ptr<float>();
+      q.dtau_acc = leaky ? dtau_acc.data_ptr<float>() : nullptr;
+      q.barrier = reinterpret_cast<unsigned*>(barrier.data_ptr<int>());
+      q.blocks_x = plan.blocks_x; q.blocks_y = plan.blocks_y; q.tiles_per_block = plan.tiles_per_block;
+      launched(op, rnn_persistent_bwd(q, stream), "persistent backward");
+      done = true;
+    } else {
+      TORCH_CHECK(path != Path::kPersistent, op, " (cuda backend): PYNEURO_CUDA_RNN_PATH=persistent, but the "
+                  "persistent backward cannot run this problem: ", plan.why_not);
+    }
+  }
+
   RnnCellBwdParams p;
   p.cell = cell; p.dtype = dtype_of(x); p.B = B; p.H = H; p.R = R; p.T = T;
   p.reserve = reserve.data_ptr<float>();
@@ -213,7 +240,7 @@ Bwd backward(const char* op, RnnCellKind cell, const at::Tensor& dy, const OptT&
   p.carry = carry.data_ptr<float>();
   p.dtau_acc = leaky ? dtau_acc.data_ptr<float>() : nullptr;
   if (leaky) p.dc_n = ptr_or_null(dlast);
-  for (int t = T - 1; t >= 0; --t) {
+  for (int t = T - 1; t >= 0 && !done; --t) {
     p.t = t;
     if (proj) {  // dh_t = dy_t + drec (+ dh_n), then dm_t = dh_t W_hr
       at::Tensor dh_t = DH[t];

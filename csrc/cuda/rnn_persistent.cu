@@ -237,64 +237,163 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_persistent_fwd_kernel(const R
   }
 }
 
-template <RnnCellKind kCell, typename X>
-void* kernel_ptr() {
-  return reinterpret_cast<void*>(&rnn_persistent_fwd_kernel<kCell, X>);
+// ---- the persistent backward ----------------------------------------------------------------------
+// Same grid as the forward: block (x, y) owns unit tiles (x) and batch tiles (y, y + gridDim.y, ...),
+// thread (bl, jl) the unit (b, j). Per step t = T-1 .. 0 (then once more, t = -1, for dh0):
+//   drec(b, j) = Σ_r dS_{t+1}[b][r] W_hh[r][j] over the G·H gate rows: the block's 16 W_hh columns
+//     stay in shared memory (transposed: 16 rows x G·H, fp32 or X), dS_{t+1} (written by every
+//     x-block of the group at step t+1) is staged 16 rows x kKc columns at a time;
+//   then cell_backward_unit (rnn_cell.h), exactly the per-step kernel's math, writing dA_t, dS_t.
+// Shared memory: tiles_per_block·16 x (G·H rounded to 16, + 16 bytes) W + 16 x (kKc + 4) fp32;
+// H = 256, LSTM: 64.3 + 16.3 KiB (fp32), 32.3 + 16.3 KiB (fp16/bf16). Per step and block: reads
+// 16·G·H fp32 of dS (L2), the reserve rows, dy; writes dA (and GRU's dS); 16·16·G·H FMAs per tile
+// (SIMT fp32 for every dtype: the gradients are not rounded to 16 bits for tensor cores).
+constexpr int kKc = 256;  // dS columns staged per chunk: bounds shared memory at any H
+
+template <typename WT> __host__ __device__ inline int ldk_of(int G, int H) { return padded_h(G * H) + 16 / int(sizeof(WT)); }
+
+template <typename WT>
+size_t bwd_smem_bytes_t(int G, int H, int tiles_per_block) {
+  return size_t(tiles_per_block) * kU * ldk_of<WT>(G, H) * sizeof(WT) + size_t(kBt) * (kKc + 4) * sizeof(float);
 }
 
-template <typename X>
+template <RnnCellKind kCell, typename X>
+__global__ void __launch_bounds__(kThreads, 1) rnn_persistent_bwd_kernel(const RnnPersistentBwdParams p) {
+  using namespace rnn;
+  using WT = typename WStore<X>::type;
+  constexpr int G = gates_of(kCell);
+  constexpr int ldc = kKc + 4;
+  const int H = p.H, B = p.B, T = p.T, GH = G * H, GHp = padded_h(G * H);
+  const int ldk = ldk_of<WT>(G, H);
+  const int64_t W = kCell == RnnCellKind::kLstm ? 6 * int64_t(H) : kCell == RnnCellKind::kGru ? 5 * int64_t(H) : H;
+  const int ntiles = (H + kU - 1) / kU, nbt = (B + kBt - 1) / kBt;
+  const int tid = threadIdx.x, bl = tid / kU, jl = tid % kU;
+
+  extern __shared__ float4 smem_f4[];
+  WT* const ws = reinterpret_cast<WT*>(smem_f4);
+  float* const cs = reinterpret_cast<float*>(ws + size_t(p.tiles_per_block) * kU * ldk);
+
+  // W_hh's columns of this block's units, transposed: ws row q·16 + jj = W_hh[:, unit] (zero past H, G·H).
+  const int rows = p.tiles_per_block * kU;
+  const WT* w_hh = static_cast<const WT*>(p.w_hh);
+  for (int e = tid; e < rows * GHp; e += kThreads) {  // <= 16·16·1024: int
+    const int r = e / GHp, k = e % GHp;
+    const int unit = (blockIdx.x * p.tiles_per_block + r / kU) * kU + r % kU;
+    ws[size_t(r) * ldk + k] = (unit < H && k < GH) ? w_hh[int64_t(k) * H + unit] : from_f<WT>(0.f);
+  }
+
+  for (int t = T - 1; t >= -1; --t) {
+    const bool last = t == T - 1;
+    for (int bt = blockIdx.y; bt < nbt; bt += gridDim.y) {
+      const int b0 = bt * kBt, b = b0 + bl;
+      for (int q = 0; q < p.tiles_per_block; ++q) {
+        const int u = blockIdx.x * p.tiles_per_block + q;
+        if (u >= ntiles) break;  // uniform over the block
+        const int j = u * kU + jl;
+        float drec = 0.f;
+        if (!last) {
+          const float* dS_next = p.dS + (int64_t(t) + 1) * B * GH;
+          for (int c0 = 0; c0 < GHp; c0 += kKc) {
+            const int kc = imin(kKc, GHp - c0);  // a multiple of 16
+            for (int e = tid; e < kBt * kc; e += kThreads) {
+              const int r = e / kc, k = e % kc, bb = b0 + r, col = c0 + k;
+              cs[r * ldc + k] = (bb < B && col < GH) ? ldcg(dS_next + int64_t(bb) * GH + col) : 0.f;
+            }
+            __syncthreads();
+            float a[1];
+            dots<1>(a, cs + bl * ldc, ws + size_t(q * kU + jl) * ldk + c0, 0, kc);
+            drec += a[0];
+            __syncthreads();  // cs is restaged
+          }
+        }
+        if (b >= B || j >= H) continue;
+        const int64_t bj = int64_t(b) * H + j;
+        if (t < 0) {  // the gradient reaching h_{-1} through W_hh; the glue finishes dh0 / du0
+          p.drec[bj] = drec;
+          continue;
+        }
+        const int64_t row = int64_t(t) * B + b;
+        float dh = ldx<X>(p.dy, row * H + j) + drec;
+        if (last) dh += ldx_or0<X>(p.dh_n, bj);
+        cell_backward_unit<kCell, X>(last, H, b, j, p.reserve + row * W, t > 0 ? p.reserve + (row - B) * W : nullptr,
+                                     dh, p.last_in, p.state0, p.c0, p.tau, p.carry, p.dA + row * GH,
+                                     kCell == RnnCellKind::kGru ? p.dS + row * GH : nullptr, nullptr, p.dtau_acc);
+      }
+    }
+    // Step t-1 reads dS_t of every unit of the group's batch tiles.
+    if (t >= 0) group_barrier(p.barrier + blockIdx.y, unsigned(T - t) * gridDim.x);
+  }
+}
+
+template <bool kBwd, RnnCellKind kCell, typename X>
+void* kernel_ptr() {
+  if constexpr (kBwd) return reinterpret_cast<void*>(&rnn_persistent_bwd_kernel<kCell, X>);
+  else return reinterpret_cast<void*>(&rnn_persistent_fwd_kernel<kCell, X>);
+}
+
+template <bool kBwd, typename X>
 void* pick_kernel_x(RnnCellKind cell) {
   switch (cell) {
-    case RnnCellKind::kLstm: return kernel_ptr<RnnCellKind::kLstm, X>();
-    case RnnCellKind::kGru: return kernel_ptr<RnnCellKind::kGru, X>();
-    case RnnCellKind::kRnnTanh: return kernel_ptr<RnnCellKind::kRnnTanh, X>();
-    case RnnCellKind::kRnnRelu: return kernel_ptr<RnnCellKind::kRnnRelu, X>();
-    case RnnCellKind::kLeaky: return kernel_ptr<RnnCellKind::kLeaky, X>();
+    case RnnCellKind::kLstm: return kernel_ptr<kBwd, RnnCellKind::kLstm, X>();
+    case RnnCellKind::kGru: return kernel_ptr<kBwd, RnnCellKind::kGru, X>();
+    case RnnCellKind::kRnnTanh: return kernel_ptr<kBwd, RnnCellKind::kRnnTanh, X>();
+    case RnnCellKind::kRnnRelu: return kernel_ptr<kBwd, RnnCellKind::kRnnRelu, X>();
+    case RnnCellKind::kLeaky: return kernel_ptr<kBwd, RnnCellKind::kLeaky, X>();
   }
   return nullptr;
 }
 
+template <bool kBwd>
 void* pick_kernel(RnnCellKind cell, RnnDtype dtype) {
   switch (dtype) {
-    case RnnDtype::kFloat32: return pick_kernel_x<float>(cell);
-    case RnnDtype::kFloat16: return pick_kernel_x<__half>(cell);
-    case RnnDtype::kBFloat16: return pick_kernel_x<__nv_bfloat16>(cell);
+    case RnnDtype::kFloat32: return pick_kernel_x<kBwd, float>(cell);
+    case RnnDtype::kFloat16: return pick_kernel_x<kBwd, __half>(cell);
+    case RnnDtype::kBFloat16: return pick_kernel_x<kBwd, __nv_bfloat16>(cell);
   }
   return nullptr;
 }
 
-template <RnnCellKind kCell, typename X>
-cudaError_t launch_t(const RnnPersistentFwdParams& p, size_t smem, cudaStream_t stream) {
-  auto* k = &rnn_persistent_fwd_kernel<kCell, X>;
+// One cooperative launch of the (cell, dtype) instance of the forward or backward kernel (typed
+// kernel pointers: the emulator unpacks the argument array by the kernel's parameter types).
+template <bool kBwd, RnnCellKind kCell, typename X, typename P>
+cudaError_t launch_t(const P& p, size_t smem, cudaStream_t stream) {
+  auto* k = [] {
+    if constexpr (kBwd) return &rnn_persistent_bwd_kernel<kCell, X>;
+    else return &rnn_persistent_fwd_kernel<kCell, X>;
+  }();
   PYNEURO_CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  void* args[] = {const_cast<RnnPersistentFwdParams*>(&p)};
+  void* args[] = {const_cast<P*>(&p)};
   PYNEURO_CUDA_TRY(cudaLaunchCooperativeKernel(k, dim3(p.blocks_x, p.blocks_y), dim3(kThreads), args, smem, stream));
   PYNEURO_CUDA_CHECK_LAUNCH();
   return cudaSuccess;
 }
 
-template <typename X>
-cudaError_t launch_x(const RnnPersistentFwdParams& p, size_t smem, cudaStream_t stream) {
+template <bool kBwd, typename X, typename P>
+cudaError_t launch_x(const P& p, size_t smem, cudaStream_t stream) {
   switch (p.cell) {
-    case RnnCellKind::kLstm: return launch_t<RnnCellKind::kLstm, X>(p, smem, stream);
-    case RnnCellKind::kGru: return launch_t<RnnCellKind::kGru, X>(p, smem, stream);
-    case RnnCellKind::kRnnTanh: return launch_t<RnnCellKind::kRnnTanh, X>(p, smem, stream);
-    case RnnCellKind::kRnnRelu: return launch_t<RnnCellKind::kRnnRelu, X>(p, smem, stream);
-    case RnnCellKind::kLeaky: return launch_t<RnnCellKind::kLeaky, X>(p, smem, stream);
+    case RnnCellKind::kLstm: return launch_t<kBwd, RnnCellKind::kLstm, X>(p, smem, stream);
+    case RnnCellKind::kGru: return launch_t<kBwd, RnnCellKind::kGru, X>(p, smem, stream);
+    case RnnCellKind::kRnnTanh: return launch_t<kBwd, RnnCellKind::kRnnTanh, X>(p, smem, stream);
+    case RnnCellKind::kRnnRelu: return launch_t<kBwd, RnnCellKind::kRnnRelu, X>(p, smem, stream);
+    case RnnCellKind::kLeaky: return launch_t<kBwd, RnnCellKind::kLeaky, X>(p, smem, stream);
   }
   return cudaErrorInvalidValue;
 }
 
-}  // namespace
-
-size_t rnn_persistent_fwd_smem_bytes(RnnCellKind cell, RnnDtype dtype, int H, int tiles_per_block) {
-  const int G = gates_of(cell);
-  return dtype == RnnDtype::kFloat32 ? smem_bytes_t<float>(G, H, tiles_per_block)
-                                     : smem_bytes_t<__half>(G, H, tiles_per_block);
+template <bool kBwd, typename P>
+cudaError_t launch(const P& p, size_t smem, cudaStream_t stream) {
+  switch (p.dtype) {
+    case RnnDtype::kFloat32: return launch_x<kBwd, float>(p, smem, stream);
+    case RnnDtype::kFloat16: return launch_x<kBwd, __half>(p, smem, stream);
+    case RnnDtype::kBFloat16: return launch_x<kBwd, __nv_bfloat16>(p, smem, stream);
+  }
+  return cudaErrorInvalidValue;
 }
 
-RnnPersistentPlan rnn_persistent_fwd_plan(RnnCellKind cell, RnnDtype dtype, int B, int H, int device,
-                                          int max_blocks_x) {
+// The launch shape: one unit tile per block along H unless max_blocks_x caps it, all batch tiles
+// side by side as far as the co-resident capacity goes (the rest loop inside the blocks).
+template <typename SmemOf>
+RnnPersistentPlan make_plan(int B, int H, int device, int max_blocks_x, void* kernel, SmemOf smem_of) {
   RnnPersistentPlan plan;
   if (H < 1 || B < 1 || H > kRnnPersistentMaxH) {
     plan.why_not = "H is above the persistent kernel's limit (kRnnPersistentMaxH)";
@@ -316,15 +415,14 @@ RnnPersistentPlan rnn_persistent_fwd_plan(RnnCellKind cell, RnnDtype dtype, int 
   int bx = max_blocks_x > 0 ? std::min(ntiles, max_blocks_x) : ntiles;
   const int tpb = (ntiles + bx - 1) / bx;
   bx = (ntiles + tpb - 1) / tpb;
-  const size_t smem = rnn_persistent_fwd_smem_bytes(cell, dtype, H, tpb);
+  const size_t smem = smem_of(tpb);
   if (smem > size_t(optin)) {
     plan.why_not = "the weight slice does not fit in shared memory";
     return plan;
   }
-  void* k = pick_kernel(cell, dtype);
   int per_sm = 0;
-  if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, smem) != cudaSuccess) {
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem) != cudaSuccess) {
     cudaGetLastError();
     plan.why_not = "the occupancy query failed";
     return plan;
@@ -342,17 +440,46 @@ RnnPersistentPlan rnn_persistent_fwd_plan(RnnCellKind cell, RnnDtype dtype, int 
   return plan;
 }
 
+template <typename P>
+bool valid_shape(const P& p) {
+  return p.B >= 1 && p.H >= 1 && p.H <= kRnnPersistentMaxH && p.T >= 1 && p.blocks_x >= 1 && p.blocks_y >= 1 &&
+         p.tiles_per_block >= 1 && int64_t(p.blocks_x) * p.tiles_per_block * kU >= p.H;
+}
+
+}  // namespace
+
+size_t rnn_persistent_fwd_smem_bytes(RnnCellKind cell, RnnDtype dtype, int H, int tiles_per_block) {
+  const int G = gates_of(cell);
+  return dtype == RnnDtype::kFloat32 ? smem_bytes_t<float>(G, H, tiles_per_block)
+                                     : smem_bytes_t<__half>(G, H, tiles_per_block);
+}
+
+size_t rnn_persistent_bwd_smem_bytes(RnnCellKind cell, RnnDtype dtype, int H, int tiles_per_block) {
+  const int G = gates_of(cell);
+  return dtype == RnnDtype::kFloat32 ? bwd_smem_bytes_t<float>(G, H, tiles_per_block)
+                                     : bwd_smem_bytes_t<__half>(G, H, tiles_per_block);
+}
+
+RnnPersistentPlan rnn_persistent_fwd_plan(RnnCellKind cell, RnnDtype dtype, int B, int H, int device,
+                                          int max_blocks_x) {
+  return make_plan(B, H, device, max_blocks_x, pick_kernel<false>(cell, dtype),
+                   [&](int tpb) { return rnn_persistent_fwd_smem_bytes(cell, dtype, H, tpb); });
+}
+
+RnnPersistentPlan rnn_persistent_bwd_plan(RnnCellKind cell, RnnDtype dtype, int B, int H, int device,
+                                          int max_blocks_x) {
+  return make_plan(B, H, device, max_blocks_x, pick_kernel<true>(cell, dtype),
+                   [&](int tpb) { return rnn_persistent_bwd_smem_bytes(cell, dtype, H, tpb); });
+}
+
 cudaError_t rnn_persistent_fwd(const RnnPersistentFwdParams& p, cudaStream_t stream) {
-  if (p.B < 1 || p.H < 1 || p.H > kRnnPersistentMaxH || p.T < 1 || p.blocks_x < 1 || p.blocks_y < 1 ||
-      p.tiles_per_block < 1 || int64_t(p.blocks_x) * p.tiles_per_block * kU < p.H)
-    return cudaErrorInvalidValue;
-  const size_t smem = rnn_persistent_fwd_smem_bytes(p.cell, p.dtype, p.H, p.tiles_per_block);
-  switch (p.dtype) {
-    case RnnDtype::kFloat32: return launch_x<float>(p, smem, stream);
-    case RnnDtype::kFloat16: return launch_x<__half>(p, smem, stream);
-    case RnnDtype::kBFloat16: return launch_x<__nv_bfloat16>(p, smem, stream);
-  }
-  return cudaErrorInvalidValue;
+  if (!valid_shape(p)) return cudaErrorInvalidValue;
+  return launch<false>(p, rnn_persistent_fwd_smem_bytes(p.cell, p.dtype, p.H, p.tiles_per_block), stream);
+}
+
+cudaError_t rnn_persistent_bwd(const RnnPersistentBwdParams& p, cudaStream_t stream) {
+  if (!valid_shape(p)) return cudaErrorInvalidValue;
+  return launch<true>(p, rnn_persistent_bwd_smem_bytes(p.cell, p.dtype, p.H, p.tiles_per_block), stream);
 }
 
 }  // namespace cuda

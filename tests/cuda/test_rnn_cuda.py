@@ -1,8 +1,8 @@
 """The CUDA recurrent-cell ops (csrc/cuda/rnn_glue.cpp, rnn.cu, rnn_persistent.cu) on a GPU, called
 raw through torch.ops.pyneuro, against naive.py's fp64 contract pairs: every cell variant and
-dtype, through each forward path (the persistent kernel with one unit tile per block, with several
-tiles per block, and the per-step path it falls back to), the backward on the forward's reserve,
-the fallback itself (H above the limit, the projection LSTM), and the two paths agreeing.
+dtype, through each path (the persistent forward and backward with one unit tile per block, with
+several tiles per block, and the per-step path they fall back to), the backward on the forward's
+reserve, the fallback itself (H above the limit, the projection LSTM), and the paths agreeing.
 
 Marked ``cuda`` and skipped with the reason on a machine without a GPU; ``make gpu-check`` runs them
 (and fails on a skip). The forward path is chosen through rnn_glue.cpp's environment switches
@@ -169,8 +169,22 @@ def test_paths_agree(monkeypatch):
         assert normwise(x, y.double().cpu()) <= 2e-5
 
 
+@pytest.mark.parametrize("variant", ("lstm", "gru", "rnn_relu", "leaky"))
+def test_backward_paths_agree(monkeypatch, variant):
+    """The persistent and the per-step backward, on one reserve, agree to fp32 rounding."""
+    args, cot = make(variant, 16, 21, 6, 48, F32, seed=6)
+    set_path(monkeypatch, "stepwise")
+    reserve = forward(variant, args)[-1]
+    a, _ = backward_pair(variant, args, cot, reserve)
+    set_path(monkeypatch, "persistent")
+    b, _ = backward_pair(variant, args, cot, reserve)
+    for k, (x, y) in enumerate(zip(a, b)):
+        if x.numel():
+            assert normwise(x, y.double().cpu()) <= 2e-5, k
+
+
 def test_fallback(monkeypatch):
-    """auto falls back to the per-step path where the persistent forward cannot run (H above the
+    """auto falls back to the per-step path where the persistent kernels cannot run (H above the
     limit, the projection LSTM); forcing the persistent path there raises, naming the reason."""
     ops = _ops()
     for variant, H in (("gru", 257), ("lstm_proj", 16)):
@@ -181,6 +195,10 @@ def test_fallback(monkeypatch):
         monkeypatch.setenv("PYNEURO_CUDA_RNN_PATH", "persistent")
         with pytest.raises(RuntimeError, match="persistent forward cannot run"):
             forward(variant, args)
+        monkeypatch.setenv("PYNEURO_CUDA_RNN_PATH", "persistent")
+        _, cot = make(variant, 3, 4, 3, H, F32, seed=4)
+        with pytest.raises(RuntimeError, match="persistent backward cannot run"):
+            backward_pair(variant, args, cot, out[-1])
     monkeypatch.setenv("PYNEURO_CUDA_RNN_PATH", "nonsense")
     args, _ = make("rnn_tanh", 2, 2, 2, 4, F32)
     with pytest.raises(ValueError, match="PYNEURO_CUDA_RNN_PATH"):

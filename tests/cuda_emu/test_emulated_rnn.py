@@ -154,7 +154,7 @@ def emu_forward(emu, cell, i, persistent=False, max_blocks_x=1):
     return y, h_n, c_n, reserve, None
 
 
-def emu_backward(emu, cell, i, reserve, dy, dh_n, dc_n):
+def emu_backward(emu, cell, i, reserve, dy, dh_n, dc_n, persistent=False, max_blocks_x=1):
     x = i["x"]
     X = x.dtype
     T, B, I = x.shape
@@ -173,7 +173,18 @@ def emu_backward(emu, cell, i, reserve, dy, dh_n, dc_n):
     DH = nan(T, B, R) if proj else None
     M = nan(T, B, H) if proj else None
     p = emu.p
-    for t in reversed(range(T)):
+    if persistent:  # one launch for the reverse loop; leaves step 0's carry and drec = dS_0 W_hh
+        assert not proj
+        drec = nan(B, H)
+        barrier = torch.zeros((B + 15) // 16, dtype=torch.int32)
+        plan = (ctypes.c_int * 4)()
+        rc = emu.lib.emu_rnn_persistent_bwd(CELL_CODE[cell], DTYPE_CODE[X], B, H, T, max_blocks_x, p(reserve), p(dy),
+                                            None if leaky else p(dh_n), p(dc_n) if lstm else p(dh_n) if leaky else None,
+                                            p(i["w_hh"]), p(i["h0"]), p(i.get("c0")), p(i.get("tau")), p(carry),
+                                            p(drec), p(dA), p(dS), p(dtau), p(barrier), plan)
+        assert plan[0] == 1, f"persistent backward plan refused: {list(plan)}"
+        emu.check(rc, "persistent backward")
+    for t in reversed(range(T)) if not persistent else ():
         if proj:
             dh_t = f(dy[t]) + (drec if t < T - 1 else 0) + (f(dh_n) if t == T - 1 and dh_n is not None else 0)
             DH[t] = dh_t
@@ -347,6 +358,19 @@ def test_persistent_forward(emu, case):
     assert plan[1] == 1 and plan[3] == (H + 15) // 16, plan  # one x-block holding every unit tile
     assert plan[2] == min((B + 15) // 16, 4), plan           # batch tiles on separate blocks (4 emulated SMs)
     check_forward(cell, i, out)
+
+
+@pytest.mark.parametrize("case", PERSISTENT, ids=lambda c: f"{c[0]}-T{c[1]}B{c[2]}H{c[4]}-{str(c[5]).split('.')[-1]}")
+def test_persistent_backward(emu, case):
+    """The persistent backward (one x-block, batch tiles on separate blocks) on the per-step
+    forward's reserve, against the fp64 contract backward."""
+    cell, T, B, I, H, dtype = case
+    emu.configure("random", seed=13)
+    i, cot = make_inputs(cell, T, B, I, H, dtype, seed=6)
+    reserve = emu_forward(emu, cell, i)[3]
+    grads = emu_backward(emu, cell, i, reserve, cot["dy"], cot["dh_n"], cot.get("dc_n"), persistent=True)
+    for name, e in oracle_backward(cell, i, reserve, cot).items():
+        assert_close(name, grads.get(name), e, dtype)
 
 
 def test_persistent_plan_limits(emu):

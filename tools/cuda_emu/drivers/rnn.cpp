@@ -48,4 +48,22 @@ int emu_rnn_persistent_fwd(int cell, int dtype, int B, int H, int T, int max_blo
   return rnn_persistent_fwd(p, nullptr);
 }
 
+// As emu_rnn_persistent_fwd, for the backward (dS may equal dA: non-GRU cells).
+int emu_rnn_persistent_bwd(int cell, int dtype, int B, int H, int T, int max_blocks_x, const float* reserve,
+                           const void* dy, const void* dh_n, const void* last_in, const void* w_hh, const void* state0,
+                           const void* c0, const void* tau, float* carry, float* drec, float* dA, float* dS,
+                           float* dtau_acc, unsigned* barrier, int* plan_out) {
+  const RnnPersistentPlan plan = rnn_persistent_bwd_plan(static_cast<RnnCellKind>(cell), static_cast<RnnDtype>(dtype),
+                                                         B, H, 0, max_blocks_x);
+  plan_out[0] = plan.ok; plan_out[1] = plan.blocks_x; plan_out[2] = plan.blocks_y; plan_out[3] = plan.tiles_per_block;
+  if (!plan.ok) return cudaErrorInvalidValue;
+  RnnPersistentBwdParams p;
+  p.cell = static_cast<RnnCellKind>(cell); p.dtype = static_cast<RnnDtype>(dtype);
+  p.B = B; p.H = H; p.T = T;
+  p.reserve = reserve; p.dy = dy; p.dh_n = dh_n; p.last_in = last_in; p.w_hh = w_hh; p.state0 = state0; p.c0 = c0;
+  p.tau = tau; p.carry = carry; p.drec = drec; p.dA = dA; p.dS = dS; p.dtau_acc = dtau_acc; p.barrier = barrier;
+  p.blocks_x = plan.blocks_x; p.blocks_y = plan.blocks_y; p.tiles_per_block = plan.tiles_per_block;
+  return rnn_persistent_bwd(p, nullptr);
+}
+
 }  // extern "C"
