@@ -21,9 +21,16 @@
 //     backward cannot run, naming why) | stepwise (never the persistent kernels)
 //   PYNEURO_CUDA_RNN_MAX_BLOCKS_X = n  caps the persistent kernel's blocks along the hidden units
 //     (more unit tiles per block; exercises that code path on small H)
+//
+// PYNEURO_RNN_GLUE_EMULATION (tools/cuda_emu, target rnn_glue; never in the real build): this same
+// file on CPU tensors with the kernels running on cuda_emu, registered as pyneuro_emu::<op> — no
+// CUDA guard or stream, and fp16/bf16 GEMMs as fp32 GEMMs (the CPU has no mm.dtype), so that the
+// emulator tests the glue's schedule, pointers and final GEMMs (tests/cuda_emu/test_emulated_rnn.py).
 #include <ATen/ATen.h>
+#if !defined(PYNEURO_RNN_GLUE_EMULATION)
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#endif
 #include <torch/library.h>
 
 #include <climits>
@@ -55,17 +62,39 @@ RnnCell shared_cell(RnnCellKind k) {
 
 // a @ b with an fp32 result: fp16/bf16 operands through mm.dtype (fp32 accumulation and output).
 at::Tensor mm_f32(const at::Tensor& a, const at::Tensor& b) {
+#if defined(PYNEURO_RNN_GLUE_EMULATION)
+  return at::mm(a.to(at::kFloat), b.to(at::kFloat));
+#else
   return a.scalar_type() == at::kFloat ? at::mm(a, b) : at::mm(a, b, at::kFloat);
+#endif
 }
 void mm_f32_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+#if defined(PYNEURO_RNN_GLUE_EMULATION)
+  at::mm_out(out, a.to(at::kFloat), b.to(at::kFloat));
+#else
   if (a.scalar_type() == at::kFloat) at::mm_out(out, a, b);
   else at::mm_out(out, a, b, at::kFloat);
+#endif
 }
+
+#if defined(PYNEURO_RNN_GLUE_EMULATION)
+struct DeviceGuard {
+  explicit DeviceGuard(const at::Device&) {}
+};
+cudaStream_t current_stream() { return nullptr; }
+int device_index(const at::Tensor&) { return 0; }
+#else
+using DeviceGuard = c10::cuda::CUDAGuard;
+cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream(); }
+int device_index(const at::Tensor& x) { return x.get_device(); }
+#endif
 
 const void* ptr_or_null(const OptT& t) { return t.has_value() ? t->data_ptr() : nullptr; }
 
 void check_cuda(const char* op, const at::Tensor& x, const RnnShape& s) {
+#if !defined(PYNEURO_RNN_GLUE_EMULATION)
   TORCH_CHECK_VALUE(x.is_cuda(), op, ": x must be a CUDA tensor for the cuda backend, got one on ", x.device());
+#endif
   TORCH_CHECK_VALUE(s.B * s.G * s.H < (int64_t(1) << 31) && s.B * s.R < (int64_t(1) << 31) && s.T <= INT_MAX &&
                         s.I <= INT_MAX,
                     op, ": batch * gates * hidden_size must be < 2^31 on the cuda backend (32-bit indices), got ",
@@ -88,6 +117,9 @@ Path requested_path(const char* op) {
 }
 int max_blocks_x() {
   const char* v = std::getenv("PYNEURO_CUDA_RNN_MAX_BLOCKS_X");
+#if defined(PYNEURO_RNN_GLUE_EMULATION)
+  if (v == nullptr) return 1;  // the emulator cannot meet a grid barrier across blocks (README)
+#endif
   return v ? std::atoi(v) : 0;
 }
 
@@ -101,8 +133,8 @@ Fwd forward(const char* op, RnnCellKind cell, const at::Tensor& x, const at::Ten
             const at::Tensor& w_ih, const at::Tensor& w_hh, const OptT& b_ih, const OptT& b_hh, const OptT& extra) {
   const RnnShape s = pyneuro::check_rnn_fwd(op, shared_cell(cell), x, state0, c0, w_ih, w_hh, b_ih, b_hh, extra);
   check_cuda(op, x, s);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const DeviceGuard guard(x.device());
+  const cudaStream_t stream = current_stream();
   const int T = int(s.T), B = int(s.B), I = int(s.I), H = int(s.H), R = int(s.R), G = int(s.G);
   const bool lstm = cell == RnnCellKind::kLstm, leaky = cell == RnnCellKind::kLeaky, proj = s.has_proj;
   const OptT tau = leaky ? extra : std::nullopt;
@@ -120,7 +152,7 @@ Fwd forward(const char* op, RnnCellKind cell, const at::Tensor& x, const at::Ten
   const Path path = requested_path(op);
   if (path != Path::kStepwise) {
     const RnnPersistentPlan plan = proj ? RnnPersistentPlan{false, "the projection LSTM runs per step"}
-                                        : rnn_persistent_fwd_plan(cell, dtype_of(x), B, H, x.get_device(), max_blocks_x());
+                                        : rnn_persistent_fwd_plan(cell, dtype_of(x), B, H, device_index(x), max_blocks_x());
     if (plan.ok) {
       at::Tensor barrier = at::zeros({plan.blocks_y}, x.options().dtype(at::kInt));
       RnnPersistentFwdParams p;
@@ -186,8 +218,8 @@ Bwd backward(const char* op, RnnCellKind cell, const at::Tensor& dy, const OptT&
   const RnnShape s = pyneuro::check_rnn_fwd(op, sc, x, state0, c0, w_ih, w_hh, b_ih, b_hh, extra);
   pyneuro::check_rnn_bwd(op, sc, s, x, dy, dlast, dc_n, reserve);
   check_cuda(op, x, s);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const DeviceGuard guard(x.device());
+  const cudaStream_t stream = current_stream();
   const int T = int(s.T), B = int(s.B), I = int(s.I), H = int(s.H), R = int(s.R), G = int(s.G);
   const bool lstm = cell == RnnCellKind::kLstm, gru = cell == RnnCellKind::kGru, leaky = cell == RnnCellKind::kLeaky;
   const bool proj = s.has_proj;
@@ -210,7 +242,7 @@ Bwd backward(const char* op, RnnCellKind cell, const at::Tensor& dy, const OptT&
   bool done = false;
   if (path != Path::kStepwise) {
     const RnnPersistentPlan plan = proj ? RnnPersistentPlan{false, "the projection LSTM runs per step"}
-                                        : rnn_persistent_bwd_plan(cell, dtype_of(x), B, H, x.get_device(), max_blocks_x());
+                                        : rnn_persistent_bwd_plan(cell, dtype_of(x), B, H, device_index(x), max_blocks_x());
     if (plan.ok) {
       at::Tensor barrier = at::zeros({plan.blocks_y}, x.options().dtype(at::kInt));
       RnnPersistentBwdParams q;
@@ -354,6 +386,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 }  // namespace
 
+#if defined(PYNEURO_RNN_GLUE_EMULATION)
+// Schemas inferred from the C++ signatures (positional arguments, as the tests call them).
+TORCH_LIBRARY(pyneuro_emu, m) {
+  m.def("lstm_fwd", &lstm_fwd_cuda);
+  m.def("lstm_bwd", &lstm_bwd_cuda);
+  m.def("gru_fwd", &gru_fwd_cuda);
+  m.def("gru_bwd", &gru_bwd_cuda);
+  m.def("rnn_fwd", &rnn_fwd_cuda);
+  m.def("rnn_bwd", &rnn_bwd_cuda);
+  m.def("leaky_fwd", &leaky_fwd_cuda);
+  m.def("leaky_bwd", &leaky_bwd_cuda);
+}
+#else
 TORCH_LIBRARY_IMPL(pyneuro, CUDA, m) {
   m.impl("lstm_fwd", &lstm_fwd_cuda);
   m.impl("lstm_bwd", &lstm_bwd_cuda);
@@ -364,3 +409,4 @@ TORCH_LIBRARY_IMPL(pyneuro, CUDA, m) {
   m.impl("leaky_fwd", &leaky_fwd_cuda);
   m.impl("leaky_bwd", &leaky_bwd_cuda);
 }
+#endif

@@ -405,3 +405,86 @@ def test_schedules_agree_bitwise(emu):
         for other in results[1:]:
             for a, b in zip(results[0], other):
                 assert torch.equal(a.view(torch.uint8) if a.dtype != F32 else a, b.view(torch.uint8) if b.dtype != F32 else b), cell
+
+
+# ----------------------------------------------------------------------------------------------
+# The glue itself: csrc/cuda/rnn_glue.cpp built for the emulator (target rnn_glue) on CPU tensors
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def glue_ops():
+    """torch.ops.pyneuro_emu: rnn_glue.cpp's functions (schemas inferred, positional) over the
+    emulated kernels. The build links against the installed torch (~25 s, then cached)."""
+    torch.ops.load_library(str(build_or_fail("rnn_glue")))
+    return torch.ops.pyneuro_emu
+
+
+def glue_args(variant, i):
+    cell = variant.split("_")[0]
+    if cell == "lstm":
+        return cell, (i["x"], i["h0"], i["c0"], i["w_ih"], i["w_hh"], i["b_ih"], i["b_hh"], i["w_hr"])
+    if cell == "gru":
+        return cell, (i["x"], i["h0"], i["w_ih"], i["w_hh"], i["b_ih"], i["b_hh"])
+    if cell == "rnn":
+        return cell, (i["x"], i["h0"], i["w_ih"], i["w_hh"], i["b_ih"], i["b_hh"], variant == "rnn_relu")
+    return cell, (i["x"], i["h0"], i["w_ih"], i["w_hh"], i["b_ih"], i["tau"])
+
+
+GLUE_CASES = [(v, d, path) for v in ("lstm", "lstm_proj", "gru", "rnn_tanh", "rnn_relu", "leaky")
+              for d in (F32, BF16) for path in ("persistent", "stepwise") if v != "lstm_proj" or path == "stepwise"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant,dtype,path", GLUE_CASES,
+                         ids=[f"{v}-{str(d).split('.')[-1]}-{p}" for v, d, p in GLUE_CASES])
+def test_glue_forward_backward(glue_ops, emu, monkeypatch, variant, dtype, path):
+    """The real glue (argument check, the input GEMM, path choice, per-step loop or persistent
+    launch, the final GEMMs) on the emulated kernels, against the fp64 contract pairs."""
+    monkeypatch.setenv("PYNEURO_CUDA_RNN_PATH", path)
+    monkeypatch.setenv("PYNEURO_CUDA_RNN_MAX_BLOCKS_X", "1")
+    emu.configure("forward")
+    kernel_cell = {"lstm_proj": "lstm"}.get(variant, variant)
+    i, cot = make_inputs(kernel_cell, 4, 18, 3, 20, dtype, proj=3 if variant == "lstm_proj" else 0, seed=21)
+    cell, args = glue_args(variant, i)
+    out = getattr(glue_ops, f"{cell}_fwd")(*args)
+    reserve = out[-1]
+    ey, eh, ec, er = oracle_forward(kernel_cell, i)
+    assert_close("y", out[0], ey, dtype)
+    assert_close("h_n", out[1], eh, dtype)
+    assert_close("reserve", reserve, er, dtype)
+    if cell == "lstm":
+        assert_close("c_n", out[2], ec, dtype)
+    dy, dh_n, dc_n = cot["dy"], cot["dh_n"], cot.get("dc_n")
+    if cell == "lstm":
+        got = glue_ops.lstm_bwd(dy, dh_n, dc_n, *args, reserve)
+    elif cell == "rnn":
+        got = glue_ops.rnn_bwd(dy, dh_n, *args[:6], reserve, args[6])
+    else:
+        got = getattr(glue_ops, f"{cell}_bwd")(dy, dh_n, *args, reserve)
+    want = oracle_backward(kernel_cell, i, reserve, cot)
+    for (name, e), g in zip(want.items(), got):
+        assert_close(name, g, e, dtype)
+
+
+@pytest.mark.slow
+def test_glue_errors(glue_ops):
+    """The shared argument check runs in the glue (the error contract: TypeError for a dtype,
+    ValueError for a shape), and a forced persistent path that cannot run says why."""
+    i, _ = make_inputs("gru", 2, 3, 3, 5, F32)
+    _, args = glue_args("gru", i)
+    with pytest.raises(TypeError, match="gru_fwd"):
+        glue_ops.gru_fwd(args[0].double(), *args[1:])
+    with pytest.raises(ValueError, match="h0"):
+        glue_ops.gru_fwd(args[0], args[1][:, :4].contiguous(), *args[2:])
+    j, _ = make_inputs("gru", 2, 3, 3, 300, F32)
+    _, big = glue_args("gru", j)
+    import os
+    old = os.environ.get("PYNEURO_CUDA_RNN_PATH")
+    os.environ["PYNEURO_CUDA_RNN_PATH"] = "persistent"
+    try:
+        with pytest.raises(RuntimeError, match="persistent forward cannot run"):
+            glue_ops.gru_fwd(*big)
+    finally:
+        if old is None:
+            del os.environ["PYNEURO_CUDA_RNN_PATH"]
+        else:
+            os.environ["PYNEURO_CUDA_RNN_PATH"] = old

@@ -55,6 +55,9 @@ TARGETS = {
     "selective_scan_selfcheck": (["csrc/cuda/*.cu"], ["tools/cuda_emu/drivers/selective_scan.cpp",
                                                       "tools/cuda_emu/drivers/selective_scan_selfcheck.cpp"], True),
     "rnn": (["csrc/cuda/rnn*.cu"], ["tools/cuda_emu/drivers/rnn.cpp"], False),
+    # The torch glue itself (csrc/cuda/rnn_glue.cpp under PYNEURO_RNN_GLUE_EMULATION) on CPU tensors,
+    # linked against the installed (CPU) torch: load with torch.ops.load_library, ops pyneuro_emu::*.
+    "rnn_glue": (["csrc/cuda/rnn*.cu"], ["csrc/cuda/rnn_glue.cpp"], False),
     "emu_selftest": (["tests/cuda_emu/kernels/*.cu"], [], False),
     "emu_selftest_main": (["tests/cuda_emu/kernels/*.cu"], ["tools/cuda_emu/drivers/emu_selftest_main.cpp"], True),
 }
@@ -62,6 +65,24 @@ TARGETS = {
 
 class BuildError(RuntimeError):
     pass
+
+
+def _torch_flags() -> tuple[list[str], list[str], str]:
+    """(compile flags, link flags, version) of the installed torch, for targets that use it."""
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError as e:
+        raise BuildError(f"torch is not importable: {e}") from e
+    inc = [f"-isystem{d}" for d in cpp_extension.include_paths()]
+    libs = cpp_extension.library_paths()
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    link = [f"-L{d}" for d in libs] + [f"-Wl,-rpath,{d}" for d in libs] + ["-ltorch_cpu", "-lc10", "-ltorch"]
+    return inc + [f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-DPYNEURO_RNN_GLUE_EMULATION=1"], link, torch.__version__
+
+
+# Targets whose drivers use torch (compile flags for the drivers, link flags, and torch's version in the hash).
+TORCH_TARGETS = {"rnn_glue"}
 
 
 def _compiler_version() -> str:
@@ -122,8 +143,9 @@ def build(target: str = "selective_scan", sanitize: str | None = None, verbose: 
     cu, drivers, hashed = _inputs(target)
     executable = TARGETS[target][2]
     flags = BASE_FLAGS + OPT[sanitize]
+    torch_cflags, torch_ldflags, torch_version = _torch_flags() if target in TORCH_TARGETS else ([], [], "")
     h = hashlib.sha256()
-    for part in (target, str(sanitize), _compiler_version(), " ".join(flags)):
+    for part in (target, str(sanitize), _compiler_version(), " ".join(flags), torch_version):
         h.update(part.encode() + b"\0")
     for p in hashed:
         h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes() + b"\0")
@@ -148,13 +170,15 @@ def build(target: str = "selective_scan", sanitize: str | None = None, verbose: 
             sources.append(dst)
     includes = [f"-I{HERE / 'include'}", f"-I{mirror / 'csrc' / 'cuda'}"]
     jobs = [(s, tmp / f"{s.stem}.cu.o", flags + includes + _sanitize_flags(sanitize, False)) for s in sources]
-    jobs += [(d, tmp / f"{d.stem}.o", flags + includes + _sanitize_flags(sanitize, False)) for d in drivers]
+    jobs += [(d, tmp / f"{d.stem}.o", flags + includes + torch_cflags + _sanitize_flags(sanitize, False))
+             for d in drivers]
     jobs.append((HERE / "src" / "runtime.cpp", tmp / "runtime.o", flags + includes + _sanitize_flags(sanitize, True)))
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(2, os.cpu_count() or 1))) as pool:
         for f in [pool.submit(_compile, *j) for j in jobs]:
             f.result()
     link = [CXX, *flags, *(["-fsanitize=" + sanitize] if sanitize else []),
-            *(() if executable else ("-shared",)), *[str(j[1]) for j in jobs], "-o", str(tmp / product.name)]
+            *(() if executable else ("-shared",)), *[str(j[1]) for j in jobs], *torch_ldflags,
+            "-o", str(tmp / product.name)]
     r = subprocess.run(link, capture_output=True, text=True)
     if r.returncode != 0:
         raise BuildError(f"linking {product.name} failed:\n{' '.join(link)}\n{r.stderr[-4000:]}")
