@@ -369,7 +369,7 @@ class _Run:
                  if self.ctx.distributed else "1 process")
         preset = f", preset {self.settings['preset']}" if self.settings.get("preset") else ""
         print(f"training {self.spec.name} ({n_params:,} parameters{preset}) on {self.device}, {procs}, for "
-              f"{self.tr['epochs']} epochs, {len(self.train_y):,} {self.tr['train_split']} images, "
+              f"{self.tr['epochs']} epochs, {len(self.train_y):,} {self.tr.get('train_split', 'train')} images, "
               f"{f'{len(self.val_y):,} val images' if self.tr['eval_every'] else 'no validation pass'} "
               f"-> {self.out}", file=self.stream)
 
