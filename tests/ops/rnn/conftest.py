@@ -1,9 +1,16 @@
 """Fixtures of the recurrent cells' conformance suite (the shared definitions are in rnn_cases.py).
 
-The Triton interpreter runs a kernel's every tile operation in Python: under it, a test on a
-size other than the tiny ones (INTERPRETER_FAST), or a test decorated with
-``@interpreter_slow``, is marked ``slow`` (CI runs it; `make test` leaves it out). On a GPU the
-triton target runs everything in the fast set.
+What `make test` leaves to the slow run (CI runs both), to stay within its time budget on 2 cores:
+* the Triton interpreter runs a kernel's every tile operation in Python: under it, a test on a
+  size other than the tiny ones (INTERPRETER_FAST), or a test decorated with ``@interpreter_slow``,
+  is slow. On a GPU the triton target runs everything in `make test`;
+* the CPU ISA variants other than the one in use differ only in the vectorised cell updates:
+  in `make test` they run the tests decorated with ``@every_isa`` (the oracle comparisons of the
+  public functions and of the raw pairs), everything in the slow run;
+* the reference's repeats: in bf16/fp16 against the oracle (it computes in fp32 whatever the
+  dtype, which test_rnn_oracle.py checks exactly, and its fp32 runs stay in `make test`), and the
+  layers in fp32 beyond the tiny configurations (test_reference_fp64_matches_torch runs every
+  configuration on it in fp64, to 1e-10).
 """
 from __future__ import annotations
 
@@ -11,9 +18,19 @@ from pathlib import Path
 
 import pytest
 
+import torch
+
+from pyneuro import _backends
 from rnn_cases import INTERPRETER_FAST, activated, all_targets, backend_targets, compiled_targets, interpreted
 
 HERE = Path(__file__).resolve().parent
+DEFAULT_ISA = _backends.extension()[0].cpu_isa() if _backends.extension()[0] is not None else None
+# Reference-target tests that are repeats in `make test`, by test name: params -> slow?
+REFERENCE_REPEATS = {
+    "test_matches_oracle": lambda p: p["dtype"] != torch.float32,
+    "test_gradient_from_one_output_only": lambda p: p["dtype"] != torch.float32,
+    "test_fp32_matches_torch": lambda p: p["size"] not in INTERPRETER_FAST,
+}
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -23,10 +40,17 @@ def pytest_collection_modifyitems(config, items):
             continue
         params = item.callspec.params
         target = next((v for k, v in params.items() if k.endswith("target")), None)
-        if target is None or not hasattr(target, "backend") or not interpreted(target):
+        if target is None or not hasattr(target, "backend"):
             continue
         size = params.get("size")
-        if getattr(item.function, "interpreter_slow", False) or (size is not None and size not in INTERPRETER_FAST):
+        if interpreted(target):
+            slow = getattr(item.function, "interpreter_slow", False) or (size is not None and size not in INTERPRETER_FAST)
+        elif target.backend == "cpu" and target.isa is not None:
+            slow = target.isa != DEFAULT_ISA and not getattr(item.function, "every_isa", False)
+        else:
+            repeat = REFERENCE_REPEATS.get(item.function.__name__)
+            slow = target.backend == "reference" and repeat is not None and repeat(params)
+        if slow:
             item.add_marker(pytest.mark.slow)
 
 

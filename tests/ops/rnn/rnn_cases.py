@@ -197,6 +197,13 @@ def interpreter_slow(fn):
     return fn
 
 
+def every_isa(fn):
+    """Run this test on every CPU ISA variant in `make test` (the others run there in the default
+    variant only, every variant in the slow run)."""
+    fn.every_isa = True
+    return fn
+
+
 def interpreted(target: Target) -> bool:
     return target.backend == "triton" and target.device == "cpu"
 

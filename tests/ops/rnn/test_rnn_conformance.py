@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rnn_cases import (DTYPES, VARIANTS, Size, assert_matches, case_data, interpreter_slow, make_args, make_cotangents,
-                       oracle, reference_target, relu_margin_for, run_public)
+from rnn_cases import (DTYPES, VARIANTS, assert_matches, case_data, every_isa, interpreter_slow, make_args,
+                       make_cotangents, oracle, reference_target, relu_margin_for, run_public, Size)
 
 # T = 1, batch 1, I = 1; H odd and not a multiple of 8 (vector tails), P < H; no biases; a longer
 # sequence with H past one 16- or 32-wide tile. (P is only used by the lstm_proj variant.)
@@ -38,6 +38,7 @@ def check(target, variant, args, cot, outs_ref, grads_ref, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("size", list(SIZES))
 @pytest.mark.parametrize("variant", list(VARIANTS))
+@every_isa
 def test_matches_oracle(any_target, variant, size, dtype):
     margin = relu_margin_for(any_target, dtype)
     if VARIANTS[variant].relu and margin > 1e-3 and size == "T28-H37":

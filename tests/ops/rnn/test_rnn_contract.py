@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rnn_cases import (DTYPES, GATES, VARIANTS, Size, assert_matches, backend_targets, interpreter_slow, make_args, make_cotangents,
-                       oracle_backward, oracle_forward, raw_ops, relu_margin_for, well_conditioned_args)
+from rnn_cases import (DTYPES, GATES, VARIANTS, assert_matches, backend_targets, every_isa, interpreter_slow,
+                       make_args, make_cotangents, oracle_backward, oracle_forward, raw_ops, relu_margin_for, Size,
+                       well_conditioned_args)
 
 SIZES = {
     "tiny": Size(T=3, B=2, I=3, H=5, P=2),
@@ -72,11 +73,13 @@ def check_pair(target, variant, size, dtype, mode):
 @pytest.mark.parametrize("size", list(SIZES))
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @interpreter_slow
+@every_isa
 def test_pair_matches_contract(target, variant, size, dtype):
     check_pair(target, VARIANTS[variant], SIZES[size], dtype, "all")
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
+@every_isa
 def test_pair_matches_contract_tiny(target, variant):
     """The interpreter's fast share of the test above: fp32 and bf16 on the tiny size."""
     for dtype in (torch.float32, torch.bfloat16):
