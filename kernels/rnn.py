@@ -28,15 +28,18 @@ fp16/bf16 inputs the weights stay in that dtype on chip and the tl.dot operands 
 gate gradients in the backward) are rounded to it, with fp32 accumulation (allowed by the
 contract); fp32 runs tl.dot in IEEE fp32 (no TF32), the host GEMMs in fp32.
 
-What fits on chip (PERSISTENT_MAX_H)
-------------------------------------
-The resident operand is W_hhᵀ: G·H·R elements (+ P·H for W_hr), loaded before the time loop and
-live across it. On sm_80 (mma.sync) tl.dot's B operand lives in registers: the register file is
-64 K x 32-bit per SM, at most 255 per thread. On sm_90 (wgmma) it is staged through shared memory
-(228 KB per SM). `make triton-compile` compiles every persistent specialisation for both and
-reports registers / spills / shared memory; PERSISTENT_MAX_H holds the largest H per dtype that
-compiles without spills for every cell (see docs/kernels/triton.md for the table). Beyond it the
-step mode runs (any H).
+What stays on chip, and what fits (PERSISTENT_MAX_H)
+----------------------------------------------------
+The resident operand is W_hhᵀ per gate (G·H·R elements, + P·H for W_hr), loaded before the time
+loop. Triton (3.9, TTGIR inspected for sm_80 and sm_90) writes it to shared memory once, before
+the loop (a hoisted local_alloc), and each step reads it from there into the dot-operand
+registers (local_load): the weights cross the memory bus once per program, not once per step.
+With BLOCK_B = 16 rows the dots are mma.sync on both architectures (wgmma needs M >= 64), and
+fp32 IEEE dots run on the FMA units. The limits are then shared memory per block (163 KB sm_80,
+227 KB sm_90: the weights plus the staging of the other dot operand and of layout conversions)
+and registers for the dot operands and the per-step tiles (64 K per SM, <= 255 per thread). `make triton-compile` compiles
+every persistent specialisation for both architectures and gates spills and shared memory up to
+PERSISTENT_MAX_H (the table is in docs/kernels/triton.md); beyond it the step mode runs (any H).
 
 Traffic (per sequence, persistent): reads xg (T·B·G·H fp32) once, W_hh once per program;
 writes y (T·B·R, X) and the reserve (contract table, fp32) once. Backward: reads dy, reserve once
