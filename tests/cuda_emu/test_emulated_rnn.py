@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
+import subprocess
 import zlib
 
 import pytest
@@ -466,7 +468,7 @@ def test_glue_forward_backward(glue_ops, emu, monkeypatch, variant, dtype, path)
 
 
 @pytest.mark.slow
-def test_glue_errors(glue_ops):
+def test_glue_errors(glue_ops, monkeypatch):
     """The shared argument check runs in the glue (the error contract: TypeError for a dtype,
     ValueError for a shape), and a forced persistent path that cannot run says why."""
     i, _ = make_inputs("gru", 2, 3, 3, 5, F32)
@@ -477,14 +479,31 @@ def test_glue_errors(glue_ops):
         glue_ops.gru_fwd(args[0], args[1][:, :4].contiguous(), *args[2:])
     j, _ = make_inputs("gru", 2, 3, 3, 300, F32)
     _, big = glue_args("gru", j)
-    import os
-    old = os.environ.get("PYNEURO_CUDA_RNN_PATH")
-    os.environ["PYNEURO_CUDA_RNN_PATH"] = "persistent"
+    monkeypatch.setenv("PYNEURO_CUDA_RNN_PATH", "persistent")
+    with pytest.raises(RuntimeError, match="persistent forward cannot run"):
+        glue_ops.gru_fwd(*big)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sanitizers (opt-in, as tests/cuda_emu/test_emulated_sanitizers.py: PYNEURO_EMU_SANITIZE=
+# address,undefined or thread; each sanitized build takes minutes)
+# ----------------------------------------------------------------------------------------------
+SANITIZE_MODES = [m for m in [os.environ.get("PYNEURO_EMU_SANITIZE", "")] if m]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SANITIZE_MODES, reason="opt-in: set PYNEURO_EMU_SANITIZE=address,undefined or thread")
+@pytest.mark.parametrize("mode", SANITIZE_MODES or ["none"])
+def test_rnn_kernels_sanitizer_clean(mode):
+    """tools/cuda_emu/drivers/rnn_selfcheck.cpp: every cell's per-step and persistent kernels,
+    forward and backward, fp32 and bf16, three schedules, exactly sized buffers; no report."""
+    from emu_scan import emu_build
     try:
-        with pytest.raises(RuntimeError, match="persistent forward cannot run"):
-            glue_ops.gru_fwd(*big)
-    finally:
-        if old is None:
-            del os.environ["PYNEURO_CUDA_RNN_PATH"]
-        else:
-            os.environ["PYNEURO_CUDA_RNN_PATH"] = old
+        exe = emu_build.build("rnn_selfcheck", sanitize=mode)
+    except emu_build.BuildError as e:
+        pytest.fail(f"sanitized build of rnn_selfcheck failed:\n{e}", pytrace=False)
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0", TSAN_OPTIONS="halt_on_error=0")
+    r = subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=1800)
+    log = r.stdout + r.stderr
+    assert r.returncode == 0 and "Sanitizer" not in log, log[-6000:]
+    assert log.count("ok schedule") == 3, log[-3000:]

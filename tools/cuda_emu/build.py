@@ -55,6 +55,8 @@ TARGETS = {
     "selective_scan_selfcheck": (["csrc/cuda/*.cu"], ["tools/cuda_emu/drivers/selective_scan.cpp",
                                                       "tools/cuda_emu/drivers/selective_scan_selfcheck.cpp"], True),
     "rnn": (["csrc/cuda/rnn*.cu"], ["tools/cuda_emu/drivers/rnn.cpp"], False),
+    "rnn_selfcheck": (["csrc/cuda/rnn*.cu"], ["tools/cuda_emu/drivers/rnn.cpp",
+                                              "tools/cuda_emu/drivers/rnn_selfcheck.cpp"], True),
     # The torch glue itself (csrc/cuda/rnn_glue.cpp under PYNEURO_RNN_GLUE_EMULATION) on CPU tensors,
     # linked against the installed (CPU) torch: load with torch.ops.load_library, ops pyneuro_emu::*.
     "rnn_glue": (["csrc/cuda/rnn*.cu"], ["csrc/cuda/rnn_glue.cpp"], False),
