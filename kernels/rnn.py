@@ -37,9 +37,10 @@ registers (local_load): the weights cross the memory bus once per program, not o
 With BLOCK_B = 16 rows the dots are mma.sync on both architectures (wgmma needs M >= 64), and
 fp32 IEEE dots run on the FMA units. The limits are then shared memory per block (163 KB sm_80,
 227 KB sm_90: the weights plus the staging of the other dot operand and of layout conversions)
-and registers for the dot operands and the per-step tiles (64 K per SM, <= 255 per thread). `make triton-compile` compiles
-every persistent specialisation for both architectures and gates spills and shared memory up to
-PERSISTENT_MAX_H (the table is in docs/kernels/triton.md); beyond it the step mode runs (any H).
+and registers for the dot operands and the per-step tiles (64 K per SM, <= 255 per thread).
+`make triton-compile` compiles every persistent specialisation for both architectures and gates
+spills and shared memory up to PERSISTENT_MAX_H (the table is in docs/kernels/triton.md); beyond
+it the step mode runs (any H).
 
 Traffic (per sequence, persistent): reads xg (T·B·G·H fp32) once, W_hh once per program;
 writes y (T·B·R, X) and the reserve (contract table, fp32) once. Backward: reads dy, reserve once
@@ -548,13 +549,11 @@ def supports(cell: str, hidden_size: int, state_size: int, dtype) -> Optional[st
 
 
 def _require(cell, H, R, dtype):
+    # The op checks supports() before launching; this guards direct callers (the error contract:
+    # TypeError for a dtype, ValueError otherwise).
     reason = supports(cell, H, R, dtype)
     if reason is not None:
-        raise ValueError(f"{cell} (triton): {reason}")
-
-
-def _f32(t):
-    return None if t is None else t.float()
+        raise (TypeError if dtype not in DTYPES else ValueError)(f"{cell} (triton): {reason}")
 
 
 def _input_proj(x, w_ih, *biases):

@@ -4,7 +4,8 @@ spills and shared memory per specialisation (`make triton-compile`).
     python scripts/triton_compile.py [--arch 80 90] [--jobs N] [--all-n] [--ops scan rnn] [-k TEXT]
 
 Which specialisations (--ops scan rnn; both by default): the ones pyneuro.kernels.selective_scan
-launches, with its own launch-shape rules (fwd_launch_shape/bwd_launch_shape) for a wide segment (seg_dim = 1024, the largest BLOCK_D):
+launches, with its own launch-shape rules (fwd_launch_shape/bwd_launch_shape) for a wide segment
+(seg_dim = 1024, the largest BLOCK_D):
   * every feature on (D, z, delta_bias, softplus, variable B and C, initial state): the most live
     tiles, so the worst case for registers; fp32 and bf16; N = 4 .. 128 (256 with --all-n) at
     default_chunk_size(N)

@@ -238,3 +238,10 @@ def test_supports(args, problem):
     reason = rk.supports(*args)
     assert reason is not None and problem in reason, reason
     assert rk.supports("lstm", 300, 100, torch.bfloat16) is None  # any H: step mode
+
+
+def test_direct_call_refuses_fp64():
+    """A direct launcher call checks supports() too, with the error contract's TypeError for a dtype."""
+    inputs = make_inputs("rnn", 2, 1, 1, 4, dtype=torch.float64)
+    with pytest.raises(TypeError, match="float64"):
+        rk.rnn_fwd(*(inputs[k] for k in CELLS["rnn"][0]), False)
