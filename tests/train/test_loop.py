@@ -104,3 +104,21 @@ def test_channels_last_trains_the_same_function(tiny_data, tmp_path):
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-3, atol=1e-4, msg=key)
     assert abs(a["test_acc"] - b["test_acc"]) <= 2 / 60
+
+
+def test_a_model_with_a_view_hyper_parameter_trains_and_evaluates_on_that_view(tiny_data, tmp_path, monkeypatch):
+    shapes = set()
+    real = loop.model_input
+
+    def spy(spec, hyper, images, channels_last=False):
+        x = real(spec, hyper, images, channels_last)
+        shapes.add(tuple(x.shape[1:]))
+        return x
+
+    monkeypatch.setattr(loop, "model_input", spy)
+    settings = resolve("lstm", None, ['model.view="pixels"', "model.hidden_size=8", "train.batch_size=32",
+                                      "train.epochs=1", "train.train_subset=64", "train.threads=1",
+                                      'train.device="cpu"', f"train.data_dir={json.dumps(str(tiny_data))}"])
+    summary = loop.train(settings, tmp_path, stream=io.StringIO())
+    assert shapes == {(784, 1)}  # the probe, the training steps, validation and test: all pixels
+    assert summary["settings"]["hyper"]["view"] == "pixels"
