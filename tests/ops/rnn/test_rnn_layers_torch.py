@@ -25,7 +25,7 @@ from torch import nn
 
 import pyneuro.nn as pn
 import pyneuro.nn.rnn as pn_rnn
-from rnn_cases import assert_matches, interpreter_slow
+from rnn_cases import HAS_GPU, Target, activated, all_targets, assert_matches, interpreter_slow
 
 TIGHT = dict(atol=1e-12, rtol=1e-10)
 KINDS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
@@ -78,8 +78,7 @@ def run(layer, x, hx, cot, names):
 def compare(target, kind, config, dtype):
     c = CONFIGS[config]
     kwargs = {k: v for k, v in c.items() if k not in ("seq", "batch", "input", "hidden", "hx", "unbatched")}
-    if "proj_size" in kwargs and kind != "lstm":
-        pytest.skip("proj_size exists only for the LSTM (torch.nn too)")
+    assert kind == "lstm" or "proj_size" not in kwargs, "proj_size exists only for the LSTM (torch.nn too)"
     theirs, ours = pair(kind, c["input"], c["hidden"], dtype, target.backend, target.device, **kwargs)
     gen = torch.Generator().manual_seed(1)
     batch_shape = () if c.get("unbatched") else (c["batch"],)
@@ -131,7 +130,7 @@ CASES = [(k, c) for k in KINDS for c in CONFIGS if k == "lstm" or not c.startswi
 
 @pytest.mark.parametrize("kind,config", CASES, ids=[f"{k}-{c}" for k, c in CASES])
 def test_reference_fp64_matches_torch(kind, config):
-    compare(type("T", (), {"backend": "reference", "device": "cpu", "tolerance": None})(), kind, config, torch.float64)
+    compare(Target("reference", "cpu"), kind, config, torch.float64)
 
 
 @pytest.mark.parametrize("kind,size", [(k, c) for k, c in CASES], ids=[f"{k}-{c}" for k, c in CASES])
@@ -261,14 +260,25 @@ def test_dropout_masks_replayed_through_torch(any_target, kind, kwargs, monkeypa
     assert not recorder.masks, "no dropout in eval mode"
 
 
+# On a GPU torch.nn draws its masks in cuDNN (its own dropout state), not from the seed alone:
+# the targets on CPU tensors only (the reference on the CPU included on a GPU machine).
+CPU_TARGETS = ([p for p in all_targets() if p.values[0].device == "cpu"]
+               + ([pytest.param(Target("reference", "cpu"), id="reference-cpu")] if HAS_GPU else []))
+
+
+@pytest.mark.parametrize("cpu_target", CPU_TARGETS)
 @pytest.mark.parametrize("kind,kwargs", DROPOUT_CASES, ids=[k for k, _ in DROPOUT_CASES])
 @interpreter_slow
-def test_dropout_same_seed_gives_torch_nn_masks_on_cpu(any_target, kind, kwargs):
+def test_dropout_same_seed_gives_torch_nn_masks_on_cpu(cpu_target, kind, kwargs):
     """On the CPU, torch.manual_seed(s) before each call gives our layer torch.nn's own dropout
     masks: the same results as torch.nn.LSTM/GRU/RNN in training mode, seed for seed."""
-    if any_target.device != "cpu":
-        pytest.skip("on a GPU torch.nn draws its masks in cuDNN (its own dropout state), not from the seed alone")
+    any_target = cpu_target
     dtype = _dtype_for(any_target)
+    with activated(any_target):
+        same_seed_check(any_target, kind, kwargs, dtype)
+
+
+def same_seed_check(any_target, kind, kwargs, dtype):
     theirs, ours = pair(kind, 3, 5, dtype, any_target.backend, any_target.device, dropout=0.4, **kwargs)
     theirs.train(), ours.train()
     x = torch.randn(4, 3, 3, generator=torch.Generator().manual_seed(4)).to(dtype)

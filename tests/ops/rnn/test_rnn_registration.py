@@ -9,8 +9,8 @@ import torch
 import pyneuro.nn as pn
 from pyneuro import _backends
 from pyneuro.ops import rnn as rnn_ops
-from rnn_cases import (VARIANTS, Size, assert_matches, interpreted, interpreter_slow, make_args, make_cotangents,
-                       raw_ops)
+from rnn_cases import (VARIANTS, Size, Target, assert_matches, backend_targets, interpreted, interpreter_slow,
+                       make_args, make_cotangents, raw_ops)
 
 OPCHECK_SIZES = {"tiny": Size(T=2, B=3, I=1, H=5, P=3), "nobias": Size(T=3, B=1, I=2, H=3, P=2, bias=False)}
 # opcheck runs each op a dozen times (~2.5 s a case on 2 cores): fp32 on the odd tiny size in
@@ -79,21 +79,21 @@ def test_torch_compile_fullgraph(backend_target, layer):
 @pytest.mark.parametrize("layer", list(LAYERS))
 def test_torch_compile_fullgraph_reference(layer):
     """The reference's Python loop unrolled into one graph (~15 s for the 2-layer LSTM)."""
-    _compile_check(type("T", (), {"backend": "reference", "device": "cpu"})(), layer, "aot_eager")
+    _compile_check(Target("reference", "cpu"), layer, "aot_eager")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layer", list(LAYERS))
-def test_torch_compile_inductor(backend_target, layer):
-    if interpreted(backend_target):
-        pytest.skip("inductor does not run interpreted Triton kernels on CPU tensors")
-    _compile_check(backend_target, layer, "inductor")
+# inductor does not run interpreted Triton kernels on CPU tensors: not generated for that target
+@pytest.mark.parametrize("compiled_target", [p for p in backend_targets() if not interpreted(p.values[0])], ids=str)
+def test_torch_compile_inductor(compiled_target, layer):
+    _compile_check(compiled_target, layer, "inductor")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layer", list(LAYERS))
 def test_torch_compile_inductor_reference(layer):
-    _compile_check(type("T", (), {"backend": "reference", "device": "cpu"})(), layer, "inductor")
+    _compile_check(Target("reference", "cpu"), layer, "inductor")
 
 
 # ----------------------------------------------------------------------------------------------
