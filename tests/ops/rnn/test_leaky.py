@@ -77,3 +77,17 @@ def test_one_step_closed_form(any_target):
     du0_ref = (1 - alpha) + (alpha @ a64["w_hh"]) * (1 - a64["u0"].tanh() ** 2)
     assert_matches(du0, du0_ref, tol, "du_0")
     assert_matches(dtau, ((a64["u0"] - a) / a64["tau"] ** 2).sum(0), tol, "dtau")
+
+
+def test_infinite_state_stays_infinite_as_in_the_contract(any_target):
+    """u_t = (1 - 1/tau) u_{t-1} + (1/tau) a_t with u_{t-1} = a_t = -inf is -inf (h = -1), as the
+    reference computes it; the rearranged u + (a - u)/tau would give -inf + NaN = NaN. (Found by the
+    fuzz suite: a non-finite recurrent weight.)"""
+    x = torch.tensor([[[-0.0075]], [[0.5364]]], device=any_target.device)
+    u0 = torch.tensor([[-1.646]], device=any_target.device)
+    w_ih = torch.tensor([[-0.515]], device=any_target.device)
+    w_hh = torch.tensor([[float("inf")]], device=any_target.device)
+    tau = torch.tensor([3.15], device=any_target.device)
+    h, u = leaky_sequence(x, u0, w_ih, w_hh, None, tau, backend=any_target.backend)
+    assert torch.equal(h.cpu().flatten(), torch.tensor([-1.0, -1.0])), h.flatten().tolist()
+    assert u.item() == float("-inf")
