@@ -60,18 +60,18 @@ struct RnnRows {
                                    const std::optional<at::Tensor>& initial_state, const at::Tensor& chunk_states, \
                                    bool delta_softplus);                                                          \
   void vec_math(VecFn fn, const float* x, float* y, int64_t n);                                                   \
-  void lstm_fwd_step(const RnnRows& r, const float* pre, const float* c_prev, int64_t ld_c, float* reserve_t,      \
+  void lstm_fwd_step(const RnnRows& r, const float* bias, const float* c_prev, int64_t ld_c, float* reserve_t,    \
                      float* m_out);                                                                               \
   void lstm_bwd_step(const RnnRows& r, const float* dm, int64_t ld_dm, const float* reserve_t, const float* c_prev, \
                      int64_t ld_c, float* dc, float* dgates_t, float* m_out);                                     \
-  void gru_fwd_step(const RnnRows& r, const float* xg, const float* s, const float* b_hh, const float* h_prev,     \
+  void gru_fwd_step(const RnnRows& r, const float* s, const float* b_ih, const float* b_hh, const float* h_prev,  \
                     int64_t ld_h, float* reserve_t);                                                              \
   void gru_bwd_step(const RnnRows& r, const float* dh, const float* reserve_t, const float* h_prev, int64_t ld_h,  \
                     float* d_input_t, float* d_recurrent_t, float* dh_prev);                                      \
-  void rnn_fwd_step(const RnnRows& r, const float* pre, bool relu, float* h_t);                                    \
+  void rnn_fwd_step(const RnnRows& r, const float* pre, const float* bias, bool relu, float* h_t);                 \
   void rnn_bwd_step(const RnnRows& r, const float* dh, const float* h_t, bool relu, float* dpre_t);                \
-  void leaky_fwd_step(const RnnRows& r, const float* a, const float* u_prev, int64_t ld_u, const float* alpha,     \
-                      float* u_t, float* h_t);                                                                    \
+  void leaky_fwd_step(const RnnRows& r, const float* a, const float* bias, const float* u_prev, int64_t ld_u,     \
+                      const float* alpha, float* u_t, float* h_t);                                                \
   void leaky_bwd_step(const RnnRows& r, const float* dh, const float* u_t, const float* u_prev, int64_t ld_u,      \
                       const float* alpha, float* g, float* da_t, float* dtau_acc, float* h_t);                    \
   }

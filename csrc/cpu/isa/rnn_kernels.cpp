@@ -21,20 +21,23 @@
 
 namespace pyneuro::cpu::PYNEURO_CPU_ISA {
 
-void lstm_fwd_step(const RnnRows& r, const float* pre, const float* c_prev, int64_t ld_c, float* reserve_t,
+// The gate block of reserve_t holds x W_ihᵀ + h W_hhᵀ on entry (`bias` = b_ih + b_hh is added
+// here, saving a pass) and the activated gates on exit: each element is read before it is
+// overwritten, by the same iteration.
+void lstm_fwd_step(const RnnRows& r, const float* bias, const float* c_prev, int64_t ld_c, float* reserve_t,
                    float* m_out) {
   const int64_t H = r.H, W = r.ld_reserve;
   for (int64_t b = r.b0; b < r.b1; ++b) {
-    const float* p = pre + b * 4 * H;
-    const float* cp = c_prev + b * ld_c;
     float* out = reserve_t + b * W;
+    const float* p = out;
+    const float* cp = c_prev + b * ld_c;
     // Without a projection h_t goes straight into the reserve's h block; with one, m_t goes to
     // m_out and the driver projects it (h_t = m_t W_hrᵀ).
     float* m = m_out ? m_out + b * H : out + 5 * H;
 #pragma omp simd
     for (int64_t k = 0; k < H; ++k) {
-      const float i = vec::sigmoid(p[k]), f = vec::sigmoid(p[H + k]);
-      const float g = vec::tanh(p[2 * H + k]), o = vec::sigmoid(p[3 * H + k]);
+      const float i = vec::sigmoid(p[k] + bias[k]), f = vec::sigmoid(p[H + k] + bias[H + k]);
+      const float g = vec::tanh(p[2 * H + k] + bias[2 * H + k]), o = vec::sigmoid(p[3 * H + k] + bias[3 * H + k]);
       const float c = f * cp[k] + i * g;
       out[k] = i, out[H + k] = f, out[2 * H + k] = g, out[3 * H + k] = o, out[4 * H + k] = c;
       m[k] = o * vec::tanh(c);
@@ -67,19 +70,21 @@ void lstm_bwd_step(const RnnRows& r, const float* dm, int64_t ld_dm, const float
   }
 }
 
-void gru_fwd_step(const RnnRows& r, const float* xg, const float* s, const float* b_hh, const float* h_prev,
+// reserve_t's r z n block holds x W_ihᵀ + b_ih on entry (activated in place, as lstm_fwd_step);
+// s is h_{t-1} W_hhᵀ without its bias.
+void gru_fwd_step(const RnnRows& r, const float* s, const float* b_ih, const float* b_hh, const float* h_prev,
                   int64_t ld_h, float* reserve_t) {
   const int64_t H = r.H, W = r.ld_reserve;
   for (int64_t b = r.b0; b < r.b1; ++b) {
-    const float* a = xg + b * 3 * H;
+    float* out = reserve_t + b * W;
+    const float* a = out;
     const float* sb = s + b * 3 * H;
     const float* hp = h_prev + b * ld_h;
-    float* out = reserve_t + b * W;
 #pragma omp simd
     for (int64_t k = 0; k < H; ++k) {
       const float s_r = sb[k] + b_hh[k], s_z = sb[H + k] + b_hh[H + k], s_n = sb[2 * H + k] + b_hh[2 * H + k];
-      const float rr = vec::sigmoid(a[k] + s_r), z = vec::sigmoid(a[H + k] + s_z);
-      const float n = vec::tanh(a[2 * H + k] + rr * s_n);
+      const float rr = vec::sigmoid(a[k] + b_ih[k] + s_r), z = vec::sigmoid(a[H + k] + b_ih[H + k] + s_z);
+      const float n = vec::tanh(a[2 * H + k] + b_ih[2 * H + k] + rr * s_n);
       out[k] = rr, out[H + k] = z, out[2 * H + k] = n, out[3 * H + k] = s_n;
       out[4 * H + k] = (1.f - z) * n + z * hp[k];
     }
@@ -109,7 +114,8 @@ void gru_bwd_step(const RnnRows& r, const float* dh, const float* reserve_t, con
   }
 }
 
-void rnn_fwd_step(const RnnRows& r, const float* pre, bool relu, float* h_t) {
+// pre and h_t may be the same buffer (the forward activates in place).
+void rnn_fwd_step(const RnnRows& r, const float* pre, const float* bias, bool relu, float* h_t) {
   const int64_t H = r.H;
   for (int64_t b = r.b0; b < r.b1; ++b) {
     const float* p = pre + b * H;
@@ -117,12 +123,13 @@ void rnn_fwd_step(const RnnRows& r, const float* pre, bool relu, float* h_t) {
     if (relu) {  // max(p, 0) on the bits (vectorises; see vec_math.h), NaN kept as torch.relu keeps it
 #pragma omp simd
       for (int64_t k = 0; k < H; ++k) {
-        const float v = vec::select_bits(vec::mask_if((vec::float_bits(p[k]) >> 31) != 0u), 0.f, p[k]);
-        h[k] = vec::keep_nan(v, p[k]);
+        const float q = p[k] + bias[k];
+        const float v = vec::select_bits(vec::mask_if((vec::float_bits(q) >> 31) != 0u), 0.f, q);
+        h[k] = vec::keep_nan(v, q);
       }
     } else {
 #pragma omp simd
-      for (int64_t k = 0; k < H; ++k) h[k] = vec::tanh(p[k]);
+      for (int64_t k = 0; k < H; ++k) h[k] = vec::tanh(p[k] + bias[k]);
     }
   }
 }
@@ -143,8 +150,9 @@ void rnn_bwd_step(const RnnRows& r, const float* dh, const float* h_t, bool relu
   }
 }
 
-void leaky_fwd_step(const RnnRows& r, const float* a, const float* u_prev, int64_t ld_u, const float* alpha,
-                    float* u_t, float* h_t) {
+// a and h_t may be the same buffer (a_t is replaced by tanh(u_t) in place).
+void leaky_fwd_step(const RnnRows& r, const float* a, const float* bias, const float* u_prev, int64_t ld_u,
+                    const float* alpha, float* u_t, float* h_t) {
   const int64_t H = r.H;
   for (int64_t b = r.b0; b < r.b1; ++b) {
     const float* ab = a + b * H;
@@ -153,8 +161,8 @@ void leaky_fwd_step(const RnnRows& r, const float* a, const float* u_prev, int64
     float* h = h_t + b * H;
 #pragma omp simd
     for (int64_t k = 0; k < H; ++k) {
-      // (1 - α) u + α a written as u + α (a - u): one multiply fewer, same rounding order class.
-      const float v = up[k] + alpha[k] * (ab[k] - up[k]);
+      // As the definition writes it: u + α (a - u) would turn an infinite state into NaN.
+      const float v = (1.f - alpha[k]) * up[k] + alpha[k] * (ab[k] + bias[k]);
       u[k] = v;
       h[k] = vec::tanh(v);
     }
