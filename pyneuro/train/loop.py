@@ -490,4 +490,11 @@ def evaluate_run(out_dir, device=None, model=None, settings=None, checkpoint=Non
     records = [{"val_loss": nan, "val_acc": nan, **r} for r in MetricsLog(out / "metrics.jsonl").read()]
     summary["plots"] = [str(p) for p in plots.run_plots(out, records, cm, test_x, test_y, res["preds"],
                                                          res["probs"], title=spec.name)]
+    from ..nn import MTRNN  # the fast and slow units' traces over the rows, for models built on MTRNN
+
+    if any(isinstance(m, MTRNN) for m in model.modules()):
+        from ..viz.mtrnn import plot_unit_activity
+
+        summary["plots"].append(str(plot_unit_activity(model, test_x, test_y, out / "units.png", title=spec.name,
+                                                       view=input_view(spec, settings["hyper"]))))
     return summary
