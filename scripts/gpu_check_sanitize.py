@@ -2,7 +2,9 @@
 
 Calls torch.ops.pyneuro.selective_scan_fwd / _bwd directly (so the forward and backward kernels,
 every B/C variant and the partial-sum kernels run) and compares each result with the CPU kernel
-on the same inputs, upcast to fp32, so a launch that silently did nothing also fails.
+on the same inputs, upcast to fp32, so a launch that silently did nothing also fails. Then the same
+for the recurrent cells' ops (lstm/gru/rnn/leaky _fwd/_bwd), on both CUDA paths: the persistent
+kernels and the per-step cell kernels (PYNEURO_CUDA_RNN_PATH=persistent / stepwise).
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python scripts/gpu_check_sanitize.py --shapes full
     compute-sanitizer --tool racecheck --error-exitcode 1 python scripts/gpu_check_sanitize.py --shapes tiny
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -117,6 +120,70 @@ def check(c: Case, gen: torch.Generator) -> list[str]:
     return errors
 
 
+# The recurrent cells: odd sizes (H not a multiple of 16, B not of the 16-row tiles), projection.
+RNN_CELLS = ["lstm", "lstm_proj", "gru", "rnn_relu", "leaky"]
+
+
+def rnn_args(cell: str, dtype: torch.dtype, gen: torch.Generator, T=3, B=5, I=7, H=20, P=6) -> tuple:
+    """The contract's forward arguments of ``cell`` on CUDA, with a cotangent for every output."""
+    def rand(*shape, scale=0.3):
+        return (torch.randn(*shape, generator=gen) * scale).to(dtype).cuda()
+
+    base = cell.split("_")[0]
+    G = {"lstm": 4, "gru": 3}.get(base, 1)
+    R = P if cell == "lstm_proj" else H
+    x = rand(T, B, I, scale=1.0)
+    if base == "lstm":
+        args = (x, rand(B, R), rand(B, H), rand(G * H, I), rand(G * H, R), rand(G * H), rand(G * H),
+                rand(P, H) if cell == "lstm_proj" else None)
+        grads = (rand(T, B, R), rand(B, R), rand(B, H))
+    elif base == "leaky":
+        tau = torch.linspace(1.0, 8.0, H).to(dtype).cuda()
+        args = (x, rand(B, H), rand(H, I), rand(H, H), rand(H), tau)
+        grads = (rand(T, B, H), rand(B, H))
+    else:
+        args = (x, rand(B, H), rand(G * H, I), rand(G * H, H), rand(G * H), rand(G * H))
+        if base == "rnn":
+            args = (*args, cell == "rnn_relu")
+        grads = (rand(T, B, H), rand(B, H))
+    return args, grads
+
+
+def rnn_run(cell: str, args: tuple, grads: tuple):
+    base = cell.split("_")[0]
+    ops = torch.ops.pyneuro
+    fwd, bwd = getattr(ops, f"{base}_fwd"), getattr(ops, f"{base}_bwd")
+    tensors, flags = (args[:-1], args[-1:]) if base == "rnn" else (args, ())
+    outs = fwd(*args)
+    return (*outs, *bwd(*grads, *tensors, outs[-1], *flags))
+
+
+def rnn_check(cell: str, dtype: torch.dtype, path: str, gen: torch.Generator) -> list[str]:
+    args, grads = rnn_args(cell, dtype, gen)
+    os.environ["PYNEURO_CUDA_RNN_PATH"] = path
+    try:
+        got = rnn_run(cell, args, grads)
+        torch.cuda.synchronize()
+    finally:
+        os.environ.pop("PYNEURO_CUDA_RNN_PATH", None)
+    cpu = lambda t: t.cpu().float() if isinstance(t, torch.Tensor) else t  # noqa: E731
+    ref = rnn_run(cell, tuple(cpu(a) for a in args), tuple(cpu(g) for g in grads))
+    errors = []
+    for k, (g, r) in enumerate(zip(got, ref)):
+        if g.numel() == 0 and r.numel() == 0:
+            continue
+        g = g.float().cpu()
+        if g.shape != r.shape:
+            errors.append(f"result {k}: shape {tuple(g.shape)}, the CPU kernel's is {tuple(r.shape)}")
+        elif not torch.isfinite(g).all():
+            errors.append(f"result {k}: non-finite values")
+        else:
+            err = (g - r).abs().max().item() / (r.abs().max().item() + 1e-6)
+            if err > TOL[dtype]:
+                errors.append(f"result {k}: max error {err:.2e} of max |ref| > {TOL[dtype]:.0e}")
+    return errors
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", choices=["full", "tiny"], default="full")
@@ -137,6 +204,20 @@ def main() -> int:
         for e in errors:
             print(f"        {e}")
         failed |= bool(errors)
+    if torch._C._dispatch_has_kernel_for_dispatch_key("pyneuro::lstm_fwd", "CUDA"):
+        dtypes = (torch.float32, torch.bfloat16) if args.shapes == "full" else (torch.float32,)
+        for cell in RNN_CELLS:
+            for dtype in dtypes:
+                for path in ("persistent", "stepwise"):
+                    if path == "persistent" and cell == "lstm_proj":
+                        continue  # the projection LSTM has no persistent kernel
+                    start = time.perf_counter()
+                    errors = rnn_check(cell, dtype, path, gen)
+                    print(f"{'ok  ' if not errors else 'FAIL'}  {cell} fwd+bwd  {str(dtype).removeprefix('torch.')} "
+                          f"{path}  ({time.perf_counter() - start:.1f} s)")
+                    for e in errors:
+                        print(f"        {e}")
+                    failed |= bool(errors)
     return 1 if failed else 0
 
 
