@@ -124,6 +124,25 @@ def _recurrent_shapes(device: torch.device, quick: bool) -> list[tuple]:
     return [(28, 128, 28, 128, torch.float32), (128, 32, 256, 256, torch.float32)]
 
 
+def _with_env(name: str, value: str, run):
+    """The timed closure ``run`` with the environment variable ``name`` = ``value`` while it runs
+    (forward and backward alike)."""
+    import os
+
+    def wrapped():
+        saved = os.environ.get(name)
+        os.environ[name] = value
+        try:
+            return run()
+        finally:
+            if saved is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = saved
+
+    return wrapped
+
+
 def _recurrent_cell_cases(cell: str):
     """Cases of one cell: pyneuro.nn's layer on each backend against torch.nn's (oneDNN / cuDNN),
     same weights, same threads; the leaky cell has no torch.nn twin, so its baseline is the
@@ -159,6 +178,9 @@ def _recurrent_cell_cases(cell: str):
                     m = ours_cls(I, H, backend=backend).to(device=device, dtype=dtype)
                     m.load_state_dict(theirs.state_dict())
                     modules[backend] = (m, list(m.parameters()))
+            if "cuda" in modules:
+                # The CUDA backend's per-step path on its own, to show what the persistent kernel buys.
+                modules["cuda-stepwise"] = modules["cuda"]
             for mode in ("fwd", "fwd+bwd"):
                 xs = x.clone().requires_grad_(mode != "fwd")
                 contenders = {}
@@ -167,6 +189,8 @@ def _recurrent_cell_cases(cell: str):
                         contenders[name] = lambda fn=fn: torch.no_grad()(fn)(x)
                     else:
                         contenders[name] = _fwd_bwd(lambda fn=fn: fn(xs)[0], [xs, *params])
+                    if name == "cuda-stepwise":
+                        contenders[name] = _with_env("PYNEURO_CUDA_RNN_PATH", "stepwise", contenders[name])
                 # Forward: the input and the recurrent GEMM of every step; the backward does twice
                 # that (dx + dh, and dW_ih + dW_hh).
                 flops = 2 * T * B * (I + H) * gates * H * (1 if mode == "fwd" else 3)
