@@ -75,8 +75,8 @@ def run(layer, x, hx, cot, names):
     return [o.detach() for o in outs], grads
 
 
-def compare(target, kind, config, dtype):
-    c = CONFIGS[config]
+def compare(target, kind, config, dtype, with_hx=None):
+    c = dict(CONFIGS[config], **({} if with_hx is None else {"hx": with_hx}))
     kwargs = {k: v for k, v in c.items() if k not in ("seq", "batch", "input", "hidden", "hx", "unbatched")}
     assert kind == "lstm" or "proj_size" not in kwargs, "proj_size exists only for the LSTM (torch.nn too)"
     theirs, ours = pair(kind, c["input"], c["hidden"], dtype, target.backend, target.device, **kwargs)
@@ -128,9 +128,10 @@ CONFIGS = {
 CASES = [(k, c) for k in KINDS for c in CONFIGS if k == "lstm" or not c.startswith("proj")]
 
 
+@pytest.mark.parametrize("with_hx", [False, True], ids=["no-hx", "hx"])
 @pytest.mark.parametrize("kind,config", CASES, ids=[f"{k}-{c}" for k, c in CASES])
-def test_reference_fp64_matches_torch(kind, config):
-    compare(Target("reference", "cpu"), kind, config, torch.float64)
+def test_reference_fp64_matches_torch(kind, config, with_hx):
+    compare(Target("reference", "cpu"), kind, config, torch.float64, with_hx)
 
 
 @pytest.mark.parametrize("kind,size", [(k, c) for k, c in CASES], ids=[f"{k}-{c}" for k, c in CASES])
