@@ -113,11 +113,15 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int
 // copy moves as many bytes as the product reads. Without MKL it is the plain gemm() above.
 class StepWeight {
  public:
+  // Below this many multiply-adds a oneDNN call's fixed cost (~15 µs: descriptors, primitive
+  // cache) outweighs its faster kernel; BLAS takes those (a 100³ step is ~10 µs of work).
+  static constexpr int64_t kOnednnMinWork = int64_t{1} << 20;
+
   // W is row-major, stored (N × K) when `transposed` (op(W) = Wᵀ, as W_hh in h W_hhᵀ), else (K × N).
   StepWeight(const float* W, int64_t ldw, bool transposed, int64_t M, int64_t N, int64_t K)
       : W_(W), ldw_(ldw), transposed_(transposed), M_(M), N_(N), K_(K) {
     weight_ = transposed ? matrix(W, N, K, ldw).t() : matrix(W, K, N, ldw);
-    if (onednn_matmul() != nullptr) return;
+    if (onednn_matmul() != nullptr && M * N * K >= kOnednnMinWork) return;
     const Api& api = mkl();
     if (api.pack == nullptr) return;
     const size_t bytes = api.get_size(kBMatrix, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K));
@@ -127,7 +131,7 @@ class StepWeight {
   }
 
   void multiply(const float* A, int64_t lda, float beta, float* C, int64_t ldc) const {
-    if (onednn_matmul() != nullptr) {
+    if (onednn_matmul() != nullptr && M_ * N_ * K_ >= kOnednnMinWork) {
       const at::Tensor c = matrix(C, M_, N_, ldc);
       onednn_matmul()(matrix(A, M_, K_, lda), weight_, c, beta, 1.f);
       return;
