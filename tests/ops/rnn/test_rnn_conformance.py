@@ -150,3 +150,12 @@ def test_bitwise_deterministic(target, variant):
             assert torch.equal(a, b), f"{name} differs between runs"
         for name in results[0][1]:
             assert torch.equal(results[0][1][name], other[1][name]), f"d{name} differs between runs"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["lstm", "lstm_proj", "gru", "rnn_tanh", "leaky"])
+def test_long_sequence_against_fp64(any_target, variant):
+    """T = 784 (pixel-by-pixel MNIST, I = 1): the fp32 state does not drift from the fp64 oracle,
+    forward or gradients (ReLU's state is unbounded over such a sequence: left to the shorter sizes)."""
+    args, cot, outs_ref, grads_ref = case_data(variant, Size(T=784, B=2, I=1, H=32, P=16), torch.float32)
+    check(any_target, VARIANTS[variant], args, cot, outs_ref, grads_ref, torch.float32)
