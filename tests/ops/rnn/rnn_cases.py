@@ -15,21 +15,18 @@ checks the pair against autograd through naive.py and against torch.nn.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Optional
 
-import pytest
 import torch
 
-from pyneuro import _backends
 from pyneuro.ops import rnn as rnn_ops
 from pyneuro.ops.rnn import naive
 
-HAS_GPU = torch.cuda.is_available()
+import op_targets
+from op_targets import COMPILED, HAS_GPU, activated  # noqa: F401  (re-exported for the suite)
+
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-COMPILED = ("cpu", "triton", "cuda")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -91,99 +88,17 @@ VARIANTS = {v.name: v for v in (
 
 
 # ----------------------------------------------------------------------------------------------
-# Targets
+# Targets (tests/op_targets.py)
 # ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Target:
-    backend: str
-    device: str
-    isa: Optional[str] = None  # cpu only: the ISA variant the C++ kernels run in
-
-    def __str__(self) -> str:
-        return f"{self.backend}-{self.isa}" if self.isa else self.backend
-
-    def tolerance(self, dtype: torch.dtype) -> float:
-        return rnn_ops.TOLERANCE[self.backend][dtype]
-
-    @property
-    def compiled(self) -> bool:
-        return self.backend in COMPILED
+class Target(op_targets.Target):
+    TOLERANCE = rnn_ops.TOLERANCE
 
 
-def _cpu_isas() -> list[Optional[str]]:
-    ext, _ = _backends.extension()
-    if ext is None or not hasattr(ext, "cpu_isas"):
-        return [None]
-    return list(ext.cpu_isas())
-
-
-def _why_not(backend: str, device: str) -> Optional[str]:
-    """None when every cell's op runs on ``backend`` here, else the first reason."""
-    for op in rnn_ops.OPS.values():
-        reason = op.status(backend, torch.device(device))
-        if reason is not None:
-            return f"{op.name}: {reason}"
-    return None
-
-
-def _param(target: Target, reason: Optional[str]):
-    marks = [pytest.mark.skipif(reason is not None, reason=f"{target}: {reason}")]
-    if target.backend == "triton":
-        marks.append(pytest.mark.triton)
-    if target.device == "cuda" or target.backend == "cuda":
-        marks.append(pytest.mark.cuda)
-    return pytest.param(target, marks=marks, id=str(target))
-
-
-def _triton_param():
-    device = "cuda" if HAS_GPU else "cpu"
-    reason = _why_not("triton", device)
-    if reason is None and not HAS_GPU and not _backends.triton_interpret():
-        reason = "TRITON_INTERPRET=1 must be set before triton is imported (tests/conftest.py does it)"
-    return _param(Target("triton", device), reason)
-
-
-def _cuda_param():
-    reason = _why_not("cuda", "cuda") if HAS_GPU else "no CUDA GPU on this machine"
-    return _param(Target("cuda", "cuda"), reason)
-
-
-def compiled_targets() -> list:
-    """pytest params: every compiled backend in every variant (cpu per ISA, triton, cuda), skipped
-    with the reason where it cannot run here."""
-    cpu_reason = _why_not("cpu", "cpu")
-    return ([_param(Target("cpu", "cpu", isa), cpu_reason) for isa in _cpu_isas()]
-            + [_triton_param(), _cuda_param()])
-
-
-def backend_targets() -> list:
-    """One compiled target per backend (cpu in its default ISA): for what does not depend on the
-    ISA variant (op registration, opcheck, torch.compile tracing)."""
-    return [_param(Target("cpu", "cpu"), _why_not("cpu", "cpu")), _triton_param(), _cuda_param()]
-
-
-def reference_target():
-    return _param(Target("reference", "cuda" if HAS_GPU else "cpu"), None)
-
-
-def all_targets() -> list:
-    """The reference (on the GPU when there is one) and every compiled target."""
-    return [reference_target()] + compiled_targets()
-
-
-@contextlib.contextmanager
-def activated(target: Target):
-    """Run the C++ CPU kernels in the target's ISA variant for the duration of a test."""
-    if target.isa is None:
-        yield target
-        return
-    ext, _ = _backends.extension()
-    before = ext.cpu_isa()
-    ext.set_cpu_isa(target.isa)
-    try:
-        yield target
-    finally:
-        ext.set_cpu_isa(before)
+_TARGETS = op_targets.TargetSet(Target, list(rnn_ops.OPS.values()))
+compiled_targets = _TARGETS.compiled
+backend_targets = _TARGETS.per_backend
+reference_target = _TARGETS.reference
+all_targets = _TARGETS.all
 
 
 # Sizes the Triton interpreter runs in `make test`; under it, other sizes and the tests decorated

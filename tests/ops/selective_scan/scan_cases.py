@@ -15,92 +15,30 @@ the op's own table (pyneuro.ops.scan.TOLERANCE), which the first-use self-check 
 """
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
-from typing import Optional
-
-import pytest
 import torch
 
 import pyneuro.ops.scan as scan
-from pyneuro import _backends
 from pyneuro.ops.scan import selective_scan, selective_scan_naive
 from pyneuro.ops.scan.naive import selective_scan_adjoint
 from scan_inputs import make_inputs, on  # noqa: F401  (tests/scan_inputs.py; re-exported)
 
+import op_targets
+from op_targets import HAS_GPU, activated  # noqa: F401  (re-exported for the suite)
+
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
-HAS_GPU = torch.cuda.is_available()
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 # ----------------------------------------------------------------------------------------------
-# Targets
+# Targets (tests/op_targets.py)
 # ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Target:
-    backend: str
-    device: str
-    isa: Optional[str] = None  # cpu only: the ISA variant the C++ kernels run in
-
-    def __str__(self) -> str:
-        return f"{self.backend}-{self.isa}" if self.isa else self.backend
-
-    def tolerance(self, dtype: torch.dtype) -> float:
-        return scan.TOLERANCE[self.backend][dtype]
+class Target(op_targets.Target):
+    TOLERANCE = scan.TOLERANCE
 
 
-def _cpu_isas() -> list[Optional[str]]:
-    ext, _ = _backends.extension()
-    if ext is None or not hasattr(ext, "cpu_isas"):
-        return [None]
-    return list(ext.cpu_isas())
-
-
-def _why_not(backend: str, device: str) -> Optional[str]:
-    return scan.OP.status(backend, torch.device(device))
-
-
-def _param(target: Target, reason: Optional[str]):
-    marks = [pytest.mark.skipif(reason is not None, reason=f"{target}: {reason}")]
-    if target.backend == "triton":
-        marks.append(pytest.mark.triton)
-    if target.device == "cuda" or target.backend == "cuda":
-        marks.append(pytest.mark.cuda)
-    return pytest.param(target, marks=marks, id=str(target))
-
-
-def compiled_targets() -> list:
-    """pytest params: every compiled backend (cpu per ISA, triton, cuda), skipped with the reason
-    where it cannot run here."""
-    params = [_param(Target("cpu", "cpu", isa), _why_not("cpu", "cpu")) for isa in _cpu_isas()]
-    triton_device = "cuda" if HAS_GPU else "cpu"
-    reason = _why_not("triton", triton_device)
-    if reason is None and not HAS_GPU and not _backends.triton_interpret():
-        reason = "TRITON_INTERPRET=1 must be set before triton is imported (tests/conftest.py does it)"
-    params.append(_param(Target("triton", triton_device), reason))
-    params.append(_param(Target("cuda", "cuda"), None if HAS_GPU and _why_not("cuda", "cuda") is None
-                         else (_why_not("cuda", "cuda") or "no CUDA GPU")))
-    return params
-
-
-def all_targets() -> list:
-    """compiled_targets() and the reference (on the GPU when there is one)."""
-    return [_param(Target("reference", "cuda" if HAS_GPU else "cpu"), None)] + compiled_targets()
-
-
-@contextlib.contextmanager
-def activated(target: Target):
-    """Run the C++ CPU kernels in the target's ISA variant for the duration of a test."""
-    if target.isa is None:
-        yield target
-        return
-    ext, _ = _backends.extension()
-    before = ext.cpu_isa()
-    ext.set_cpu_isa(target.isa)
-    try:
-        yield target
-    finally:
-        ext.set_cpu_isa(before)
+_TARGETS = op_targets.TargetSet(Target, [scan.OP])
+compiled_targets = _TARGETS.compiled
+all_targets = _TARGETS.all
 
 
 def interpreted(target: Target) -> bool:

@@ -1,0 +1,119 @@
+"""The targets of an op's conformance suite: every backend variant this machine may run, as pytest
+params, skipped with the reason where one cannot run here. Shared by tests/ops/<op>/<op>_cases.py.
+
+A target is (backend, device, CPU ISA variant): the reference (on the GPU when there is one); cpu
+once per ISA variant the extension was built with (baseline/avx2/avx512, switched with
+``activated``); triton on the GPU, or on the CPU under TRITON_INTERPRET=1; cuda. Triton targets
+are marked ``triton``, GPU ones ``cuda``, so ``make gpu-check`` can insist that none is skipped.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
+import pytest
+import torch
+
+from pyneuro import _backends
+
+HAS_GPU = torch.cuda.is_available()
+COMPILED = ("cpu", "triton", "cuda")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One backend variant. Each suite subclasses it with its op's TOLERANCE table."""
+
+    backend: str
+    device: str
+    isa: Optional[str] = None  # cpu only: the ISA variant the C++ kernels run in
+
+    TOLERANCE: ClassVar[dict] = {}
+
+    def __str__(self) -> str:
+        return f"{self.backend}-{self.isa}" if self.isa else self.backend
+
+    def tolerance(self, dtype: torch.dtype) -> float:
+        return self.TOLERANCE[self.backend][dtype]
+
+    @property
+    def compiled(self) -> bool:
+        return self.backend in COMPILED
+
+
+def cpu_isas() -> list[Optional[str]]:
+    """The CPU ISA variants of the extension this machine runs (None: no extension)."""
+    ext, _ = _backends.extension()
+    if ext is None or not hasattr(ext, "cpu_isas"):
+        return [None]
+    return list(ext.cpu_isas())
+
+
+def param(target: Target, reason: Optional[str]):
+    marks = [pytest.mark.skipif(reason is not None, reason=f"{target}: {reason}")]
+    if target.backend == "triton":
+        marks.append(pytest.mark.triton)
+    if target.device == "cuda" or target.backend == "cuda":
+        marks.append(pytest.mark.cuda)
+    return pytest.param(target, marks=marks, id=str(target))
+
+
+class TargetSet:
+    """The targets of the ops ``ops`` (registry Op objects), built as ``target_cls``."""
+
+    def __init__(self, target_cls: type, ops: list):
+        self.target_cls = target_cls
+        self.ops = ops
+
+    def why_not(self, backend: str, device: str) -> Optional[str]:
+        """None when every op runs on ``backend`` here, else the first reason."""
+        for op in self.ops:
+            reason = op.status(backend, torch.device(device))
+            if reason is not None:
+                return f"{op.name}: {reason}"
+        return None
+
+    def _triton(self):
+        device = "cuda" if HAS_GPU else "cpu"
+        reason = self.why_not("triton", device)
+        if reason is None and not HAS_GPU and not _backends.triton_interpret():
+            reason = "TRITON_INTERPRET=1 must be set before triton is imported (tests/conftest.py does it)"
+        return param(self.target_cls("triton", device), reason)
+
+    def _cuda(self):
+        reason = self.why_not("cuda", "cuda") if HAS_GPU else "no CUDA GPU on this machine"
+        return param(self.target_cls("cuda", "cuda"), reason)
+
+    def compiled(self) -> list:
+        """Every compiled backend in every variant (cpu per ISA, triton, cuda)."""
+        cpu_reason = self.why_not("cpu", "cpu")
+        return ([param(self.target_cls("cpu", "cpu", isa), cpu_reason) for isa in cpu_isas()]
+                + [self._triton(), self._cuda()])
+
+    def per_backend(self) -> list:
+        """One compiled target per backend (cpu in its default ISA): for what does not depend on
+        the ISA variant (op registration, opcheck, torch.compile tracing)."""
+        return [param(self.target_cls("cpu", "cpu"), self.why_not("cpu", "cpu")), self._triton(), self._cuda()]
+
+    def reference(self):
+        return param(self.target_cls("reference", "cuda" if HAS_GPU else "cpu"), None)
+
+    def all(self) -> list:
+        """The reference and every compiled target."""
+        return [self.reference()] + self.compiled()
+
+
+@contextlib.contextmanager
+def activated(target: Target):
+    """Run the C++ CPU kernels in the target's ISA variant for the duration of a test."""
+    if target.isa is None:
+        yield target
+        return
+    ext, _ = _backends.extension()
+    before = ext.cpu_isa()
+    ext.set_cpu_isa(target.isa)
+    try:
+        yield target
+    finally:
+        ext.set_cpu_isa(before)
