@@ -81,6 +81,13 @@ def _check(op: str, gates: int, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr=None) ->
         ("h0", h0, (batch, out_size), f"(batch, {state})"),
         ("c0", c0, (batch, hidden), "(batch, hidden_size)"),
     )
+    _check_like_x(op, x, expected)
+    return hidden, out_size
+
+
+def _check_like_x(op: str, x, expected) -> None:
+    """Each (name, tensor or None, shape, described) present: a float tensor of that shape with
+    x's dtype and device."""
     for name, t, shape, described in expected:
         if t is None:
             continue
@@ -91,7 +98,6 @@ def _check(op: str, gates: int, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr=None) ->
             raise TypeError(f"{op}: {name} must have x's dtype {x.dtype}, got {t.dtype}")
         if t.device != x.device:
             raise ValueError(f"{op}: {name} must be on x's device {x.device}, got {t.device}")
-    return hidden, out_size
 
 # ----------------------------------------------------------------------------------------------
 # The compiled pairs: schemas, fake shapes and one autograd wiring for every backend
@@ -415,18 +421,10 @@ def _check_leaky(x, u0, w_ih, w_hh, bias, tau) -> int:
                 ("bias", bias, (hidden,), "(hidden_size,)"),
                 ("tau", tau, (hidden,), "(hidden_size,)"),
                 ("u0", u0, (batch, hidden), "(batch, hidden_size)"))
-    for name, t, shape, described in expected:
+    for name, t in (("w_hh", w_hh), ("tau", tau)):
         if t is None:
-            if name in ("w_hh", "tau"):
-                raise TypeError(f"{op}: {name} is required, got None")
-            continue
-        _require_float_tensor(op, name, t)
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{op}: {name} must have shape {described} = {shape}, got {tuple(t.shape)}")
-        if t.dtype != x.dtype:
-            raise TypeError(f"{op}: {name} must have x's dtype {x.dtype}, got {t.dtype}")
-        if t.device != x.device:
-            raise ValueError(f"{op}: {name} must be on x's device {x.device}, got {t.device}")
+            raise TypeError(f"{op}: {name} is required, got None")
+    _check_like_x(op, x, expected)
     return hidden
 
 
