@@ -27,7 +27,8 @@ def machine(device: torch.device) -> dict:
     return info
 
 
-def run(ops, device: torch.device, quick: bool, repeats: int, stream=sys.stdout) -> dict:
+def run(ops, device: torch.device, quick: bool, repeats: int, stream=None) -> dict:
+    stream = stream or sys.stdout  # looked up per call: a default bound at import would miss a redirect
     results = {"machine": machine(device), "device": str(device), "quick": quick, "cases": []}
     bandwidth = copy_bandwidth(device, (1 << 26) if device.type == "cpu" else (1 << 30))
     results["copy_bandwidth_GBps"] = bandwidth / 1e9
