@@ -122,32 +122,16 @@ __global__ void __launch_bounds__(kThreads) rnn_cell_bwd_kernel(const RnnCellBwd
 int grid_for(int64_t n) { return int(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 8192))); }
 bool fits_index(int B, int H, RnnCellKind c) { return int64_t(B) * H * rnn_cell_gates(c) < (int64_t(1) << 31); }
 
-template <typename X, typename P>
-cudaError_t launch_fwd(const P& p, cudaStream_t stream) {
+template <bool kBwd, typename X, typename P>
+cudaError_t launch_cell(const P& p, cudaStream_t stream) {
   const int grid = grid_for(int64_t(p.B) * p.H);
-  switch (p.cell) {
-    case RnnCellKind::kLstm: rnn_cell_fwd_kernel<RnnCellKind::kLstm, X><<<grid, kThreads, 0, stream>>>(p); break;
-    case RnnCellKind::kGru: rnn_cell_fwd_kernel<RnnCellKind::kGru, X><<<grid, kThreads, 0, stream>>>(p); break;
-    case RnnCellKind::kRnnTanh: rnn_cell_fwd_kernel<RnnCellKind::kRnnTanh, X><<<grid, kThreads, 0, stream>>>(p); break;
-    case RnnCellKind::kRnnRelu: rnn_cell_fwd_kernel<RnnCellKind::kRnnRelu, X><<<grid, kThreads, 0, stream>>>(p); break;
-    case RnnCellKind::kLeaky: rnn_cell_fwd_kernel<RnnCellKind::kLeaky, X><<<grid, kThreads, 0, stream>>>(p); break;
-    default: return cudaErrorInvalidValue;
-  }
-  PYNEURO_CUDA_CHECK_LAUNCH();
-  return cudaSuccess;
-}
-
-template <typename X, typename P>
-cudaError_t launch_bwd(const P& p, cudaStream_t stream) {
-  const int grid = grid_for(int64_t(p.B) * p.H);
-  switch (p.cell) {
-    case RnnCellKind::kLstm: rnn_cell_bwd_kernel<RnnCellKind::kLstm, X><<<grid, kThreads, 0, stream>>>(p); break;
-    case RnnCellKind::kGru: rnn_cell_bwd_kernel<RnnCellKind::kGru, X><<<grid, kThreads, 0, stream>>>(p); break;
-    case RnnCellKind::kRnnTanh: rnn_cell_bwd_kernel<RnnCellKind::kRnnTanh, X><<<grid, kThreads, 0, stream>>>(p); break;
-    case RnnCellKind::kRnnRelu: rnn_cell_bwd_kernel<RnnCellKind::kRnnRelu, X><<<grid, kThreads, 0, stream>>>(p); break;
-    case RnnCellKind::kLeaky: rnn_cell_bwd_kernel<RnnCellKind::kLeaky, X><<<grid, kThreads, 0, stream>>>(p); break;
-    default: return cudaErrorInvalidValue;
-  }
+  const cudaError_t err = with_cell(p.cell, cudaErrorInvalidValue, [&](auto cell) {
+    constexpr RnnCellKind kCell = decltype(cell)::value;
+    if constexpr (kBwd) rnn_cell_bwd_kernel<kCell, X><<<grid, kThreads, 0, stream>>>(p);
+    else rnn_cell_fwd_kernel<kCell, X><<<grid, kThreads, 0, stream>>>(p);
+    return cudaSuccess;
+  });
+  if (err != cudaSuccess) return err;
   PYNEURO_CUDA_CHECK_LAUNCH();
   return cudaSuccess;
 }
@@ -157,9 +141,9 @@ cudaError_t launch_bwd(const P& p, cudaStream_t stream) {
 cudaError_t rnn_cell_fwd(const RnnCellFwdParams& p, cudaStream_t stream) {
   if (p.B < 1 || p.H < 1 || !fits_index(p.B, p.H, p.cell)) return cudaErrorInvalidValue;
   switch (p.dtype) {
-    case RnnDtype::kFloat32: return launch_fwd<float>(p, stream);
-    case RnnDtype::kFloat16: return launch_fwd<__half>(p, stream);
-    case RnnDtype::kBFloat16: return launch_fwd<__nv_bfloat16>(p, stream);
+    case RnnDtype::kFloat32: return launch_cell<false, float>(p, stream);
+    case RnnDtype::kFloat16: return launch_cell<false, __half>(p, stream);
+    case RnnDtype::kBFloat16: return launch_cell<false, __nv_bfloat16>(p, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -167,9 +151,9 @@ cudaError_t rnn_cell_fwd(const RnnCellFwdParams& p, cudaStream_t stream) {
 cudaError_t rnn_cell_bwd(const RnnCellBwdParams& p, cudaStream_t stream) {
   if (p.B < 1 || p.H < 1 || !fits_index(p.B, p.H, p.cell)) return cudaErrorInvalidValue;
   switch (p.dtype) {
-    case RnnDtype::kFloat32: return launch_bwd<float>(p, stream);
-    case RnnDtype::kFloat16: return launch_bwd<__half>(p, stream);
-    case RnnDtype::kBFloat16: return launch_bwd<__nv_bfloat16>(p, stream);
+    case RnnDtype::kFloat32: return launch_cell<true, float>(p, stream);
+    case RnnDtype::kFloat16: return launch_cell<true, __half>(p, stream);
+    case RnnDtype::kBFloat16: return launch_cell<true, __nv_bfloat16>(p, stream);
   }
   return cudaErrorInvalidValue;
 }

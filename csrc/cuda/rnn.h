@@ -20,6 +20,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "../common/limits.h"
 
@@ -29,6 +30,21 @@ namespace cuda {
 enum class RnnDtype : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 // kRnnTanh/kRnnRelu are the plain RNN with either activation.
 enum class RnnCellKind : int { kLstm = 0, kGru = 1, kRnnTanh = 2, kRnnRelu = 3, kLeaky = 4 };
+
+// f(std::integral_constant<RnnCellKind, kCell>{}) for the runtime `cell`: the one switch from a
+// cell kind to the kernel instance compiled for it; `fallback` for a value outside the enum.
+template <typename R, typename F>
+R with_cell(RnnCellKind cell, R fallback, F&& f) {
+  using K = RnnCellKind;
+  switch (cell) {
+    case K::kLstm: return f(std::integral_constant<K, K::kLstm>{});
+    case K::kGru: return f(std::integral_constant<K, K::kGru>{});
+    case K::kRnnTanh: return f(std::integral_constant<K, K::kRnnTanh>{});
+    case K::kRnnRelu: return f(std::integral_constant<K, K::kRnnRelu>{});
+    case K::kLeaky: return f(std::integral_constant<K, K::kLeaky>{});
+  }
+  return fallback;
+}
 
 inline int rnn_cell_gates(RnnCellKind c) {
   return c == RnnCellKind::kLstm ? 4 : c == RnnCellKind::kGru ? 3 : 1;

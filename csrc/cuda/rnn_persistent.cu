@@ -333,14 +333,8 @@ void* kernel_ptr() {
 
 template <bool kBwd, typename X>
 void* pick_kernel_x(RnnCellKind cell) {
-  switch (cell) {
-    case RnnCellKind::kLstm: return kernel_ptr<kBwd, RnnCellKind::kLstm, X>();
-    case RnnCellKind::kGru: return kernel_ptr<kBwd, RnnCellKind::kGru, X>();
-    case RnnCellKind::kRnnTanh: return kernel_ptr<kBwd, RnnCellKind::kRnnTanh, X>();
-    case RnnCellKind::kRnnRelu: return kernel_ptr<kBwd, RnnCellKind::kRnnRelu, X>();
-    case RnnCellKind::kLeaky: return kernel_ptr<kBwd, RnnCellKind::kLeaky, X>();
-  }
-  return nullptr;
+  return with_cell(cell, static_cast<void*>(nullptr),
+                   [](auto c) { return kernel_ptr<kBwd, decltype(c)::value, X>(); });
 }
 
 template <bool kBwd>
@@ -370,14 +364,8 @@ cudaError_t launch_t(const P& p, size_t smem, cudaStream_t stream) {
 
 template <bool kBwd, typename X, typename P>
 cudaError_t launch_x(const P& p, size_t smem, cudaStream_t stream) {
-  switch (p.cell) {
-    case RnnCellKind::kLstm: return launch_t<kBwd, RnnCellKind::kLstm, X>(p, smem, stream);
-    case RnnCellKind::kGru: return launch_t<kBwd, RnnCellKind::kGru, X>(p, smem, stream);
-    case RnnCellKind::kRnnTanh: return launch_t<kBwd, RnnCellKind::kRnnTanh, X>(p, smem, stream);
-    case RnnCellKind::kRnnRelu: return launch_t<kBwd, RnnCellKind::kRnnRelu, X>(p, smem, stream);
-    case RnnCellKind::kLeaky: return launch_t<kBwd, RnnCellKind::kLeaky, X>(p, smem, stream);
-  }
-  return cudaErrorInvalidValue;
+  return with_cell(p.cell, cudaErrorInvalidValue,
+                   [&](auto c) { return launch_t<kBwd, decltype(c)::value, X>(p, smem, stream); });
 }
 
 template <bool kBwd, typename P>
