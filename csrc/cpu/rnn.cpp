@@ -2,18 +2,20 @@
 // reserve and gradients: docs/rnn_contract.md).
 //
 // Where the time goes, and how each part is done (T steps, B batch, I inputs, H units, G gates):
-//   - the input projection of all steps, x W_ihᵀ + b: ONE GEMM (T·B × I × G·H), before the loop;
+//   - the input projection of all steps, x W_ihᵀ: ONE GEMM (T·B × I × G·H), before the loop,
+//     written straight into the reserve's gate block (no pre-activation buffer);
 //   - per step, the recurrent GEMM h_{t-1} W_hhᵀ (B × R × G·H), accumulated in place into that
-//     step's slice of the projection (beta = 1), then ONE fused pointwise pass (csrc/cpu/isa/
-//     rnn_kernels.cpp, per ISA) that writes the activated gates, the state and the reserve;
+//     step's gate block (beta = 1), then ONE fused pointwise pass (csrc/cpu/isa/rnn_kernels.cpp,
+//     per ISA) that adds the bias and writes the activated gates, the state and the reserve;
 //   - the backward runs the steps in reverse: a fused pointwise pass produces the gradients of
 //     all gates of the step, and one GEMM sends them back to h_{t-1}, accumulating in place into
 //     the next (earlier) step's incoming gradient;
 //   - dx, dW_ih, dW_hh and the bias gradients: single GEMMs / reductions over all T·B rows after
 //     the loop.
-// The per-step GEMMs call BLAS directly on raw pointers (sgemm, see gemm() below): no Tensor is
-// created, nothing is allocated and nothing is dispatched inside the time loop. Half-precision
-// inputs are widened to fp32 once; all math and state are fp32.
+// GEMMs go through torch's oneDNN matmul when torch has it (see onednn_matmul()), else BLAS sgemm
+// on raw pointers (MKL's packed form when available). Nothing is dispatched through the torch
+// operator registry inside the time loop and no buffer is allocated there (a oneDNN call wraps its
+// operands in tensor views). Half-precision inputs are widened to fp32 once; math and state are fp32.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
@@ -340,7 +342,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_fwd(const Tensor& x, const Tensor& h0, co
   const Tensor bih = combined_bias(b_ih, std::nullopt, 3 * H, reserve.options());
   Tensor rec = at::empty({B, 3 * H}, reserve.options());  // h_{t-1} W_hhᵀ of the current step
   const Tensor h0f = f32(h0), whh = f32(w_hh);
-  const Tensor bhh = b_hh ? f32(*b_hh) : at::zeros({3 * H}, reserve.options());
+  const Tensor bhh = combined_bias(std::nullopt, b_hh, 3 * H, reserve.options());
   const StepWeight recurrent(ptr(whh), H, /*transposed=*/true, B, 3 * H, H);
   float* res = ptr(reserve);
   for (int64_t t = 0; t < T; ++t) {
