@@ -117,3 +117,26 @@ def activated(target: Target):
         yield target
     finally:
         ext.set_cpu_isa(before)
+
+
+def target_fixtures(targets: TargetSet):
+    """The suite fixtures over ``targets``, each running its test in the target's ISA variant:
+    ``target`` (every compiled variant), ``cxx_target`` (the C++ dispatcher ops: cpu per ISA,
+    cuda) and ``any_target`` (the reference too). A conftest binds them to those names."""
+
+    @pytest.fixture(params=targets.compiled())
+    def target(request):
+        with activated(request.param) as t:
+            yield t
+
+    @pytest.fixture(params=[p for p in targets.compiled() if p.values[0].backend in ("cpu", "cuda")])
+    def cxx_target(request):
+        with activated(request.param) as t:
+            yield t
+
+    @pytest.fixture(params=targets.all())
+    def any_target(request):
+        with activated(request.param) as t:
+            yield t
+
+    return target, cxx_target, any_target

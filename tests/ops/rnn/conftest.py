@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from pyneuro import _backends
-from rnn_cases import INTERPRETER_FAST, activated, all_targets, backend_targets, compiled_targets, interpreted
+import op_targets
+from rnn_cases import INTERPRETER_FAST, TARGETS, backend_targets, interpreted
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ISA = _backends.extension()[0].cpu_isa() if _backends.extension()[0] is not None else None
@@ -54,28 +55,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
-@pytest.fixture(params=compiled_targets())
-def target(request):
-    """Each compiled backend in each variant this machine runs (cpu per ISA, triton, cuda)."""
-    with activated(request.param) as t:
-        yield t
-
-
-@pytest.fixture(params=[p for p in compiled_targets() if p.values[0].backend in ("cpu", "cuda")])
-def cxx_target(request):
-    """The backends that are C++ dispatcher ops with their own argument checks (cpu per ISA, cuda)."""
-    with activated(request.param) as t:
-        yield t
+# target: every compiled variant; cxx_target: cpu per ISA and cuda; any_target: the reference too.
+target, cxx_target, any_target = op_targets.target_fixtures(TARGETS)
 
 
 @pytest.fixture(params=backend_targets())
 def backend_target(request):
     """One target per compiled backend (cpu in its default ISA, triton, cuda)."""
     yield request.param
-
-
-@pytest.fixture(params=all_targets())
-def any_target(request):
-    """The reference and every compiled target."""
-    with activated(request.param) as t:
-        yield t

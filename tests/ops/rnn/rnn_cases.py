@@ -94,11 +94,11 @@ class Target(op_targets.Target):
     TOLERANCE = rnn_ops.TOLERANCE
 
 
-_TARGETS = op_targets.TargetSet(Target, list(rnn_ops.OPS.values()))
-compiled_targets = _TARGETS.compiled
-backend_targets = _TARGETS.per_backend
-reference_target = _TARGETS.reference
-all_targets = _TARGETS.all
+TARGETS = op_targets.TargetSet(Target, list(rnn_ops.OPS.values()))
+compiled_targets = TARGETS.compiled
+backend_targets = TARGETS.per_backend
+reference_target = TARGETS.reference
+all_targets = TARGETS.all
 
 
 # Sizes the Triton interpreter runs in `make test`; under it, other sizes and the tests decorated

@@ -36,9 +36,9 @@ class Target(op_targets.Target):
     TOLERANCE = scan.TOLERANCE
 
 
-_TARGETS = op_targets.TargetSet(Target, [scan.OP])
-compiled_targets = _TARGETS.compiled
-all_targets = _TARGETS.all
+TARGETS = op_targets.TargetSet(Target, [scan.OP])
+compiled_targets = TARGETS.compiled
+all_targets = TARGETS.all
 
 
 def interpreted(target: Target) -> bool:
