@@ -13,6 +13,16 @@ constexpr int64_t kCpuScanMaxN = 256;
 // Steps between stored states: speed is flat from 64 to 256 at N = 16; 128 halves the states of 64.
 constexpr int64_t kCpuScanDefaultChunk = 128;
 
+// --- attention, CPU (csrc/cpu/attention.cpp, csrc/cpu/isa/attention_kernels.cpp)
+// The head dim D of docs/attention_contract.md, checked for every compiled backend by
+// csrc/common/attention_args.h: a multiple of 8 (whole 32-byte fp32 / 16-byte half rows), at
+// most 128 (per-thread tiles of 64 rows x 128 fp32 = 32 KiB stay in L1/L2).
+constexpr int64_t kAttentionMaxHeadDim = 128;
+constexpr int64_t kAttentionHeadDimMultiple = 8;
+// Whole-problem path: Lq and Lk at most this (all of one (b, h) head's q, k, v, out and the
+// scores of a row stay in L1); above it the blocked online-softmax path with GEMM tiles runs.
+constexpr int64_t kCpuAttentionSmallMaxL = 64;
+
 namespace cuda {
 // --- selective scan, CUDA (csrc/cuda/selective_scan.cu)
 // N is looped over, so it only costs shared memory: the backward keeps two fp32 carries of
