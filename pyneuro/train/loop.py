@@ -156,15 +156,28 @@ def lr_factor(scheduler: str, step: int, total: int, warmup_frac: float) -> floa
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * 0.999 + 0.001
 
 
-def make_optimizer(model: nn.Module, train: dict) -> torch.optim.Optimizer:
-    # No weight decay on biases, norms and parameters that ask for none (e.g. Mamba's dt bias).
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """The optimiser's parameter groups. No weight decay on biases, norms and parameters that ask
+    for none (``_no_weight_decay``, e.g. Mamba's dt bias). A parameter with an ``_optim`` dict
+    (e.g. S4D's A and step sizes: ``{"lr": 1e-3, "weight_decay": 0.0}``) goes into a group of its
+    own with those settings; its lr is a peak like train.lr, scaled by the same schedule."""
+    decay, no_decay, hinted = [], [], {}
     for p in model.parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.dim() < 2 or getattr(p, "_no_weight_decay", False) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": train["weight_decay"]},
-              {"params": no_decay, "weight_decay": 0.0}]
+        undecayed = p.dim() < 2 or getattr(p, "_no_weight_decay", False)
+        hint = getattr(p, "_optim", None)
+        if hint:
+            defaults = {"weight_decay": 0.0 if undecayed else weight_decay}
+            hinted.setdefault(tuple(sorted({**defaults, **hint}.items())), []).append(p)
+        else:
+            (no_decay if undecayed else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return groups + [{"params": params, **dict(settings)} for settings, params in hinted.items()]
+
+
+def make_optimizer(model: nn.Module, train: dict) -> torch.optim.Optimizer:
+    groups = param_groups(model, train["weight_decay"])
     if train["optimizer"] == "sgd":
         return torch.optim.SGD(groups, lr=train["lr"], momentum=train["momentum"], nesterov=True)
     return torch.optim.AdamW(groups, lr=train["lr"])
