@@ -3,9 +3,10 @@ from .attention import MultiheadAttention, MultiheadSelfAttention, TransformerEn
 from .leaky import MTRNN, LeakyRNN
 from .mamba import Mamba
 from .rnn import GRU, LSTM, RNN
+from .s4d import S4D
 
 __all__ = [
     "LSTM", "GRU", "RNN", "LeakyRNN", "MTRNN",
     "MultiheadAttention", "MultiheadSelfAttention", "TransformerEncoderLayer", "TransformerEncoder",
-    "Mamba",
+    "Mamba", "S4D",
 ]

@@ -4,6 +4,8 @@ the public function with its validation, fake and autograd wiring): ``scan`` hol
 are not named after the functions, so both stay reachable (``pyneuro.ops.scan.LIMITS``)."""
 from .attn import attention
 from .rnn import gru_sequence, leaky_sequence, lstm_sequence, rnn_sequence
+from .s4d import s4d_kernel
 from .scan import selective_scan
 
-__all__ = ["attention", "lstm_sequence", "gru_sequence", "rnn_sequence", "leaky_sequence", "selective_scan"]
+__all__ = ["attention", "lstm_sequence", "gru_sequence", "rnn_sequence", "leaky_sequence", "selective_scan",
+           "s4d_kernel"]
