@@ -57,4 +57,15 @@ TORCH_LIBRARY(pyneuro, m) {
       "Tensor tau, Tensor reserve) -> (Tensor dx, Tensor du0, Tensor dw_ih, Tensor dw_hh, Tensor dbias, "
       "Tensor dtau)",
       {at::Tag::pt2_compliant_tag});
+
+  // Attention in SDPA's layout, with grouped-query heads, causal masking, in-kernel dropout and the
+  // log-sum-exp saved for the backward. Layout, dropout mask and gradients: docs/attention_contract.md.
+  m.def(
+      "attention_fwd(Tensor q, Tensor k, Tensor v, bool causal, float scale, float dropout_p, "
+      "Tensor? rng_state) -> (Tensor out, Tensor lse)",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, bool causal, "
+      "float scale, float dropout_p, Tensor? rng_state) -> (Tensor dq, Tensor dk, Tensor dv)",
+      {at::Tag::pt2_compliant_tag});
 }

@@ -95,17 +95,23 @@ def _t(*shape, dtype=torch.float32, device="cpu"):
         ((_t(2, 8, 4), _t(2, 8, 4), _t(2, 8, 4)), {}, ValueError, "q must be 4-D"),
         ((_t(1, 2, 8, 4), _t(1, 2, 8, 4, 1), _t(1, 2, 8, 4)), {}, ValueError, "k must be 4-D"),
         ((_t(1, 2, 8, 4), _t(1, 2, 8, 4), _t(1, 2, 9, 4)), {}, ValueError, "k and v must have the same shape"),
-        ((_t(1, 2, 8, 4), _t(1, 2, 8, 5), _t(1, 2, 8, 5)), {}, ValueError, "must agree in batch, heads and head_dim"),
-        ((_t(1, 2, 8, 4), _t(2, 2, 8, 4), _t(2, 2, 8, 4)), {}, ValueError, "must agree in batch"),
+        ((_t(1, 2, 8, 4), _t(1, 2, 8, 5), _t(1, 2, 8, 5)), {}, ValueError, "must have the same head_dim"),
+        ((_t(1, 2, 8, 4), _t(2, 2, 8, 4), _t(2, 2, 8, 4)), {}, ValueError, "must have the same batch size"),
+        ((_t(1, 6, 8, 4), _t(1, 4, 8, 4), _t(1, 4, 8, 4)), {}, ValueError, r"heads of q \(6\) must be a multiple"),
+        ((_t(1, 2, 8, 4), _t(1, 2, 0, 4), _t(1, 2, 0, 4)), {}, ValueError, "at least one key"),
+        ((_t(1, 2, 8, 4),) * 3, {"dropout_p": 1.0}, ValueError, r"dropout_p must be in \[0, 1\)"),
+        ((_t(1, 2, 8, 4),) * 3, {"dropout_p": -0.1}, ValueError, "dropout_p must be in"),
+        ((_t(1, 2, 8, 4),) * 3, {"causal": 1}, TypeError, "causal must be a bool"),
         ((_t(1, 2, 8, 4), _t(1, 2, 8, 4, dtype=torch.float64), _t(1, 2, 8, 4)), {}, TypeError, "share a dtype"),
         ((_t(1, 2, 8, 4, dtype=torch.int64),) * 3, {}, TypeError, "q must be a floating tensor"),
         (([[1.0]], _t(1, 2, 8, 4), _t(1, 2, 8, 4)), {}, TypeError, "q must be a torch.Tensor"),
         ((_t(1, 2, 8, 4), _t(1, 2, 8, 4, device="meta"), _t(1, 2, 8, 4)), {}, ValueError, "one device"),
-        ((_t(1, 2, 8, 4),) * 3, {"softmax_scale": 0.0}, ValueError, "softmax_scale must be positive"),
+        ((_t(1, 2, 8, 4),) * 3, {"softmax_scale": 0.0}, ValueError, "softmax_scale must be a positive"),
+        ((_t(1, 2, 8, 4),) * 3, {"softmax_scale": float("inf")}, ValueError, "softmax_scale must be a positive finite"),
         ((_t(1, 2, 8, 4),) * 3, {"backend": "fastest"}, ValueError, "backend must be 'auto' or one of"),
     ],
-    ids=["q-rank", "k-rank", "kv-shape", "head-dim", "batch", "mixed-dtype", "int-dtype", "not-tensor",
-         "device-mix", "scale", "backend-name"],
+    ids=["q-rank", "k-rank", "kv-shape", "head-dim", "batch", "gqa-heads", "no-keys", "dropout-1", "dropout-neg",
+         "causal-type", "mixed-dtype", "int-dtype", "not-tensor", "device-mix", "scale", "scale-inf", "backend-name"],
 )
 def test_bad_input(args, kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -114,8 +120,20 @@ def test_bad_input(args, kwargs, error, match):
 
 def test_named_backend_unavailable_on_cpu_says_why():
     q = _t(1, 1, 4, 8)
-    with pytest.raises(_backends.BackendUnavailableError, match=r"backend 'triton' is unavailable: \S+"):
-        attention(q, q, q, backend="triton")
+    with pytest.raises(_backends.BackendUnavailableError, match=r"backend 'cuda' is unavailable: \S+"):
+        attention(q, q, q, backend="cuda")
+
+
+@pytest.mark.parametrize("d", [4, 12, 136])
+@pytest.mark.parametrize("backend", ["cpu", "triton", "cuda"])
+def test_compiled_backend_names_the_head_dim_it_cannot_take(backend, d):
+    """A named compiled backend refuses a head dim outside multiples of 8 up to 128 with the
+    reason (before its probe when it is available here, or with why it is unavailable)."""
+    q = _t(1, 1, 4, d)
+    with pytest.raises((ValueError, _backends.BackendUnavailableError),
+                       match=rf"head_dim that is a multiple of 8 from 8 to 128, got {d}|unavailable"):
+        attention(q, q, q, backend=backend)
+    assert attention(q, q, q).shape == q.shape  # auto falls back to the reference
 
 
 def _uniform_scores_case(lq=5, lk=7, d=8):
@@ -150,8 +168,8 @@ def test_closed_forms(backend):
 
 def test_env_backend_override_is_honoured(monkeypatch):
     q, k, v, mean_all, _ = _uniform_scores_case()
-    monkeypatch.setenv("PYNEURO_BACKEND", "triton")
-    with pytest.raises(_backends.BackendUnavailableError, match="triton"):
+    monkeypatch.setenv("PYNEURO_BACKEND", "cuda")
+    with pytest.raises(_backends.BackendUnavailableError, match="cuda"):
         attention(q, k, v)
     monkeypatch.setenv("PYNEURO_BACKEND", "reference")
     torch.testing.assert_close(attention(q, k, v), mean_all, atol=1e-12, rtol=0)
