@@ -19,9 +19,11 @@ constexpr int64_t kCpuScanDefaultChunk = 128;
 // most 128 (per-thread tiles of 64 rows x 128 fp32 = 32 KiB stay in L1/L2).
 constexpr int64_t kAttentionMaxHeadDim = 128;
 constexpr int64_t kAttentionHeadDimMultiple = 8;
-// Whole-problem path: Lq and Lk at most this (all of one (b, h) head's q, k, v, out and the
-// scores of a row stay in L1); above it the blocked online-softmax path with GEMM tiles runs.
-constexpr int64_t kCpuAttentionSmallMaxL = 64;
+// Tile of the CPU kernels: query rows x keys (a multiple of 4, the keys of one Philox call).
+// A head with Lq <= 64 and Lk <= 128 is one tile, all of it in L1 (the small-L path); the
+// per-thread 64 x 128 fp32 score tiles (2 x 32 KiB) and D x 128 Kᵀ/Vᵀ stay in L2.
+constexpr int64_t kCpuAttentionBlockQ = 64;
+constexpr int64_t kCpuAttentionBlockK = 128;
 
 namespace cuda {
 // --- selective scan, CUDA (csrc/cuda/selective_scan.cu)
@@ -41,6 +43,13 @@ constexpr int kRnnPersistentMaxH = 256;
 // Hidden units per unit tile and batch rows per batch tile: 16 x 16 = 256 threads, one (b, j) each.
 constexpr int kRnnPersistentUnits = 16;
 constexpr int kRnnPersistentBatch = 16;
+
+// --- attention, CUDA (csrc/cuda/attention.cu)
+// Keys per shared-memory tile (K and V staged transposed in fp32): 128 up to D = 64, 64 above, so
+// the backward's block (two D x (keys + 4) fp32 tiles plus 16-row q/dout/dS/P buffers, 92-94 KiB at
+// D = 64 and 128) fits the 99 KiB an sm_86 block may use. Lk up to one tile: a one-launch backward.
+constexpr int kAttentionBlockKeysSmallD = 128;
+constexpr int kAttentionBlockKeysLargeD = 64;
 }  // namespace cuda
 
 }  // namespace pyneuro

@@ -60,6 +60,7 @@ TARGETS = {
     # The torch glue itself (csrc/cuda/rnn_glue.cpp under PYNEURO_RNN_GLUE_EMULATION) on CPU tensors,
     # linked against the installed (CPU) torch: load with torch.ops.load_library, ops pyneuro_emu::*.
     "rnn_glue": (["csrc/cuda/rnn*.cu"], ["csrc/cuda/rnn_glue.cpp"], False),
+    "attention": (["csrc/cuda/attention.cu"], ["tools/cuda_emu/drivers/attention.cpp"], False),
     "emu_selftest": (["tests/cuda_emu/kernels/*.cu"], [], False),
     "emu_selftest_main": (["tests/cuda_emu/kernels/*.cu"], ["tools/cuda_emu/drivers/emu_selftest_main.cpp"], True),
 }
