@@ -9,8 +9,9 @@ unchanged. Differences from torch.nn:
 * ``attn_mask`` and ``key_padding_mask`` are not supported: the attention kernels take no mask.
 * MultiheadAttention's ``need_weights`` defaults to False: the kernels never form the attention
   matrix, so asking for it costs an extra pass; the weights returned are those before dropout.
-* Attention dropout is not in the kernels: while it is active (training with dropout > 0) the
-  attention runs through torch's scaled_dot_product_attention, which implements it.
+* Attention dropout runs inside pyneuro's kernels (a Philox mask regenerated in the backward, never
+  stored; docs/attention_contract.md), so training with dropout stays on the fused backends. Its
+  masks differ from torch's for the same seed (another generator), not in distribution.
 """
 from __future__ import annotations
 
@@ -69,6 +70,8 @@ class MultiheadAttention(nn.Module):
         if embed_dim % num_heads:
             raise ValueError(f"{owner}: embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
         _require_probability(owner, "dropout", dropout)
+        if dropout == 1:
+            raise ValueError(f"{owner}: dropout must be below 1 (attention dropout of 1 drops every weight), got 1")
         if not isinstance(bias, bool) or not isinstance(batch_first, bool):
             raise TypeError(f"{owner}: bias and batch_first must be bools, got {bias!r} and {batch_first!r}")
         _require_backend(owner, backend)
@@ -140,10 +143,8 @@ class MultiheadAttention(nn.Module):
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
 
         q, k, v = (self._split_heads(t) for t in self._project(query, key, value))
-        if self.training and self.dropout > 0:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout, is_causal=is_causal)
-        else:
-            out = attention(q, k, v, causal=is_causal, backend=self.backend)
+        dropout_p = self.dropout if self.training else 0.0
+        out = attention(q, k, v, causal=is_causal, dropout_p=dropout_p, backend=self.backend)
         batch, _, length, _ = out.shape
         out = self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))
 
@@ -193,7 +194,7 @@ class TransformerEncoderLayer(nn.Module):
     ``forward(src, src_mask=None, src_key_padding_mask=None, is_causal=False)``; masks other than
     causal raise NotImplementedError, and batch_first defaults to True.
     ``attention_dropout`` (keyword-only, default: ``dropout`` as in torch) sets the dropout on the
-    attention weights alone; 0 keeps training on pyneuro's attention kernels.
+    attention weights alone (applied inside the attention kernels).
     """
 
     def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, activation="relu",

@@ -234,3 +234,30 @@ def test_bad_forward_input():
         layer(x, x[:1], x[:1])
     with pytest.raises(TypeError, match="query dtype torch.float64 does not match"):
         layer(x.double(), x, x)
+
+
+def test_training_dropout_runs_in_pyneuros_attention(monkeypatch):
+    """While training with attention dropout the layer calls pyneuro's op with dropout_p (no SDPA
+    fallback): its output is the op's under the same seed, and SDPA is never called."""
+    import torch.nn.functional as F
+    from pyneuro.ops import attention
+
+    def no_sdpa(*args, **kwargs):
+        raise AssertionError("MultiheadAttention fell back to SDPA")
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", no_sdpa)
+    torch.manual_seed(0)
+    layer = pn.MultiheadSelfAttention(E, HEADS, dropout=0.3)
+    x = torch.randn(BATCH, L, E)
+    torch.manual_seed(5)
+    got = layer(x, causal=True)
+    q, k, v = (layer._split_heads(t) for t in layer._project(x, x, x))
+    torch.manual_seed(5)
+    heads = attention(q, k, v, causal=True, dropout_p=0.3)
+    want = layer.out_proj(heads.transpose(1, 2).reshape(BATCH, L, E))
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_attention_dropout_of_one_is_refused():
+    with pytest.raises(ValueError, match="dropout must be below 1"):
+        pn.MultiheadAttention(E, HEADS, dropout=1.0)
