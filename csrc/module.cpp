@@ -49,6 +49,15 @@ py::dict limits() {
   rnn["cuda_persistent"] = persistent;
 #endif
   all["rnn"] = rnn;
+  // Attention: the head dims every compiled backend takes (a multiple of head_dim_multiple up to
+  // max_head_dim), and the CPU kernels' tile (query rows x keys).
+  py::dict attention, cpu_tile;
+  attention["max_head_dim"] = pyneuro::kAttentionMaxHeadDim;
+  attention["head_dim_multiple"] = pyneuro::kAttentionHeadDimMultiple;
+  cpu_tile["block_q"] = pyneuro::kCpuAttentionBlockQ;
+  cpu_tile["block_k"] = pyneuro::kCpuAttentionBlockK;
+  attention["cpu_tile"] = cpu_tile;
+  all["attention"] = attention;
   return all;
 }
 

@@ -23,7 +23,9 @@ const std::vector<Variant>& variants() {  // worst first
 #define PYNEURO_TABLE_ROW(isa) \
   Variant{KernelTable{#isa, &isa::selective_scan_fwd, &isa::selective_scan_bwd, &isa::vec_math,             \
                       &isa::lstm_fwd_step, &isa::lstm_bwd_step, &isa::gru_fwd_step, &isa::gru_bwd_step,       \
-                      &isa::rnn_fwd_step, &isa::rnn_bwd_step, &isa::leaky_fwd_step, &isa::leaky_bwd_step},    \
+                      &isa::rnn_fwd_step, &isa::rnn_bwd_step, &isa::leaky_fwd_step, &isa::leaky_bwd_step,     \
+                      &isa::attention_fwd, &isa::attention_bwd_dq, &isa::attention_bwd_dkdv,                  \
+                      &isa::attention_bwd_fused},                                                             \
           {}},
       PYNEURO_FOR_EACH_CPU_ISA(PYNEURO_TABLE_ROW)
 #undef PYNEURO_TABLE_ROW

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "common/selective_scan_args.h"
+#include "cpu/philox.h"
 
 #if defined(PYNEURO_CPU_MULTI_ISA)
 #define PYNEURO_FOR_EACH_CPU_ISA(X) X(baseline) X(avx2) X(avx512)
@@ -43,6 +44,28 @@ struct RnnRows {
   int64_t b0 = 0, b1 = 0, H = 0, ld_reserve = 0;
 };
 
+// One attention call for the kernels of csrc/cpu/isa/attention_kernels.cpp (docs/attention_contract.md),
+// all fp32 (csrc/cpu/attention.cpp widens half inputs once). q, k, v, dout and out are read through
+// their (batch, head, row) strides, the last stride being 1; out, lse, dq, dk, dv and delta are
+// contiguous. Work is split into tasks: forward and dq (b, h, query block), dk/dv (b, kv head, key
+// block), fused backward (b, kv head); the driver hands each thread a range [t0, t1) of them.
+struct AttentionParams {
+  int64_t B = 0, Hq = 0, Hkv = 0, Lq = 0, Lk = 0, D = 0;
+  int64_t block_q = 0, block_k = 0;  // rows of a query block, keys of a key block
+  bool causal = false;
+  float scale = 1.f;
+  bool dropout = false;
+  philox::DropoutParams drop;
+  const float *q = nullptr, *k = nullptr, *v = nullptr;
+  int64_t q_strides[3] = {}, k_strides[3] = {}, v_strides[3] = {};  // batch, head, row
+  float* out = nullptr;   // forward: (B, Hq, Lq, D)
+  float* lse = nullptr;   // forward writes, backward reads: (B, Hq, Lq)
+  const float *dout = nullptr, *o = nullptr;  // backward: dout and the forward's out
+  int64_t dout_strides[3] = {}, o_strides[3] = {};
+  float *dq = nullptr, *dk = nullptr, *dv = nullptr;  // backward, zero on entry, accumulated
+  float* delta = nullptr;  // backward scratch: rowsum(dout * out), (B, Hq, Lq)
+};
+
 // What each variant defines (csrc/cpu/isa/*.cpp). Arguments are checked before these are called
 // (csrc/common/selective_scan_args.h); `s` holds the checked sizes.
 #define PYNEURO_DECLARE_CPU_KERNELS(isa)                                                                          \
@@ -60,6 +83,10 @@ struct RnnRows {
                                    const std::optional<at::Tensor>& initial_state, const at::Tensor& chunk_states, \
                                    bool delta_softplus);                                                          \
   void vec_math(VecFn fn, const float* x, float* y, int64_t n);                                                   \
+  void attention_fwd(const AttentionParams& p, int64_t t0, int64_t t1);                                           \
+  void attention_bwd_dq(const AttentionParams& p, int64_t t0, int64_t t1);                                        \
+  void attention_bwd_dkdv(const AttentionParams& p, int64_t t0, int64_t t1);                                      \
+  void attention_bwd_fused(const AttentionParams& p, int64_t t0, int64_t t1);                                     \
   void lstm_fwd_step(const RnnRows& r, const float* bias, const float* c_prev, int64_t ld_c, float* reserve_t,    \
                      float* m_out);                                                                               \
   void lstm_bwd_step(const RnnRows& r, const float* dm, int64_t ld_dm, const float* reserve_t, const float* c_prev, \
@@ -91,6 +118,10 @@ struct KernelTable {
   decltype(&baseline::rnn_bwd_step) rnn_bwd_step;
   decltype(&baseline::leaky_fwd_step) leaky_fwd_step;
   decltype(&baseline::leaky_bwd_step) leaky_bwd_step;
+  decltype(&baseline::attention_fwd) attention_fwd;
+  decltype(&baseline::attention_bwd_dq) attention_bwd_dq;
+  decltype(&baseline::attention_bwd_dkdv) attention_bwd_dkdv;
+  decltype(&baseline::attention_bwd_fused) attention_bwd_fused;
 };
 
 // The variant in use; raises ValueError (c10::ValueError) if PYNEURO_CPU_ISA was refused.
