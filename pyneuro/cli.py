@@ -94,6 +94,15 @@ def _check_device(name: str | None) -> None:
         resolve_device(name)
 
 
+def _headline(summary: dict) -> dict:
+    """The line printed after train/eval: the test accuracy of a classifier; a generative model's
+    test loss and its figures in nats (and any accuracy-like figures it reports)."""
+    if "test_acc" in summary:
+        return {"model": summary["model"], "test_acc": summary["test_acc"]}
+    figures = {k: v for k, v in summary.items() if k.endswith(("_nats", "_acc"))}
+    return {"model": summary["model"], "task": summary.get("task"), "test_loss": summary["test_loss"], **figures}
+
+
 def cmd_train(args) -> int:
     from .train import loop
 
@@ -125,7 +134,7 @@ def cmd_train(args) -> int:
                              "--overwrite to start again there, or another --out")
         summary = loop.train(settings, out)
     if summary is not None:  # None on the torchrun ranks other than 0
-        print(json.dumps({"model": summary["model"], "test_acc": summary["test_acc"], "plots": summary["plots"]}))
+        print(json.dumps({**_headline(summary), "plots": summary["plots"]}))
     return 0
 
 
@@ -140,7 +149,7 @@ def cmd_eval(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     device = loop.resolve_device(args.device or state["settings"]["train"]["device"])
     summary = loop.evaluate_run(out, device=device, checkpoint=args.checkpoint)
-    print(json.dumps({"model": summary["model"], "test_acc": summary["test_acc"]}))
+    print(json.dumps(_headline(summary)))
     return 0
 
 
@@ -232,7 +241,8 @@ def cmd_models(args) -> int:
     config = _read_config(None)
     for name in registry.names():
         spec = registry.get(name)
-        print(f"{name:<12} {spec.description} (view: {spec.view})")
+        kind = "" if spec.task == "classify" else f", task: {spec.task}"
+        print(f"{name:<12} {spec.description} (view: {spec.view}{kind})")
         print(f"{'':<12} defaults: {json.dumps(spec.defaults)}")
         presets = preset_names(config, name)
         if presets:

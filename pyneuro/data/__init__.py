@@ -8,6 +8,7 @@ Typical use::
         tokens = to_view(x, "patches", patch_size=7)   # float32 (128, 16, 49)
 """
 from .batches import TensorBatches
+from .binarize import TEST_BINARIZATION_SEED, binarize, fixed_binarization
 from .download import download_file
 from .idx import DataError, DataWarning, read_idx, write_idx
 from .mnist import DATASET_NAMES, SPLITS, default_cache_dir, load_mnist, mnist_source_info
@@ -21,10 +22,13 @@ __all__ = [
     "MNIST_MEAN",
     "MNIST_STD",
     "SPLITS",
+    "TEST_BINARIZATION_SEED",
     "TensorBatches",
     "VIEWS",
+    "binarize",
     "default_cache_dir",
     "download_file",
+    "fixed_binarization",
     "load_mnist",
     "load_numpy_pickle",
     "mnist_source_info",

@@ -8,6 +8,11 @@ by index, augmented and turned into the model's view on the fly. A run folder ho
     eval.json        the final test-set evaluation (test_acc, per-class report, confusion matrix)
     *.png            training curves, confusion matrix, predictions grid
 
+A generative model (registry task "generate", see pyneuro/models/registry.py) brings its own loss:
+the loop calls ``model.prepare`` and ``model(batch) -> (loss, terms)``, logs the named terms (nats
+per image) instead of an accuracy, and writes eval.json with the test loss, its terms and whatever
+``model.evaluate`` adds; the pictures are the loss curves and the model's own (its spec's ``plots``).
+
 Stopping: SIGINT (Ctrl-C) and SIGTERM only set a flag. The loop acts on it at the next batch
 boundary, where the model, optimizer, scheduler and position agree: it saves the checkpoint and
 raises :class:`Interrupted`. ``resume`` continues from there bit for bit. Checkpoints are also
@@ -118,6 +123,23 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+def _generative_output(spec, hyper, out) -> str | None:
+    """What is wrong with a generative model's forward output, or None: it must be (scalar loss,
+    dict of named scalar tensors)."""
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict)):
+        return f"returns {type(out).__name__}, expected a (loss, terms dict) pair"
+    loss, terms = out
+    bad = [name for name, v in terms.items() if not (isinstance(v, torch.Tensor) and v.dim() == 0)]
+    if not isinstance(loss, torch.Tensor) or loss.dim() or bad:
+        return f"must give a scalar loss and scalar terms (not scalar: {'loss' if bad == [] else bad})"
+    return None
+
+
+def _rng_fork(device: torch.device):
+    """Random draws inside leave the global RNG (CPU and this GPU) as they were."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
 def build_model(spec, hyper: dict, device: torch.device) -> nn.Module:
     """Build the model and run it once on two blank images, so that hyper-parameters which pass the
     schema but do not fit together (a head count that does not divide the width, more pooling
@@ -131,13 +153,22 @@ def build_model(spec, hyper: dict, device: torch.device) -> nn.Module:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            out = model(model_input(spec, hyper, probe))
+        if spec.generative:  # sampling models draw random numbers even in eval mode
+            with torch.no_grad(), _rng_fork(device):
+                out = model(model.prepare(probe, train=False))
+        else:
+            with torch.no_grad():
+                out = model(model_input(spec, hyper, probe))
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(f"model {spec.name} with {json.dumps(hyper)} cannot read {input_view(spec, hyper)!r} "
                           f"input: {_one_line(exc)}") from None
     finally:
         model.train(was_training)
+    if spec.generative:
+        problem = _generative_output(spec, hyper, out)
+        if problem:
+            raise ConfigError(f"generative model {spec.name} with {json.dumps(hyper)}: its forward {problem}")
+        return model
     if tuple(out.shape) != (2, 10):
         raise ConfigError(f"model {spec.name} with {json.dumps(hyper)} gives outputs of shape "
                           f"{tuple(out.shape)} for 2 images, expected (2, 10)")
@@ -202,11 +233,38 @@ def evaluate(model, spec, hyper, images, labels, device, batch_size=1000, channe
             "preds": preds, "probs": probs}
 
 
+# The noise of a generative model's validation and test passes: a fixed draw (the same figures on
+# every run and resume), taken on a forked RNG (the training draws do not depend on validation).
+EVAL_SEED = 2024
+
+
+@torch.no_grad()
+def evaluate_generative(model, images, device, batch_size=1000) -> dict:
+    """Mean loss and terms per image over a whole split, on the model's deterministic batch."""
+    model.eval()
+    n = max(len(images), 1)
+    with _rng_fork(device):
+        torch.manual_seed(EVAL_SEED)
+        batch = model.prepare(images.to(device), train=False)  # the whole split at once: one draw
+        loss = torch.zeros((), dtype=torch.float64, device=device)
+        terms: dict[str, torch.Tensor] = {}
+        for start in range(0, len(images), batch_size):
+            chunk = batch[start:start + batch_size]
+            step_loss, step_terms = model(chunk)
+            loss += step_loss.double() * len(chunk)
+            for name, value in step_terms.items():
+                terms[name] = terms.get(name, 0.0) + value.double() * len(chunk)
+    return {"loss": loss.item() / n, "terms": {name: v.item() / n for name, v in terms.items()}}
+
+
 def _restore_partial(partial: dict, device, main: bool) -> dict:
     """The epoch's running sums, as device tensors (no host sync per step). A resumed run keeps the
-    saved sums on rank 0 only: the ranks' sums are added up at the end of the epoch."""
+    saved sums on rank 0 only: the ranks' sums are added up at the end of the epoch. ``terms``: a
+    generative model's named loss terms (filled at its first step)."""
     return {"loss": torch.tensor(partial["loss"] if main else 0.0, dtype=torch.float64, device=device),
             "correct": torch.tensor(partial["correct"] if main else 0, dtype=torch.int64, device=device),
+            "terms": {name: torch.tensor(v if main else 0.0, dtype=torch.float64, device=device)
+                      for name, v in partial.get("terms", {}).items()},
             "seen": partial["seen"] if main else 0, "time": partial["time"]}
 
 
@@ -241,6 +299,7 @@ class _Run:
         self.stream = stream if ctx.is_main else io.StringIO()  # only rank 0 talks
         self.tr, self.hyper = settings["train"], settings["hyper"]
         self.spec = registry.get(settings["model"])
+        self.generative = self.spec.generative
 
     # -- set-up --------------------------------------------------------------------------------
     def _prepare(self):
@@ -318,7 +377,8 @@ class _Run:
     def _checkpoint(self, batch_in_epoch: int, epoch_start: dict, partial_time: float) -> None:
         """Save the state at a batch boundary (a collective: every rank calls it at the same step)."""
         ctx = self.ctx
-        sums = torch.stack([self.partial["loss"], self.partial["correct"].double()]).cpu()
+        terms = self.partial["terms"]
+        sums = torch.stack([self.partial["loss"], self.partial["correct"].double(), *terms.values()]).cpu()
         seen = torch.tensor([float(self.partial["seen"])])
         ctx.sum_(sums, seen)
         torch_states = ctx.gather(torch.get_rng_state())
@@ -332,7 +392,7 @@ class _Run:
             "scheduler_state": self.scheduler.state_dict(),
             "epoch": self.epoch, "batch_in_epoch": batch_in_epoch, "step": self.step,
             "partial_epoch": {"loss": sums[0].item(), "correct": int(sums[1].item()), "seen": int(seen.item()),
-                              "time": partial_time},
+                              "time": partial_time, "terms": dict(zip(terms, sums[2:].tolist()))},
             # The shuffling and augmentation generators as they were when this epoch began (the
             # epoch's order and shifts are drawn at once), and each rank's dropout RNG now.
             "rng": {**epoch_start, "torch": torch_states,
@@ -402,6 +462,9 @@ class _Run:
 
         def shown():
             seen = max(partial["seen"], 1)
+            if self.generative:
+                return {"loss": partial["loss"].item() / seen,
+                        **{name: v.item() / seen for name, v in partial["terms"].items()}}
             return {"loss": partial["loss"].item() / seen, "acc": partial["correct"].item() / seen}
 
         for i in range(self.skip, self.steps_per_epoch):
@@ -409,8 +472,11 @@ class _Run:
             xb, yb = self.train_x.index_select(0, idx), self.train_y.index_select(0, idx)
             if shift:
                 xb = shift_images(xb, offsets[i][:, mine], shift)
-            logits = self.forward(model_input(self.spec, self.hyper, xb, self.channels_last))
-            loss = F.cross_entropy(logits.float(), yb, label_smoothing=tr["label_smoothing"])
+            if self.generative:
+                loss, terms = self.forward(self.model.prepare(xb, train=True))
+            else:
+                logits = self.forward(model_input(self.spec, self.hyper, xb, self.channels_last))
+                loss = F.cross_entropy(logits.float(), yb, label_smoothing=tr["label_smoothing"])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if tr["grad_clip"] > 0:
@@ -420,7 +486,12 @@ class _Run:
             self.step += 1
             with torch.no_grad():  # on the device: reading them would wait for the GPU every step
                 partial["loss"] += loss.detach().double() * len(yb)
-                partial["correct"] += (logits.detach().argmax(-1) == yb).sum()
+                if self.generative:
+                    for name, value in terms.items():
+                        total = partial["terms"].setdefault(name, torch.zeros((), dtype=torch.float64, device=device))
+                        total += value.detach().double() * len(yb)
+                else:
+                    partial["correct"] += (logits.detach().argmax(-1) == yb).sum()
             partial["seen"] += len(yb)
             bar.update(len(yb), shown)
             # A batch boundary: model, optimizer, scheduler and position agree.
@@ -434,25 +505,31 @@ class _Run:
         bar.close()
         self.skip = 0
         train_time = partial["time"] + time.perf_counter() - t0
-        sums = torch.stack([partial["loss"], partial["correct"].double()])
+        term_names = list(partial["terms"])
+        sums = torch.stack([partial["loss"], partial["correct"].double(), *partial["terms"].values()])
         seen = torch.tensor([float(partial["seen"])], device=device)
         ctx.sum_(sums, seen)
         if ctx.is_main:
             seen_n = max(seen.item(), 1)
-            record = {"epoch": self.epoch + 1, "step": self.step,
-                      "train_loss": sums[0].item() / seen_n, "train_acc": sums[1].item() / seen_n}
+            record = {"epoch": self.epoch + 1, "step": self.step, "train_loss": sums[0].item() / seen_n}
+            if self.generative:
+                record.update({f"train_{name}": v / seen_n for name, v in zip(term_names, sums[2:].tolist())})
+            else:
+                record["train_acc"] = sums[1].item() / seen_n
             every, last = tr["eval_every"], self.epoch + 1 == tr["epochs"]
             if every and ((self.epoch + 1) % every == 0 or last):
-                val = evaluate(self.model, self.spec, self.hyper, self.val_x, self.val_y, device,
-                               tr["eval_batch_size"], self.channels_last)
-                record.update(val_loss=val["loss"], val_acc=val["acc"])
+                if self.generative:
+                    val = evaluate_generative(self.model, self.val_x, device, tr["eval_batch_size"])
+                    record.update(val_loss=val["loss"], **{f"val_{name}": v for name, v in val["terms"].items()})
+                else:
+                    val = evaluate(self.model, self.spec, self.hyper, self.val_x, self.val_y, device,
+                                   tr["eval_batch_size"], self.channels_last)
+                    record.update(val_loss=val["loss"], val_acc=val["acc"])
             record.update(lr=self.optimizer.param_groups[0]["lr"], epoch_time_s=train_time,
                           samples_per_s=seen_n / max(train_time, 1e-9), world_size=ctx.world_size)
             self.log.append(record)
-            val_text = (f" | val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}"
-                        if "val_acc" in record else "")
-            print(f"epoch {self.epoch + 1}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}"
-                  f"{val_text} | {train_time:.1f}s", file=self.stream)
+            print(f"epoch {self.epoch + 1}: {self._epoch_text(record, term_names)} | {train_time:.1f}s",
+                  file=self.stream)
         self.epoch += 1
         self.partial = partial = _restore_partial({"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0},
                                                   device, True)
@@ -462,6 +539,20 @@ class _Run:
             raise self._interrupted(signum, 0)
 
 
+    def _epoch_text(self, record: dict, term_names: list[str]) -> str:
+        if not self.generative:
+            val_text = (f" | val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}"
+                        if "val_acc" in record else "")
+            return f"train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}{val_text}"
+
+        def part(prefix):
+            terms = ", ".join(f"{name} {record[f'{prefix}_{name}']:.2f}" for name in term_names
+                              if f"{prefix}_{name}" in record)
+            return f"{prefix} loss {record[f'{prefix}_loss']:.4f}" + (f" ({terms})" if terms else "")
+
+        return part("train") + (f" | {part('val')}" if "val_loss" in record else "")
+
+
 def _version() -> str:
     from .. import __version__
     return __version__
@@ -469,8 +560,6 @@ def _version() -> str:
 
 def evaluate_run(out_dir, device=None, model=None, settings=None, checkpoint=None, stream=None) -> dict:
     """Evaluate on the untouched 10k test set; writes eval.json and the plots into ``out_dir``."""
-    from ..viz import plots
-
     stream = stream or sys.stderr
     out = Path(out_dir)
     if model is None:
@@ -487,6 +576,50 @@ def evaluate_run(out_dir, device=None, model=None, settings=None, checkpoint=Non
     spec = registry.get(settings["model"])
     tr = settings["train"]
     test_x, test_y = load_split("test", tr["data_dir"])
+    if spec.generative:
+        summary = _evaluate_generative_run(out, model, spec, settings, device, test_x, test_y, stream)
+    else:
+        summary = _evaluate_classifier_run(out, model, spec, settings, device, test_x, test_y, stream)
+    hook = spec.plot_function()  # the model's own pictures
+    if hook is not None:
+        summary["plots"].extend(str(p) for p in hook(model, test_x, test_y, out, title=spec.name,
+                                                     view=input_view(spec, settings["hyper"])))
+    return summary
+
+
+def _evaluate_generative_run(out, model, spec, settings, device, test_x, test_y, stream) -> dict:
+    from ..viz import plots
+
+    tr = settings["train"]
+    t0 = time.perf_counter()
+    res = evaluate_generative(model, test_x, device, tr["eval_batch_size"])
+    summary = {"model": spec.name, "task": spec.task, "test_loss": res["loss"], "test_terms": res["terms"],
+               "n_test": len(test_x), "device": str(device), "world_size": settings.get("world_size", 1)}
+    own = getattr(model, "evaluate", None)
+    if own is not None:
+        def progress(total):
+            return Progress(total, f"evaluating {spec.name}", every=max(1, total // 20), stream=stream)
+
+        extra = own(test_x, test_y, progress=progress)
+        clash = set(extra) & set(summary)
+        if clash:
+            raise ValueError(f"model {spec.name}: evaluate() returned keys the trainer writes itself: {sorted(clash)}")
+        summary.update(extra)
+    summary["settings"] = settings
+    atomic_write_text(out / "eval.json", json.dumps(summary, indent=2) + "\n")
+    figures = {k: v for k, v in summary.items() if k.endswith("_nats") or k.endswith("_acc")}
+    shown = "  ".join(f"{k} {v:.2f}" for k, v in (figures or res["terms"]).items())
+    print(f"test ({spec.name}): loss {res['loss']:.4f}  {shown}  ({len(test_x):,} images, "
+          f"{time.perf_counter() - t0:.1f}s)", file=stream)
+    records = MetricsLog(out / "metrics.jsonl").read()
+    summary["plots"] = [str(p) for p in plots.generative_run_plots(out, records, title=spec.name)]
+    return summary
+
+
+def _evaluate_classifier_run(out, model, spec, settings, device, test_x, test_y, stream) -> dict:
+    from ..viz import plots
+
+    tr = settings["train"]
     t0 = time.perf_counter()
     res = evaluate(model, spec, settings["hyper"], test_x, test_y, device, tr["eval_batch_size"])
     cm = confusion_matrix(test_y, res["preds"])

@@ -1,4 +1,5 @@
-"""Run plots: training curves, confusion matrix, and a grid of test predictions."""
+"""Run plots: training curves, confusion matrix, and a grid of test predictions (classifiers); the
+loss curves of a generative model's terms (its own pictures come from its registry entry)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -92,3 +93,25 @@ def run_plots(out_dir, records, cm, images, labels, preds, probs, title="") -> l
     paths.append(confusion(cm, out / "confusion.png", title))
     paths.append(prediction_grid(images, labels, preds, probs, out / "predictions.png", title))
     return paths
+
+
+def generative_curves(records: list[dict], path: Path, title: str = "") -> Path:
+    """The loss and each of its named terms (train and, where measured, validation) per epoch."""
+    epochs = [r["epoch"] for r in records]
+    names = ["loss", *dict.fromkeys(k[len("train_"):] for r in records for k in r
+                                    if k.startswith("train_") and k != "train_loss")]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for split, marker in (("train", "o-"), ("val", "s-")):
+            points = [(e, r[f"{split}_{name}"]) for e, r in zip(epochs, records) if f"{split}_{name}" in r]
+            if points:
+                ax.plot(*zip(*points), marker, ms=3, label="validation" if split == "val" else split)
+        ax.set(xlabel="epoch", ylabel="nats per image" if name.endswith("_nats") or name == "loss" else name,
+               title=f"{title} {name}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def generative_run_plots(out_dir, records, title="") -> list[Path]:
+    return [generative_curves(records, Path(out_dir) / "curves.png", title)] if records else []
