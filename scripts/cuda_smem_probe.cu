@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdio>
 
+#include "attention.h"
 #include "rnn.h"
 #include "selective_scan.h"
 
@@ -51,5 +52,15 @@ int main() {
   std::printf("rnn_cell_bwd_kernel 0\n");
   std::printf("rnn_persistent_fwd_kernel %zu\n", rnn_persistent);
   std::printf("rnn_persistent_bwd_kernel %zu\n", rnn_persistent_bwd);
+  // Attention: the largest over every head dim (the key tile shrinks above D = 64), with the most
+  // warps a rows block launches; the dq variant of the rows kernel keeps dout rows too.
+  size_t attn_rows = 0, attn_dkdv = 0;
+  for (int D = 8; D <= 128; D += 8) {
+    attn_rows = std::max({attn_rows, attention_rows_smem_bytes(D, false), attention_rows_smem_bytes(D, true)});
+    attn_dkdv = std::max(attn_dkdv, attention_dkdv_smem_bytes(D));
+  }
+  std::printf("# attention: D in [8, 128]\n");
+  std::printf("attention_rows_kernel %zu\n", attn_rows);
+  std::printf("attention_dkdv_kernel %zu\n", attn_dkdv);
   return 0;
 }
