@@ -4,7 +4,10 @@ Calls torch.ops.pyneuro.selective_scan_fwd / _bwd directly (so the forward and b
 every B/C variant and the partial-sum kernels run) and compares each result with the CPU kernel
 on the same inputs, upcast to fp32, so a launch that silently did nothing also fails. Then the same
 for the recurrent cells' ops (lstm/gru/rnn/leaky _fwd/_bwd), on both CUDA paths: the persistent
-kernels and the per-step cell kernels (PYNEURO_CUDA_RNN_PATH=persistent / stepwise).
+kernels and the per-step cell kernels (PYNEURO_CUDA_RNN_PATH=persistent / stepwise). Then attention
+(attention_fwd / _bwd: the one-launch and the two-launch backward, causal, GQA, dropout, strided
+inputs) against the fp64 contract of pyneuro/ops/attn/naive.py, and once through the public
+pyneuro.ops.attention(..., backend="cuda") with autograd.
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python scripts/gpu_check_sanitize.py --shapes full
     compute-sanitizer --tool racecheck --error-exitcode 1 python scripts/gpu_check_sanitize.py --shapes tiny
@@ -184,6 +187,83 @@ def rnn_check(cell: str, dtype: torch.dtype, path: str, gen: torch.Generator) ->
     return errors
 
 
+# Attention: (B, Hq, Hkv, Lq, Lk, D, causal, dropout_p, dtype, strided). Lk within one key tile (the
+# one-launch backward) and above it (dk/dv then dq), every D bucket, GQA, Lq != Lk.
+ATTN_FULL = [
+    (2, 4, 4, 17, 17, 24, False, 0.0, torch.float32, False),
+    (2, 4, 2, 33, 29, 64, True, 0.2, torch.bfloat16, True),
+    (1, 2, 1, 9, 150, 72, True, 0.0, torch.float16, False),
+    (1, 2, 2, 130, 260, 32, False, 0.1, torch.float32, True),
+]
+ATTN_TINY = [
+    (1, 2, 1, 17, 17, 24, True, 0.2, torch.float32, False),
+    (1, 1, 1, 9, 70, 72, False, 0.0, torch.float32, True),
+]
+
+
+def attention_label(c) -> str:
+    B, Hq, Hkv, Lq, Lk, D, causal, p, dtype, strided = c
+    return (f"b{B} h{Hq}/{Hkv} L{Lq}x{Lk} D{D}{' causal' if causal else ''}{f' p{p}' if p else ''} "
+            f"{str(dtype).removeprefix('torch.')}{' strided' if strided else ''}")
+
+
+def attention_check(c, gen: torch.Generator) -> list[str]:
+    from pyneuro.ops.attn import naive
+
+    B, Hq, Hkv, Lq, Lk, D, causal, p, dtype, strided = c
+
+    def operand(H, L):
+        if strided:
+            return torch.randn(B, L, H, D + 8, generator=gen).to(dtype).cuda().transpose(1, 2)[..., :D]
+        return torch.randn(B, H, L, D, generator=gen).to(dtype).cuda()
+
+    q, k, v, dout = operand(Hq, Lq), operand(Hkv, Lk), operand(Hkv, Lk), operand(Hq, Lq)
+    rng = torch.tensor([20261202, 5], dtype=torch.int64) if p > 0 else None
+    scale = 1 / D ** 0.5
+    ops = torch.ops.pyneuro
+    out, lse = ops.attention_fwd(q, k, v, causal, scale, p, rng)
+    got = (out, lse, *ops.attention_bwd(dout, q, k, v, out, lse, causal, scale, p, rng))
+    torch.cuda.synchronize()
+    cpu = [t.cpu() for t in (q, k, v, dout, out, lse)]
+    ref = (*naive.attention_fwd_contract(*(t.double() for t in cpu[:3]), causal, scale, p, rng),
+           *naive.attention_bwd_contract(cpu[3], *cpu[:3], cpu[4], cpu[5], causal, scale, p, rng))
+    errors = []
+    for name, g, r in zip(("out", "lse", "dq", "dk", "dv"), got, ref):
+        g = g.double().cpu()
+        if g.shape != r.shape:
+            errors.append(f"{name}: shape {tuple(g.shape)}, the contract's is {tuple(r.shape)}")
+        elif not torch.isfinite(g).all():
+            errors.append(f"{name}: non-finite values")
+        else:
+            err = (g - r).abs().max().item() / (r.abs().max().item() + 1e-6)
+            limit = TOL[torch.float32 if name == "lse" else dtype]
+            if err > limit:
+                errors.append(f"{name}: max error {err:.2e} of max |ref| > {limit:.0e}")
+    return errors
+
+
+def attention_public_check(gen: torch.Generator) -> list[str]:
+    """The public function with autograd on the cuda backend (the registered pair, no fallback)."""
+    try:
+        from pyneuro.ops.attn import attention, naive
+    except ImportError as e:
+        return [f"pyneuro.ops.attn.attention is not importable: {e}"]
+    leaves = [torch.randn(2, 4, 17, 24, generator=gen).cuda().requires_grad_() for _ in range(3)]
+    dout = torch.randn(2, 4, 17, 24, generator=gen).cuda()
+    out = attention(*leaves, causal=True, backend="cuda")
+    grads = torch.autograd.grad(out, leaves, dout)
+    torch.cuda.synchronize()
+    ref_leaves = [t.detach().cpu().double().requires_grad_() for t in leaves]
+    ref = naive.attention_naive(*ref_leaves, causal=True)
+    ref_grads = torch.autograd.grad(ref, ref_leaves, dout.cpu().double())
+    errors = []
+    for name, g, r in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref, *ref_grads)):
+        err = (g.detach().double().cpu() - r).abs().max().item() / (r.abs().max().item() + 1e-6)
+        if not err <= TOL[torch.float32]:
+            errors.append(f"{name}: max error {err:.2e} of max |ref| > {TOL[torch.float32]:.0e}")
+    return errors
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", choices=["full", "tiny"], default="full")
@@ -218,6 +298,21 @@ def main() -> int:
                     for e in errors:
                         print(f"        {e}")
                     failed |= bool(errors)
+    if torch._C._dispatch_has_kernel_for_dispatch_key("pyneuro::attention_fwd", "CUDA"):
+        for c in ATTN_FULL if args.shapes == "full" else ATTN_TINY:
+            start = time.perf_counter()
+            errors = attention_check(c, gen)
+            print(f"{'ok  ' if not errors else 'FAIL'}  attention fwd+bwd  {attention_label(c)}  "
+                  f"({time.perf_counter() - start:.1f} s)")
+            for e in errors:
+                print(f"        {e}")
+            failed |= bool(errors)
+        start = time.perf_counter()
+        errors = attention_public_check(gen)
+        print(f"{'ok  ' if not errors else 'FAIL'}  pyneuro.ops.attention backend=cuda  ({time.perf_counter() - start:.1f} s)")
+        for e in errors:
+            print(f"        {e}")
+        failed |= bool(errors)
     return 1 if failed else 0
 
 
