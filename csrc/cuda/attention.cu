@@ -311,12 +311,15 @@ __global__ void __launch_bounds__(kMaxWarps * kWarpSize) attention_rows_kernel(c
 // 16: each warp computes P, dP and dS of its 2 rows for every key of the tile (lanes over keys)
 // into shared memory, and, when this is the only key tile, the rows' dq (lanes over d); then the
 // whole block adds the chunk's dSᵀ q and (P·M)ᵀ dout to dk, dv, which stay in registers: thread
-// t owns elements e = t + 256u of the kBlockK x kMaxD tile.
+// t owns the 4-column strips s = t + 256u of the kBlockK x kMaxD tile (key j = s / (kMaxD/4),
+// columns 4·(s % (kMaxD/4)) + 0..3), so each row costs one broadcast dS (P) load and one float4
+// q (dout) load per 4 FMAs.
 template <typename T, int kMaxD>
 __global__ void __launch_bounds__(kDkdvThreads) attention_dkdv_kernel(const Problem p) {
   using Tl = Tile<kMaxD>;
   constexpr int kBlockK = Tl::kBlockK, kLd = Tl::kLd, kKPL = Tl::kKPL, kCols = Tl::kCols;
-  constexpr int kElems = kBlockK * kMaxD / kDkdvThreads;
+  constexpr int kStripsPerKey = kMaxD / 4;
+  constexpr int kStrips = kBlockK * kStripsPerKey / kDkdvThreads;  // per thread
   constexpr int kWarps = kDkdvThreads / kWarpSize;
   extern __shared__ float4 smem_f4[];
   float* const smem = reinterpret_cast<float*>(smem_f4);
@@ -338,9 +341,11 @@ __global__ void __launch_bounds__(kDkdvThreads) attention_dkdv_kernel(const Prob
   stage_transposed<T, kLd>(vt, static_cast<const T*>(p.v) + b * p.v_st.b + hkv * p.v_st.h + j0 * p.v_st.l,
                            p.v_st.l, n, D);
 
-  float dk_acc[kElems], dv_acc[kElems];
+  float dk_acc[kStrips][4], dv_acc[kStrips][4];
 #pragma unroll
-  for (int u = 0; u < kElems; ++u) dk_acc[u] = dv_acc[u] = 0.f;
+  for (int u = 0; u < kStrips; ++u)
+#pragma unroll
+    for (int x = 0; x < 4; ++x) dk_acc[u][x] = dv_acc[u][x] = 0.f;
 
   // Rows r = (i - i_first)·G + g for i >= i_first: causal rows before the tile see none of its keys.
   const int i_first = p.causal ? imin(j0, p.Lq) : 0;
@@ -407,18 +412,21 @@ __global__ void __launch_bounds__(kDkdvThreads) attention_dkdv_kernel(const Prob
     }
     __syncthreads();
     // dk[j][d] += Σ_r dS[r][j] q[r][d], dv[j][d] += Σ_r PM[r][j] dout[r][d]: consecutive threads
-    // take consecutive d of one j, so dS/PM reads broadcast and q/dout reads are conflict-free.
+    // take consecutive strips of one j, so dS/PM reads broadcast and q/dout float4 reads are
+    // conflict-free (the rows are D floats, D a multiple of 8: 16-byte aligned).
 #pragma unroll
-    for (int u = 0; u < kElems; ++u) {
-      const int e = threadIdx.x + u * kDkdvThreads, j = e / kMaxD, d = e % kMaxD;
+    for (int u = 0; u < kStrips; ++u) {
+      const int e = threadIdx.x + u * kDkdvThreads, j = e / kStripsPerKey, d = (e % kStripsPerKey) * 4;
       if (j >= n || d >= D) continue;
-      float ak = dk_acc[u], av = dv_acc[u];
       for (int r = 0; r < chunk; ++r) {
-        ak = fmaf(dsc[r * kBlockK + j], qc[r * D + d], ak);
-        av = fmaf(pc[r * kBlockK + j], dc[r * D + d], av);
+        const float ds = dsc[r * kBlockK + j], pm = pc[r * kBlockK + j];
+        const float4 qv = *reinterpret_cast<const float4*>(qc + r * D + d);
+        const float4 gv = *reinterpret_cast<const float4*>(dc + r * D + d);
+        dk_acc[u][0] = fmaf(ds, qv.x, dk_acc[u][0]); dk_acc[u][1] = fmaf(ds, qv.y, dk_acc[u][1]);
+        dk_acc[u][2] = fmaf(ds, qv.z, dk_acc[u][2]); dk_acc[u][3] = fmaf(ds, qv.w, dk_acc[u][3]);
+        dv_acc[u][0] = fmaf(pm, gv.x, dv_acc[u][0]); dv_acc[u][1] = fmaf(pm, gv.y, dv_acc[u][1]);
+        dv_acc[u][2] = fmaf(pm, gv.z, dv_acc[u][2]); dv_acc[u][3] = fmaf(pm, gv.w, dv_acc[u][3]);
       }
-      dk_acc[u] = ak;
-      dv_acc[u] = av;
     }
   }
 
@@ -426,11 +434,14 @@ __global__ void __launch_bounds__(kDkdvThreads) attention_dkdv_kernel(const Prob
   T* const dk = static_cast<T*>(p.dk) + (int64_t(bkv) * p.Lk + j0) * D;
   T* const dv = static_cast<T*>(p.dv) + (int64_t(bkv) * p.Lk + j0) * D;
 #pragma unroll
-  for (int u = 0; u < kElems; ++u) {
-    const int e = threadIdx.x + u * kDkdvThreads, j = e / kMaxD, d = e % kMaxD;
+  for (int u = 0; u < kStrips; ++u) {
+    const int e = threadIdx.x + u * kDkdvThreads, j = e / kStripsPerKey, d = (e % kStripsPerKey) * 4;
     if (j >= n || d >= D) continue;
-    dk[j * D + d] = from_f<T>(dk_acc[u] * kLn2);
-    dv[j * D + d] = from_f<T>(dv_acc[u]);
+#pragma unroll
+    for (int x = 0; x < 4; ++x) {
+      dk[j * D + d + x] = from_f<T>(dk_acc[u][x] * kLn2);
+      dv[j * D + d + x] = from_f<T>(dv_acc[u][x]);
+    }
   }
 }
 
