@@ -60,4 +60,5 @@ register("s4d", view="rows",
          description="stack of S4D (diagonal state space) blocks with GLU, pre-norm, row by row (or pixel by pixel)",
          defaults={"d_model": 128, "n_layers": 4, "d_state": 64, "dropout": 0.1, "dt_min": 1e-3, "dt_max": 1e-1,
                    "ssm_lr": 1e-3, "pool": "mean", "view": "rows", "backend": "auto"},
-         train_defaults={"epochs": 15, "lr": 4e-3, "weight_decay": 0.05, "grad_clip": 1.0})(S4DClassifier)
+         train_defaults={"epochs": 15, "lr": 4e-3, "weight_decay": 0.05, "grad_clip": 1.0},
+         plots="pyneuro.viz.s4d:s4d_pictures")(S4DClassifier)  # kernels.png in the run folder

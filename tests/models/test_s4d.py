@@ -97,6 +97,8 @@ def test_s4d_learns_an_mnist_subset(real_mnist, tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert summary["test_acc"] > 0.94, f"s4d reached only {summary['test_acc']:.4f} (needs 0.94)"
+    # the run's evaluation drew the kernels through the model's plots hook
+    assert str(tmp_path / "kernels.png") in summary["plots"] and (tmp_path / "kernels.png").stat().st_size > 10_000
 
 
 def test_kernel_picture_writes_a_png_for_each_view(tmp_path):
@@ -113,3 +115,8 @@ def test_kernel_picture_writes_a_png_for_each_view(tmp_path):
         plot_kernels(torch.nn.Linear(2, 2), tmp_path / "x.png")
     with pytest.raises(ValueError, match=r"view: must be one of \['rows', 'pixels'\], got 'image'"):
         s4d_pictures(model, _images(), torch.arange(3), tmp_path, view="image")
+
+
+def test_the_run_draws_the_kernel_picture_through_the_model_s_plots_hook(tmp_path):
+    spec = registry.get("s4d")
+    assert spec.plot_function() is s4d_pictures
