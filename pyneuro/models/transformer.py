@@ -1,5 +1,6 @@
-"""Vision-Transformer-style classifier: 7×7 patches become 16 tokens, a class token is prepended,
-learned position embeddings are added, and pre-norm encoder layers (pyneuro attention) mix them."""
+"""Vision-Transformer-style classifier: P×P patches become tokens (16 for 7×7, 49 for 4×4), a class
+token is prepended, learned position embeddings are added, and pre-norm encoder layers (pyneuro
+attention, with its in-kernel attention dropout) mix them."""
 from __future__ import annotations
 
 import torch
@@ -11,34 +12,50 @@ from .registry import register
 
 class PatchTransformer(nn.Module):
     def __init__(self, patch_size=7, d_model=96, nhead=4, num_layers=4, dim_feedforward=192,
-                 dropout=0.1, num_classes=10):
+                 dropout=0.1, attention_dropout=0.0, num_classes=10):
         super().__init__()
-        if 28 % patch_size:
-            raise ValueError(f"patch_size must divide 28, got {patch_size}")
+        if not isinstance(patch_size, int) or patch_size < 1 or 28 % patch_size:
+            raise ValueError(f"patch_size must divide 28, got {patch_size!r}")
+        self.patch_size = patch_size
         tokens = (28 // patch_size) ** 2
         self.embed = nn.Linear(patch_size * patch_size, d_model)
         self.cls = nn.Parameter(torch.zeros(1, 1, d_model))
         self.pos = nn.Parameter(torch.randn(1, tokens + 1, d_model) * 0.02)
         self.layers = nn.ModuleList(
-            # Attention-weight dropout off, so training runs on pyneuro's attention op (which has
-            # no dropout); the residual and feed-forward dropout regularise instead.
             pnn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation="gelu",
-                                        batch_first=True, norm_first=True, attention_dropout=0.0)
+                                        batch_first=True, norm_first=True, attention_dropout=attention_dropout)
             for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, num_classes)
 
-    def forward(self, x):  # x: (B, tokens, patch_size²)
+    def _tokens(self, x):  # x: (B, tokens, patch_size²)
         h = self.embed(x)
-        h = torch.cat([self.cls.expand(h.shape[0], -1, -1), h], dim=1) + self.pos
+        return torch.cat([self.cls.expand(h.shape[0], -1, -1), h], dim=1) + self.pos
+
+    def forward(self, x):
+        h = self._tokens(x)
         for layer in self.layers:
             h = layer(h)
         return self.head(self.norm(h[:, 0]))
 
+    @torch.no_grad()
+    def class_token_attention(self, x):
+        """The class token's attention weights over the patches in every layer and head
+        (layers, B, heads, patches), and the logits; for pictures (forms the weights, so slower)."""
+        h = self._tokens(x)
+        maps = []
+        for layer in self.layers:
+            normed = layer.norm1(h)
+            _, weights = layer.self_attn(normed, normed, normed, need_weights=True, average_attn_weights=False)
+            maps.append(weights[:, :, 0, 1:])  # row of the class token, columns of the patches
+            h = layer(h)
+        return torch.stack(maps), self.head(self.norm(h[:, 0]))
+
 
 @register("transformer", view="patches", description="transformer encoder over 7×7 patches",
           defaults={"patch_size": 7, "d_model": 96, "nhead": 4, "num_layers": 4,
-                    "dim_feedforward": 192, "dropout": 0.1},
-          train_defaults={"epochs": 15, "lr": 2e-3, "augment_shift": 2, "weight_decay": 0.05})
+                    "dim_feedforward": 192, "dropout": 0.1, "attention_dropout": 0.0},
+          train_defaults={"epochs": 15, "lr": 2e-3, "augment_shift": 2, "weight_decay": 0.05},
+          plots="pyneuro.viz.transformer:plots")
 def build_transformer(**kw):
     return PatchTransformer(**kw)
