@@ -29,7 +29,8 @@ def binarize(images: torch.Tensor, generator: torch.Generator | None = None) -> 
 
 def fixed_binarization(images: torch.Tensor, seed: int = TEST_BINARIZATION_SEED) -> torch.Tensor:
     """One binarisation of ``images`` that depends only on ``seed`` and the images: drawn on the CPU
-    (the same bits on every device), returned on the images' device."""
+    (the same bits on every device), returned on the images' device. The draw depends on the whole
+    tensor: binarise a split at once, then slice it (a slice binarised alone gets other bits)."""
     p = _intensities(images.cpu())
     u = torch.rand(p.shape, generator=torch.Generator().manual_seed(seed))
     return (u < p).to(torch.float32).to(images.device)

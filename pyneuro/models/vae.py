@@ -126,18 +126,6 @@ class VAE(nn.Module):
         return -recon + log_prior - log_posterior, recon.mean(0), kl
 
     @torch.no_grad()
-    def iw_log_likelihood(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None,
-                          chunk: int = 1000) -> torch.Tensor:
-        """The importance-weighted estimate of log p(x) with k samples, (B,): log-mean-exp of the
-        weights, gathered ``chunk`` samples at a time (the sum is exact, only memory is bounded)."""
-        total = None
-        for start in range(0, k, chunk):
-            lw = self.log_weights(x, min(chunk, k - start), generator)[0].double()
-            part = lw.logsumexp(0)
-            total = part if total is None else torch.logaddexp(total, part)
-        return total - math.log(k)
-
-    @torch.no_grad()
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor, progress=None) -> dict:
         """The test figures: -ELBO, its reconstruction and KL terms, and the importance-weighted
         -log p(x) with ``iw_samples`` samples, nats per image over the fixed binarisation of
@@ -151,8 +139,9 @@ class VAE(nn.Module):
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # recon, kl, iw log-likelihood
         bar = progress(math.ceil(len(images) / self.iw_batch)) if progress else None
         seen = 0
+        binary = self.prepare(images, train=False)  # the whole split at once: the trainer's test draw
         for start in range(0, len(images), self.iw_batch):
-            x = self.prepare(images[start:start + self.iw_batch].to(device), train=False)
+            x = binary[start:start + self.iw_batch].to(device=device, dtype=self.posterior.weight.dtype)
             lw, recon, kl = self.log_weights(x, k, generator)
             iw = lw.double().logsumexp(0) - math.log(k)
             sums += torch.stack([recon.double().sum(), kl.double().sum(), iw.sum()])

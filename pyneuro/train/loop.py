@@ -130,9 +130,9 @@ def _generative_output(spec, hyper, out) -> str | None:
         return f"returns {type(out).__name__}, expected a (loss, terms dict) pair"
     loss, terms = out
     bad = [name for name, v in terms.items() if not (isinstance(v, torch.Tensor) and v.dim() == 0)]
-    if not isinstance(loss, torch.Tensor) or loss.dim() or bad:
-        return f"must give a scalar loss and scalar terms (not scalar: {'loss' if bad == [] else bad})"
-    return None
+    if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
+        bad.insert(0, "loss")
+    return f"must give a scalar loss and scalar terms (not scalar: {bad})" if bad else None
 
 
 def _rng_fork(device: torch.device):

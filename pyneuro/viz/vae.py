@@ -31,7 +31,7 @@ def _grid(ax_rows, pictures, titles=None):
 def reconstructions(model, images, path: Path, title: str = "vae", count: int = 30, cols: int = 10) -> Path:
     """Rows of (binarised) test inputs, each above the pixel probabilities decoded from its
     posterior mean."""
-    x = fixed_binarization(images[:count]).reshape(-1, 1, 28, 28).to(_model_device(model))
+    x = fixed_binarization(images)[:count].reshape(-1, 1, 28, 28).to(_model_device(model))  # the scored bits
     mu, _ = model.encode(x)
     recon = model.decode(mu).sigmoid().reshape(-1, 28, 28)
     groups = (len(x) + cols - 1) // cols
@@ -59,7 +59,7 @@ def latent_space(model, images, labels, path: Path, title: str = "vae", count: i
     """The posterior means of ``count`` test images, coloured by class: the two latent coordinates
     themselves for a 2-D latent, else their first two principal components."""
     device = _model_device(model)
-    x = fixed_binarization(images[:count]).reshape(-1, 1, 28, 28).to(device)
+    x = fixed_binarization(images)[:count].reshape(-1, 1, 28, 28).to(device)
     mu = torch.cat([model.encode(chunk)[0] for chunk in x.split(1000)]).cpu()
     labels = labels[:count]
     if mu.shape[1] == 2:
