@@ -45,8 +45,8 @@ Precision: fp16/bf16 dots take operands in the input dtype (P and dS rounded to 
 accumulate in fp32; fp32 dots run in IEEE fp32 (no TF32: its 10-bit mantissa on q kᵀ would put
 errors of ~1e-3·|S| into the softmax, far outside the contract's fp32 level).
 
-Block sizes are autotuned per (D, causal, dtype, power-of-two bucket of Lq and Lk, dropout), from
-`configs(kernel, dtype, head_dim)`, pruned by an estimate of shared memory; under
+Block sizes are autotuned per (D, causal, dtype, power-of-two bucket of Lq and Lk, dropout), over
+`configs(kernel, dtype, head_dim, arch)`: per architecture, the ones that compile without spills; under
 TRITON_INTERPRET=1 one small fixed configuration (INTERPRET_BLOCKS) runs instead.
 `scripts/triton_compile.py --ops attention` compiles every configuration for sm_80 and sm_90.
 """
@@ -329,17 +329,18 @@ def _dq_block(dq, q, do, lse2, delta, k_base, v_base, s_kl, s_vl, rows, cols_d, 
               MASKED: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """One key block: P = exp2(q kᵀ·scale·log2 e − lse·log2 e), dP = dout vᵀ ⊙ M/(1−p),
-    dq += (P ⊙ (dP − delta)) k (scaled once at the end). Keys past Lk are masked in the tail block
-    (P = 0), so a very negative lse cannot turn zero rows of k into inf·0."""
+    dq += (P ⊙ (dP − delta)) k (scaled once at the end). Keys past Lk are masked in the exponent
+    of the tail block (P = 0): with a very negative lse their zero rows of k would give exp2 = inf."""
     keys = start_n + tl.arange(0, BLOCK_N)
     k = _load_rows(k_base, keys, s_kl, cols_d, Lk, MASKED, HEAD_DIM, BLOCK_D)
     v = _load_rows(v_base, keys, s_vl, cols_d, Lk, MASKED, HEAD_DIM, BLOCK_D)
-    p = tl.exp2(_dot(q, tl.trans(k)) * qk_scale - lse2[:, None])
+    x = _dot(q, tl.trans(k)) * qk_scale - lse2[:, None]
     if MASKED:
         visible = keys[None, :] < Lk
         if CAUSAL:
             visible = visible & (keys[None, :] <= rows[:, None])
-        p = tl.where(visible, p, 0.0)
+        x = tl.where(visible, x, float("-inf"))
+    p = tl.exp2(x)
     dp = _dot(do, tl.trans(v))
     if DROPOUT:
         dp = tl.where(_keep_mask(seed, offset, bh, rows, start_n, threshold, BLOCK_M, BLOCK_N), dp * keep_scale, 0.0)
@@ -394,21 +395,41 @@ def _attn_bwd_dq_kernel(
 # ----------------------------------------------------------------------------------------------
 # Configurations
 # ----------------------------------------------------------------------------------------------
-# (BLOCK_M, BLOCK_N, num_warps, num_stages). 16-bit: FA2's tiles for sm_80/sm_90 — the forward
-# 128 queries x 64 or 128 keys on 4-8 warps, 2-4 stages; the backward's dK/dV program holds
-# 64-128 keys against 32-64-row query blocks, dQ the transpose. fp32 (IEEE dots on the FMA units,
-# operands in registers): smaller tiles.
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, element size (2: fp16/bf16, 4: fp32),
+# architecture (80: sm_80 .. sm_89, 90: sm_90 and later) and D bucket (BLOCK_D <= 64, or 128).
+# 16-bit: FA2's tiles (forward 128 queries x 64-128 keys on 4-8 warps, 3 stages; dQ alike; dK/dV
+# 32-64 queries against 32-64 keys), kept only where `scripts/triton_compile.py --ops attention`
+# compiles them without register spills for that architecture: the 16-bit gate. Measured with
+# Triton 3.9 (bf16, causal, D = 128) and dropped for spilling: forward 128x64 w4 (both; 628-2072
+# B), 128x128 w8 and 128x64 w8 on sm_80 (232-1208 B); dQ 128x64 w8 on sm_80 (156 B); dK/dV on
+# sm_90 at every BLOCK_N = 64 tiling tried (116-456 B: the dk and dv accumulators plus k and v
+# stay live through four dots), so sm_90 runs dK/dV at D = 128 on 32x32 tiles.
+# fp32: IEEE dots lower to FMA loops whose operands hold a thread's whole K slice in registers;
+# small tiles, and spills at D = 128 are reported, not gated (fp32 is the accuracy path).
 _CONFIGS = {
-    ("fwd", 2): [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3), (128, 32, 4, 4)],
-    ("dkdv", 2): [(32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 4)],
-    ("dq", 2): [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4)],
-    ("fwd", 4): [(64, 32, 4, 2), (64, 64, 8, 2), (32, 32, 4, 2)],
-    ("dkdv", 4): [(32, 64, 8, 2), (32, 32, 4, 2), (16, 64, 4, 2)],
-    ("dq", 4): [(64, 32, 8, 2), (32, 32, 4, 2), (64, 16, 4, 2)],
+    "fwd": {
+        2: {80: {False: [(64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 3)],
+                 True: [(64, 64, 4, 3), (64, 32, 4, 3)]},
+            90: {False: [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3)],
+                 True: [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3)]}},
+        4: {False: [(32, 32, 4, 2), (32, 16, 4, 2)], True: [(16, 32, 4, 1), (32, 16, 4, 2)]},
+    },
+    "dq": {
+        2: {80: {False: [(128, 32, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3)],
+                 True: [(128, 32, 8, 3), (64, 64, 4, 3)]},
+            90: {False: [(128, 32, 8, 3), (128, 64, 8, 3), (128, 32, 4, 3)],
+                 True: [(128, 32, 8, 3), (128, 64, 8, 3)]}},
+        4: {False: [(32, 32, 4, 2), (32, 16, 4, 2)], True: [(32, 16, 4, 2), (16, 32, 4, 2)]},
+    },
+    "dkdv": {
+        2: {80: {False: [(64, 64, 8, 3), (32, 32, 4, 3), (32, 64, 4, 3)],
+                 True: [(64, 64, 8, 3), (64, 64, 8, 2), (32, 32, 4, 3)]},
+            90: {False: [(32, 32, 4, 3), (32, 64, 4, 3), (64, 64, 8, 3)],
+                 True: [(32, 32, 4, 3)]}},
+        4: {False: [(16, 32, 4, 2), (32, 32, 4, 2)], True: [(16, 32, 4, 2)]},
+    },
 }
-# Shared memory per block a configuration may plan for: sm_80's opt-in maximum (163 KB), so
-# every configuration kept fits both architectures.
-SMEM_BUDGET = 163 * 1024
+ARCHS = (80, 90)
 # Under the interpreter: one small configuration per kernel (BLOCK_M != BLOCK_N, so the tests
 # cover diagonals that straddle blocks); tests may replace the entries.
 INTERPRET_BLOCKS = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16)}
@@ -419,28 +440,20 @@ def block_d(head_dim: int) -> int:
     return max(16, 1 << (head_dim - 1).bit_length())
 
 
-def smem_estimate(kernel: str, bm: int, bn: int, stages: int, bd: int, elt: int) -> int:
-    """Bytes of shared memory the pipelined loop stages: the tiles loaded per iteration times
-    num_stages (k, v for the forward and dQ; q, dout for dK/dV), plus the resident operands."""
-    if kernel == "dkdv":
-        return (2 * bm * bd * stages + 2 * bn * bd) * elt
-    return (2 * bn * bd * stages + 2 * bm * bd) * elt
-
-
-def configs(kernel: str, dtype: torch.dtype, head_dim: int) -> list[tuple[int, int, int, int]]:
-    """The (BLOCK_M, BLOCK_N, num_warps, num_stages) the autotuner tries for this kernel, dtype
-    and D: the list above within SMEM_BUDGET (at least its smallest entry)."""
-    elt = 4 if dtype == torch.float32 else 2
-    listed = _CONFIGS[(kernel, elt)]
-    bd = block_d(head_dim)
-    fit = [c for c in listed if smem_estimate(kernel, c[0], c[1], c[3], bd, elt) <= SMEM_BUDGET]
-    return fit or [min(listed, key=lambda c: c[0] * c[1])]
+def configs(kernel: str, dtype: torch.dtype, head_dim: int, arch: int) -> list[tuple[int, int, int, int]]:
+    """The (BLOCK_M, BLOCK_N, num_warps, num_stages) the autotuner tries for this kernel, dtype, D
+    and architecture (compute capability x 10; sm_80 .. sm_89 share 80's list, later ones 90's)."""
+    wide = block_d(head_dim) > 64
+    if dtype == torch.float32:
+        return list(_CONFIGS[kernel][4][wide])
+    return list(_CONFIGS[kernel][2][90 if arch >= 90 else 80][wide])
 
 
 def _prune(kernel):
     def prune(configs_, named_args, **kwargs):
-        dtype = named_args["q_ptr"].dtype
-        allowed = set(configs(kernel, dtype, kwargs["HEAD_DIM"]))
+        q = named_args["q_ptr"]
+        major, minor = torch.cuda.get_device_capability(q.device)
+        allowed = set(configs(kernel, q.dtype, kwargs["HEAD_DIM"], 10 * major + minor))
         kept = [c for c in configs_ if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in allowed]
         return kept or configs_[:1]
     return prune
@@ -449,7 +462,8 @@ def _prune(kernel):
 def _tuned(kernel, fn):
     """fn under triton.autotune over every listed configuration (pruned per dtype and D), keyed on
     D, causal, dropout, the power-of-two buckets of the lengths and (implicitly) the dtypes."""
-    listed = sorted({c for (name, _), cs in _CONFIGS.items() if name == kernel for c in cs})
+    listed = sorted({c for dtype in DTYPES for d in (64, 128) for arch in ARCHS
+                     for c in configs(kernel, dtype, d, arch)})
     return triton.autotune(
         configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in listed],
         key=["HEAD_DIM", "CAUSAL", "DROPOUT", "LQ_BUCKET", "LK_BUCKET"],

@@ -212,14 +212,16 @@ def test_rejects_head_dim(D):
         ak.attention_fwd(q, k, v, False, 1.0, 0.0, None)
 
 
-def test_configs_fit_shared_memory():
-    """Every configuration the autotuner may try is within the shared-memory budget, and every
-    kernel keeps at least one per dtype and D."""
+def test_configs_every_case():
+    """The autotuner has configurations for every kernel, dtype, D and architecture, each a valid
+    tiling: powers of two >= 16 (tl.dot's minimum; the dropout mask takes keys in fours)."""
     for kernel in ("fwd", "dkdv", "dq"):
         for dtype in ak.DTYPES:
             for D in range(8, 129, 8):
-                kept = ak.configs(kernel, dtype, D)
-                assert kept, (kernel, dtype, D)
-                elt = dtype.itemsize
-                for bm, bn, _, stages in kept:
-                    assert ak.smem_estimate(kernel, bm, bn, stages, ak.block_d(D), elt) <= ak.SMEM_BUDGET
+                for arch in (80, 86, 89, 90, 100):
+                    kept = ak.configs(kernel, dtype, D, arch)
+                    assert kept, (kernel, dtype, D, arch)
+                    for bm, bn, warps, stages in kept:
+                        for b in (bm, bn):
+                            assert b >= 16 and b & (b - 1) == 0, (kernel, dtype, D, arch, b)
+                        assert warps in (4, 8) and 1 <= stages <= 4
