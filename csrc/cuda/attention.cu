@@ -119,25 +119,60 @@ __device__ __forceinline__ void dropout_factors(float (&f)[kKPL], const Problem&
   }
 }
 
-// One row's scaled scores (log2 domain) for the lane's keys jl = kKPL·lane + t of the tile:
-// qrow · kt[:, jl], -inf where masked (past the tile, or causal j > i).
+// How a warp's lanes cover the n keys of a stage in the key phase (scores, dP): groups of kKPL keys
+// (lane group g owns keys kKPL·g ..), npow groups (a power of 2 covering round_up(n, 4) keys) and
+// 32 / npow lanes per group, each summing every split-th term of the D-dot, combined by a
+// butterfly. At Lk = 17: 8 groups x 4 lanes busy instead of 5 lanes. Warp-uniform.
+struct KeyLanes {
+  int jl0, part, split, npow;
+  bool owner;  // part 0: the lane that counts and stores its keys' values
+};
+template <int kKPL>
+__device__ __forceinline__ KeyLanes key_lanes(int n) {
+  const int groups = ((n + 3) & ~3) / kKPL;
+  int npow = 1;
+  while (npow < groups) npow <<= 1;
+  const int lane = threadIdx.x % kWarpSize;
+  KeyLanes kl;
+  kl.npow = npow;
+  kl.split = kWarpSize / npow;
+  kl.part = lane / npow;
+  kl.jl0 = kKPL * (lane - kl.part * npow);
+  kl.owner = kl.part == 0;
+  return kl;
+}
+
+// s[t] = Σ_d a[d] · xt[d][jl0 + t] for the lane group's keys, in every lane of the group. All
+// lanes must call it (the butterfly).
 template <int kKPL, int kLd>
-__device__ __forceinline__ void row_scores(float (&s)[kKPL], const float* qrow, const float* kt, int D, int jl0,
-                                           int n, int j0, int i, bool causal) {
+__device__ __forceinline__ void key_dots(float (&s)[kKPL], const float* a, const float* xt, int D, const KeyLanes& kl,
+                                         int n) {
 #pragma unroll
   for (int t = 0; t < kKPL; ++t) s[t] = 0.f;
-  if (jl0 < n) {
-    for (int d = 0; d < D; ++d) {
-      const float qd = qrow[d];
-      float kv[kKPL];
-      lds_keys(kv, kt + d * kLd + jl0);
+  if (kl.jl0 < n) {
+    for (int d = kl.part; d < D; d += kl.split) {
+      const float ad = a[d];
+      float xv[kKPL];
+      lds_keys(xv, xt + d * kLd + kl.jl0);
 #pragma unroll
-      for (int t = 0; t < kKPL; ++t) s[t] = fmaf(qd, kv[t], s[t]);
+      for (int t = 0; t < kKPL; ++t) s[t] = fmaf(ad, xv[t], s[t]);
     }
   }
+  for (int m = kl.npow; m < kWarpSize; m <<= 1) {
+#pragma unroll
+    for (int t = 0; t < kKPL; ++t) s[t] += shfl_xor(s[t], m);
+  }
+}
+
+// One row's scaled scores (log2 domain) for the lane group's keys jl = jl0 + t of the tile:
+// qrow · kt[:, jl], -inf where masked (past the tile, or causal j > i).
+template <int kKPL, int kLd>
+__device__ __forceinline__ void row_scores(float (&s)[kKPL], const float* qrow, const float* kt, int D,
+                                           const KeyLanes& kl, int n, int j0, int i, bool causal) {
+  key_dots<kKPL, kLd>(s, qrow, kt, D, kl, n);
 #pragma unroll
   for (int t = 0; t < kKPL; ++t) {
-    const int jl = jl0 + t;
+    const int jl = kl.jl0 + t;
     const bool visible = jl < n && (!causal || j0 + jl <= i);
     s[t] = visible ? s[t] : -INFINITY;
   }
@@ -165,8 +200,10 @@ __device__ __forceinline__ void row_accumulate(float (&acc)[kCols], const float*
 // kv head are ordered r = i·G + g (query i of query head hkv·G + g), so a tile's rows share their
 // causal extent. Warp w keeps rows w + warps·ρ (ρ < kRowsPerWarp) in registers across the key
 // stages: forward the running max m, sum l and the output row; dq mode the row's dq.
+// Launch bounds with 2 blocks per SM: a register budget of 128 (85-95 used). With the thread count
+// alone, ptxas (CUDA 13) settled on 64-80 registers and spilled.
 template <typename T, int kMaxD, bool kDq>
-__global__ void __launch_bounds__(kMaxWarps * kWarpSize) attention_rows_kernel(const Problem p) {
+__global__ void __launch_bounds__(kMaxWarps * kWarpSize, 2) attention_rows_kernel(const Problem p) {
   using Tl = Tile<kMaxD>;
   constexpr int kBlockK = Tl::kBlockK, kLd = Tl::kLd, kKPL = Tl::kKPL, kCols = Tl::kCols, kR = Tl::kRowsPerWarp;
   extern __shared__ float4 smem_f4[];
@@ -224,9 +261,10 @@ __global__ void __launch_bounds__(kMaxWarps * kWarpSize) attention_rows_kernel(c
   // Keys any row of the tile sees: causal rows i see 0..i.
   const int i_last = (r_end - 1) / G;
   const int keys = p.causal ? imin(p.Lk, i_last + 1) : p.Lk;
-  const int jl0 = kKPL * lane;
   for (int j0 = 0; j0 < keys; j0 += kBlockK) {
     const int n = imin(kBlockK, keys - j0);
+    const KeyLanes kl = key_lanes<kKPL>(n);
+    const int jl0 = kl.jl0;
     __syncthreads();  // the previous stage's readers are done
     stage_transposed<T, kLd>(kt, kbase + j0 * p.k_st.l, p.k_st.l, n, D);
     stage_transposed<T, kLd>(vt, vbase + j0 * p.v_st.l, p.v_st.l, n, D);
@@ -238,7 +276,7 @@ __global__ void __launch_bounds__(kMaxWarps * kWarpSize) attention_rows_kernel(c
       const int lr = warp + warps * rho;
       const uint32_t bh = uint32_t(b * p.Hq + row_h[rho]);
       float s[kKPL], w[kKPL];
-      row_scores<kKPL, kLd>(s, qrows + lr * D, kt, D, jl0, n, j0, i, p.causal);
+      row_scores<kKPL, kLd>(s, qrows + lr * D, kt, D, kl, n, j0, i, p.causal);
       float drop[kKPL];
 #pragma unroll
       for (int t = 0; t < kKPL; ++t) drop[t] = 1.f;
@@ -257,32 +295,23 @@ __global__ void __launch_bounds__(kMaxWarps * kWarpSize) attention_rows_kernel(c
           sum += pr;
           w[t] = pr * drop[t];
         }
-        st1[rho] = fmaf(st1[rho], corr, warp_reduce_sum(sum));
+        st1[rho] = fmaf(st1[rho], corr, warp_reduce_sum(kl.owner ? sum : 0.f));
         st0[rho] = m_new;
 #pragma unroll
         for (int c = 0; c < kCols; ++c) acc[rho][c] *= corr;
       } else {
         float dp[kKPL];
-#pragma unroll
-        for (int t = 0; t < kKPL; ++t) dp[t] = 0.f;
-        if (jl0 < n) {
-          const float* dr = drows + lr * D;
-          for (int d = 0; d < D; ++d) {
-            const float gd = dr[d];
-            float vv[kKPL];
-            lds_keys(vv, vt + d * kLd + jl0);
-#pragma unroll
-            for (int t = 0; t < kKPL; ++t) dp[t] = fmaf(gd, vv[t], dp[t]);
-          }
-        }
+        key_dots<kKPL, kLd>(dp, drows + lr * D, vt, D, kl, n);
 #pragma unroll
         for (int t = 0; t < kKPL; ++t) {
           const float pr = ex2_approx(s[t] - st0[rho]);
           w[t] = s[t] == -INFINITY ? 0.f : pr * fmaf(dp[t], drop[t], -st1[rho]);  // dS
         }
       }
+      if (kl.owner) {
 #pragma unroll
-      for (int t = 0; t < kKPL; ++t) wrow[jl0 + t] = w[t];
+        for (int t = 0; t < kKPL; ++t) wrow[jl0 + t] = w[t];
+      }
       __syncwarp(kFullMask);
       row_accumulate<kCols, kLd>(acc[rho], wrow, kDq ? kt : vt, D, n);
       __syncwarp(kFullMask);  // wrow is rewritten by the next row
@@ -350,7 +379,8 @@ __global__ void __launch_bounds__(kDkdvThreads) attention_dkdv_kernel(const Prob
   // Rows r = (i - i_first)·G + g for i >= i_first: causal rows before the tile see none of its keys.
   const int i_first = p.causal ? imin(j0, p.Lq) : 0;
   const int rows = G * (p.Lq - i_first);
-  const int jl0 = kKPL * lane;
+  const KeyLanes kl = key_lanes<kKPL>(n);
+  const int jl0 = kl.jl0;
   for (int c0 = 0; c0 < rows; c0 += kDkdvChunk) {
     const int chunk = imin(kDkdvChunk, rows - c0);
     __syncthreads();  // stage done / the previous chunk's readers done
@@ -376,25 +406,19 @@ __global__ void __launch_bounds__(kDkdvThreads) attention_dkdv_kernel(const Prob
       const float lse2 = p.lse_in[row] * kLog2e;
       __syncwarp(kFullMask);
       float s[kKPL], dp[kKPL], drop[kKPL];
-      row_scores<kKPL, kLd>(s, qs, kt, D, jl0, n, j0, i, p.causal);
+      row_scores<kKPL, kLd>(s, qs, kt, D, kl, n, j0, i, p.causal);
+      key_dots<kKPL, kLd>(dp, ds, vt, D, kl, n);
 #pragma unroll
-      for (int t = 0; t < kKPL; ++t) { dp[t] = 0.f; drop[t] = 1.f; }
-      if (jl0 < n) {
-        for (int d = 0; d < D; ++d) {
-          const float gd = ds[d];
-          float vv[kKPL];
-          lds_keys(vv, vt + d * kLd + jl0);
+      for (int t = 0; t < kKPL; ++t) drop[t] = 1.f;
+      if (p.dropout && jl0 < n) dropout_factors<kKPL>(drop, p, uint32_t(b * p.Hq + h), i, j0 + jl0);
+      if (kl.owner) {
 #pragma unroll
-          for (int t = 0; t < kKPL; ++t) dp[t] = fmaf(gd, vv[t], dp[t]);
+        for (int t = 0; t < kKPL; ++t) {
+          const bool visible = s[t] != -INFINITY;
+          const float pr = ex2_approx(s[t] - lse2);
+          pc[lr * kBlockK + jl0 + t] = visible ? pr * drop[t] : 0.f;
+          dsc[lr * kBlockK + jl0 + t] = visible ? pr * fmaf(dp[t], drop[t], -delta) : 0.f;
         }
-        if (p.dropout) dropout_factors<kKPL>(drop, p, uint32_t(b * p.Hq + h), i, j0 + jl0);
-      }
-#pragma unroll
-      for (int t = 0; t < kKPL; ++t) {
-        const bool visible = s[t] != -INFINITY;
-        const float pr = ex2_approx(s[t] - lse2);
-        pc[lr * kBlockK + jl0 + t] = visible ? pr * drop[t] : 0.f;
-        dsc[lr * kBlockK + jl0 + t] = visible ? pr * fmaf(dp[t], drop[t], -delta) : 0.f;
       }
       if (fused_dq) {
         __syncwarp(kFullMask);

@@ -61,6 +61,8 @@ TARGETS = {
     # linked against the installed (CPU) torch: load with torch.ops.load_library, ops pyneuro_emu::*.
     "rnn_glue": (["csrc/cuda/rnn*.cu"], ["csrc/cuda/rnn_glue.cpp"], False),
     "attention": (["csrc/cuda/attention.cu"], ["tools/cuda_emu/drivers/attention.cpp"], False),
+    "attention_selfcheck": (["csrc/cuda/attention.cu"], ["tools/cuda_emu/drivers/attention.cpp",
+                                                         "tools/cuda_emu/drivers/attention_selfcheck.cpp"], True),
     "emu_selftest": (["tests/cuda_emu/kernels/*.cu"], [], False),
     "emu_selftest_main": (["tests/cuda_emu/kernels/*.cu"], ["tools/cuda_emu/drivers/emu_selftest_main.cpp"], True),
 }
