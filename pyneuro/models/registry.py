@@ -10,6 +10,9 @@ Task kinds (``TASKS``):
 - ``"generate"``: the model brings its own objective, and the trainer reports its terms:
     ``model.prepare(images, train)``: uint8 (B, 28, 28) on the model's device -> the batch that
         ``forward`` takes (``train=False``: the deterministic version used for validation and test);
+        a ``prepare`` that names the keywords ``index`` and/or ``labels`` also gets, for training
+        batches only, the images' positions in the training split (int64 (B,): per-sequence
+        parameters, e.g. PV-RNN's adaptive vectors) and their labels;
     ``model(batch)`` -> ``(loss, terms)``: the scalar loss to minimise and a dict of named scalar
         tensors, each a mean per image in nats (they go to the metrics, the progress bar, eval.json);
     ``model.evaluate(images, labels, progress=None) -> dict`` (optional): the model's own test

@@ -25,6 +25,7 @@ averages the gradients); only rank 0 logs, writes files and evaluates. See distr
 from __future__ import annotations
 
 import copy
+import inspect
 import io
 import json
 import math
@@ -133,6 +134,18 @@ def _generative_output(spec, hyper, out) -> str | None:
     if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
         bad.insert(0, "loss")
     return f"must give a scalar loss and scalar terms (not scalar: {bad})" if bad else None
+
+
+# What a generative model's ``prepare`` may ask for beside the images, by naming the keyword: the
+# images' positions in the training split (per-sequence parameters, e.g. PV-RNN's adaptive vectors)
+# and their labels. Only training batches carry them.
+PREPARE_EXTRAS = ("index", "labels")
+
+
+def prepare_extras(model) -> tuple[str, ...]:
+    """The PREPARE_EXTRAS that ``model.prepare`` takes as keywords."""
+    params = inspect.signature(model.prepare).parameters
+    return tuple(name for name in PREPARE_EXTRAS if name in params)
 
 
 def _rng_fork(device: torch.device):
@@ -329,6 +342,7 @@ class _Run:
         if ctx.distributed and device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics of the global batch
         self.model = model
+        self.prepare_extras = prepare_extras(model) if self.generative else ()
         if ctx.rank:  # dropout masks differ between ranks, as they would between samples of one batch
             torch.manual_seed(tr["seed"] + 7919 * ctx.rank)
         self.optimizer = make_optimizer(model, tr)
@@ -473,7 +487,9 @@ class _Run:
             if shift:
                 xb = shift_images(xb, offsets[i][:, mine], shift)
             if self.generative:
-                loss, terms = self.forward(self.model.prepare(xb, train=True))
+                extras = {"index": idx, "labels": yb}
+                loss, terms = self.forward(self.model.prepare(
+                    xb, train=True, **{name: extras[name] for name in self.prepare_extras}))
             else:
                 logits = self.forward(model_input(self.spec, self.hyper, xb, self.channels_last))
                 loss = F.cross_entropy(logits.float(), yb, label_smoothing=tr["label_smoothing"])
