@@ -86,9 +86,9 @@ std::tuple<Tensor, Tensor, Tensor> attention_bwd_cpu(const Tensor& dout_in, cons
   set_strides(p.dout_strides, dout), set_strides(p.o_strides, out);
   p.lse = const_cast<float*>(lse.const_data_ptr<float>());  // read only in the backward
   Tensor delta = at::empty({s.B, s.Hq, s.Lq}, q.options());
-  Tensor dq = at::zeros({s.B, s.Hq, s.Lq, s.D}, q.options());
-  Tensor dk = at::zeros({s.B, s.Hkv, s.Lk, s.D}, q.options());
-  Tensor dv = at::zeros({s.B, s.Hkv, s.Lk, s.D}, q.options());
+  Tensor dq = at::empty({s.B, s.Hq, s.Lq, s.D}, q.options());
+  Tensor dk = at::empty({s.B, s.Hkv, s.Lk, s.D}, q.options());
+  Tensor dv = at::empty({s.B, s.Hkv, s.Lk, s.D}, q.options());
   p.delta = delta.data_ptr<float>();
   p.dq = dq.data_ptr<float>(), p.dk = dk.data_ptr<float>(), p.dv = dv.data_ptr<float>();
   if (s.B * s.Hkv >= 2 * at::get_num_threads()) {

@@ -54,52 +54,75 @@ static inline __attribute__((always_inline)) void store(float* p, V v) {
   std::memcpy(p, &v, sizeof v);
 }
 
-// C[r, 0 : NV·W) (+)= Σ_k A(r, k) B[k, 0 : NV·W) for r < MR, W the lanes of V; A(r, k) =
-// A[r·ars + k·acs] (broadcast), B row-major with row stride ldb. Accumulates into C when `acc`.
-template <class V, int MR, int NV>
+// C[r, 0 : NV·kLanes (+ 8 with TAIL)) (+)= Σ_k A(r, k) B[k, same columns] for r < MR: NV native
+// vectors plus, with TAIL, one 8-lane vector (a head dim of 16 m + 8 on AVX-512 in one pass).
+// A(r, k) = A[r·ars + k·acs] (broadcast), B row-major with row stride ldb. Accumulates into C
+// when `acc`.
+template <int MR, int NV, bool TAIL>
 static inline __attribute__((always_inline)) void micro(int64_t K, const float* A, int64_t ars, int64_t acs,
                                                         const float* B, int64_t ldb, float* C, int64_t ldc,
                                                         bool acc) {
-  constexpr int W = sizeof(V) / sizeof(float);
-  V c[MR][NV];
+  constexpr int NA = NV > 0 ? NV : 1;
+  fvec c[MR][NA];
+  v8 t[MR];
 #pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r)
+  for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 8
-    for (int j = 0; j < NV; ++j) c[r][j] = acc ? load<V>(C + r * ldc + j * W) : V{};
+    for (int j = 0; j < NV; ++j) c[r][j] = acc ? load<fvec>(C + r * ldc + j * kLanes) : fvec{};
+    if (TAIL) t[r] = acc ? load<v8>(C + r * ldc + NV * kLanes) : v8{};
+  }
   for (int64_t k = 0; k < K; ++k) {
-    V b[NV];
+    fvec b[NA];
+    v8 bt{};
 #pragma GCC unroll 8
-    for (int j = 0; j < NV; ++j) b[j] = load<V>(B + k * ldb + j * W);
+    for (int j = 0; j < NV; ++j) b[j] = load<fvec>(B + k * ldb + j * kLanes);
+    if (TAIL) bt = load<v8>(B + k * ldb + NV * kLanes);
     const float* a = A + k * acs;
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      const V ar = V{} + a[r * ars];
+      const float x = a[r * ars];
+      const fvec ar = x - fvec{};  // a broadcast load (x - 0 is x, so no add is emitted)
 #pragma GCC unroll 8
       for (int j = 0; j < NV; ++j) c[r][j] += ar * b[j];
+      if (TAIL) t[r] += (x - v8{}) * bt;
     }
   }
 #pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r)
+  for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 8
-    for (int j = 0; j < NV; ++j) store<V>(C + r * ldc + j * W, c[r][j]);
+    for (int j = 0; j < NV; ++j) store<fvec>(C + r * ldc + j * kLanes, c[r][j]);
+    if (TAIL) store<v8>(C + r * ldc + NV * kLanes, t[r]);
+  }
 }
 
-// All M rows of one column panel of NV vectors: full strips of kRows, then the remainder.
-template <class V, int NV>
+// All M rows of one column panel: full strips of kRows, then the remainder.
+template <int NV, bool TAIL>
 void panel(int64_t M, int64_t K, const float* A, int64_t ars, int64_t acs, const float* B, int64_t ldb, float* C,
            int64_t ldc, bool acc) {
   int64_t r = 0;
-  for (; r + kRows <= M; r += kRows) micro<V, kRows, NV>(K, A + r * ars, ars, acs, B, ldb, C + r * ldc, ldc, acc);
+  for (; r + kRows <= M; r += kRows)
+    micro<kRows, NV, TAIL>(K, A + r * ars, ars, acs, B, ldb, C + r * ldc, ldc, acc);
   const float* a = A + r * ars;
   float* c = C + r * ldc;
   switch (M - r) {
-    case 5: micro<V, 5, NV>(K, a, ars, acs, B, ldb, c, ldc, acc); break;
-    case 4: micro<V, 4, NV>(K, a, ars, acs, B, ldb, c, ldc, acc); break;
-    case 3: micro<V, 3, NV>(K, a, ars, acs, B, ldb, c, ldc, acc); break;
-    case 2: micro<V, 2, NV>(K, a, ars, acs, B, ldb, c, ldc, acc); break;
-    case 1: micro<V, 1, NV>(K, a, ars, acs, B, ldb, c, ldc, acc); break;
+    case 5: micro<5, NV, TAIL>(K, a, ars, acs, B, ldb, c, ldc, acc); break;
+    case 4: micro<4, NV, TAIL>(K, a, ars, acs, B, ldb, c, ldc, acc); break;
+    case 3: micro<3, NV, TAIL>(K, a, ars, acs, B, ldb, c, ldc, acc); break;
+    case 2: micro<2, NV, TAIL>(K, a, ars, acs, B, ldb, c, ldc, acc); break;
+    case 1: micro<1, NV, TAIL>(K, a, ars, acs, B, ldb, c, ldc, acc); break;
     default: break;
   }
+}
+
+template <bool TAIL>
+void last_panel(int64_t vecs, int64_t M, int64_t K, const float* A, int64_t ars, int64_t acs, const float* B,
+                int64_t ldb, float* C, int64_t ldc, bool acc) {
+  if constexpr (kMaxVecs == 4) {
+    if (vecs == 3) return panel<3, TAIL>(M, K, A, ars, acs, B, ldb, C, ldc, acc);
+    if (vecs == 2) return panel<2, TAIL>(M, K, A, ars, acs, B, ldb, C, ldc, acc);
+  }
+  if (vecs == 1) return panel<1, TAIL>(M, K, A, ars, acs, B, ldb, C, ldc, acc);
+  if (TAIL) panel<0, TAIL>(M, K, A, ars, acs, B, ldb, C, ldc, acc);
 }
 
 // C (M x N) (+)= A (M x K) B (K x N), N a multiple of 8; A at any strides, B and C row-major.
@@ -108,27 +131,69 @@ void gemm_tile(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int
                float* C, int64_t ldc, bool acc) {
   int64_t c0 = 0;
   for (; c0 + kMaxVecs * kLanes <= N; c0 += kMaxVecs * kLanes)
-    panel<fvec, kMaxVecs>(M, K, A, ars, acs, B + c0, ldb, C + c0, ldc, acc);
+    panel<kMaxVecs, false>(M, K, A, ars, acs, B + c0, ldb, C + c0, ldc, acc);
   const int64_t vecs = (N - c0) / kLanes;  // < kMaxVecs
-  if constexpr (kMaxVecs == 4) {
-    if (vecs == 3) panel<fvec, 3>(M, K, A, ars, acs, B + c0, ldb, C + c0, ldc, acc);
-    if (vecs == 2) panel<fvec, 2>(M, K, A, ars, acs, B + c0, ldb, C + c0, ldc, acc);
+  const bool tail = N - c0 - vecs * kLanes == 8;  // only with 16 lanes
+  if (tail) {
+    last_panel<true>(vecs, M, K, A, ars, acs, B + c0, ldb, C + c0, ldc, acc);
+  } else {
+    last_panel<false>(vecs, M, K, A, ars, acs, B + c0, ldb, C + c0, ldc, acc);
   }
-  if (vecs == 1) panel<fvec, 1>(M, K, A, ars, acs, B + c0, ldb, C + c0, ldc, acc);
-  c0 += vecs * kLanes;
-  if (c0 < N) panel<v8, 1>(M, K, A, ars, acs, B + c0, ldb, C + c0, ldc, acc);  // 8 columns left (AVX-512)
 }
 
-int64_t round_up8(int64_t n) { return (n + 7) / 8 * 8; }
-
-// dst (D x ldt) = the n x D rows of src (row stride lds) transposed; columns n..ldt zeroed, so
-// that the padded score columns are finite (they are masked anyway).
+// dst (D x ldt) = the n x D rows of src (row stride lds) transposed, 8 x 8 at a time in registers
+// (D is a multiple of 8); columns n..ldt zeroed, so that padded score columns are finite.
 void transpose_block(const float* src, int64_t lds, int64_t n, int64_t D, float* dst, int64_t ldt) {
+  typedef int32_t i8 __attribute__((vector_size(32)));
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    for (int64_t d = 0; d < D; d += 8) {
+      v8 r[8];
+      for (int i = 0; i < 8; ++i) r[i] = load<v8>(src + (j + i) * lds + d);
+      // Interleave pairs of rows, then pairs of pairs, then the 128-bit halves: r[i][c] -> out[c][i].
+      v8 a[8], b[8];
+      for (int i = 0; i < 8; i += 2) {
+        a[i] = __builtin_shuffle(r[i], r[i + 1], i8{0, 8, 1, 9, 4, 12, 5, 13});
+        a[i + 1] = __builtin_shuffle(r[i], r[i + 1], i8{2, 10, 3, 11, 6, 14, 7, 15});
+      }
+      for (int i = 0; i < 8; i += 4) {
+        b[i] = __builtin_shuffle(a[i], a[i + 2], i8{0, 1, 8, 9, 4, 5, 12, 13});
+        b[i + 1] = __builtin_shuffle(a[i], a[i + 2], i8{2, 3, 10, 11, 6, 7, 14, 15});
+        b[i + 2] = __builtin_shuffle(a[i + 1], a[i + 3], i8{0, 1, 8, 9, 4, 5, 12, 13});
+        b[i + 3] = __builtin_shuffle(a[i + 1], a[i + 3], i8{2, 3, 10, 11, 6, 7, 14, 15});
+      }
+      for (int i = 0; i < 4; ++i) {
+        store<v8>(dst + (d + i) * ldt + j, __builtin_shuffle(b[i], b[i + 4], i8{0, 1, 2, 3, 8, 9, 10, 11}));
+        store<v8>(dst + (d + i + 4) * ldt + j, __builtin_shuffle(b[i], b[i + 4], i8{4, 5, 6, 7, 12, 13, 14, 15}));
+      }
+    }
+  }
   for (int64_t d = 0; d < D; ++d) {
     float* row = dst + d * ldt;
-    for (int64_t j = 0; j < n; ++j) row[j] = src[j * lds + d];
-    for (int64_t j = n; j < ldt; ++j) row[j] = 0.f;
+    for (int64_t jj = j; jj < n; ++jj) row[jj] = src[jj * lds + d];
+    for (int64_t jj = n; jj < ldt; ++jj) row[jj] = 0.f;
   }
+}
+
+// Columns of a score tile and of Kᵀ/Vᵀ for a block of n keys: whole native vectors (and a multiple
+// of 8, which gemm_tile needs), so that the row passes run without a scalar tail.
+constexpr int64_t kColumnAlign = kLanes > 8 ? kLanes : 8;
+int64_t padded(int64_t n) { return (n + kColumnAlign - 1) / kColumnAlign * kColumnAlign; }
+
+fvec lane_index() {
+  fvec v;
+  for (int i = 0; i < kLanes; ++i) v[i] = static_cast<float>(i);
+  return v;
+}
+float hmax(fvec v) {
+  float m = v[0];
+  for (int i = 1; i < kLanes; ++i) m = std::max(m, v[i]);
+  return m;
+}
+float hsum(fvec v) {
+  float t = 0.f;
+  for (int i = 0; i < kLanes; ++i) t += v[i];
+  return t;
 }
 
 // keep[j] = M(b, h, i, kb0 + j) / (1 - p) for j < n: 0 or the keep scale. kb0 is a multiple of 4
@@ -170,33 +235,93 @@ Head head(const AttentionParams& p, int64_t b, int64_t h) {
   return r;
 }
 
-// Per-thread tiles: Kᵀ and Vᵀ of a key block (D x Bk), two score tiles (Bq x Bk), a keep row,
-// and the running max and sum of the forward's rows.
+// Per-thread tiles: Kᵀ and Vᵀ of the key/value head in use, block by block (each block a
+// D x padded(Bk) matrix), kept while consecutive tasks stay on that head (a thread's tasks are a
+// contiguous range, so each head is transposed about once per thread instead of once per query
+// block); two score tiles (Bq x Bk), a keep row, the running max and sum of the forward's rows.
 struct Scratch {
   std::vector<float> kt, vt, s, ds, keep, m, l;
+  int64_t ld = 0, block_floats = 0;
+  int64_t cached_k = -1, cached_v = -1;  // b · Hkv + kv head transposed into kt / vt
   explicit Scratch(const AttentionParams& p) {
-    const int64_t bk = round_up8(p.block_k);
-    kt.resize(p.D * bk);
-    vt.resize(p.D * bk);
-    s.resize(p.block_q * bk);
-    ds.resize(p.block_q * bk);
-    keep.resize(bk + 4);
+    ld = padded(p.block_k);
+    block_floats = p.D * ld;
+    const int64_t blocks = (p.Lk + p.block_k - 1) / p.block_k;
+    kt.resize(blocks * block_floats);
+    if (p.dout) vt.resize(blocks * block_floats);
+    s.resize(p.block_q * ld);
+    ds.resize(p.block_q * ld);
+    keep.resize(ld + 4);
     m.resize(p.block_q);
     l.resize(p.block_q);
   }
+  const float* kt_block(int64_t kb0, int64_t block_k) const { return kt.data() + kb0 / block_k * block_floats; }
+  const float* vt_block(int64_t kb0, int64_t block_k) const { return vt.data() + kb0 / block_k * block_floats; }
 };
+
+void transpose_head(const AttentionParams& p, const float* src, int64_t lds, float* dst, int64_t block_floats,
+                    int64_t ld) {
+  for (int64_t kb0 = 0; kb0 < p.Lk; kb0 += p.block_k)
+    transpose_block(src + kb0 * lds, lds, std::min(p.block_k, p.Lk - kb0), p.D, dst + kb0 / p.block_k * block_floats,
+                    ld);
+}
+
+// Kᵀ (and Vᵀ when with_v) of the kv head of (b, h) into w, unless already there.
+void load_head(const AttentionParams& p, Scratch& w, const Head& hd, int64_t b, int64_t h, bool with_v) {
+  const int64_t id = b * p.Hkv + h / (p.Hq / p.Hkv);
+  if (w.cached_k != id) {
+    transpose_head(p, hd.k, p.k_strides[2], w.kt.data(), w.block_floats, w.ld);
+    w.cached_k = id;
+  }
+  if (with_v && w.cached_v != id) {
+    transpose_head(p, hd.v, p.v_strides[2], w.vt.data(), w.block_floats, w.ld);
+    w.cached_v = id;
+  }
+}
+
+
+// One row of the forward's tile after S = Q Kᵀ: online-softmax update of (m, l), s (np columns,
+// the first nv visible) replaced by P = exp2(S c - m_new) [· keep], and the row's output rescaled.
+inline void softmax_row(float* s, int64_t np, int64_t nv, float c, float* m, float* l, float* o, int64_t D,
+                        const float* keep, const vec::Exp2Range& range) {
+  const fvec idx = lane_index(), neg_inf = fvec{} - INFINITY;
+  const float nvf = static_cast<float>(nv);
+  fvec vmax = neg_inf;
+  for (int64_t j = 0; j < np; j += kLanes) {
+    const fvec x = load<fvec>(s + j) * c;
+    vmax = (idx + static_cast<float>(j) < nvf && x > vmax) ? x : vmax;
+  }
+  const float m_old = *m, m_new = std::max(m_old, hmax(vmax));
+  fvec vsum = fvec{};
+  for (int64_t j = 0; j < np; j += kLanes) {
+    const fvec e = vec::exp2_clamped(load<fvec>(s + j) * c - m_new, range);
+    const fvec pr = idx + static_cast<float>(j) < nvf ? e : fvec{};
+    vsum += pr;
+    store<fvec>(s + j, keep ? pr * load<fvec>(keep + j) : pr);
+  }
+  if (m_new != m_old) {  // rescale by exp2(m_old - m_new): 0 the first time (m_old = -inf)
+    const float alpha = std::exp2(m_old - m_new);
+    *l *= alpha;
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) o[d] *= alpha;
+  }
+  *l += hsum(vsum);
+  *m = m_new;
+}
 
 }  // namespace
 
 // Tasks (b, h, query block). out rows: O accumulates in place, scaled by 1/l at the end.
 void attention_fwd(const AttentionParams& p, int64_t t0, int64_t t1) {
   Scratch w(p);
-  const int64_t D = p.D, nqb = (p.Lq + p.block_q - 1) / p.block_q;
+  const int64_t D = p.D, nqb = (p.Lq + p.block_q - 1) / p.block_q, ld = w.ld;
   const float c = p.scale * kLog2e;
   const vec::Exp2Range range = vec::exp2_range();
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t bh = t / nqb, q0 = (t % nqb) * p.block_q, M = std::min(p.block_q, p.Lq - q0);
-    const Head hd = head(p, bh / p.Hq, bh % p.Hq);
+    const int64_t b = bh / p.Hq, h = bh % p.Hq;
+    const Head hd = head(p, b, h);
+    load_head(p, w, hd, b, h, false);
     const float* Q = hd.q + q0 * p.q_strides[2];
     float* O = p.out + (bh * p.Lq + q0) * D;
     std::fill(O, O + M * D, 0.f);
@@ -204,40 +329,17 @@ void attention_fwd(const AttentionParams& p, int64_t t0, int64_t t1) {
     std::fill(w.l.begin(), w.l.begin() + M, 0.f);
     const int64_t k_end = p.causal ? std::min(p.Lk, q0 + M) : p.Lk;
     for (int64_t kb0 = 0; kb0 < k_end; kb0 += p.block_k) {
-      const int64_t n = std::min(p.block_k, p.Lk - kb0), ld = round_up8(n);
+      const int64_t n = std::min(p.block_k, p.Lk - kb0);
       float* S = w.s.data();
-      transpose_block(hd.k + kb0 * p.k_strides[2], p.k_strides[2], n, D, w.kt.data(), ld);
-      gemm_tile(M, ld, D, Q, p.q_strides[2], 1, w.kt.data(), ld, S, ld, false);
+      gemm_tile(M, padded(n), D, Q, p.q_strides[2], 1, w.kt_block(kb0, p.block_k), ld, S, ld, false);
       for (int64_t r = 0; r < M; ++r) {
-        float* s = S + r * ld;
         const int64_t nv = visible(p.causal, q0 + r, kb0, n);
-        float mx = -INFINITY;
-#pragma omp simd reduction(max : mx)
-        for (int64_t j = 0; j < nv; ++j) mx = std::max(mx, s[j] * c);
-        const float m_new = std::max(w.m[r], mx), m_old = w.m[r];
-        float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < nv; ++j) {
-          const float e = vec::exp2_clamped(s[j] * c - m_new, range);
-          s[j] = e;
-          sum += e;
+        const float* keep = nullptr;
+        if (p.dropout) {  // w.keep only ever holds 0 or 1/(1-p): columns past nv multiply a 0
+          if (nv > 0) dropout_row(p.drop, hd.bh, static_cast<uint32_t>(q0 + r), kb0, nv, w.keep.data());
+          keep = w.keep.data();
         }
-        for (int64_t j = nv; j < n; ++j) s[j] = 0.f;
-        if (p.dropout && nv > 0) {
-          dropout_row(p.drop, hd.bh, static_cast<uint32_t>(q0 + r), kb0, nv, w.keep.data());
-          const float* keep = w.keep.data();
-#pragma omp simd
-          for (int64_t j = 0; j < nv; ++j) s[j] *= keep[j];
-        }
-        if (m_new != m_old) {  // rescale the row's output by exp2(m_old - m_new) (0 the first time)
-          const float alpha = std::exp2(m_old - m_new);
-          w.l[r] *= alpha;
-          float* o = O + r * D;
-#pragma omp simd
-          for (int64_t d = 0; d < D; ++d) o[d] *= alpha;
-        }
-        w.l[r] += sum;
-        w.m[r] = m_new;
+        softmax_row(S + r * ld, padded(n), nv, c, &w.m[r], &w.l[r], O + r * D, D, keep, range);
       }
       gemm_tile(M, D, n, S, ld, 1, hd.v + kb0 * p.v_strides[2], p.v_strides[2], O, D, true);
     }
@@ -268,52 +370,46 @@ void row_deltas(const AttentionParams& p, const Head& hd, int64_t q0, int64_t M)
 }
 
 // One backward tile: query rows [q0, q0 + M) of head hd against keys [kb0, kb0 + n), whose Kᵀ and
-// Vᵀ are in w.kt / w.vt (row stride ld). Accumulates into dq (rows of this head) and/or dk, dv
-// (rows of the key block), as asked.
+// Vᵀ are in w (load_head). Accumulates into dq (rows of this head) and/or dk, dv (rows of the key
+// block), as asked.
 void bwd_tile(const AttentionParams& p, Scratch& w, const Head& hd, int64_t q0, int64_t M, int64_t kb0, int64_t n,
-              int64_t ld, float* dq, float* dk, float* dv, const vec::Exp2Range& range) {
-  const int64_t D = p.D;
+              float* dq, float* dk, float* dv, const vec::Exp2Range& range) {
+  const int64_t D = p.D, ld = w.ld, np = padded(n);
   const float c = p.scale * kLog2e, scale = p.scale;
   const float* Q = hd.q + q0 * p.q_strides[2];
   const float* dO = hd.dout + q0 * p.dout_strides[2];
   float* S = w.s.data();
   float* dS = w.ds.data();
-  gemm_tile(M, ld, D, Q, p.q_strides[2], 1, w.kt.data(), ld, S, ld, false);
-  gemm_tile(M, ld, D, dO, p.dout_strides[2], 1, w.vt.data(), ld, dS, ld, false);
+  gemm_tile(M, np, D, Q, p.q_strides[2], 1, w.kt_block(kb0, p.block_k), ld, S, ld, false);
+  gemm_tile(M, np, D, dO, p.dout_strides[2], 1, w.vt_block(kb0, p.block_k), ld, dS, ld, false);
   const float* lse = p.lse + static_cast<int64_t>(hd.bh) * p.Lq + q0;
   const float* delta = p.delta + static_cast<int64_t>(hd.bh) * p.Lq + q0;
+  const fvec idx = lane_index();
   for (int64_t r = 0; r < M; ++r) {
     float* s = S + r * ld;
     float* ds = dS + r * ld;
     const int64_t nv = visible(p.causal, q0 + r, kb0, n);
-    const float lse2 = lse[r] * kLog2e, dl = delta[r];
-    if (p.dropout && nv > 0) {
-      dropout_row(p.drop, hd.bh, static_cast<uint32_t>(q0 + r), kb0, nv, w.keep.data());
-      const float* keep = w.keep.data();
-#pragma omp simd
-      for (int64_t j = 0; j < nv; ++j) {
-        const float pr = vec::exp2_clamped(s[j] * c - lse2, range);
-        s[j] = pr * keep[j];                          // P M / (1 - p), for dv
-        ds[j] = pr * (ds[j] * keep[j] - dl) * scale;  // scale dS, for dq and dk
-      }
-    } else {
-#pragma omp simd
-      for (int64_t j = 0; j < nv; ++j) {
-        const float pr = vec::exp2_clamped(s[j] * c - lse2, range);
-        s[j] = pr;
-        ds[j] = pr * (ds[j] - dl) * scale;
-      }
+    const float nvf = static_cast<float>(nv), lse2 = lse[r] * kLog2e, dl = delta[r];
+    if (p.dropout) {  // w.keep only ever holds 0 or 1/(1-p): columns past nv multiply a 0
+      if (nv > 0) dropout_row(p.drop, hd.bh, static_cast<uint32_t>(q0 + r), kb0, nv, w.keep.data());
     }
-    for (int64_t j = nv; j < n; ++j) s[j] = ds[j] = 0.f;
+    for (int64_t j = 0; j < np; j += kLanes) {
+      const fvec e = vec::exp2_clamped(load<fvec>(s + j) * c - lse2, range);
+      const fvec pr = idx + static_cast<float>(j) < nvf ? e : fvec{};  // P, 0 where masked
+      fvec dp = load<fvec>(ds + j);
+      fvec pd = pr;
+      if (p.dropout) {
+        const fvec keep = load<fvec>(w.keep.data() + j);
+        pd = pr * keep;  // P M / (1 - p), for dv
+        dp = dp * keep;
+      }
+      store<fvec>(s + j, pd);
+      store<fvec>(ds + j, pr * (dp - dl) * scale);  // scale dS, for dq and dk
+    }
   }
   if (dv) gemm_tile(n, D, M, S, 1, ld, dO, p.dout_strides[2], dv + kb0 * D, D, true);
   if (dk) gemm_tile(n, D, M, dS, 1, ld, Q, p.q_strides[2], dk + kb0 * D, D, true);
   if (dq) gemm_tile(M, D, n, dS, ld, 1, hd.k + kb0 * p.k_strides[2], p.k_strides[2], dq + q0 * D, D, true);
-}
-
-void load_key_block(const AttentionParams& p, Scratch& w, const Head& hd, int64_t kb0, int64_t n, int64_t ld) {
-  transpose_block(hd.k + kb0 * p.k_strides[2], p.k_strides[2], n, p.D, w.kt.data(), ld);
-  transpose_block(hd.v + kb0 * p.v_strides[2], p.v_strides[2], n, p.D, w.vt.data(), ld);
 }
 
 }  // namespace
@@ -325,15 +421,15 @@ void attention_bwd_dq(const AttentionParams& p, int64_t t0, int64_t t1) {
   const int64_t nqb = (p.Lq + p.block_q - 1) / p.block_q;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t bh = t / nqb, q0 = (t % nqb) * p.block_q, M = std::min(p.block_q, p.Lq - q0);
-    const Head hd = head(p, bh / p.Hq, bh % p.Hq);
+    const int64_t b = bh / p.Hq, h = bh % p.Hq;
+    const Head hd = head(p, b, h);
+    load_head(p, w, hd, b, h, true);
     row_deltas(p, hd, q0, M);
     float* dq = p.dq + bh * p.Lq * p.D;
+    std::fill(dq + q0 * p.D, dq + (q0 + M) * p.D, 0.f);
     const int64_t k_end = p.causal ? std::min(p.Lk, q0 + M) : p.Lk;
-    for (int64_t kb0 = 0; kb0 < k_end; kb0 += p.block_k) {
-      const int64_t n = std::min(p.block_k, p.Lk - kb0), ld = round_up8(n);
-      load_key_block(p, w, hd, kb0, n, ld);
-      bwd_tile(p, w, hd, q0, M, kb0, n, ld, dq, nullptr, nullptr, range);
-    }
+    for (int64_t kb0 = 0; kb0 < k_end; kb0 += p.block_k)
+      bwd_tile(p, w, hd, q0, M, kb0, std::min(p.block_k, p.Lk - kb0), dq, nullptr, nullptr, range);
   }
 }
 
@@ -345,15 +441,17 @@ void attention_bwd_dkdv(const AttentionParams& p, int64_t t0, int64_t t1) {
   const int64_t nkb = (p.Lk + p.block_k - 1) / p.block_k, group = p.Hq / p.Hkv;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t bhk = t / nkb, b = bhk / p.Hkv, hk = bhk % p.Hkv, kb0 = (t % nkb) * p.block_k;
-    const int64_t n = std::min(p.block_k, p.Lk - kb0), ld = round_up8(n);
+    const int64_t n = std::min(p.block_k, p.Lk - kb0);
     float* dk = p.dk + bhk * p.Lk * p.D;
     float* dv = p.dv + bhk * p.Lk * p.D;
+    std::fill(dk + kb0 * p.D, dk + (kb0 + n) * p.D, 0.f);
+    std::fill(dv + kb0 * p.D, dv + (kb0 + n) * p.D, 0.f);
     for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
       const Head hd = head(p, b, h);
-      if (h == hk * group) load_key_block(p, w, hd, kb0, n, ld);  // the group shares k and v
+      load_head(p, w, hd, b, h, true);  // the group shares k and v: transposed once
       const int64_t q_start = p.causal ? kb0 / p.block_q * p.block_q : 0;  // earlier rows see none of it
       for (int64_t q0 = q_start; q0 < p.Lq; q0 += p.block_q)
-        bwd_tile(p, w, hd, q0, std::min(p.block_q, p.Lq - q0), kb0, n, ld, nullptr, dk, dv, range);
+        bwd_tile(p, w, hd, q0, std::min(p.block_q, p.Lq - q0), kb0, n, nullptr, dk, dv, range);
     }
   }
 }
@@ -363,21 +461,28 @@ void attention_bwd_dkdv(const AttentionParams& p, int64_t t0, int64_t t1) {
 void attention_bwd_fused(const AttentionParams& p, int64_t t0, int64_t t1) {
   Scratch w(p);
   const vec::Exp2Range range = vec::exp2_range();
-  const int64_t group = p.Hq / p.Hkv;
+  const int64_t group = p.Hq / p.Hkv, D = p.D;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t b = t / p.Hkv, hk = t % p.Hkv;
-    for (int64_t h = hk * group; h < (hk + 1) * group; ++h) row_deltas(p, head(p, b, h), 0, p.Lq);
-    float* dk = p.dk + t * p.Lk * p.D;
-    float* dv = p.dv + t * p.Lk * p.D;
+    float* dk = p.dk + t * p.Lk * D;
+    float* dv = p.dv + t * p.Lk * D;
+    std::fill(dk, dk + p.Lk * D, 0.f);
+    std::fill(dv, dv + p.Lk * D, 0.f);
+    for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+      const Head hd = head(p, b, h);
+      row_deltas(p, hd, 0, p.Lq);
+      float* dq = p.dq + static_cast<int64_t>(hd.bh) * p.Lq * D;
+      std::fill(dq, dq + p.Lq * D, 0.f);
+    }
+    load_head(p, w, head(p, b, hk * group), b, hk * group, true);
     for (int64_t kb0 = 0; kb0 < p.Lk; kb0 += p.block_k) {
-      const int64_t n = std::min(p.block_k, p.Lk - kb0), ld = round_up8(n);
-      load_key_block(p, w, head(p, b, hk * group), kb0, n, ld);
+      const int64_t n = std::min(p.block_k, p.Lk - kb0);
       for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
         const Head hd = head(p, b, h);
-        float* dq = p.dq + static_cast<int64_t>(hd.bh) * p.Lq * p.D;
+        float* dq = p.dq + static_cast<int64_t>(hd.bh) * p.Lq * D;
         const int64_t q_start = p.causal ? kb0 / p.block_q * p.block_q : 0;
         for (int64_t q0 = q_start; q0 < p.Lq; q0 += p.block_q)
-          bwd_tile(p, w, hd, q0, std::min(p.block_q, p.Lq - q0), kb0, n, ld, dq, dk, dv, range);
+          bwd_tile(p, w, hd, q0, std::min(p.block_q, p.Lq - q0), kb0, n, dq, dk, dv, range);
       }
     }
   }
