@@ -4,9 +4,15 @@
 // outputs and runs attention.cu's launchers on the current stream. Registers the CUDA
 // implementations of pyneuro::attention_fwd / attention_bwd (schemas: csrc/ops.cpp; contract:
 // docs/attention_contract.md). Inputs keep their strides (last stride 1): the kernels read them.
+//
+// PYNEURO_CUDA_GLUE_EMULATION (tools/cuda_emu, target attention_glue; never in the real build):
+// this same file on CPU tensors with the kernels running on cuda_emu, registered as
+// pyneuro_emu::attention_fwd/_bwd with no CUDA guard or stream (tests/cuda_emu/test_emulated_attention.py).
 #include <ATen/ATen.h>
+#if !defined(PYNEURO_CUDA_GLUE_EMULATION)
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#endif
 #include <torch/library.h>
 
 #include <climits>
@@ -21,6 +27,18 @@ namespace {
 using namespace pyneuro::cuda;
 using OptT = std::optional<at::Tensor>;
 
+#if defined(PYNEURO_CUDA_GLUE_EMULATION)
+struct DeviceGuard {
+  explicit DeviceGuard(const at::Device&) {}
+};
+cudaStream_t current_stream() { return nullptr; }
+constexpr bool kNeedsCudaTensors = false;
+#else
+using DeviceGuard = c10::cuda::CUDAGuard;
+cudaStream_t current_stream() { return current_stream(); }
+constexpr bool kNeedsCudaTensors = true;
+#endif
+
 AttnDtype dtype_of(const at::Tensor& t) {
   return t.scalar_type() == at::kHalf ? AttnDtype::kFloat16
          : t.scalar_type() == at::kBFloat16 ? AttnDtype::kBFloat16 : AttnDtype::kFloat32;
@@ -31,7 +49,7 @@ AttnStrides strides_of(const at::Tensor& t) { return AttnStrides{t.stride(0), t.
 // The CUDA-only checks: every tensor operand on a CUDA device (same device: the shared check),
 // sizes within the kernels' int indices and grid.
 void check_cuda(const char* op, const at::Tensor& q, const pyneuro::AttentionShape& s) {
-  TORCH_CHECK_VALUE(q.is_cuda(), op, ": q must be a CUDA tensor for the cuda backend, got one on ", q.device());
+  TORCH_CHECK_VALUE(q.is_cuda() || !kNeedsCudaTensors, op, ": q must be a CUDA tensor for the cuda backend, got one on ", q.device());
   TORCH_CHECK_VALUE(s.B <= INT_MAX && s.Hq <= INT_MAX && s.Lq <= INT_MAX && s.Lk <= INT_MAX, op,
                     ": batch, heads, Lq and Lk must each be < 2^31 on the cuda backend, got q ", q.sizes());
   const char* why = attention_unsupported(int(s.B), int(s.Hq), int(s.Hkv), int(s.Lq), int(s.Lk), int(s.D));
@@ -65,14 +83,14 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(const at::Tensor& q, const
   constexpr const char* op = "attention_fwd (cuda)";
   const pyneuro::AttentionShape s = pyneuro::check_attention_fwd_args(q, k, v, causal, scale, dropout_p, rng_state, op);
   check_cuda(op, q, s);
-  const c10::cuda::CUDAGuard guard(q.device());
+  const DeviceGuard guard(q.device());
   at::Tensor out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor lse = at::empty({s.B, s.Hq, s.Lq}, q.options().dtype(at::kFloat));
   AttentionFwdParams p;
   fill_common(p, s, q, k, v, causal, scale, dropout_p, rng_state);
   p.out = out.data_ptr();
   p.lse = lse.data_ptr<float>();
-  launched(op, attention_fwd(p, at::cuda::getCurrentCUDAStream()));
+  launched(op, attention_fwd(p, current_stream()));
   return {out, lse};
 }
 
@@ -85,7 +103,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(const at::Tens
   const pyneuro::AttentionShape s =
       pyneuro::check_attention_bwd_args(dout, q, k, v, out, lse, causal, scale, dropout_p, rng_state, op);
   check_cuda(op, q, s);
-  const c10::cuda::CUDAGuard guard(q.device());
+  const DeviceGuard guard(q.device());
   const auto contiguous = q.options().memory_format(at::MemoryFormat::Contiguous);
   at::Tensor dq = at::empty(q.sizes(), contiguous);
   at::Tensor dk = at::empty(k.sizes(), contiguous);
@@ -95,13 +113,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(const at::Tens
   p.dout = dout.data_ptr(); p.out = out.data_ptr(); p.lse = lse.data_ptr<float>();
   p.dout_st = strides_of(dout); p.out_st = strides_of(out);
   p.dq = dq.data_ptr(); p.dk = dk.data_ptr(); p.dv = dv.data_ptr();
-  launched(op, attention_bwd(p, at::cuda::getCurrentCUDAStream()));
+  launched(op, attention_bwd(p, current_stream()));
   return {dq, dk, dv};
 }
 
 }  // namespace
 
+#if defined(PYNEURO_CUDA_GLUE_EMULATION)
+// A fragment: the rnn glue's emulation defines the pyneuro_emu library itself.
+TORCH_LIBRARY_FRAGMENT(pyneuro_emu, m) {
+  m.def("attention_fwd(Tensor q, Tensor k, Tensor v, bool causal, float scale, float dropout_p, Tensor? rng_state) "
+        "-> (Tensor out, Tensor lse)", &attention_fwd_cuda);
+  m.def("attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, bool causal, float scale, "
+        "float dropout_p, Tensor? rng_state) -> (Tensor dq, Tensor dk, Tensor dv)", &attention_bwd_cuda);
+}
+#else
 TORCH_LIBRARY_IMPL(pyneuro, CUDA, m) {
   m.impl("attention_fwd", &attention_fwd_cuda);
   m.impl("attention_bwd", &attention_bwd_cuda);
 }
+#endif

@@ -176,3 +176,43 @@ def test_clean_under_sanitizer():
     log = r.stdout + r.stderr
     assert r.returncode == 0 and "Sanitizer" not in log, log[-6000:]
     assert log.count("ok ") == 3, log
+
+
+# ------------------------------------------------------------------------------- the torch glue
+@pytest.fixture(scope="module")
+def emu_glue():
+    """csrc/cuda/attention_glue.cpp itself (PYNEURO_CUDA_GLUE_EMULATION: CPU tensors, kernels on
+    cuda_emu) as torch.ops.pyneuro_emu.attention_fwd/_bwd."""
+    torch.ops.load_library(str(build_or_fail("attention_glue")))
+    return torch.ops.pyneuro_emu
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("c", [Case(2, 4, 2, 13, 11, 32, causal=True, p=0.25, layout="strided"),
+                               Case(1, 2, 1, 9, 70, 72, dtype=BF16, layout="unaligned")], ids=str)
+def test_glue_matches_contract(emu_glue, c: Case):
+    """The glue's strides, outputs (contiguous, q's dtype; lse fp32), rng_state read and launches."""
+    q, k, v, dout, rng = make(c)
+    scale = 0.3
+    out, lse = emu_glue.attention_fwd(q, k, v, c.causal, scale, c.p, rng)
+    dq, dk, dv = emu_glue.attention_bwd(dout, q, k, v, out, lse, c.causal, scale, c.p, rng)
+    assert all(t.is_contiguous() and t.dtype == c.dtype for t in (out, dq, dk, dv)) and lse.dtype == F32
+    want_out, want_lse = naive.attention_fwd_contract(q.double(), k.double(), v.double(), c.causal, scale, c.p, rng)
+    want = naive.attention_bwd_contract(dout, q, k, v, out, lse, c.causal, scale, c.p, rng)
+    assert normwise_error(lse, want_lse) <= tol(F32)
+    for name, got, w in zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv), (want_out, *want)):
+        assert normwise_error(got, w) <= tol(c.dtype), name
+
+
+@pytest.mark.slow
+def test_glue_argument_errors(emu_glue):
+    """The shared check (csrc/common/attention_args.h) runs before any launch, with the error contract."""
+    q = torch.randn(1, 2, 4, 16)
+    with pytest.raises(ValueError, match="head_dim"):
+        emu_glue.attention_fwd(q[..., :12], q[..., :12], q[..., :12], False, 1.0, 0.0, None)
+    with pytest.raises(ValueError, match="rng_state"):
+        emu_glue.attention_fwd(q, q, q, False, 1.0, 0.5, None)
+    with pytest.raises(TypeError, match="dtype"):
+        emu_glue.attention_fwd(q, q.half(), q, False, 1.0, 0.0, None)
+    with pytest.raises(ValueError, match="multiple"):
+        emu_glue.attention_fwd(torch.randn(1, 3, 4, 16), q, q, False, 1.0, 0.0, None)

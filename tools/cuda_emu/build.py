@@ -61,6 +61,8 @@ TARGETS = {
     # linked against the installed (CPU) torch: load with torch.ops.load_library, ops pyneuro_emu::*.
     "rnn_glue": (["csrc/cuda/rnn*.cu"], ["csrc/cuda/rnn_glue.cpp"], False),
     "attention": (["csrc/cuda/attention.cu"], ["tools/cuda_emu/drivers/attention.cpp"], False),
+    # csrc/cuda/attention_glue.cpp under PYNEURO_CUDA_GLUE_EMULATION: ops pyneuro_emu::attention_fwd/_bwd.
+    "attention_glue": (["csrc/cuda/attention.cu"], ["csrc/cuda/attention_glue.cpp"], False),
     "attention_selfcheck": (["csrc/cuda/attention.cu"], ["tools/cuda_emu/drivers/attention.cpp",
                                                          "tools/cuda_emu/drivers/attention_selfcheck.cpp"], True),
     "emu_selftest": (["tests/cuda_emu/kernels/*.cu"], [], False),
@@ -83,11 +85,12 @@ def _torch_flags() -> tuple[list[str], list[str], str]:
     libs = cpp_extension.library_paths()
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     link = [f"-L{d}" for d in libs] + [f"-Wl,-rpath,{d}" for d in libs] + ["-ltorch_cpu", "-lc10", "-ltorch"]
-    return inc + [f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-DPYNEURO_RNN_GLUE_EMULATION=1"], link, torch.__version__
+    return (inc + [f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-DPYNEURO_RNN_GLUE_EMULATION=1",
+                   "-DPYNEURO_CUDA_GLUE_EMULATION=1"], link, torch.__version__)
 
 
 # Targets whose drivers use torch (compile flags for the drivers, link flags, and torch's version in the hash).
-TORCH_TARGETS = {"rnn_glue"}
+TORCH_TARGETS = {"rnn_glue", "attention_glue"}
 
 
 def _compiler_version() -> str:
