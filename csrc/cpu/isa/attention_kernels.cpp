@@ -33,6 +33,7 @@ namespace pyneuro::cpu::PYNEURO_CPU_ISA {
 namespace {
 
 using vec::fvec;
+using vec::ivec;
 typedef float v8 __attribute__((vector_size(32)));
 
 constexpr int kLanes = vec::kNativeLanes;
@@ -142,7 +143,8 @@ void gemm_tile(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int
 }
 
 // dst (D x ldt) = the n x D rows of src (row stride lds) transposed, 8 x 8 at a time in registers
-// (D is a multiple of 8); columns n..ldt zeroed, so that padded score columns are finite.
+// (D is a multiple of 8). Columns n..ldt are left alone: Scratch allocates them zeroed and a block
+// of a head always has the same n, so they stay 0 and the padded score columns stay finite.
 void transpose_block(const float* src, int64_t lds, int64_t n, int64_t D, float* dst, int64_t ldt) {
   typedef int32_t i8 __attribute__((vector_size(32)));
   int64_t j = 0;
@@ -171,7 +173,6 @@ void transpose_block(const float* src, int64_t lds, int64_t n, int64_t D, float*
   for (int64_t d = 0; d < D; ++d) {
     float* row = dst + d * ldt;
     for (int64_t jj = j; jj < n; ++jj) row[jj] = src[jj * lds + d];
-    for (int64_t jj = n; jj < ldt; ++jj) row[jj] = 0.f;
   }
 }
 
@@ -185,15 +186,26 @@ fvec lane_index() {
   for (int i = 0; i < kLanes; ++i) v[i] = static_cast<float>(i);
   return v;
 }
+// Horizontal max and sum by halving: log2(lanes) shuffles instead of a lane-by-lane walk.
+template <int Half>
+static inline __attribute__((always_inline)) fvec upper_half(fvec v) {
+  ivec idx;
+  for (int i = 0; i < kLanes; ++i) idx[i] = (i + Half) % kLanes;
+  return __builtin_shuffle(v, idx);
+}
 float hmax(fvec v) {
-  float m = v[0];
-  for (int i = 1; i < kLanes; ++i) m = std::max(m, v[i]);
-  return m;
+  if constexpr (kLanes >= 16) v = v > upper_half<8>(v) ? v : upper_half<8>(v);
+  if constexpr (kLanes >= 8) v = v > upper_half<4>(v) ? v : upper_half<4>(v);
+  v = v > upper_half<2>(v) ? v : upper_half<2>(v);
+  v = v > upper_half<1>(v) ? v : upper_half<1>(v);
+  return v[0];
 }
 float hsum(fvec v) {
-  float t = 0.f;
-  for (int i = 0; i < kLanes; ++i) t += v[i];
-  return t;
+  if constexpr (kLanes >= 16) v += upper_half<8>(v);
+  if constexpr (kLanes >= 8) v += upper_half<4>(v);
+  v += upper_half<2>(v);
+  v += upper_half<1>(v);
+  return v[0];
 }
 
 // keep[j] = M(b, h, i, kb0 + j) / (1 - p) for j < n: 0 or the keep scale. kb0 is a multiple of 4
@@ -299,7 +311,7 @@ inline void softmax_row(float* s, int64_t np, int64_t nv, float c, float* m, flo
     vsum += pr;
     store<fvec>(s + j, keep ? pr * load<fvec>(keep + j) : pr);
   }
-  if (m_new != m_old) {  // rescale by exp2(m_old - m_new): 0 the first time (m_old = -inf)
+  if (m_new != m_old && m_old != -INFINITY) {  // rescale by exp2(m_old - m_new); O and l are 0 until then
     const float alpha = std::exp2(m_old - m_new);
     *l *= alpha;
 #pragma omp simd
@@ -362,10 +374,9 @@ void row_deltas(const AttentionParams& p, const Head& hd, int64_t q0, int64_t M)
   for (int64_t r = 0; r < M; ++r) {
     const float* g = hd.dout + (q0 + r) * p.dout_strides[2];
     const float* o = hd.o + (q0 + r) * p.o_strides[2];
-    float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t d = 0; d < p.D; ++d) acc += g[d] * o[d];
-    delta[r] = acc;
+    v8 acc = v8{};  // D is a multiple of 8
+    for (int64_t d = 0; d < p.D; d += 8) acc += load<v8>(g + d) * load<v8>(o + d);
+    delta[r] = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
   }
 }
 
