@@ -2,7 +2,7 @@
 torch.nn layers (``python -m benchmarks --mnist``, ``pyneuro bench --mnist``).
 
 The stock twin is the same network with each pyneuro layer swapped for its torch.nn counterpart
-(LSTM, GRU, RNN, MultiheadAttention), weights copied, so both compute the same function. A layer
+(LSTM, GRU, RNN, TransformerEncoderLayer, MultiheadAttention), weights copied, so both compute the same function. A layer
 torch.nn lacks (Mamba) runs its pure-PyTorch reference instead, and the row says so. One step is
 forward, backward and an AdamW update on one batch, timed after warm-up, synchronised at the end.
 """
@@ -22,7 +22,7 @@ def stock_twin(model: nn.Module) -> tuple[nn.Module, list[str]]:
     """A copy of ``model`` on torch.nn layers; also the notes on what had no torch.nn counterpart."""
     from .. import nn as pnn
 
-    twin, notes = copy.deepcopy(model), []
+    twin, notes, replaced = copy.deepcopy(model), [], []
     recurrent = {pnn.LSTM: nn.LSTM, pnn.GRU: nn.GRU, pnn.RNN: nn.RNN}
     for name, module in list(twin.named_modules()):
         stock = None
@@ -33,6 +33,15 @@ def stock_twin(model: nn.Module) -> tuple[nn.Module, list[str]]:
             stock = recurrent[type(module)](module.input_size, module.hidden_size, module.num_layers,
                                             bias=module.bias, batch_first=module.batch_first, dropout=module.dropout,
                                             bidirectional=module.bidirectional, **extra)
+        elif isinstance(module, pnn.TransformerEncoderLayer):
+            # The whole layer, as a user would write it with torch.nn (attention dropout = dropout there).
+            attn = module.self_attn
+            stock = nn.TransformerEncoderLayer(attn.embed_dim, attn.num_heads, module.linear1.out_features,
+                                               module.dropout.p, activation=module.activation,
+                                               layer_norm_eps=module.norm1.eps, batch_first=attn.batch_first,
+                                               norm_first=module.norm_first, bias=attn.in_proj_bias is not None)
+            if attn.dropout != module.dropout.p:
+                notes.append("TransformerEncoderLayer: torch.nn's uses one dropout for attention and residuals")
         elif isinstance(module, pnn.MultiheadAttention):
             stock = nn.MultiheadAttention(module.embed_dim, module.num_heads, dropout=module.dropout,
                                           bias=module.in_proj_bias is not None, batch_first=module.batch_first)
@@ -40,8 +49,9 @@ def stock_twin(model: nn.Module) -> tuple[nn.Module, list[str]]:
             module.backend = "reference"
             notes.append(f"{type(module).__name__}: no torch.nn layer, pure-PyTorch reference")
             continue
-        if stock is None:
+        if stock is None or any(name.startswith(done + ".") for done in replaced):
             continue
+        replaced.append(name)
         stock.load_state_dict(module.state_dict())
         parent_name, _, child = name.rpartition(".")
         setattr(twin.get_submodule(parent_name) if parent_name else twin, child, stock)

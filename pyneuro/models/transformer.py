@@ -12,7 +12,7 @@ from .registry import register
 
 class PatchTransformer(nn.Module):
     def __init__(self, patch_size=7, d_model=96, nhead=4, num_layers=4, dim_feedforward=192,
-                 dropout=0.1, attention_dropout=0.0, num_classes=10):
+                 dropout=0.1, attention_dropout=0.1, num_classes=10):
         super().__init__()
         if not isinstance(patch_size, int) or patch_size < 1 or 28 % patch_size:
             raise ValueError(f"patch_size must divide 28, got {patch_size!r}")
@@ -54,7 +54,7 @@ class PatchTransformer(nn.Module):
 
 @register("transformer", view="patches", description="transformer encoder over 7×7 patches",
           defaults={"patch_size": 7, "d_model": 96, "nhead": 4, "num_layers": 4,
-                    "dim_feedforward": 192, "dropout": 0.1, "attention_dropout": 0.0},
+                    "dim_feedforward": 192, "dropout": 0.1, "attention_dropout": 0.1},
           train_defaults={"epochs": 15, "lr": 2e-3, "augment_shift": 2, "weight_decay": 0.05},
           plots="pyneuro.viz.transformer:plots")
 def build_transformer(**kw):

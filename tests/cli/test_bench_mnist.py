@@ -20,9 +20,11 @@ def test_stock_twins_compute_the_same_function_on_torch_nn_layers():
         twin, notes = stock_twin(model)
         twin.eval()
         kinds = {type(m).__module__.split(".")[0] for m in twin.modules() if hasattr(m, "weight_hh_l0")
-                 or type(m).__name__ == "MultiheadAttention"}
+                 or type(m).__name__ in ("MultiheadAttention", "TransformerEncoderLayer")}
         assert kinds == {"torch"}, (name, kinds)  # every pyneuro layer swapped
         assert notes == []
+        if name == "transformer":  # the whole encoder layer is torch.nn's, as a user would write it
+            assert all(type(layer) is torch.nn.TransformerEncoderLayer for layer in twin.layers)
         x = to_view(images, spec.view)
         with torch.no_grad():
             torch.testing.assert_close(twin(x), model(x), rtol=1e-4, atol=1e-5, msg=name)
