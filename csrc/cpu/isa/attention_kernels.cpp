@@ -252,7 +252,7 @@ Head head(const AttentionParams& p, int64_t b, int64_t h) {
 // contiguous range, so each head is transposed about once per thread instead of once per query
 // block); two score tiles (Bq x Bk), a keep row, the running max and sum of the forward's rows.
 struct Scratch {
-  std::vector<float> kt, vt, s, ds, keep, m, l;
+  std::vector<float> kt, vt, s, ds, qs, keep, m, l;
   int64_t ld = 0, block_floats = 0;
   int64_t cached_k = -1, cached_v = -1;  // b · Hkv + kv head transposed into kt / vt
   explicit Scratch(const AttentionParams& p) {
@@ -263,6 +263,7 @@ struct Scratch {
     if (p.dout) vt.resize(blocks * block_floats);
     s.resize(p.block_q * ld);
     ds.resize(p.block_q * ld);
+    qs.resize(p.block_q * p.D);
     keep.resize(ld + 4);
     m.resize(p.block_q);
     l.resize(p.block_q);
@@ -292,21 +293,22 @@ void load_head(const AttentionParams& p, Scratch& w, const Head& hd, int64_t b, 
 }
 
 
-// One row of the forward's tile after S = Q Kᵀ: online-softmax update of (m, l), s (np columns,
-// the first nv visible) replaced by P = exp2(S c - m_new) [· keep], and the row's output rescaled.
-inline void softmax_row(float* s, int64_t np, int64_t nv, float c, float* m, float* l, float* o, int64_t D,
+// One row of the forward's tile after S = (c Q) Kᵀ (log2 units): online-softmax update of (m, l),
+// s (np columns, the first nv visible) replaced by P = exp2(S - m_new) [· keep], and the row's
+// output rescaled.
+inline void softmax_row(float* s, int64_t np, int64_t nv, float* m, float* l, float* o, int64_t D,
                         const float* keep, const vec::Exp2Range& range) {
   const fvec idx = lane_index(), neg_inf = fvec{} - INFINITY;
   const float nvf = static_cast<float>(nv);
   fvec vmax = neg_inf;
   for (int64_t j = 0; j < np; j += kLanes) {
-    const fvec x = load<fvec>(s + j) * c;
+    const fvec x = load<fvec>(s + j);
     vmax = (idx + static_cast<float>(j) < nvf && x > vmax) ? x : vmax;
   }
   const float m_old = *m, m_new = std::max(m_old, hmax(vmax));
   fvec vsum = fvec{};
   for (int64_t j = 0; j < np; j += kLanes) {
-    const fvec e = vec::exp2_clamped(load<fvec>(s + j) * c - m_new, range);
+    const fvec e = vec::exp2_clamped(load<fvec>(s + j) - m_new, range);
     const fvec pr = idx + static_cast<float>(j) < nvf ? e : fvec{};
     vsum += pr;
     store<fvec>(s + j, keep ? pr * load<fvec>(keep + j) : pr);
@@ -334,16 +336,19 @@ void attention_fwd(const AttentionParams& p, int64_t t0, int64_t t1) {
     const int64_t b = bh / p.Hq, h = bh % p.Hq;
     const Head hd = head(p, b, h);
     load_head(p, w, hd, b, h, false);
+    // c Q, contiguous: the scores come out in log2 units, with no multiply in the row passes.
     const float* Q = hd.q + q0 * p.q_strides[2];
-    float* O = p.out + (bh * p.Lq + q0) * D;
-    std::fill(O, O + M * D, 0.f);
+    float* Qs = w.qs.data();
+    for (int64_t r = 0; r < M; ++r)
+      for (int64_t d = 0; d < D; d += 8) store<v8>(Qs + r * D + d, load<v8>(Q + r * p.q_strides[2] + d) * c);
+    float* O = p.out + (bh * p.Lq + q0) * D;  // written by the first block's P V, rescaled after
     std::fill(w.m.begin(), w.m.begin() + M, -INFINITY);
     std::fill(w.l.begin(), w.l.begin() + M, 0.f);
     const int64_t k_end = p.causal ? std::min(p.Lk, q0 + M) : p.Lk;
     for (int64_t kb0 = 0; kb0 < k_end; kb0 += p.block_k) {
       const int64_t n = std::min(p.block_k, p.Lk - kb0);
       float* S = w.s.data();
-      gemm_tile(M, padded(n), D, Q, p.q_strides[2], 1, w.kt_block(kb0, p.block_k), ld, S, ld, false);
+      gemm_tile(M, padded(n), D, Qs, D, 1, w.kt_block(kb0, p.block_k), ld, S, ld, false);
       for (int64_t r = 0; r < M; ++r) {
         const int64_t nv = visible(p.causal, q0 + r, kb0, n);
         const float* keep = nullptr;
@@ -351,9 +356,9 @@ void attention_fwd(const AttentionParams& p, int64_t t0, int64_t t1) {
           if (nv > 0) dropout_row(p.drop, hd.bh, static_cast<uint32_t>(q0 + r), kb0, nv, w.keep.data());
           keep = w.keep.data();
         }
-        softmax_row(S + r * ld, padded(n), nv, c, &w.m[r], &w.l[r], O + r * D, D, keep, range);
+        softmax_row(S + r * ld, padded(n), nv, &w.m[r], &w.l[r], O + r * D, D, keep, range);
       }
-      gemm_tile(M, D, n, S, ld, 1, hd.v + kb0 * p.v_strides[2], p.v_strides[2], O, D, true);
+      gemm_tile(M, D, n, S, ld, 1, hd.v + kb0 * p.v_strides[2], p.v_strides[2], O, D, kb0 > 0);
     }
     float* lse = p.lse + bh * p.Lq + q0;
     for (int64_t r = 0; r < M; ++r) {
@@ -383,8 +388,10 @@ void row_deltas(const AttentionParams& p, const Head& hd, int64_t q0, int64_t M)
 // One backward tile: query rows [q0, q0 + M) of head hd against keys [kb0, kb0 + n), whose Kᵀ and
 // Vᵀ are in w (load_head). Accumulates into dq (rows of this head) and/or dk, dv (rows of the key
 // block), as asked.
+// first_dkdv: this is the key block's first tile (dk, dv are written, not accumulated); dq rows are
+// written by their first key block (kb0 = 0, which every query row sees).
 void bwd_tile(const AttentionParams& p, Scratch& w, const Head& hd, int64_t q0, int64_t M, int64_t kb0, int64_t n,
-              float* dq, float* dk, float* dv, const vec::Exp2Range& range) {
+              float* dq, float* dk, float* dv, bool first_dkdv, const vec::Exp2Range& range) {
   const int64_t D = p.D, ld = w.ld, np = padded(n);
   const float c = p.scale * kLog2e, scale = p.scale;
   const float* Q = hd.q + q0 * p.q_strides[2];
@@ -418,9 +425,9 @@ void bwd_tile(const AttentionParams& p, Scratch& w, const Head& hd, int64_t q0, 
       store<fvec>(ds + j, pr * (dp - dl) * scale);  // scale dS, for dq and dk
     }
   }
-  if (dv) gemm_tile(n, D, M, S, 1, ld, dO, p.dout_strides[2], dv + kb0 * D, D, true);
-  if (dk) gemm_tile(n, D, M, dS, 1, ld, Q, p.q_strides[2], dk + kb0 * D, D, true);
-  if (dq) gemm_tile(M, D, n, dS, ld, 1, hd.k + kb0 * p.k_strides[2], p.k_strides[2], dq + q0 * D, D, true);
+  if (dv) gemm_tile(n, D, M, S, 1, ld, dO, p.dout_strides[2], dv + kb0 * D, D, !first_dkdv);
+  if (dk) gemm_tile(n, D, M, dS, 1, ld, Q, p.q_strides[2], dk + kb0 * D, D, !first_dkdv);
+  if (dq) gemm_tile(M, D, n, dS, ld, 1, hd.k + kb0 * p.k_strides[2], p.k_strides[2], dq + q0 * D, D, kb0 > 0);
 }
 
 }  // namespace
@@ -437,10 +444,9 @@ void attention_bwd_dq(const AttentionParams& p, int64_t t0, int64_t t1) {
     load_head(p, w, hd, b, h, true);
     row_deltas(p, hd, q0, M);
     float* dq = p.dq + bh * p.Lq * p.D;
-    std::fill(dq + q0 * p.D, dq + (q0 + M) * p.D, 0.f);
     const int64_t k_end = p.causal ? std::min(p.Lk, q0 + M) : p.Lk;
     for (int64_t kb0 = 0; kb0 < k_end; kb0 += p.block_k)
-      bwd_tile(p, w, hd, q0, M, kb0, std::min(p.block_k, p.Lk - kb0), dq, nullptr, nullptr, range);
+      bwd_tile(p, w, hd, q0, M, kb0, std::min(p.block_k, p.Lk - kb0), dq, nullptr, nullptr, false, range);
   }
 }
 
@@ -455,14 +461,17 @@ void attention_bwd_dkdv(const AttentionParams& p, int64_t t0, int64_t t1) {
     const int64_t n = std::min(p.block_k, p.Lk - kb0);
     float* dk = p.dk + bhk * p.Lk * p.D;
     float* dv = p.dv + bhk * p.Lk * p.D;
-    std::fill(dk + kb0 * p.D, dk + (kb0 + n) * p.D, 0.f);
-    std::fill(dv + kb0 * p.D, dv + (kb0 + n) * p.D, 0.f);
+    const int64_t q_start = p.causal ? kb0 / p.block_q * p.block_q : 0;  // earlier rows see none of it
+    if (q_start >= p.Lq) {  // causal, Lk > Lq: no query sees these keys
+      std::fill(dk + kb0 * p.D, dk + (kb0 + n) * p.D, 0.f);
+      std::fill(dv + kb0 * p.D, dv + (kb0 + n) * p.D, 0.f);
+    }
     for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
       const Head hd = head(p, b, h);
       load_head(p, w, hd, b, h, true);  // the group shares k and v: transposed once
-      const int64_t q_start = p.causal ? kb0 / p.block_q * p.block_q : 0;  // earlier rows see none of it
       for (int64_t q0 = q_start; q0 < p.Lq; q0 += p.block_q)
-        bwd_tile(p, w, hd, q0, std::min(p.block_q, p.Lq - q0), kb0, n, nullptr, dk, dv, range);
+        bwd_tile(p, w, hd, q0, std::min(p.block_q, p.Lq - q0), kb0, n, nullptr, dk, dv,
+                 h == hk * group && q0 == q_start, range);
     }
   }
 }
@@ -477,23 +486,21 @@ void attention_bwd_fused(const AttentionParams& p, int64_t t0, int64_t t1) {
     const int64_t b = t / p.Hkv, hk = t % p.Hkv;
     float* dk = p.dk + t * p.Lk * D;
     float* dv = p.dv + t * p.Lk * D;
-    std::fill(dk, dk + p.Lk * D, 0.f);
-    std::fill(dv, dv + p.Lk * D, 0.f);
-    for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
-      const Head hd = head(p, b, h);
-      row_deltas(p, hd, 0, p.Lq);
-      float* dq = p.dq + static_cast<int64_t>(hd.bh) * p.Lq * D;
-      std::fill(dq, dq + p.Lq * D, 0.f);
-    }
+    for (int64_t h = hk * group; h < (hk + 1) * group; ++h) row_deltas(p, head(p, b, h), 0, p.Lq);
     load_head(p, w, head(p, b, hk * group), b, hk * group, true);
     for (int64_t kb0 = 0; kb0 < p.Lk; kb0 += p.block_k) {
       const int64_t n = std::min(p.block_k, p.Lk - kb0);
+      const int64_t q_start = p.causal ? kb0 / p.block_q * p.block_q : 0;
+      if (q_start >= p.Lq) {  // causal, Lk > Lq: no query sees these keys
+        std::fill(dk + kb0 * D, dk + (kb0 + n) * D, 0.f);
+        std::fill(dv + kb0 * D, dv + (kb0 + n) * D, 0.f);
+      }
       for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
         const Head hd = head(p, b, h);
         float* dq = p.dq + static_cast<int64_t>(hd.bh) * p.Lq * D;
-        const int64_t q_start = p.causal ? kb0 / p.block_q * p.block_q : 0;
         for (int64_t q0 = q_start; q0 < p.Lq; q0 += p.block_q)
-          bwd_tile(p, w, hd, q0, std::min(p.block_q, p.Lq - q0), kb0, n, dq, dk, dv, range);
+          bwd_tile(p, w, hd, q0, std::min(p.block_q, p.Lq - q0), kb0, n, dq, dk, dv,
+                   h == hk * group && q0 == q_start, range);
       }
     }
   }
