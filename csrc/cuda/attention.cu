@@ -343,8 +343,11 @@ __global__ void __launch_bounds__(kMaxWarps * kWarpSize, 2) attention_rows_kerne
 // t owns the 4-column strips s = t + 256u of the kBlockK x kMaxD tile (key j = s / (kMaxD/4),
 // columns 4·(s % (kMaxD/4)) + 0..3), so each row costs one broadcast dS (P) load and one float4
 // q (dout) load per 4 FMAs.
+// Launch bounds: 2 blocks per SM (128 registers) up to D = 64; the D = 128 bucket needs a few more
+// (at 128, ptxas spilled on sm_80), so it is bounded to 1 block (its 92 KiB of shared memory allow
+// no more than 2 on sm_90 and 1 on sm_80/86 anyway).
 template <typename T, int kMaxD>
-__global__ void __launch_bounds__(kDkdvThreads) attention_dkdv_kernel(const Problem p) {
+__global__ void __launch_bounds__(kDkdvThreads, kMaxD == 128 ? 1 : 2) attention_dkdv_kernel(const Problem p) {
   using Tl = Tile<kMaxD>;
   constexpr int kBlockK = Tl::kBlockK, kLd = Tl::kLd, kKPL = Tl::kKPL, kCols = Tl::kCols;
   constexpr int kStripsPerKey = kMaxD / 4;

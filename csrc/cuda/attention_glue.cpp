@@ -7,7 +7,7 @@
 //
 // PYNEURO_CUDA_GLUE_EMULATION (tools/cuda_emu, target attention_glue; never in the real build):
 // this same file on CPU tensors with the kernels running on cuda_emu, registered as
-// pyneuro_emu::attention_fwd/_bwd with no CUDA guard or stream (tests/cuda_emu/test_emulated_attention.py).
+// pyneuro_emu_attention::attention_fwd/_bwd with no CUDA guard or stream (tests/cuda_emu/test_emulated_attention.py).
 #include <ATen/ATen.h>
 #if !defined(PYNEURO_CUDA_GLUE_EMULATION)
 #include <ATen/cuda/CUDAContext.h>
@@ -120,8 +120,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(const at::Tens
 }  // namespace
 
 #if defined(PYNEURO_CUDA_GLUE_EMULATION)
-// A fragment: the rnn glue's emulation defines the pyneuro_emu library itself.
-TORCH_LIBRARY_FRAGMENT(pyneuro_emu, m) {
+// A namespace of its own: a fragment of the rnn glue's pyneuro_emu, loaded before it, made the
+// process crash at exit.
+TORCH_LIBRARY(pyneuro_emu_attention, m) {
   m.def("attention_fwd(Tensor q, Tensor k, Tensor v, bool causal, float scale, float dropout_p, Tensor? rng_state) "
         "-> (Tensor out, Tensor lse)", &attention_fwd_cuda);
   m.def("attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, bool causal, float scale, "

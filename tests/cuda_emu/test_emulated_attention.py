@@ -182,9 +182,9 @@ def test_clean_under_sanitizer():
 @pytest.fixture(scope="module")
 def emu_glue():
     """csrc/cuda/attention_glue.cpp itself (PYNEURO_CUDA_GLUE_EMULATION: CPU tensors, kernels on
-    cuda_emu) as torch.ops.pyneuro_emu.attention_fwd/_bwd."""
+    cuda_emu) as torch.ops.pyneuro_emu_attention.attention_fwd/_bwd."""
     torch.ops.load_library(str(build_or_fail("attention_glue")))
-    return torch.ops.pyneuro_emu
+    return torch.ops.pyneuro_emu_attention
 
 
 @pytest.mark.slow

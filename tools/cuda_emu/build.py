@@ -61,7 +61,7 @@ TARGETS = {
     # linked against the installed (CPU) torch: load with torch.ops.load_library, ops pyneuro_emu::*.
     "rnn_glue": (["csrc/cuda/rnn*.cu"], ["csrc/cuda/rnn_glue.cpp"], False),
     "attention": (["csrc/cuda/attention.cu"], ["tools/cuda_emu/drivers/attention.cpp"], False),
-    # csrc/cuda/attention_glue.cpp under PYNEURO_CUDA_GLUE_EMULATION: ops pyneuro_emu::attention_fwd/_bwd.
+    # csrc/cuda/attention_glue.cpp under PYNEURO_CUDA_GLUE_EMULATION: ops pyneuro_emu_attention::attention_fwd/_bwd.
     "attention_glue": (["csrc/cuda/attention.cu"], ["csrc/cuda/attention_glue.cpp"], False),
     "attention_selfcheck": (["csrc/cuda/attention.cu"], ["tools/cuda_emu/drivers/attention.cpp",
                                                          "tools/cuda_emu/drivers/attention_selfcheck.cpp"], True),
