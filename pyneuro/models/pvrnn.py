@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -354,6 +353,7 @@ class PVRNN(nn.Module):
 
 # -- the classifier of the completions --------------------------------------------------------------
 DEFAULT_CNN_RUN = Path("runs") / "cnn"
+QUICK_CNN_RUN = Path("runs") / "cnn-quick-pvrnn"  # where the quick cnn trained here is kept for re-evaluations
 
 
 def cnn_predict(cnn, images01: torch.Tensor) -> torch.Tensor:
@@ -382,35 +382,38 @@ def _load_cnn(path: Path, device):
 
 def classifier(checkpoint: str, device, min_acc: float = 0.985):
     """The cnn that classifies completions: from ``checkpoint`` (a cnn run folder or its last.pt),
-    else runs/cnn/last.pt when there is one, else a quick one trained here (the cnn's "fast" preset,
-    2 epochs on train+val, in a temporary folder) whose test accuracy must reach ``min_acc``.
+    else runs/cnn/last.pt when there is one, else the quick one an earlier evaluation trained
+    (runs/cnn-quick-pvrnn), else a quick one trained here into that folder (the cnn's "fast" preset,
+    2 epochs on train+val) whose test accuracy must reach ``min_acc``.
     -> (model, info for eval.json)."""
     import json
 
     from ..train import config as tconfig
     from ..train.loop import train
 
-    path = Path(checkpoint) if checkpoint else DEFAULT_CNN_RUN
-    path = path if path.suffix == ".pt" else path / "last.pt"
-    if path.exists():
-        info = {"cnn": str(path), "cnn_trained_here": False}
-        scores = path.parent / "eval.json"
-        if scores.exists():
-            info["cnn_test_acc"] = json.loads(scores.read_text())["test_acc"]
-        return _load_cnn(path, device), info
+    candidates = [Path(checkpoint)] if checkpoint else [DEFAULT_CNN_RUN, QUICK_CNN_RUN]
+    for path in candidates:
+        path = path if path.suffix == ".pt" else path / "last.pt"
+        if path.exists():
+            info = {"cnn": str(path), "cnn_trained_here": False}
+            scores = path.parent / "eval.json"
+            if scores.exists():
+                info["cnn_test_acc"] = json.loads(scores.read_text())["test_acc"]
+            return _load_cnn(path, device), info
     if checkpoint:
-        raise ValueError(f"cnn_checkpoint: no cnn checkpoint at {path}")
-    print("pvrnn: no trained cnn (hyper-parameter cnn_checkpoint empty, no runs/cnn/last.pt): training a quick "
-          "one (cnn preset 'fast', 2 epochs on train+val) to classify the completions", file=sys.stderr)
+        raise ValueError(f"cnn_checkpoint: no cnn checkpoint at {checkpoint}")
+    print(f"pvrnn: no trained cnn (hyper-parameter cnn_checkpoint empty, no {DEFAULT_CNN_RUN}/last.pt): training a "
+          f"quick one (cnn preset 'fast', 2 epochs on train+val) into {QUICK_CNN_RUN} to classify the completions",
+          file=sys.stderr)
     cfg = tconfig.read_config_file("config.json") if Path("config.json").exists() else None
     settings = tconfig.resolve("cnn", cfg, preset="fast", overrides=[f"train.device={torch.device(device).type}"])
-    with tempfile.TemporaryDirectory(prefix="pvrnn-cnn-") as tmp:
-        summary = train(settings, tmp)
-        model = _load_cnn(Path(tmp) / "last.pt", device)
+    summary = train(settings, QUICK_CNN_RUN)
     if summary["test_acc"] < min_acc:
-        raise RuntimeError(f"the quick cnn reached test accuracy {summary['test_acc']:.4f} < cnn_min_acc={min_acc}")
-    return model, {"cnn": "trained here (cnn preset fast, 2 epochs on train+val)", "cnn_trained_here": True,
-                   "cnn_test_acc": summary["test_acc"]}
+        raise RuntimeError(f"the quick cnn in {QUICK_CNN_RUN} reached test accuracy {summary['test_acc']:.4f} "
+                           f"< cnn_min_acc={min_acc}")
+    return _load_cnn(QUICK_CNN_RUN / "last.pt", device), {
+        "cnn": f"trained here: {QUICK_CNN_RUN}/last.pt (cnn preset fast, 2 epochs on train+val)",
+        "cnn_trained_here": True, "cnn_test_acc": summary["test_acc"]}
 
 
 register("pvrnn", view="rows", task="generate", plots="pyneuro.viz.pvrnn:pvrnn_pictures",
