@@ -13,7 +13,9 @@ Backends (declared once below; pyneuro/_backends.py chooses among them):
   dim outside the compiled kernels' range.
 * ``cpu``: torch.ops.pyneuro.attention_fwd/_bwd from pyneuro._C (csrc/cpu/attention.cpp), blocked
   online softmax with no Lq×Lk buffer.
-* ``cuda``: the same ops' CUDA kernels (csrc/cuda/attention.cu), when the extension was built with CUDA.
+* ``cuda``: the same ops' CUDA kernels (csrc/cuda/attention.cu), when the extension was built with
+  CUDA: one launch per pass for the short sequences where SDPA is launch-bound; above
+  ``CUDA_SHORT_MAX_KEYS`` keys it calls the Triton kernel when Triton is available.
 * ``triton``: pyneuro.kernels.attention (FlashAttention-2 style) as pyneuro::attention_fwd_triton/_bwd_triton.
 
 The compiled backends implement the forward/backward pair of docs/attention_contract.md (the
@@ -165,12 +167,23 @@ def _reference(q, k, v, causal, scale, dropout_p, rng_state):
     return attention_naive(q, k, v, causal, scale, dropout_p, rng_state, return_lse=True)
 
 
+# The CUDA kernels are built for short sequences (K/V of a head staged in shared memory, CUDA
+# cores, one launch); past this many keys the cuda backend hands over to the Triton kernel
+# (tensor cores, FlashAttention-2 tiling) when Triton runs here, else runs its own tiled path.
+CUDA_SHORT_MAX_KEYS = 256
+
+
 def _contract_call(backend: str):
     """The backend's forward op on the validated arguments: (out, lse)."""
 
     def call(q, k, v, causal, scale, dropout_p, rng_state):
         if q.numel() == 0:  # an empty batch, no heads or no queries: nothing for a kernel to launch
             return _reference(q, k, v, causal, scale, dropout_p, rng_state)
+        if backend == "cuda" and k.shape[2] > CUDA_SHORT_MAX_KEYS:
+            try:
+                return OP("triton", q.device, q, k, v, causal, scale, dropout_p, rng_state)
+            except _backends.BackendUnavailableError:
+                pass  # no Triton here (or it failed its self-check): the CUDA tiled path takes any length
         fwd = _TRITON_FWD if backend == "triton" else torch.ops.pyneuro.attention_fwd.default
         q, k, v = (_unit_last_stride(t) for t in (q, k, v))
         return tuple(fwd(q, k, v, causal, scale, dropout_p, rng_state))
