@@ -51,7 +51,7 @@ static inline __attribute__((always_inline)) V load(const float* p) {
   return v;
 }
 template <class V>
-static inline __attribute__((always_inline)) void store(float* p, V v) {
+static inline __attribute__((always_inline)) void store(float* p, const V& v) {
   std::memcpy(p, &v, sizeof v);
 }
 
