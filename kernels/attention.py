@@ -400,10 +400,13 @@ def _attn_bwd_dq_kernel(
 # 16-bit: FA2's tiles (forward 128 queries x 64-128 keys on 4-8 warps, 3 stages; dQ alike; dK/dV
 # 32-64 queries against 32-64 keys), kept only where `scripts/triton_compile.py --ops attention`
 # compiles them without register spills for that architecture: the 16-bit gate. Measured with
-# Triton 3.9 (bf16, causal, D = 128) and dropped for spilling: forward 128x64 w4 (both; 628-2072
-# B), 128x128 w8 and 128x64 w8 on sm_80 (232-1208 B); dQ 128x64 w8 on sm_80 (156 B); dK/dV on
-# sm_90 at every BLOCK_N = 64 tiling tried (116-456 B: the dk and dv accumulators plus k and v
-# stay live through four dots), so sm_90 runs dK/dV at D = 128 on 32x32 tiles.
+# Triton 3.9 (bf16, D = 128 unless said) and dropped for spilling: forward 128x64 w4 (both;
+# 628-2072 B), 128x128 w8 and 128x64 w8 on sm_80 (232-1208 B); dQ 128x64 w8 on sm_80 (156 B);
+# dK/dV on sm_90 at every BLOCK_N = 64 tiling tried (116-456 B: the dk and dv accumulators plus k
+# and v stay live through four dots) and 32x32 w4 (4 B), so sm_90 runs it on 32x32 w8 or 16x32;
+# dK/dV on sm_80 at D = 64, causal: 32x32 w4 s3, 32x64 w4, 64x64 w8 (8-44 B).
+# With dropout (the Philox words and the mask add registers) several kept tiles spill a little
+# at D = 128 (16-84 B; on sm_80 every dQ tile); the compile check reports those without failing.
 # fp32: IEEE dots lower to FMA loops whose operands hold a thread's whole K slice in registers;
 # small tiles, and spills at D = 128 are reported, not gated (fp32 is the accuracy path).
 _CONFIGS = {
@@ -411,7 +414,7 @@ _CONFIGS = {
         2: {80: {False: [(64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 3)],
                  True: [(64, 64, 4, 3), (64, 32, 4, 3)]},
             90: {False: [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3)],
-                 True: [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3)]}},
+                 True: [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 8, 3)]}},
         4: {False: [(32, 32, 4, 2), (32, 16, 4, 2)], True: [(16, 32, 4, 1), (32, 16, 4, 2)]},
     },
     "dq": {
@@ -422,14 +425,16 @@ _CONFIGS = {
         4: {False: [(32, 32, 4, 2), (32, 16, 4, 2)], True: [(32, 16, 4, 2), (16, 32, 4, 2)]},
     },
     "dkdv": {
-        2: {80: {False: [(64, 64, 8, 3), (32, 32, 4, 3), (32, 64, 4, 3)],
-                 True: [(64, 64, 8, 3), (64, 64, 8, 2), (32, 32, 4, 3)]},
+        2: {80: {False: [(32, 64, 8, 3), (32, 32, 8, 3), (32, 32, 4, 2)],
+                 True: [(64, 64, 8, 3), (32, 32, 4, 3)]},
             90: {False: [(32, 32, 4, 3), (32, 64, 4, 3), (64, 64, 8, 3)],
-                 True: [(32, 32, 4, 3)]}},
+                 True: [(32, 32, 8, 3), (16, 32, 4, 3)]}},
         4: {False: [(16, 32, 4, 2), (32, 32, 4, 2)], True: [(16, 32, 4, 2)]},
     },
 }
 ARCHS = (80, 90)
+# Rows per program of the delta kernel (4 warps; 64 rows of fp16 at D = 128 spilled 20-40 B).
+DELTA_ROWS = 32
 # Under the interpreter: one small configuration per kernel (BLOCK_M != BLOCK_N, so the tests
 # cover diagonals that straddle blocks); tests may replace the entries.
 INTERPRET_BLOCKS = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16)}
@@ -551,9 +556,8 @@ def attention_bwd(dout, q, k, v, out, lse, causal, scale, dropout_p, rng_state):
     dropout, seed, offset, threshold, keep_scale = _dropout_args(dropout_p, rng_state)
     bd = block_d(D)
     delta = torch.empty(B, Hq, Lq, device=q.device, dtype=torch.float32)
-    delta_rows = 64 if not INTERPRET else 32
-    _bwd_delta_kernel[(triton.cdiv(Lq, delta_rows), B * Hq)](dout, out, delta, *_strides(dout), Hq, Lq,
-                                                             HEAD_DIM=D, BLOCK_M=delta_rows, BLOCK_D=bd)
+    _bwd_delta_kernel[(triton.cdiv(Lq, DELTA_ROWS), B * Hq)](dout, out, delta, *_strides(dout), Hq, Lq,
+                                                             HEAD_DIM=D, BLOCK_M=DELTA_ROWS, BLOCK_D=bd)
     dq = torch.empty(B, Hq, Lq, D, device=q.device, dtype=q.dtype)
     dk = torch.empty(B, Hkv, Lk, D, device=q.device, dtype=q.dtype)
     dv = torch.empty(B, Hkv, Lk, D, device=q.device, dtype=q.dtype)

@@ -1,9 +1,9 @@
 """Compile the Triton kernels ahead of time for sm_80 and sm_90, without a GPU, and report registers,
 spills and shared memory per specialisation (`make triton-compile`).
 
-    python scripts/triton_compile.py [--arch 80 90] [--jobs N] [--all-n] [--ops scan rnn] [-k TEXT]
+    python scripts/triton_compile.py [--arch 80 90] [--jobs N] [--all-n] [--ops scan rnn attention] [-k TEXT]
 
-Which specialisations (--ops scan rnn; both by default): the ones pyneuro.kernels.selective_scan
+Which specialisations (--ops scan rnn attention; all by default): the ones pyneuro.kernels.selective_scan
 launches, with its own launch-shape rules (fwd_launch_shape/bwd_launch_shape) for a wide segment
 (seg_dim = 1024, the largest BLOCK_D):
   * every feature on (D, z, delta_bias, softplus, variable B and C, initial state): the most live
@@ -12,7 +12,10 @@ launches, with its own launch-shape rules (fwd_launch_shape/bwd_launch_shape) fo
   * N = 16 over every chunk size, N = 64 at chunk 64; fp16; constant B/C without z; the
     backward's "flip" reverse scan
 and the ones pyneuro.kernels.rnn launches (rnn_specialisations: every cell variant's persistent
-kernels at H = 32 .. 128 and its per-step kernels, with the module's own launch_config).
+kernels at H = 32 .. 128 and its per-step kernels, with the module's own launch_config), and the
+ones pyneuro.kernels.attention's autotuner may pick (attn_specialisations: for each architecture
+its own configs() of the forward, dK/dV and dQ kernels, bf16/fp16/fp32, D = 24, 64, 128, causal or
+not, with and without dropout).
 Each is compiled from the kernel source with triton.compile(ASTSource(...), target=GPUTarget(...)),
 which runs Triton's whole pipeline down to ptxas; registers and spills come from that ptxas run's
 -v log (knobs.nvidia.dump_ptxas_log; on Triton versions without it, from ptxas -v run again on
@@ -23,7 +26,10 @@ Fails (exit 1) on a compile error, or on any spill for N <= 64 at a chunk size u
 default_chunk_size(N) with the default reverse scan (what the op runs); spills at larger N or chunk,
 or in the "flip" fallback, are reported only (see gated()). rnn: fails on any spill, or shared
 memory above the architecture's per-block maximum, in a kernel the op runs (step mode, persistent
-up to PERSISTENT_MAX_H); larger persistent shapes are reported only (rnn_gated()).
+up to PERSISTENT_MAX_H); larger persistent shapes are reported only (rnn_gated()). attention: fails
+on shared memory above the architecture's per-block maximum in any configuration the autotuner may
+pick, and on any spill in its 16-bit ones without dropout (with dropout or in fp32, spills are
+reported only: attn_gated()).
 Must not run under TRITON_INTERPRET (it compiles for real).
 """
 from __future__ import annotations
@@ -173,6 +179,81 @@ def _rnn_launch(rk, spec):
     return fn, signature, constexprs, warps, (bb, bh, br)
 
 
+@dataclasses.dataclass(frozen=True)
+class AttnSpec:
+    """One specialisation of pyneuro.kernels.attention: a kernel at one autotune configuration."""
+    kernel: str  # "fwd" | "dkdv" | "dq" | "delta"
+    dtype: str  # q, k, v, out, dout and the gradients (lse and delta are fp32)
+    D: int
+    causal: bool
+    dropout: bool
+    config: tuple  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
+
+    def name(self):
+        bm, bn, w, st = self.config
+        flags = ("causal" if self.causal else "full") + (" dropout" if self.dropout else "")
+        return f"attn_{self.kernel} {self.dtype} D={self.D} {flags} {bm}x{bn} w{w} s{st}"
+
+
+def attn_specialisations(ak, arch):
+    """For sm_<arch>, every configuration ak.configs() gives the autotuner: bf16 at D = 24 (causal),
+    64 and 128 (causal or not); at D = 128 also fp16 and bf16 with dropout (the most registers);
+    fp32 at D = 24, 64 (with dropout too) and 128, causal. Plus the delta kernel per dtype."""
+    import torch
+    specs = []
+    bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
+    for kernel in ("fwd", "dkdv", "dq"):
+        for D, variants in ((24, [("bf16", True, False)]),
+                            (64, [("bf16", False, False), ("bf16", True, False)]),
+                            (128, [("bf16", False, False), ("bf16", True, False), ("fp16", True, False),
+                                   ("bf16", True, True)])):
+            for dtype, causal, dropout in variants:
+                specs += [AttnSpec(kernel, dtype, D, causal, dropout, cfg)
+                          for cfg in ak.configs(kernel, bf16 if dtype == "bf16" else fp16, D, arch)]
+        for D, variants in ((24, [(True, False)]), (64, [(True, False), (True, True)]), (128, [(True, False)])):
+            for causal, dropout in variants:
+                specs += [AttnSpec(kernel, "fp32", D, causal, dropout, cfg) for cfg in ak.configs(kernel, fp32, D, arch)]
+    specs += [AttnSpec("delta", dtype, D, False, False, (ak.DELTA_ROWS, 0, 4, 1))
+              for dtype in ("fp32", "bf16", "fp16") for D in (24, 128)]
+    return specs
+
+
+def attn_gated(spec):
+    """Spills fail the run for the 16-bit kernels without dropout (every configuration the
+    autotuner may pick); with dropout, or in fp32 (IEEE dots lowered to FMA loops, see
+    kernels/attention.py), they are reported only."""
+    return spec.dtype != "fp32" and not spec.dropout
+
+
+# Pointers in fp32 whatever the dtype; the others are in q's dtype.
+_ATTN_FP32_POINTERS = {"lse_ptr", "delta_ptr"}
+_ATTN_KERNELS = {"fwd": "_attn_fwd_kernel", "dkdv": "_attn_bwd_dkdv_kernel", "dq": "_attn_bwd_dq_kernel",
+                 "delta": "_bwd_delta_kernel"}
+
+
+def _attn_launch(ak, spec):
+    """(kernel fn, signature, constexprs, num_warps, num_stages) as pyneuro.kernels.attention launches
+    it. Float scalars are fp32; seed, offset and threshold i64 (the JIT takes i32 for small values)."""
+    bm, bn, warps, stages = spec.config
+    fn = getattr(ak, _ATTN_KERNELS[spec.kernel])
+    values = dict(CAUSAL=spec.causal, DROPOUT=spec.dropout, HEAD_DIM=spec.D, BLOCK_M=bm, BLOCK_N=bn,
+                  BLOCK_D=ak.block_d(spec.D))
+    signature, constexprs = {}, {}
+    for p in fn.params:
+        if p.is_constexpr:
+            signature[p.name] = "constexpr"
+            constexprs[p.name] = values[p.name]
+        elif p.name.endswith("_ptr"):
+            signature[p.name] = "*" + ("fp32" if p.name in _ATTN_FP32_POINTERS else spec.dtype)
+        elif p.name in ("qk_scale", "keep_scale", "scale"):
+            signature[p.name] = "fp32"
+        elif p.name in ("seed", "offset", "threshold"):
+            signature[p.name] = "i64"
+        else:
+            signature[p.name] = "i32"
+    return fn, signature, constexprs, warps, stages
+
+
 def _launch(ssk, spec):
     """(kernel fn, signature, constexprs, num_warps, BLOCK_D) as the launcher would choose them."""
     block_n = 1 << (spec.N - 1).bit_length()
@@ -225,15 +306,18 @@ def _aligned_pointer_attrs(signature):
     return {(names.index(k),): attr for k, v in signature.items() if v.startswith("*")}
 
 
-def _compile_with_ptxas_log(triton, src, target, warps):
+def _compile_with_ptxas_log(triton, src, target, warps, stages=None):
     """triton.compile, returning (compiled, the log of Triton's own ptxas run, or "")."""
+    options = {"num_warps": warps}
+    if stages is not None:
+        options["num_stages"] = stages
     nvidia_knobs = getattr(getattr(triton, "knobs", None), "nvidia", None)
     if nvidia_knobs is None or not hasattr(nvidia_knobs, "dump_ptxas_log"):
-        return triton.compile(src, target=target, options={"num_warps": warps}), ""
+        return triton.compile(src, target=target, options=options), ""
     nvidia_knobs.dump_ptxas_log = True  # Triton prints ptxas -v's log to stdout
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        compiled = triton.compile(src, target=target, options={"num_warps": warps})
+        compiled = triton.compile(src, target=target, options=options)
     return compiled, out.getvalue()
 
 
@@ -255,7 +339,13 @@ def compile_one(spec, arch):
     from triton.compiler import ASTSource
 
     sys.path.insert(0, str(REPO))
-    if isinstance(spec, RnnSpec):
+    stages = None
+    if isinstance(spec, AttnSpec):
+        import kernels.attention as ak
+
+        fn, signature, constexprs, warps, stages = _attn_launch(ak, spec)
+        block = spec.config[:2]
+    elif isinstance(spec, RnnSpec):
         import kernels.rnn as rk
 
         fn, signature, constexprs, warps, block = _rnn_launch(rk, spec)
@@ -271,7 +361,7 @@ def compile_one(spec, arch):
             src = ASTSource(fn, signature, constexprs, _aligned_pointer_attrs(signature))
         except TypeError:  # older ASTSource without attrs
             src = ASTSource(fn, signature, constexprs)
-        compiled, log = _compile_with_ptxas_log(triton, src, GPUTarget("cuda", arch, 32), warps)
+        compiled, log = _compile_with_ptxas_log(triton, src, GPUTarget("cuda", arch, 32), warps, stages)
         if "registers" not in log:  # no log from the compile (older Triton): run ptxas -v ourselves
             log = _ptxas_log(compiled.asm["ptx"], arch)
         res.update(
@@ -292,8 +382,9 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--all-n", action="store_true", help="also N = 256 (slow to compile, spills)")
     ap.add_argument("-k", dest="select", default="", help="only rows whose 'kernel dtype N=.. chunk=.. flags' "
-                    "(rnn: 'cell_kernel dtype H=.. [P=..] flags') contains this text, e.g. -k 'bwd fp32 N=16 '")
-    ap.add_argument("--ops", nargs="+", choices=("scan", "rnn"), default=["scan", "rnn"])
+                    "(rnn: 'cell_kernel dtype H=.. [P=..] flags'; attention: 'attn_kernel dtype D=.. causal|full "
+                    "[dropout] MxN wW sS [pruned]') contains this text, e.g. -k 'bwd fp32 N=16 '")
+    ap.add_argument("--ops", nargs="+", choices=("scan", "rnn", "attention"), default=["scan", "rnn", "attention"])
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("triton_compile: TRITON_INTERPRET is set; unset it, this compiles for real GPUs")
@@ -304,6 +395,7 @@ def main(argv=None):
 
     import triton
     sys.path.insert(0, str(REPO))
+    import kernels.attention as ak
     import kernels.rnn as rk
     import kernels.selective_scan as ssk
 
@@ -314,6 +406,8 @@ def main(argv=None):
     if "rnn" in args.ops:
         specs += [s for s in rnn_specialisations(rk) if args.select in s.name()]
     jobs = [(s, a) for s in specs for a in args.arch]
+    if "attention" in args.ops:  # per architecture: its own configurations
+        jobs += [(s, a) for a in args.arch for s in attn_specialisations(ak, a) if args.select in s.name()]
     start = time.perf_counter()
     try:
         with cf.ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -325,8 +419,9 @@ def main(argv=None):
     print(f"triton {triton.__version__}: {len(results)} compiles in {wall:.0f} s ({args.jobs} jobs)\n")
     head = f"{'kernel':6} {'dtype':5} {'N':>4} {'BLOCK (D,N,L)':>14} {'warps':>5}  {'flags':26} {'arch':>4} " \
            f"{'regs':>4} {'spill st/ld':>11} {'smem':>6}  {'s':>4}"
-    scan_results = [r for r in results if not isinstance(r["spec"], RnnSpec)]
+    scan_results = [r for r in results if not isinstance(r["spec"], (RnnSpec, AttnSpec))]
     rnn_results = [r for r in results if isinstance(r["spec"], RnnSpec)]
+    attn_results = [r for r in results if isinstance(r["spec"], AttnSpec)]
     failed = []
     if scan_results:
         print(head)
@@ -373,13 +468,37 @@ def main(argv=None):
             else:
                 note = f"  ({what.lower()}; reported only: persistent above PERSISTENT_MAX_H)"
         print(line + f"{r['regs']:>4} {r['spill_st']:>5}/{r['spill_ld']:<5} {r['smem']:>6}  {r['seconds']:>5.1f}{note}")
+    if attn_results:
+        head = f"\n{'attention kernel':46} {'arch':>4} {'regs':>4} {'spill st/ld':>11} {'smem':>6}  {'s':>5}"
+        print(head)
+        print("-" * len(head))
+    for r in sorted(attn_results, key=lambda r: (r["spec"].kernel, r["spec"].dtype, r["spec"].D, r["spec"].name(),
+                                                 r["arch"])):
+        s = r["spec"]
+        line = f"{s.name():46} {r['arch']:>4} "
+        if "error" in r:
+            failed.append(r)
+            print(line + f"ERROR {r['error']}")
+            continue
+        note = ""
+        too_big = r["smem"] > MAX_SHARED[r["arch"]]
+        if too_big:
+            failed.append(r)
+            note = "  <- SHARED MEMORY > %d" % MAX_SHARED[r["arch"]]
+        elif r["spill_st"] or r["spill_ld"]:
+            if attn_gated(s):
+                failed.append(r)
+                note = "  <- SPILLS"
+            else:
+                note = "  (spills; reported only: %s)" % ("dropout" if s.dropout else "fp32")
+        print(line + f"{r['regs']:>4} {r['spill_st']:>5}/{r['spill_ld']:<5} {r['smem']:>6}  {r['seconds']:>5.1f}{note}")
     if failed:
         print(f"\nFAILED: {len(failed)} specialisation(s) with compile errors or gated spills (scan: N <= "
               f"{SPILL_GATE_N} and chunk <= default_chunk_size(N); rnn: step mode and persistent up to "
-              f"PERSISTENT_MAX_H)")
+              f"PERSISTENT_MAX_H; attention: every configuration the autotuner may pick)")
         return 1
     print(f"\nOK: no compile errors, no spills at N <= {SPILL_GATE_N} and chunk <= default_chunk_size(N) (scan), "
-          f"none in the rnn kernels the op runs")
+          f"none in the rnn kernels the op runs, none in the attention configurations the autotuner may pick")
     return 0
 
 
