@@ -76,16 +76,18 @@ def _check(q, k, v, causal, softmax_scale, dropout_p) -> None:
     if q.shape[-1] < 1:
         raise ValueError(f"attention: head_dim (the last dimension of q, k, v) must be at least 1, got {q.shape[-1]}")
     hq, hkv = q.shape[1], k.shape[1]
-    if hkv < 1 or hq % hkv:
+    if not (hq == hkv == 0 or (hkv > 0 and hq % hkv == 0)):
         raise ValueError(f"attention: the heads of q ({hq}) must be a multiple of the heads of k and v ({hkv}) "
                          "(grouped-query attention)")
     if k.shape[2] < 1:
         raise ValueError(f"attention: k and v must hold at least one key, got seq length {k.shape[2]}")
     if not isinstance(causal, bool):
         raise TypeError(f"attention: causal must be a bool, got {type(causal).__name__}")
-    if softmax_scale is not None and (isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real)
-                                      or not math.isfinite(softmax_scale) or not softmax_scale > 0):
-        raise ValueError(f"attention: softmax_scale must be a positive finite number or None, got {softmax_scale!r}")
+    if softmax_scale is not None:
+        if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real):
+            raise TypeError(f"attention: softmax_scale must be a number or None, got {type(softmax_scale).__name__}")
+        if not (math.isfinite(softmax_scale) and softmax_scale > 0):
+            raise ValueError(f"attention: softmax_scale must be a positive finite number or None, got {softmax_scale!r}")
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real) or not 0 <= dropout_p < 1:
         raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p!r}")
 
