@@ -218,6 +218,19 @@ def attn_specialisations(ak, arch):
     return specs
 
 
+def worst_attention_configs(jobs):
+    """Of each (kernel variant, arch), the configuration with the largest BLOCK_M·BLOCK_N, then the
+    most stages, then the fewest warps: the most shared memory and registers per thread."""
+    best = {}
+    for spec, arch in jobs:
+        key = (spec.kernel, spec.dtype, spec.D, spec.causal, spec.dropout, arch)
+        bm, bn, warps, stages = spec.config
+        rank = (bm * bn, stages, -warps)
+        if key not in best or rank > best[key][0]:
+            best[key] = (rank, (spec, arch))
+    return [job for _, job in best.values()]
+
+
 def attn_gated(spec):
     """Spills fail the run for the 16-bit kernels without dropout (every configuration the
     autotuner may pick); with dropout, or in fp32 (IEEE dots lowered to FMA loops, see
@@ -385,6 +398,9 @@ def main(argv=None):
                     "(rnn: 'cell_kernel dtype H=.. [P=..] flags'; attention: 'attn_kernel dtype D=.. causal|full "
                     "[dropout] MxN wW sS [pruned]') contains this text, e.g. -k 'bwd fp32 N=16 '")
     ap.add_argument("--ops", nargs="+", choices=("scan", "rnn", "attention"), default=["scan", "rnn", "attention"])
+    ap.add_argument("--attention-configs", choices=("all", "worst"), default="all",
+                    help="attention: every autotune configuration (default), or per kernel variant only the "
+                         "one with the largest tile and pipeline (the most shared memory and registers)")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("triton_compile: TRITON_INTERPRET is set; unset it, this compiles for real GPUs")
@@ -407,7 +423,10 @@ def main(argv=None):
         specs += [s for s in rnn_specialisations(rk) if args.select in s.name()]
     jobs = [(s, a) for s in specs for a in args.arch]
     if "attention" in args.ops:  # per architecture: its own configurations
-        jobs += [(s, a) for a in args.arch for s in attn_specialisations(ak, a) if args.select in s.name()]
+        attn = [(s, a) for a in args.arch for s in attn_specialisations(ak, a) if args.select in s.name()]
+        if args.attention_configs == "worst":
+            attn = worst_attention_configs(attn)
+        jobs += attn
     start = time.perf_counter()
     try:
         with cf.ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
