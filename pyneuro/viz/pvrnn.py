@@ -1,7 +1,7 @@
 """PV-RNN's pictures: digits generated from the prior, completions of half-seen test digits, and
 (a separate, slower entry) the effect of the meta-prior w.
 
-    python -m pyneuro.viz.pvrnn --meta-prior-sweep [--out runs/pvrnn-sweep] [--sequences 2000] [--epochs 15]
+    python -m pyneuro.viz.pvrnn --meta-prior-sweep [--out runs/pvrnn-sweep] [--sequences 2000] [--epochs 25]
 
 trains one short PV-RNN per w in {0.0001, 0.001, 0.01, 0.1} and draws their reconstruction error
 against their KL, and how varied their generations from the same initial state are.
@@ -133,7 +133,7 @@ def _train_short(weight: float, images, sequences: int, epochs: int, batch: int,
     return model, {k: v.item() for k, v in terms.items()}
 
 
-def meta_prior_sweep(out_dir="runs/pvrnn-sweep", weights=SWEEP_WEIGHTS, sequences: int = 2000, epochs: int = 15,
+def meta_prior_sweep(out_dir="runs/pvrnn-sweep", weights=SWEEP_WEIGHTS, sequences: int = 2000, epochs: int = 25,
                      batch: int = 100, seed: int = 0, **hyper) -> dict:
     """Train a short PV-RNN per meta-prior w on the first ``sequences`` training digits; write
     sweep.json and meta_prior.png (recon against KL; generation variety; generations per w)."""
@@ -143,6 +143,7 @@ def meta_prior_sweep(out_dir="runs/pvrnn-sweep", weights=SWEEP_WEIGHTS, sequence
     out.mkdir(parents=True, exist_ok=True)
     images, _ = pdata.load_mnist(split="train")
     images = images[:sequences]
+    hyper = {"a_lr": 0.2, **hyper}  # the shipped config's: each adaptive row moves once per epoch
     results, samples = [], []
     for w in weights:
         t0 = time.perf_counter()
@@ -181,7 +182,7 @@ def main(argv=None):
     parser.add_argument("--meta-prior-sweep", action="store_true", help="train one short run per meta-prior w")
     parser.add_argument("--out", default="runs/pvrnn-sweep")
     parser.add_argument("--sequences", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     if not args.meta_prior_sweep:
