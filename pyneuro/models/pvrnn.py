@@ -58,7 +58,7 @@ def _gaussian_kl(mu_q, logsig_q, mu_p, logsig_p):
 
 class PVRNN(nn.Module):
     def __init__(self, d_sizes=(128, 64), taus=(2.0, 8.0), z_sizes=(4, 2), init_sizes=(8, 16),
-                 meta_prior=(0.01, 0.01), sequences=60000, a_lr=0.02, er_steps=50, er_lr=0.1,
+                 meta_prior=(0.05, 0.05), sequences=60000, a_lr=0.2, er_steps=50, er_lr=0.1,
                  seen_rows=14, completion_subset=2000, cnn_checkpoint="", cnn_min_acc=0.985, eval_batch=1000):
         super().__init__()
         d_sizes, taus, z_sizes, init_sizes, meta_prior = map(list, (d_sizes, taus, z_sizes, init_sizes, meta_prior))
@@ -419,7 +419,7 @@ def classifier(checkpoint: str, device, min_acc: float = 0.985):
 register("pvrnn", view="rows", task="generate", plots="pyneuro.viz.pvrnn:pvrnn_pictures",
          description="PV-RNN: MTRNN layers with per-step latents, adaptive vectors, error regression",
          defaults={"d_sizes": [128, 64], "taus": [2.0, 8.0], "z_sizes": [4, 2], "init_sizes": [8, 16],
-                   "meta_prior": [0.01, 0.01], "sequences": 60000, "a_lr": 0.02, "er_steps": 50, "er_lr": 0.1,
+                   "meta_prior": [0.05, 0.05], "sequences": 60000, "a_lr": 0.2, "er_steps": 50, "er_lr": 0.1,
                    "seen_rows": 14, "completion_subset": 2000, "cnn_checkpoint": "", "cnn_min_acc": 0.985,
                    "eval_batch": 1000},
          train_defaults={"epochs": 10, "lr": 2e-3, "weight_decay": 0.0, "grad_clip": 1.0,
