@@ -61,7 +61,11 @@ def attention_calls(draw, backend: str, device: str):
         mutations=draw(mutations(tensors, ["q", "k", "v"], device)), invalid=invalid,
         # A backend other than the reference may refuse (documented) what its kernels do not take.
         refusable=backend != "reference" and not compiled_range,
-        backward=draw(st.integers(0, 3)) == 0, grad_seed=draw(SEEDS))
+        # Gradients are compared in fp32/fp64 only: in fp16/bf16 the backward's delta = rowsum(dout ⊙ out)
+        # reads the forward's rounded out (docs/attention_contract.md), which moves dq and dk away
+        # from the reference's exact gradient by up to D·u·|dout||out| per row; the conformance
+        # suite checks 16-bit gradients against the contract oracle given that very out.
+        backward=draw(st.integers(0, 3)) == 0 and dtype in (torch.float32, torch.float64), grad_seed=draw(SEEDS))
 
 
 def test_fuzz_attention(op_name, backend, device, fuzz_calls):

@@ -105,12 +105,17 @@ def scale_of(shape: Shape) -> float:
     return 1.0 / math.sqrt(shape.D)
 
 
-def oracle(shape: Shape, q, k, v, dout, rng_state):
-    """(out, lse), (dq, dk, dv) in fp64 from the contract pair on the same (rounded) values."""
+def oracle(shape: Shape, q, k, v, dout, rng_state, out_seen=None):
+    """(out, lse), (dq, dk, dv) in fp64 from the contract pair on the same (rounded) values.
+
+    ``out_seen``: the out the backend's backward read (its forward's, rounded to the input dtype).
+    The contract's backward takes delta = rowsum(dout ⊙ out) from that out, so in fp16/bf16 the
+    gradients are measured against the oracle given it; None: the oracle's own fp64 out."""
     q64, k64, v64, dout64 = (t.detach().double().cpu() for t in (q, k, v, dout))
     args = (shape.causal, scale_of(shape), shape.dropout_p, rng_state)
     out, lse = naive.attention_fwd_contract(q64, k64, v64, *args)
-    grads = naive.attention_bwd_contract(dout64, q64, k64, v64, out, lse, *args)
+    seen = out if out_seen is None else out_seen.detach().double().cpu()
+    grads = naive.attention_bwd_contract(dout64, q64, k64, v64, seen, lse, *args)
     return (out, lse), grads
 
 

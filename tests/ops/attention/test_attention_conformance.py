@@ -29,8 +29,11 @@ def check(target, shape: Shape, dtype, magnitude=1.0, seed=0, gradients=True):
     q, k, v = make_inputs(shape, dtype, seed=seed, magnitude=magnitude)
     dout = make_cotangent(shape, dtype)
     rng_state = rng_for(shape)
-    (out_ref, lse_ref), grads_ref = oracle(shape, q, k, v, dout, rng_state)
     (out, lse), grads = run_backend(target, shape, q, k, v, dout, rng_state)
+    # In fp16/bf16 the compiled backwards read the forward's rounded out (the contract), whose
+    # rounding dominates their gradients' error; the reference is autograd through its fp32 math.
+    seen = out if target.compiled and dtype != torch.float32 else None
+    (out_ref, lse_ref), grads_ref = oracle(shape, q, k, v, dout, rng_state, out_seen=seen)
     tol = target.tolerance(dtype)
     assert out.dtype == dtype and out.device.type == target.device
     assert lse.dtype == torch.float32 and lse.shape == (shape.B, shape.Hq, shape.Lq)
