@@ -104,6 +104,18 @@ class TargetSet:
         return [self.reference()] + self.compiled()
 
 
+def interpreted(target: Target) -> bool:
+    """The Triton target run by the interpreter on the CPU (every tile operation in Python)."""
+    return target.backend == "triton" and target.device == "cpu"
+
+
+def every_isa(fn):
+    """Run this test on every CPU ISA variant in `make test` (the others run there in the default
+    variant only, every variant in the slow run; a suite's conftest applies the rule)."""
+    fn.every_isa = True
+    return fn
+
+
 @contextlib.contextmanager
 def activated(target: Target):
     """Run the C++ CPU kernels in the target's ISA variant for the duration of a test."""

@@ -23,7 +23,7 @@ from pyneuro.ops import attn as attn_ops
 from pyneuro.ops.attn import naive
 
 import op_targets
-from op_targets import HAS_GPU, activated  # noqa: F401  (re-exported for the suite)
+from op_targets import HAS_GPU, activated, every_isa, interpreted  # noqa: F401  (re-exported for the suite)
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 DTYPE_IDS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
@@ -38,17 +38,6 @@ compiled_targets = TARGETS.compiled
 backend_targets = TARGETS.per_backend
 reference_target = TARGETS.reference
 all_targets = TARGETS.all
-
-
-def every_isa(fn):
-    """Run this test on every CPU ISA variant in `make test` (the others run there in the default
-    variant only, every variant in the slow run)."""
-    fn.every_isa = True
-    return fn
-
-
-def interpreted(target: Target) -> bool:
-    return target.backend == "triton" and target.device == "cpu"
 
 
 def raw_ops(target: Target):

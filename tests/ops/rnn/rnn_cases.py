@@ -24,7 +24,7 @@ from pyneuro.ops import rnn as rnn_ops
 from pyneuro.ops.rnn import naive
 
 import op_targets
-from op_targets import COMPILED, HAS_GPU, activated  # noqa: F401  (re-exported for the suite)
+from op_targets import COMPILED, HAS_GPU, activated, every_isa, interpreted  # noqa: F401  (re-exported for the suite)
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -110,17 +110,6 @@ def interpreter_slow(fn):
     """Mark a test slow for the interpreted Triton target (it stays fast for the others)."""
     fn.interpreter_slow = True
     return fn
-
-
-def every_isa(fn):
-    """Run this test on every CPU ISA variant in `make test` (the others run there in the default
-    variant only, every variant in the slow run)."""
-    fn.every_isa = True
-    return fn
-
-
-def interpreted(target: Target) -> bool:
-    return target.backend == "triton" and target.device == "cpu"
 
 
 def raw_ops(target: Target, cell: str):
