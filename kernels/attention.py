@@ -72,6 +72,20 @@ _WIDEN_BF16_DOT = tl.constexpr(INTERPRET)
 # Device helpers
 # ----------------------------------------------------------------------------------------------
 @triton.jit
+def _key_block_bounds(start_m, Lk, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(full_end, end) of the key loop of the query block starting at ``start_m``: key blocks
+    [0, full_end) need no mask (inside Lk and, when causal, left of every row's diagonal, keys <
+    start_m); [full_end, end) are masked (the diagonal and the Lk tail)."""
+    if CAUSAL:
+        end = tl.minimum(start_m + BLOCK_M, Lk)
+        full_end = tl.minimum(start_m, Lk) // BLOCK_N * BLOCK_N
+    else:
+        end = Lk
+        full_end = Lk // BLOCK_N * BLOCK_N
+    return full_end, end
+
+
+@triton.jit
 def _dot(a, b):
     """a @ b with fp32 accumulation: IEEE for fp32 operands (both operands in one dtype)."""
     if a.dtype == tl.float32:
@@ -182,14 +196,7 @@ def _attn_fwd_kernel(
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-    # Key blocks [0, full_end) need no mask: inside Lk and, when causal, left of every row's
-    # diagonal (keys < start_m). [full_end, end) is masked: the diagonal and the Lk tail.
-    if CAUSAL:
-        end = tl.minimum(start_m + BLOCK_M, Lk)
-        full_end = tl.minimum(start_m, Lk) // BLOCK_N * BLOCK_N
-    else:
-        end = Lk
-        full_end = Lk // BLOCK_N * BLOCK_N
+    full_end, end = _key_block_bounds(start_m, Lk, CAUSAL, BLOCK_M, BLOCK_N)
     for start_n in range(0, full_end, BLOCK_N):
         acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, k_base, v_base, s_kl, s_vl, rows, cols_d, start_n, Lk,
                                    qk_scale, seed, offset, bh, threshold, False, CAUSAL, DROPOUT,
@@ -374,12 +381,7 @@ def _attn_bwd_dq_kernel(
     k_base = k_ptr + b.to(tl.int64) * s_kb + kvh.to(tl.int64) * s_kh
     v_base = v_ptr + b.to(tl.int64) * s_vb + kvh.to(tl.int64) * s_vh
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-    if CAUSAL:
-        end = tl.minimum(start_m + BLOCK_M, Lk)
-        full_end = tl.minimum(start_m, Lk) // BLOCK_N * BLOCK_N
-    else:
-        end = Lk
-        full_end = Lk // BLOCK_N * BLOCK_N
+    full_end, end = _key_block_bounds(start_m, Lk, CAUSAL, BLOCK_M, BLOCK_N)
     for start_n in range(0, full_end, BLOCK_N):
         dq = _dq_block(dq, q, do, lse2, delta, k_base, v_base, s_kl, s_vl, rows, cols_d, start_n, Lk, qk_scale,
                        keep_scale, seed, offset, bh, threshold, False, CAUSAL, DROPOUT,
