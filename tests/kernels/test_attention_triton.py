@@ -13,27 +13,17 @@ Errors are normwise, max|got − want| / max|want| per tensor; bounds by dtype (
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from pyneuro.ops.attn import naive
 
-triton = pytest.importorskip("triton", reason="the triton backend needs the triton package")
+from triton_support import DEVICE, INTERPRET, kernels  # noqa: F401  (tests/kernels/triton_support.py)
 
-from pyneuro.ops.attn import naive  # noqa: E402
-
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-if not INTERPRET and not torch.cuda.is_available():
-    pytest.skip("Triton kernels need a CUDA GPU or TRITON_INTERPRET=1 (it is set to 0 here)",
-                allow_module_level=True)
-
-import pyneuro.kernels.attention as ak  # noqa: E402
+ak = kernels("attention")
 
 pytestmark = pytest.mark.triton
-DEVICE = "cpu" if INTERPRET else "cuda"
 
 TOL = {
     # fp32 scores and IEEE fp32 dots (no TF32); measured <= 1e-6 over the cases below.

@@ -15,27 +15,17 @@ Errors are normwise, max|actual − expected| / max|expected| per tensor, bounds
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from pyneuro.ops.rnn import naive
 
-triton = pytest.importorskip("triton", reason="the triton backend needs the triton package")
+from triton_support import DEVICE, INTERPRET, kernels  # noqa: F401  (tests/kernels/triton_support.py)
 
-from pyneuro.ops.rnn import naive  # noqa: E402
-
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-if not INTERPRET and not torch.cuda.is_available():
-    pytest.skip("Triton kernels need a CUDA GPU or TRITON_INTERPRET=1 (it is set to 0 here)",
-                allow_module_level=True)
-
-import pyneuro.kernels.rnn as rk  # noqa: E402
+rk = kernels("rnn")
 
 pytestmark = pytest.mark.triton
-DEVICE = "cpu" if INTERPRET else "cuda"
 
 TOL = {
     # fp32 state and IEEE fp32 dots (no TF32). Measured ≤ 7.4e-7 over every case below, both modes

@@ -14,25 +14,16 @@ Errors are normwise, max|actual − expected| / max|expected| per tensor, agains
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from pyneuro.ops.scan.naive import selective_scan_naive
+from scan_inputs import make_inputs  # tests/scan_inputs.py
 
-triton = pytest.importorskip("triton", reason="the triton backend needs the triton package")
+from triton_support import DEVICE, INTERPRET, kernels  # noqa: F401  (tests/kernels/triton_support.py)
 
-from pyneuro.ops.scan.naive import selective_scan_naive  # noqa: E402
-from scan_inputs import make_inputs  # noqa: E402  (tests/scan_inputs.py)
-
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-if not INTERPRET and not torch.cuda.is_available():
-    pytest.skip("Triton kernels need a CUDA GPU or TRITON_INTERPRET=1 (it is set to 0 here)",
-                allow_module_level=True)
-
-import pyneuro.kernels.selective_scan as ssk  # noqa: E402
+ssk = kernels("selective_scan")
 
 pytestmark = pytest.mark.triton
 
@@ -51,7 +42,6 @@ TOL = {
     torch.float16: 1e-3,
 }
 
-DEVICE = "cpu" if INTERPRET else "cuda"
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
 
