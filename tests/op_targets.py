@@ -9,6 +9,7 @@ are marked ``triton``, GPU ones ``cuda``, so ``make gpu-check`` can insist that 
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
@@ -107,6 +108,27 @@ class TargetSet:
 def interpreted(target: Target) -> bool:
     """The Triton target run by the interpreter on the CPU (every tile operation in Python)."""
     return target.backend == "triton" and target.device == "cpu"
+
+
+def suite_items(items, folder: Path):
+    """(item, target, params) of the collected tests under ``folder`` parametrised by a target (a
+    fixture whose name ends in "target"): what a suite's conftest marks slow."""
+    for item in items:
+        if folder not in Path(str(item.path)).resolve().parents or not hasattr(item, "callspec"):
+            continue
+        params = item.callspec.params
+        target = next((v for k, v in params.items() if k.endswith("target")), None)
+        if target is not None and hasattr(target, "backend"):
+            yield item, target, params
+
+
+def slow_isa_variant(item, target: Target) -> bool:
+    """A cpu target in an ISA variant other than the one in use, for a test not decorated
+    ``every_isa``: slow (it runs in the slow run, the default variant in `make test`)."""
+    if target.backend != "cpu" or target.isa is None:
+        return False
+    ext, _ = _backends.extension()
+    return target.isa != ext.cpu_isa() and not getattr(item.function, "every_isa", False)
 
 
 def every_isa(fn):

@@ -10,32 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from pyneuro import _backends
 import op_targets
 from attention_cases import TARGETS, backend_targets, interpreted
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_ISA = _backends.extension()[0].cpu_isa() if _backends.extension()[0] is not None else None
 INTERPRETER_FAST = {"tiny", "L1", "gqa-causal", "dropout"}
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if HERE not in Path(str(item.path)).resolve().parents or not hasattr(item, "callspec"):
-            continue
-        params = item.callspec.params
-        target = next((v for k, v in params.items() if k.endswith("target")), None)
-        if target is None or not hasattr(target, "backend"):
-            continue
+    for item, target, params in op_targets.suite_items(items, HERE):
         shape = params.get("shape")
-        if interpreted(target):
-            slow = shape is not None and shape not in INTERPRETER_FAST
-        elif target.backend == "cpu" and target.isa is not None:
-            slow = target.isa != DEFAULT_ISA and not getattr(item.function, "every_isa", False)
-        else:
-            slow = False
-        if slow:
+        if (interpreted(target) and shape is not None and shape not in INTERPRETER_FAST) \
+                or op_targets.slow_isa_variant(item, target):
             item.add_marker(pytest.mark.slow)
 
 

@@ -20,12 +20,10 @@ import pytest
 
 import torch
 
-from pyneuro import _backends
 import op_targets
 from rnn_cases import INTERPRETER_FAST, TARGETS, backend_targets, interpreted
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_ISA = _backends.extension()[0].cpu_isa() if _backends.extension()[0] is not None else None
 # Reference-target tests that are repeats in `make test`, by test name: params -> slow?
 REFERENCE_REPEATS = {
     "test_matches_oracle": lambda p: p["dtype"] != torch.float32,
@@ -36,21 +34,14 @@ REFERENCE_REPEATS = {
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if HERE not in Path(str(item.path)).resolve().parents or not hasattr(item, "callspec"):
-            continue
-        params = item.callspec.params
-        target = next((v for k, v in params.items() if k.endswith("target")), None)
-        if target is None or not hasattr(target, "backend"):
-            continue
+    for item, target, params in op_targets.suite_items(items, HERE):
         size = params.get("size")
         if interpreted(target):
             slow = getattr(item.function, "interpreter_slow", False) or (size is not None and size not in INTERPRETER_FAST)
-        elif target.backend == "cpu" and target.isa is not None:
-            slow = target.isa != DEFAULT_ISA and not getattr(item.function, "every_isa", False)
         else:
             repeat = REFERENCE_REPEATS.get(item.function.__name__)
-            slow = target.backend == "reference" and repeat is not None and repeat(params)
+            slow = op_targets.slow_isa_variant(item, target) or (
+                target.backend == "reference" and repeat is not None and repeat(params))
         if slow:
             item.add_marker(pytest.mark.slow)
 
