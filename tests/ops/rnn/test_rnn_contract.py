@@ -78,6 +78,45 @@ def test_pair_matches_contract(target, variant, size, dtype):
     check_pair(target, VARIANTS[variant], SIZES[size], dtype, "all")
 
 
+# The CPU's fused LSTM step works on tiles of 6 batch rows by 16 units (forward) and 64 units
+# (backward) on AVX-512, 8 and 16 units on AVX2 and SSE: B = 13 and H = 70 give every direction
+# several tiles with a short one at each edge.
+ACROSS_TILES = Size(T=5, B=13, I=7, H=70, P=9)
+
+
+@pytest.mark.parametrize("variant", ["lstm", "lstm_proj", "gru", "rnn_tanh", "leaky"])
+@interpreter_slow
+@every_isa
+def test_pair_matches_contract_across_tiles(target, variant):
+    check_pair(target, VARIANTS[variant], ACROSS_TILES, torch.float32, "all")
+
+
+def test_scratch_kept_between_calls_never_leaks_into_results(target):
+    """The CPU backend keeps per-call scratch (gate gradients, packed weights, the weight-gradient
+    operand) between calls. A large call, then a smaller one, then the large one again: each matches
+    the contract, and what the first call returned is not changed by the later ones."""
+    if target.backend != "cpu":
+        pytest.skip("scratch kept between calls is the CPU backend's")
+    variant = VARIANTS["lstm"]
+    fwd, bwd = raw_ops(target, "lstm")
+    tol = target.tolerance(torch.float32)
+    kept = []
+    for size in (ACROSS_TILES, SIZES["tiny"], ACROSS_TILES):
+        args = well_conditioned_args(variant, size, torch.float32)
+        call = contract_call(variant, args, target.device)
+        *outs, reserve = fwd(*call, *variant.flags)
+        cot = make_cotangents(variant, args, torch.float32, "all")
+        grads = bwd(*[cot[n] for n in variant.out_names], *call, reserve, *variant.flags)
+        want = oracle_backward(variant, args, cot, reserve)
+        for name, g in zip(variant.arg_names, grads):
+            if args[name] is not None:
+                assert_matches(g, want[name], tol, f"d{name} at {size}")
+        kept.append((grads, [g.clone() for g in grads]))
+    for returned, copy in kept:
+        for g, c in zip(returned, copy):
+            assert torch.equal(g, c), "a later call changed gradients an earlier call returned"
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @every_isa
 def test_pair_matches_contract_tiny(target, variant):
