@@ -22,10 +22,11 @@ const std::vector<Variant>& variants() {  // worst first
   static const std::vector<Variant> all = {
 #define PYNEURO_TABLE_ROW(isa) \
   Variant{KernelTable{#isa, &isa::selective_scan_fwd, &isa::selective_scan_bwd, &isa::vec_math,             \
-                      &isa::lstm_fwd_step, &isa::lstm_bwd_step, &isa::lstm_packed_floats,                        \
-                      &isa::lstm_pack_weights, &isa::lstm_step_tiles, &isa::lstm_fused_fwd, &isa::lstm_fused_bwd, \
+                      &isa::lstm_fwd_step, &isa::lstm_bwd_step, &isa::fused_packed_floats,                       \
+                      &isa::fused_pack_weights, &isa::fused_step_tiles, &isa::lstm_fused_fwd,                 \
+                      &isa::lstm_fused_bwd, &isa::rnn_fused_fwd, &isa::rnn_fused_bwd,                         \
                       &isa::gru_fwd_step, &isa::gru_bwd_step,                                                 \
-                      &isa::rnn_fwd_step, &isa::rnn_bwd_step, &isa::leaky_fwd_step, &isa::leaky_bwd_step,     \
+                      &isa::leaky_fwd_step, &isa::leaky_bwd_step,                                           \
                       &isa::attention_fwd, &isa::attention_bwd_dq, &isa::attention_bwd_dkdv,                  \
                       &isa::attention_bwd_fused},                                                             \
           {}},

@@ -44,17 +44,18 @@ struct RnnRows {
   int64_t b0 = 0, b1 = 0, H = 0, ld_reserve = 0;
 };
 
-// One step of the LSTM's fused recurrence (csrc/cpu/isa/lstm_step_kernels.cpp), without a
-// projection (the state h is H wide). All fp32; `ld*` are row strides in floats. The forward reads
-// x_t (B x I), h_prev and c_prev, and writes the activated gates, c_t and h_t into reserve_t. The
-// backward reads reserve_t, c_prev, dh (the gradient of h_t from outside the recurrence: dy_t, plus
-// dh_n at the last step) and dgates_next (dG_{t+1}, null at the last step), writes dgates (dG_t,
-// B x 4H) and carries dc (B x H) from c_t's gradient to c_{t-1}'s in place.
-struct LstmStep {
+// One step of a fused recurrence (csrc/cpu/isa/fused_step_kernels.cpp): the LSTM without a
+// projection (G = 4 gates) or the Elman cell (G = 1); the state h is H wide. All fp32; `ld*` are
+// row strides in floats. The forward reads x_t (B x I), h_prev (and the LSTM's c_prev), and writes
+// the step's reserve (LSTM: the activated gates, c_t, h_t; Elman: h_t). The backward reads
+// reserve_t (and c_prev), dh (the gradient of h_t from outside the recurrence: dy_t, plus dh_n at
+// the last step) and dgates_next (dG_{t+1}, null at the last step), writes dgates (dG_t, B x G H)
+// and, for the LSTM, carries dc (B x H) from c_t's gradient to c_{t-1}'s in place.
+struct FusedStep {
   int64_t B = 0, H = 0, I = 0, ld_reserve = 0;
-  const float* packed = nullptr;     // lstm_pack_weights(w_hh, H, H, backward) of this direction
-  const float* packed_ih = nullptr;  // forward: lstm_pack_weights(w_ih, H, I, false)
-  const float* bias = nullptr;       // forward: b_ih + b_hh (4H)
+  const float* packed = nullptr;     // fused_pack_weights(w_hh, G, H, H, backward) of this direction
+  const float* packed_ih = nullptr;  // forward: fused_pack_weights(w_ih, G, H, I, false)
+  const float* bias = nullptr;       // forward: b_ih + b_hh (G H)
   const float* x_t = nullptr;        // forward: row stride I
   const float* h_prev = nullptr;
   int64_t ld_h = 0;
@@ -114,17 +115,17 @@ struct AttentionParams {
                      float* m_out);                                                                               \
   void lstm_bwd_step(const RnnRows& r, const float* dm, int64_t ld_dm, const float* reserve_t, const float* c_prev, \
                      int64_t ld_c, float* dc, float* dgates_t, float* m_out);                                     \
-  int64_t lstm_packed_floats(int64_t H, int64_t K, bool backward);                                                \
-  void lstm_pack_weights(const float* w, int64_t H, int64_t K, bool backward, float* packed);                     \
-  int64_t lstm_step_tiles(int64_t B, int64_t H, bool backward);                                                   \
-  void lstm_fused_fwd(const LstmStep& s, int64_t tile0, int64_t tile1);                                           \
-  void lstm_fused_bwd(const LstmStep& s, int64_t tile0, int64_t tile1);                                           \
+  int64_t fused_packed_floats(int64_t G, int64_t H, int64_t K, bool backward);                                     \
+  void fused_pack_weights(const float* w, int64_t G, int64_t H, int64_t K, bool backward, float* packed);         \
+  int64_t fused_step_tiles(int64_t G, int64_t B, int64_t H, bool backward);                                       \
+  void lstm_fused_fwd(const FusedStep& s, int64_t tile0, int64_t tile1);                                          \
+  void lstm_fused_bwd(const FusedStep& s, int64_t tile0, int64_t tile1);                                          \
+  void rnn_fused_fwd(const FusedStep& s, bool relu, int64_t tile0, int64_t tile1);                                \
+  void rnn_fused_bwd(const FusedStep& s, bool relu, int64_t tile0, int64_t tile1);                                \
   void gru_fwd_step(const RnnRows& r, const float* s, const float* b_ih, const float* b_hh, const float* h_prev,  \
                     int64_t ld_h, float* reserve_t);                                                              \
   void gru_bwd_step(const RnnRows& r, const float* dh, const float* reserve_t, const float* h_prev, int64_t ld_h,  \
                     float* d_input_t, float* d_recurrent_t, float* dh_prev);                                      \
-  void rnn_fwd_step(const RnnRows& r, const float* pre, const float* bias, bool relu, float* h_t);                 \
-  void rnn_bwd_step(const RnnRows& r, const float* dh, const float* h_t, bool relu, float* dpre_t);                \
   void leaky_fwd_step(const RnnRows& r, const float* a, const float* bias, const float* u_prev, int64_t ld_u,     \
                       const float* alpha, float* u_t, float* h_t);                                                \
   void leaky_bwd_step(const RnnRows& r, const float* dh, const float* u_t, const float* u_prev, int64_t ld_u,      \
@@ -140,15 +141,15 @@ struct KernelTable {
   decltype(&baseline::vec_math) vec_math;
   decltype(&baseline::lstm_fwd_step) lstm_fwd_step;
   decltype(&baseline::lstm_bwd_step) lstm_bwd_step;
-  decltype(&baseline::lstm_packed_floats) lstm_packed_floats;
-  decltype(&baseline::lstm_pack_weights) lstm_pack_weights;
-  decltype(&baseline::lstm_step_tiles) lstm_step_tiles;
+  decltype(&baseline::fused_packed_floats) fused_packed_floats;
+  decltype(&baseline::fused_pack_weights) fused_pack_weights;
+  decltype(&baseline::fused_step_tiles) fused_step_tiles;
   decltype(&baseline::lstm_fused_fwd) lstm_fused_fwd;
   decltype(&baseline::lstm_fused_bwd) lstm_fused_bwd;
+  decltype(&baseline::rnn_fused_fwd) rnn_fused_fwd;
+  decltype(&baseline::rnn_fused_bwd) rnn_fused_bwd;
   decltype(&baseline::gru_fwd_step) gru_fwd_step;
   decltype(&baseline::gru_bwd_step) gru_bwd_step;
-  decltype(&baseline::rnn_fwd_step) rnn_fwd_step;
-  decltype(&baseline::rnn_bwd_step) rnn_bwd_step;
   decltype(&baseline::leaky_fwd_step) leaky_fwd_step;
   decltype(&baseline::leaky_bwd_step) leaky_bwd_step;
   decltype(&baseline::attention_fwd) attention_fwd;

@@ -12,11 +12,12 @@
 //     the next (earlier) step's incoming gradient;
 //   - dx, dW_ih, dW_hh and the bias gradients: single GEMMs / reductions over all T·B rows after
 //     the loop.
-// The LSTM without a projection goes further: each step's input and recurrent products and its
-// pointwise pass are one kernel over (batch rows x units) tiles, against W_ih and W_hh packed once
-// per call (csrc/cpu/isa/lstm_step_kernels.cpp). That removes the per-step library call and its
-// re-packing of W_hh, and the pre-activations' round trip through memory. Its backward computes
-// dW_ih, dW_hh and the bias gradient as one GEMM, and keeps its scratch between calls (scratch()).
+// The LSTM without a projection and the Elman cell go further: each step's input and recurrent
+// products and its pointwise pass are one kernel over (batch rows x units) tiles, against W_ih and
+// W_hh packed once per call (csrc/cpu/isa/fused_step_kernels.cpp). That removes the per-step
+// library call and its re-packing of W_hh, and the pre-activations' round trip through memory.
+// Their backward computes dW_ih, dW_hh and the bias gradient as one GEMM. Every backward keeps its
+// scratch between calls (scratch()).
 // GEMMs go through torch's oneDNN matmul when torch has it (see onednn_matmul()), else BLAS sgemm
 // on raw pointers (MKL's packed form when available). Nothing is dispatched through the torch
 // operator registry inside the time loop and no buffer is allocated there (a oneDNN call wraps its
@@ -222,12 +223,15 @@ Tensor with_huge_pages(Tensor t) {
   return t;
 }
 
-// Scratch that a call fills and drops (the gate gradients, the weight-gradient operand, packed
-// weights): kept per thread and per slot between calls, so that the next call of the same size
+// Scratch that a call fills and drops (the gate and state gradients, the weight-gradient operand,
+// packed weights): kept per thread and per slot between calls, so that the next call of the same size
 // finds its pages already mapped instead of faulting them in again (glibc hands buffers of many
 // MiB back to the kernel on free). Never returned to the caller, not even as a view. Buffers above
 // 256 MiB are not kept.
-enum class Scratch { kGateGrads, kWeightGradOperand, kPackedForward, kPackedInput, kPackedBackward, kCount };
+enum class Scratch {
+  kGateGrads, kRecurrentGrads, kStateGrads, kStates, kWeightGradOperand, kPackedForward, kPackedInput, kPackedBackward,
+  kCount
+};
 
 Tensor scratch(Scratch slot, at::IntArrayRef sizes) {
   constexpr int64_t kMaxKeptBytes = int64_t{256} << 20;
@@ -299,20 +303,34 @@ Tensor recurrent_weight_grad(const Tensor& dpre, const Tensor& h0, const Tensor&
 // ---------------------------------------------------------------------------------------------
 namespace {
 
-// The LSTM without a projection: the fused step of csrc/cpu/isa/lstm_step_kernels.cpp. The input
+// W_ih and W_hh in the forward panels of the fused step (G gates), in per-thread scratch.
+std::pair<Tensor, Tensor> packed_forward_weights(const KernelTable& k, int64_t G, const Tensor& wih, const Tensor& whh) {
+  const int64_t H = whh.size(1), I = wih.size(1);
+  Tensor packed_ih = scratch(Scratch::kPackedInput, {k.fused_packed_floats(G, H, I, /*backward=*/false)});
+  Tensor packed_hh = scratch(Scratch::kPackedForward, {k.fused_packed_floats(G, H, H, /*backward=*/false)});
+  k.fused_pack_weights(ptr(wih), G, H, I, /*backward=*/false, ptr(packed_ih));
+  k.fused_pack_weights(ptr(whh), G, H, H, /*backward=*/false, ptr(packed_hh));
+  return {packed_ih, packed_hh};
+}
+
+Tensor packed_backward_weights(const KernelTable& k, int64_t G, const Tensor& whh) {
+  const int64_t H = whh.size(1);
+  Tensor packed = scratch(Scratch::kPackedBackward, {k.fused_packed_floats(G, H, H, /*backward=*/true)});
+  k.fused_pack_weights(ptr(whh), G, H, H, /*backward=*/true, ptr(packed));
+  return packed;
+}
+
+// The LSTM without a projection: the fused step of csrc/cpu/isa/fused_step_kernels.cpp. The input
 // projection happens inside each step's tiles, so the reserve is written once, by the steps.
 void lstm_fwd_fused(const KernelTable& k, const Tensor& x, const Tensor& h0f, const Tensor& c0f, const Tensor& w_ih,
                     const Tensor& whh, const Tensor& bias, Tensor& reserve) {
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = whh.size(1), W = reserve.size(2);
-  const Tensor xf = f32(x), wih = f32(w_ih);
-  Tensor packed_hh = scratch(Scratch::kPackedForward, {k.lstm_packed_floats(H, H, /*backward=*/false)});
-  Tensor packed_ih = scratch(Scratch::kPackedInput, {k.lstm_packed_floats(H, I, /*backward=*/false)});
-  k.lstm_pack_weights(ptr(whh), H, H, /*backward=*/false, ptr(packed_hh));
-  k.lstm_pack_weights(ptr(wih), H, I, /*backward=*/false, ptr(packed_ih));
-  const int64_t tiles = k.lstm_step_tiles(B, H, /*backward=*/false);
+  const Tensor xf = f32(x);
+  const auto [packed_ih, packed_hh] = packed_forward_weights(k, 4, f32(w_ih), whh);
+  const int64_t tiles = k.fused_step_tiles(4, B, H, /*backward=*/false);
   float* res = ptr(reserve);
   for (int64_t t = 0; t < T; ++t) {
-    LstmStep step;
+    FusedStep step;
     step.B = B, step.H = H, step.I = I, step.ld_reserve = W;
     step.packed = ptr(packed_hh), step.packed_ih = ptr(packed_ih), step.bias = ptr(bias);
     step.x_t = ptr(xf) + t * B * I;
@@ -376,13 +394,12 @@ namespace {
 Tensor lstm_bwd_fused_loop(const KernelTable& k, const Tensor& dyf, const OptTensor& dh_n, const Tensor& c0f,
                            const Tensor& whh, const Tensor& reserve, Tensor& dc, Tensor& dG) {
   const int64_t T = dG.size(0), B = dG.size(1), H = whh.size(1), W = reserve.size(2);
-  Tensor packed = scratch(Scratch::kPackedBackward, {k.lstm_packed_floats(H, H, /*backward=*/true)});
-  k.lstm_pack_weights(ptr(whh), H, H, /*backward=*/true, ptr(packed));
+  const Tensor packed = packed_backward_weights(k, 4, whh);
   const Tensor dh_last = dh_n ? dyf[T - 1] + dh_n->to(at::kFloat) : Tensor();
-  const int64_t tiles = k.lstm_step_tiles(B, H, /*backward=*/true);
+  const int64_t tiles = k.fused_step_tiles(4, B, H, /*backward=*/true);
   const float* res = ptr(reserve);
   for (int64_t t = T - 1; t >= 0; --t) {
-    LstmStep step;
+    FusedStep step;
     step.B = B, step.H = H, step.ld_reserve = W, step.packed = ptr(packed);
     step.reserve_t = const_cast<float*>(res + t * B * W);  // read only
     step.c_prev = t ? res + (t - 1) * B * W + 4 * H : ptr(c0f), step.ld_c = t ? W : H;
@@ -395,18 +412,19 @@ Tensor lstm_bwd_fused_loop(const KernelTable& k, const Tensor& dyf, const OptTen
 }
 
 // dW_ih, dW_hh and the bias gradient as ONE GEMM over all T·B rows: dGᵀ [x_t | h_{t-1} | 1]
-// (4H x T·B x (I + H + 1)); the operand is assembled once (T·B x (I + H + 1) floats).
-std::tuple<Tensor, Tensor, Tensor> lstm_weight_grads(const Tensor& dG, const Tensor& x, const Tensor& h0f,
-                                                     const Tensor& reserve) {
-  const int64_t T = dG.size(0), B = dG.size(1), H = h0f.size(1), I = x.size(2);
+// (G H x T·B x (I + H + 1)); the operand is assembled once (T·B x (I + H + 1) floats). `states`
+// holds h_t at column `col` of each (T, B, ·) row.
+std::tuple<Tensor, Tensor, Tensor> fused_weight_grads(const Tensor& dG, const Tensor& x, const Tensor& h0f,
+                                                      const Tensor& states, int64_t col) {
+  const int64_t T = dG.size(0), B = dG.size(1), GH = dG.size(2), H = h0f.size(1), I = x.size(2);
   Tensor operand = scratch(Scratch::kWeightGradOperand, {T, B, I + H + 1});
   operand.narrow(2, 0, I).copy_(x);
   operand[0].narrow(1, I, H).copy_(h0f);
-  if (T > 1) operand.narrow(0, 1, T - 1).narrow(2, I, H).copy_(reserve.narrow(0, 0, T - 1).narrow(2, 5 * H, H));
+  if (T > 1) operand.narrow(0, 1, T - 1).narrow(2, I, H).copy_(states.narrow(0, 0, T - 1).narrow(2, col, H));
   operand.narrow(2, I + H, 1).fill_(1.f);
-  // As [x | h | 1]ᵀ dG, (I + H + 1) x 4H, whose transpose is the gradient: the GEMM libraries run
+  // As [x | h | 1]ᵀ dG, (I + H + 1) x G H, whose transpose is the gradient: the GEMM libraries run
   // this form ~1.4x faster than dGᵀ [x | h | 1] (measured with oneDNN and MKL, T·B = 3584).
-  const Tensor dw = gemm_all(operand.view({T * B, I + H + 1}).t(), dG.view({T * B, 4 * H})).t();
+  const Tensor dw = gemm_all(operand.view({T * B, I + H + 1}).t(), dG.view({T * B, GH})).t();
   const auto dt = x.scalar_type();
   return {fresh(dw.narrow(1, 0, I), dt), fresh(dw.narrow(1, I, H), dt), dw.select(1, I + H)};
 }
@@ -429,7 +447,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
     Tensor dG = scratch(Scratch::kGateGrads, {T, B, 4 * H});
     const Tensor dh0 = lstm_bwd_fused_loop(k, f32(dy), dh_n, c0f, whh, reserve, dc, dG);
     const Tensor dx = gemm_all(dG.view({T * B, 4 * H}), f32(w_ih)).view({T, B, s.I}).to(dt);
-    auto [dw_ih, dw_hh, db] = lstm_weight_grads(dG, x, h0f, reserve);
+    auto [dw_ih, dw_hh, db] = fused_weight_grads(dG, x, h0f, reserve, 5 * H);
     return {dx, fresh(dh0, dt), fresh(dc, dt), dw_ih, dw_hh, grad_or_absent(db, b_ih, x),
             grad_or_absent(db, b_hh, x), absent_grad(x)};
   }
@@ -475,7 +493,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_fwd(const Tensor& x, const Tensor& h0, co
   const auto& k = kernels();
   const int64_t T = s.T, B = s.B, H = s.H, W = rnn_reserve_width(RnnCell::kGru, H, H);
   // b_hh stays with the recurrent term: b_hn sits inside the reset product.
-  Tensor reserve = at::empty({T, B, W}, x.options().dtype(at::kFloat));
+  Tensor reserve = with_huge_pages(at::empty({T, B, W}, x.options().dtype(at::kFloat)));
   input_projection(x, w_ih, reserve.view({T * B, W}).narrow(1, 0, 3 * H));  // activated in place
   const Tensor bih = combined_bias(b_ih, std::nullopt, 3 * H, reserve.options());
   Tensor rec = at::empty({B, 3 * H}, reserve.options());  // h_{t-1} W_hhᵀ of the current step
@@ -506,10 +524,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd(const Tensor&
   check_rnn_bwd("gru_bwd", RnnCell::kGru, s, x, dy, dh_n, std::nullopt, reserve);
   const auto& k = kernels();
   const int64_t T = s.T, B = s.B, H = s.H, W = rnn_reserve_width(RnnCell::kGru, H, H);
-  Tensor dH = f32_copy(dy);
+  Tensor dH = scratch(Scratch::kStateGrads, {T, B, H}).copy_(dy);
   if (dh_n) dH[T - 1].add_(dh_n->to(at::kFloat));
-  Tensor d_input = at::empty({T, B, 3 * H}, reserve.options());      // of x W_ihᵀ + b_ih
-  Tensor d_recurrent = at::empty({T, B, 3 * H}, reserve.options());  // of h W_hhᵀ + b_hh
+  Tensor d_input = scratch(Scratch::kGateGrads, {T, B, 3 * H});           // of x W_ihᵀ + b_ih
+  Tensor d_recurrent = scratch(Scratch::kRecurrentGrads, {T, B, 3 * H});  // of h W_hhᵀ + b_hh
   Tensor dh0 = at::zeros({B, H}, reserve.options());
   const Tensor h0f = f32(h0), whh = f32(w_hh);
   const StepWeight recurrent(ptr(whh), H, /*transposed=*/false, B, H, 3 * H);
@@ -535,21 +553,27 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd(const Tensor&
 // ---------------------------------------------------------------------------------------------
 // Elman RNN (tanh / relu)
 // ---------------------------------------------------------------------------------------------
+// The Elman cell runs on the fused step (csrc/cpu/isa/fused_step_kernels.cpp), as the LSTM: each
+// step's input and recurrent products and the activation in one pass over tiles; the reserve is h_t.
 std::tuple<Tensor, Tensor, Tensor> rnn_fwd(const Tensor& x, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
                                            const OptTensor& b_ih, const OptTensor& b_hh, bool relu) {
   const RnnShape s = check_rnn_fwd("rnn_fwd", RnnCell::kRnn, x, h0, std::nullopt, w_ih, w_hh, b_ih, b_hh, std::nullopt);
   check_blas_sizes("rnn_fwd", s);
   const auto& k = kernels();
-  const int64_t T = s.T, B = s.B, H = s.H;
-  Tensor reserve = at::empty({T, B, H}, x.options().dtype(at::kFloat));  // h_t, first the pre-activations
-  input_projection(x, w_ih, reserve.view({T * B, H}));
+  const int64_t T = s.T, B = s.B, I = s.I, H = s.H;
+  Tensor reserve = with_huge_pages(at::empty({T, B, H}, x.options().dtype(at::kFloat)));  // h_t
   const Tensor bias = combined_bias(b_ih, b_hh, H, reserve.options());
-  const Tensor h0f = f32(h0), whh = f32(w_hh);
-  const StepWeight recurrent(ptr(whh), H, /*transposed=*/true, B, H, H);
+  const Tensor xf = f32(x), h0f = f32(h0);
+  const auto [packed_ih, packed_hh] = packed_forward_weights(k, 1, f32(w_ih), f32(w_hh));
+  const int64_t tiles = k.fused_step_tiles(1, B, H, /*backward=*/false);
   for (int64_t t = 0; t < T; ++t) {
-    float* h_t = ptr(reserve) + t * B * H;
-    recurrent.multiply(t ? h_t - B * H : ptr(h0f), H, 1.f, h_t, H);
-    for_rows(B, 2 * H, [&](int64_t b0, int64_t b1) { k.rnn_fwd_step({b0, b1, H, H}, h_t, ptr(bias), relu, h_t); });
+    FusedStep step;
+    step.B = B, step.H = H, step.I = I, step.ld_reserve = H;
+    step.packed = ptr(packed_hh), step.packed_ih = ptr(packed_ih), step.bias = ptr(bias);
+    step.x_t = ptr(xf) + t * B * I;
+    step.reserve_t = ptr(reserve) + t * B * H;
+    step.h_prev = t ? step.reserve_t - B * H : ptr(h0f), step.ld_h = H;
+    for_tiles(tiles, B * H * (H + I), [&](int64_t t0, int64_t t1) { k.rnn_fused_fwd(step, relu, t0, t1); });
   }
   const auto dt = x.scalar_type();
   return {fresh(reserve, dt), fresh(reserve[T - 1], dt), reserve};
@@ -565,23 +589,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_bwd(const Tensor&
   check_rnn_bwd("rnn_bwd", RnnCell::kRnn, s, x, dy, dh_n, std::nullopt, reserve);
   const auto& k = kernels();
   const int64_t T = s.T, B = s.B, H = s.H;
-  Tensor dH = f32_copy(dy);
-  if (dh_n) dH[T - 1].add_(dh_n->to(at::kFloat));
-  Tensor dpre = at::empty({T, B, H}, reserve.options());
-  Tensor dh0 = at::zeros({B, H}, reserve.options());
-  const Tensor h0f = f32(h0), whh = f32(w_hh);
-  const StepWeight recurrent(ptr(whh), H, /*transposed=*/false, B, H, H);
+  const Tensor dyf = f32(dy), h0f = f32(h0), whh = f32(w_hh);
+  const Tensor dh_last = dh_n ? dyf[T - 1] + dh_n->to(at::kFloat) : Tensor();
+  Tensor dpre = scratch(Scratch::kGateGrads, {T, B, H});
+  const Tensor packed = packed_backward_weights(k, 1, whh);
+  const int64_t tiles = k.fused_step_tiles(1, B, H, /*backward=*/true);
   for (int64_t t = T - 1; t >= 0; --t) {
-    float* dH_t = ptr(dH) + t * B * H;
-    float* dpre_t = ptr(dpre) + t * B * H;
-    const float* h_t = ptr(reserve) + t * B * H;
-    for_rows(B, 3 * H, [&](int64_t b0, int64_t b1) { k.rnn_bwd_step({b0, b1, H, H}, dH_t, h_t, relu, dpre_t); });
-    recurrent.multiply(dpre_t, H, 1.f, t ? dH_t - B * H : ptr(dh0), H);  // += dpre_t W_hh
+    FusedStep step;
+    step.B = B, step.H = H, step.ld_reserve = H, step.packed = ptr(packed);
+    step.reserve_t = const_cast<float*>(ptr(reserve) + t * B * H);  // read only
+    step.dgates_next = t < T - 1 ? ptr(dpre) + (t + 1) * B * H : nullptr;
+    step.dh = t == T - 1 && dh_last.defined() ? ptr(dh_last) : ptr(dyf) + t * B * H;
+    step.dgates = ptr(dpre) + t * B * H;
+    for_tiles(tiles, B * H * H, [&](int64_t t0, int64_t t1) { k.rnn_fused_bwd(step, relu, t0, t1); });
   }
-  auto [dx, dw_ih] = input_grads(dpre, x, w_ih);
   const auto dt = x.scalar_type();
-  Tensor dw_hh = recurrent_weight_grad(dpre, h0f, reserve, 0, H).to(dt);
-  const Tensor db = dpre.view({T * B, H}).sum(0);
+  const Tensor dh0 = gemm_all(dpre[0], whh);
+  const Tensor dx = gemm_all(dpre.view({T * B, H}), f32(w_ih)).view({T, B, s.I}).to(dt);
+  auto [dw_ih, dw_hh, db] = fused_weight_grads(dpre, x, h0f, reserve, 0);
   return {dx, fresh(dh0, dt), dw_ih, dw_hh, grad_or_absent(db, b_ih, x), grad_or_absent(db, b_hh, x)};
 }
 
@@ -594,7 +619,7 @@ std::tuple<Tensor, Tensor, Tensor> leaky_fwd(const Tensor& x, const Tensor& u0, 
   check_blas_sizes("leaky_fwd", s);
   const auto& k = kernels();
   const int64_t T = s.T, B = s.B, H = s.H;
-  Tensor reserve = at::empty({T, B, H}, x.options().dtype(at::kFloat));  // u_t
+  Tensor reserve = with_huge_pages(at::empty({T, B, H}, x.options().dtype(at::kFloat)));  // u_t
   Tensor h = at::empty({T, B, H}, reserve.options());  // a_t, then tanh(u_t) in place: the next GEMM's input
   input_projection(x, w_ih, h.view({T * B, H}));
   const Tensor b = combined_bias(bias, std::nullopt, H, reserve.options());
@@ -623,11 +648,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> leaky_bwd(const Tenso
   check_rnn_bwd("leaky_bwd", RnnCell::kLeaky, s, x, dh, du_n, std::nullopt, reserve);
   const auto& k = kernels();
   const int64_t T = s.T, B = s.B, H = s.H;
-  Tensor dH = f32_copy(dh);  // dh_t, then + da_{t+1} W_hh in place
+  Tensor dH = scratch(Scratch::kStateGrads, {T, B, H}).copy_(dh);  // dh_t, then + da_{t+1} W_hh in place
   // g: the gradient reaching u_t along the leak; at T it is du_n itself.
   Tensor g = du_n ? f32_copy(*du_n) : at::zeros({B, H}, reserve.options());
-  Tensor da = at::empty({T, B, H}, reserve.options());
-  Tensor h = at::empty({T, B, H}, reserve.options());  // tanh(u_t), recomputed for dW_hh
+  Tensor da = scratch(Scratch::kGateGrads, {T, B, H});
+  Tensor h = scratch(Scratch::kStates, {T, B, H});  // tanh(u_t), recomputed for dW_hh
   Tensor dtau_rows = at::zeros({B, H}, reserve.options());
   Tensor dh0 = at::zeros({B, H}, reserve.options());  // gradient of tanh(u0)
   const Tensor u0f = f32(u0), whh = f32(w_hh), alpha = f32(tau).reciprocal();

@@ -1,4 +1,6 @@
-// The recurrent cells' fused pointwise steps (docs/rnn_contract.md), compiled once per ISA.
+// The recurrent cells' fused pointwise steps (docs/rnn_contract.md), compiled once per ISA: the
+// GRU, the leaky integrator and the LSTM with a projection. (The LSTM without one and the Elman
+// cell fuse their products too: fused_step_kernels.cpp.)
 //
 // The driver (csrc/cpu/rnn.cpp) does the GEMMs — the input projection of all steps up front, one
 // recurrent GEMM per step, the weight gradients after the reverse loop — and calls one of these
@@ -10,7 +12,6 @@
 // Memory traffic per step and batch row (floats), forward / backward:
 //   lstm  reads 4H pre + H c_prev, writes 5H + H reserve          / reads 6H + H, writes 4H + H
 //   gru   reads 6H + H h_prev, writes 5H reserve                  / reads 5H + 2H, writes 6H + H
-//   rnn   reads H, writes H                                       / reads 2H, writes H
 //   leaky reads 2H + H, writes 2H                                 / reads 4H + 2H, writes 4H
 // At H = 128 a step's working set (B = 128: ~0.5 MiB for the LSTM) stays in L2 between the GEMM
 // that produced it and this pass.
@@ -110,42 +111,6 @@ void gru_bwd_step(const RnnRows& r, const float* dh, const float* reserve_t, con
       di[k] = da_r, di[H + k] = da_z, di[2 * H + k] = da_n;
       dr[k] = da_r, dr[H + k] = da_z, dr[2 * H + k] = da_n * rr;
       dp[k] += d[k] * z;  // the direct path h_{t-1} -> h_t; the driver adds the GEMM path
-    }
-  }
-}
-
-// pre and h_t may be the same buffer (the forward activates in place).
-void rnn_fwd_step(const RnnRows& r, const float* pre, const float* bias, bool relu, float* h_t) {
-  const int64_t H = r.H;
-  for (int64_t b = r.b0; b < r.b1; ++b) {
-    const float* p = pre + b * H;
-    float* h = h_t + b * H;
-    if (relu) {  // max(p, 0) on the bits (vectorises; see vec_math.h), NaN kept as torch.relu keeps it
-#pragma omp simd
-      for (int64_t k = 0; k < H; ++k) {
-        const float q = p[k] + bias[k];
-        const float v = vec::select_bits(vec::mask_if((vec::float_bits(q) >> 31) != 0u), 0.f, q);
-        h[k] = vec::keep_nan(v, q);
-      }
-    } else {
-#pragma omp simd
-      for (int64_t k = 0; k < H; ++k) h[k] = vec::tanh(p[k] + bias[k]);
-    }
-  }
-}
-
-void rnn_bwd_step(const RnnRows& r, const float* dh, const float* h_t, bool relu, float* dpre_t) {
-  const int64_t H = r.H;
-  for (int64_t b = r.b0; b < r.b1; ++b) {
-    const float* d = dh + b * H;
-    const float* h = h_t + b * H;
-    float* out = dpre_t + b * H;
-    if (relu) {  // d where h > 0 (bits in [1, +inf]; NaN and negatives excluded, as torch's mask)
-#pragma omp simd
-      for (int64_t k = 0; k < H; ++k) out[k] = vec::select_bits(vec::mask_if(vec::float_bits(h[k]) - 1u < 0x7f800000u), d[k], 0.f);
-    } else {
-#pragma omp simd
-      for (int64_t k = 0; k < H; ++k) out[k] = d[k] * (1.f - h[k] * h[k]);
     }
   }
 }

@@ -1,0 +1,342 @@
+// The fused recurrent steps of the LSTM (without projection) and the Elman cell on the CPU
+// (docs/rnn_contract.md), compiled once per ISA.
+//
+// The unfused step (rnn_kernels.cpp) is a library GEMM of the whole step followed by a pointwise
+// pass; each GEMM call re-packs W_hh and pays a fixed dispatch cost, which at the sizes of a
+// recurrent step (B x H x 4H = 128 x 128 x 512: ~40 µs of arithmetic on a core) is a large share,
+// and the pre-activations make a round trip through memory between the two. Here W_ih and W_hh
+// are packed once per call (fused_pack_weights) into panels that each produce a whole tile of the
+// step, and each tile's pointwise math runs on the accumulators while they are hot (G gates: 4 for
+// the LSTM, 1 for the Elman cell):
+//
+//   forward tile  (MR batch rows, U units): acc = x_t[rows] · W_ihᵀ[:, the G gates of the units]
+//                 + h_{t-1}[rows] · W_hhᵀ[:, same] (MR x (I + H) x G U, one register block),
+//                 then + bias, the activations and the new state, written into the reserve.
+//   backward tile (MR batch rows, kUb units): dh = dy_t + dG_{t+1}[rows, :] · W_hh[:, units]
+//                 (MR x G H x kUb), then the gradients of the G gates (and the LSTM's c) there.
+//
+// Tiles of one step are independent; the driver (csrc/cpu/rnn.cpp) hands each thread a contiguous
+// range of them, numbered unit block major, so that a thread keeps re-reading the same weight
+// panels (4 kU x (I + H) floats each, 40 KiB at I = 28, H = 128 on AVX-512) out of its own cache.
+//
+// Packed layouts (zero-filled past the last unit, so every tile multiplies full vectors):
+//   forward  [H / U][K][G U]:     panel u, row k, column g U + j  =  W[g H + u U + j, k]
+//            (W = W_ih with K = I, or W_hh with K = H)
+//   backward [H / kUb][G H][kUb]: panel u, row k, column j        =  W_hh[k, u kUb + j]
+// with U = one native vector of units for the LSTM (4 gates x 1 vector), a row of accumulators for
+// the Elman cell, and kUb = a row of accumulators.
+//
+// Memory traffic per step (floats), LSTM: the forward reads B (I + H) (x_t, h_{t-1}) + 4 H (I + H)
+// (weights, from cache) + B H (c_{t-1}) and writes B 6 H (the reserve's gates, c, h); the backward
+// reads B 4 H (dG_{t+1}) + 4 H H + B 8 H and writes B 5 H. Elman: reads B (I + H) + H (I + H),
+// writes B H / reads B H (dG_{t+1}) + H H + B 2 H, writes B H.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/isa.h"
+#include "cpu/vec_math.h"
+
+namespace pyneuro::cpu::PYNEURO_CPU_ISA {
+namespace {
+
+using vec::fvec;
+
+constexpr int kLanes = vec::kNativeLanes;
+// Accumulators of the micro-kernel: kRows x kVecs native vectors, 6 x 4 zmm on AVX-512 (24 of 32
+// registers), 6 x 2 ymm/xmm on AVX2 and SSE (12 of 16).
+constexpr int kRows = 6;
+constexpr int kVecs = kLanes == 16 ? 4 : 2;
+constexpr int64_t kUnitsBwd = kVecs * kLanes;  // units per backward tile
+
+inline __attribute__((always_inline)) fvec load(const float* p) {
+  fvec v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline __attribute__((always_inline)) void store(float* p, const fvec& v) { std::memcpy(p, &v, sizeof v); }
+
+// One operand pair of a tile's product: A (rows with stride lda, read by broadcast) times the
+// packed panel P (K rows of ldp floats, unit column stride).
+struct Operand {
+  int64_t K;
+  const float* A;
+  int64_t lda;
+  const float* P;
+};
+
+// C[r, 0 : NV kLanes) = Σ_k A1[r, k] P1[k, ·] + Σ_k A2[r, k] P2[k, ·] for r < MR, both sums in the
+// same registers (the forward's x_t W_ihᵀ + h_{t-1} W_hhᵀ; the backward passes K1 = 0). C is a
+// tile buffer with row stride ldc.
+template <int MR, int NV>
+inline __attribute__((always_inline)) void micro(const Operand& o1, const Operand& o2, int64_t ldp, float* C,
+                                                 int64_t ldc) {
+  fvec c[MR][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) c[r][j] = fvec{};
+  }
+#pragma GCC unroll 2
+  for (const Operand* o : {&o1, &o2}) {
+    const float* A = o->A;
+    const float* P = o->P;
+    const int64_t lda = o->lda;
+    for (int64_t k = 0; k < o->K; ++k) {
+      fvec p[NV];
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) p[j] = load(P + k * ldp + j * kLanes);
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        const fvec a = A[r * lda + k] - fvec{};  // broadcast (x - 0 is x: no add is emitted)
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) c[r][j] += a * p[j];
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) store(C + r * ldc + j * kLanes, c[r][j]);
+  }
+}
+
+// The same for `rows` <= kRows rows (the last row block of a step may be short).
+template <int NV>
+void micro_rows(int64_t rows, const Operand& o1, const Operand& o2, int64_t ldp, float* C, int64_t ldc) {
+  switch (rows) {
+    case 6: micro<6, NV>(o1, o2, ldp, C, ldc); break;
+    case 5: micro<5, NV>(o1, o2, ldp, C, ldc); break;
+    case 4: micro<4, NV>(o1, o2, ldp, C, ldc); break;
+    case 3: micro<3, NV>(o1, o2, ldp, C, ldc); break;
+    case 2: micro<2, NV>(o1, o2, ldp, C, ldc); break;
+    case 1: micro<1, NV>(o1, o2, ldp, C, ldc); break;
+    default: break;
+  }
+}
+static_assert(kRows == 6, "micro_rows dispatches up to 6 rows");
+
+int64_t blocks(int64_t n, int64_t per) { return (n + per - 1) / per; }
+
+// Asks for the cache lines of [p, p + n floats) ahead of use (for writing when `write`).
+inline void prefetch(const float* p, int64_t n, bool write) {
+  for (int64_t i = 0; i < n; i += 64 / static_cast<int64_t>(sizeof(float))) {
+    if (write) {
+      __builtin_prefetch(p + i, 1);
+    } else {
+      __builtin_prefetch(p + i, 0);
+    }
+  }
+}
+
+}  // namespace
+
+// Units per forward tile: one vector of them for the LSTM (its 4 gates fill the 4 vectors of a
+// row of accumulators), a whole row of accumulators for the single-gate Elman cell.
+int64_t fwd_units(int64_t G) { return G == 1 ? kVecs * kLanes : kLanes; }
+
+int64_t fused_packed_floats(int64_t G, int64_t H, int64_t K, bool backward) {
+  return backward ? blocks(H, kUnitsBwd) * G * H * kUnitsBwd : blocks(H, fwd_units(G)) * K * G * fwd_units(G);
+}
+
+void fused_pack_weights(const float* w, int64_t G, int64_t H, int64_t K, bool backward, float* packed) {
+  if (backward) {  // w = W_hh, (G H, H) row-major; K is H
+    for (int64_t u = 0; u < blocks(H, kUnitsBwd); ++u) {
+      for (int64_t k = 0; k < G * H; ++k) {
+        float* row = packed + (u * G * H + k) * kUnitsBwd;
+        for (int64_t j = 0; j < kUnitsBwd; ++j) {
+          const int64_t unit = u * kUnitsBwd + j;
+          row[j] = unit < H ? w[k * H + unit] : 0.f;
+        }
+      }
+    }
+    return;
+  }
+  // w = W_ih (G H, I) or W_hh (G H, H) row-major, K its columns.
+  const int64_t U = fwd_units(G);
+  for (int64_t u = 0; u < blocks(H, U); ++u) {
+    for (int64_t k = 0; k < K; ++k) {
+      float* row = packed + (u * K + k) * G * U;
+      for (int64_t g = 0; g < G; ++g) {
+        for (int64_t j = 0; j < U; ++j) {
+          const int64_t unit = u * U + j;
+          row[g * U + j] = unit < H ? w[(g * H + unit) * K + k] : 0.f;
+        }
+      }
+    }
+  }
+}
+
+int64_t fused_step_tiles(int64_t G, int64_t B, int64_t H, bool backward) {
+  return blocks(B, kRows) * blocks(H, backward ? kUnitsBwd : fwd_units(G));
+}
+
+namespace {
+
+// The rows and units of forward tile `tile` (unit block major), and its accumulators: acc[r][g U + j]
+// = x_t[b0 + r] · W_ih[g H + u0 + j] + h_{t-1}[b0 + r] · W_hh[g H + u0 + j].
+template <int G>
+struct FwdTile {
+  static constexpr int64_t U = G == 1 ? kVecs * kLanes : kLanes;
+  int64_t b0, u0, rows, units;
+  alignas(64) float acc[kRows][G * U];
+
+  FwdTile(const FusedStep& s, int64_t tile) {
+    const int64_t row_blocks = blocks(s.B, kRows);
+    u0 = (tile / row_blocks) * U, b0 = (tile % row_blocks) * kRows;
+    rows = std::min<int64_t>(kRows, s.B - b0), units = std::min<int64_t>(U, s.H - u0);
+  }
+
+  void multiply(const FusedStep& s) {
+    // Panel u0 / U of each packed weight: K rows of G U.
+    for (int64_t col = 0; col < G * U; col += kVecs * kLanes) {
+      const Operand input{s.I, s.x_t + b0 * s.I, s.I, s.packed_ih + u0 * s.I * G + col};
+      const Operand recurrent{s.H, s.h_prev + b0 * s.ld_h, s.ld_h, s.packed + u0 * s.H * G + col};
+      micro_rows<kVecs>(rows, input, recurrent, G * U, &acc[0][col], G * U);
+    }
+  }
+};
+
+// Backward tile `tile`: acc[r][j] = dG_{t+1}[b0 + r] · W_hh[:, u0 + j] (zero at the last step).
+struct BwdTile {
+  int64_t b0, u0, rows, units;
+  alignas(64) float acc[kRows][kUnitsBwd];
+
+  BwdTile(const FusedStep& s, int64_t tile) {
+    const int64_t row_blocks = blocks(s.B, kRows);
+    u0 = (tile / row_blocks) * kUnitsBwd, b0 = (tile % row_blocks) * kRows;
+    rows = std::min<int64_t>(kRows, s.B - b0), units = std::min<int64_t>(kUnitsBwd, s.H - u0);
+  }
+
+  void multiply(const FusedStep& s, int64_t G) {
+    if (s.dgates_next == nullptr) {
+      std::memset(acc, 0, sizeof acc);
+      return;
+    }
+    const Operand none{0, nullptr, 0, nullptr};
+    const Operand recurrent{G * s.H, s.dgates_next + b0 * G * s.H, G * s.H, s.packed + u0 * G * s.H};
+    micro_rows<kVecs>(rows, none, recurrent, kUnitsBwd, &acc[0][0], kUnitsBwd);
+  }
+};
+
+}  // namespace
+
+void lstm_fused_fwd(const FusedStep& s, int64_t tile0, int64_t tile1) {
+  const int64_t H = s.H, W = s.ld_reserve;
+  for (int64_t index = tile0; index < tile1; ++index) {
+    FwdTile<4> tile(s, index);
+    const int64_t b0 = tile.b0, u0 = tile.u0, U = FwdTile<4>::U;
+    // The lines the pointwise part touches, requested now so that they arrive while the product
+    // runs: a tile's rows of the reserve are far apart and were last touched a whole step ago.
+    for (int64_t r = 0; r < tile.rows; ++r) {
+      prefetch(s.c_prev + (b0 + r) * s.ld_c + u0, tile.units, false);
+      for (int64_t block = 0; block < 6; ++block) prefetch(s.reserve_t + (b0 + r) * W + block * H + u0, tile.units, true);
+    }
+    tile.multiply(s);
+    for (int64_t r = 0; r < tile.rows; ++r) {
+      const float* a = tile.acc[r];
+      float* out = s.reserve_t + (b0 + r) * W + u0;  // gate g of unit u0 + j at out[g H + j]
+      const float* cp = s.c_prev + (b0 + r) * s.ld_c + u0;
+      const float* bias = s.bias + u0;
+      const int64_t units = tile.units;
+#pragma omp simd
+      for (int64_t j = 0; j < units; ++j) {
+        const float i = vec::sigmoid(a[j] + bias[j]);
+        const float f = vec::sigmoid(a[U + j] + bias[H + j]);
+        const float g = vec::tanh(a[2 * U + j] + bias[2 * H + j]);
+        const float o = vec::sigmoid(a[3 * U + j] + bias[3 * H + j]);
+        const float c = f * cp[j] + i * g;
+        out[j] = i, out[H + j] = f, out[2 * H + j] = g, out[3 * H + j] = o, out[4 * H + j] = c;
+        out[5 * H + j] = o * vec::tanh(c);
+      }
+    }
+  }
+}
+
+void lstm_fused_bwd(const FusedStep& s, int64_t tile0, int64_t tile1) {
+  const int64_t H = s.H, W = s.ld_reserve;
+  for (int64_t index = tile0; index < tile1; ++index) {
+    BwdTile tile(s, index);
+    const int64_t b0 = tile.b0, u0 = tile.u0;
+    for (int64_t r = 0; r < tile.rows; ++r) {  // as in the forward: the pointwise part's lines, ahead
+      const int64_t b = b0 + r;
+      for (int64_t block = 0; block < 5; ++block) prefetch(s.reserve_t + b * W + block * H + u0, tile.units, false);
+      prefetch(s.c_prev + b * s.ld_c + u0, tile.units, false);
+      prefetch(s.dh + b * H + u0, tile.units, false);
+      prefetch(s.dc + b * H + u0, tile.units, true);
+      for (int64_t gate = 0; gate < 4; ++gate) prefetch(s.dgates + b * 4 * H + gate * H + u0, tile.units, true);
+    }
+    tile.multiply(s, 4);  // the gradient reaching h_t through step t+1's gates
+    for (int64_t r = 0; r < tile.rows; ++r) {
+      const int64_t b = b0 + r, units = tile.units;
+      const float* a = tile.acc[r];
+      const float* st = s.reserve_t + b * W + u0;
+      const float* dy = s.dh + b * H + u0;
+      const float* cp = s.c_prev + b * s.ld_c + u0;
+      float* dc = s.dc + b * H + u0;
+      float* dg = s.dgates + b * 4 * H + u0;
+#pragma omp simd
+      for (int64_t j = 0; j < units; ++j) {
+        const float d = a[j] + dy[j];  // the whole gradient of h_t
+        const float i = st[j], f = st[H + j], g = st[2 * H + j], o = st[3 * H + j];
+        const float tc = vec::tanh(st[4 * H + j]);
+        const float dc_j = dc[j] + d * o * (1.f - tc * tc);  // gradient of c_t
+        dg[j] = dc_j * g * i * (1.f - i);
+        dg[H + j] = dc_j * cp[j] * f * (1.f - f);
+        dg[2 * H + j] = dc_j * i * (1.f - g * g);
+        dg[3 * H + j] = d * tc * o * (1.f - o);
+        dc[j] = dc_j * f;  // on to c_{t-1}
+      }
+    }
+  }
+}
+
+// The Elman cell, h_t = act(x_t W_ihᵀ + h_{t-1} W_hhᵀ + b): reserve_t is h_t itself (B x H).
+void rnn_fused_fwd(const FusedStep& s, bool relu, int64_t tile0, int64_t tile1) {
+  const int64_t H = s.H;
+  for (int64_t index = tile0; index < tile1; ++index) {
+    FwdTile<1> tile(s, index);
+    tile.multiply(s);
+    for (int64_t r = 0; r < tile.rows; ++r) {
+      const int64_t units = tile.units;
+      const float* a = tile.acc[r];
+      const float* bias = s.bias + tile.u0;
+      float* h = s.reserve_t + (tile.b0 + r) * H + tile.u0;
+      if (relu) {  // max(q, 0) on the bits (vectorises), NaN kept as torch.relu keeps it
+#pragma omp simd
+        for (int64_t j = 0; j < units; ++j) {
+          const float q = a[j] + bias[j];
+          h[j] = vec::keep_nan(vec::select_bits(vec::mask_if((vec::float_bits(q) >> 31) != 0u), 0.f, q), q);
+        }
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < units; ++j) h[j] = vec::tanh(a[j] + bias[j]);
+      }
+    }
+  }
+}
+
+void rnn_fused_bwd(const FusedStep& s, bool relu, int64_t tile0, int64_t tile1) {
+  const int64_t H = s.H;
+  for (int64_t index = tile0; index < tile1; ++index) {
+    BwdTile tile(s, index);
+    tile.multiply(s, 1);
+    for (int64_t r = 0; r < tile.rows; ++r) {
+      const int64_t b = tile.b0 + r, units = tile.units;
+      const float* a = tile.acc[r];
+      const float* h = s.reserve_t + b * H + tile.u0;
+      const float* dy = s.dh + b * H + tile.u0;
+      float* dpre = s.dgates + b * H + tile.u0;
+      if (relu) {  // d where h > 0 (bits in [1, +inf]; NaN and negatives excluded, as torch's mask)
+#pragma omp simd
+        for (int64_t j = 0; j < units; ++j)
+          dpre[j] = vec::select_bits(vec::mask_if(vec::float_bits(h[j]) - 1u < 0x7f800000u), a[j] + dy[j], 0.f);
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < units; ++j) dpre[j] = (a[j] + dy[j]) * (1.f - h[j] * h[j]);
+      }
+    }
+  }
+}
+
+}  // namespace pyneuro::cpu::PYNEURO_CPU_ISA
