@@ -45,17 +45,19 @@ struct RnnRows {
 };
 
 // One step of a fused recurrence (csrc/cpu/isa/fused_step_kernels.cpp): the LSTM without a
-// projection (G = 4 gates) or the Elman cell (G = 1); the state h is H wide. All fp32; `ld*` are
+// projection (G = 4 gates), the GRU (G = 3) or the Elman cell (G = 1); the state h is H wide. All fp32; `ld*` are
 // row strides in floats. The forward reads x_t (B x I), h_prev (and the LSTM's c_prev), and writes
 // the step's reserve (LSTM: the activated gates, c_t, h_t; Elman: h_t). The backward reads
 // reserve_t (and c_prev), dh (the gradient of h_t from outside the recurrence: dy_t, plus dh_n at
 // the last step) and dgates_next (dG_{t+1}, null at the last step), writes dgates (dG_t, B x G H)
-// and, for the LSTM, carries dc (B x H) from c_t's gradient to c_{t-1}'s in place.
+// and, for the LSTM, carries dc (B x H) from c_t's gradient to c_{t-1}'s in place (the GRU carries
+// dh_t z_t there, its direct path to h_{t-1}).
 struct FusedStep {
   int64_t B = 0, H = 0, I = 0, ld_reserve = 0;
   const float* packed = nullptr;     // fused_pack_weights(w_hh, G, H, H, backward) of this direction
   const float* packed_ih = nullptr;  // forward: fused_pack_weights(w_ih, G, H, I, false)
-  const float* bias = nullptr;       // forward: b_ih + b_hh (G H)
+  const float* bias = nullptr;       // forward: b_ih + b_hh (G H); the GRU's b_ih alone
+  const float* bias_hh = nullptr;    // forward, GRU: b_hh
   const float* x_t = nullptr;        // forward: row stride I
   const float* h_prev = nullptr;
   int64_t ld_h = 0;
@@ -66,6 +68,7 @@ struct FusedStep {
   const float* dh = nullptr;
   float* dc = nullptr;
   float* dgates = nullptr;
+  float* dgates_input = nullptr;  // GRU: the gradient of x W_ihᵀ + b_ih (dgates is that of h W_hhᵀ + b_hh)
 };
 
 // One attention call for the kernels of csrc/cpu/isa/attention_kernels.cpp (docs/attention_contract.md),
@@ -120,12 +123,10 @@ struct AttentionParams {
   int64_t fused_step_tiles(int64_t G, int64_t B, int64_t H, bool backward);                                       \
   void lstm_fused_fwd(const FusedStep& s, int64_t tile0, int64_t tile1);                                          \
   void lstm_fused_bwd(const FusedStep& s, int64_t tile0, int64_t tile1);                                          \
+  void gru_fused_fwd(const FusedStep& s, int64_t tile0, int64_t tile1);                                           \
+  void gru_fused_bwd(const FusedStep& s, int64_t tile0, int64_t tile1);                                           \
   void rnn_fused_fwd(const FusedStep& s, bool relu, int64_t tile0, int64_t tile1);                                \
   void rnn_fused_bwd(const FusedStep& s, bool relu, int64_t tile0, int64_t tile1);                                \
-  void gru_fwd_step(const RnnRows& r, const float* s, const float* b_ih, const float* b_hh, const float* h_prev,  \
-                    int64_t ld_h, float* reserve_t);                                                              \
-  void gru_bwd_step(const RnnRows& r, const float* dh, const float* reserve_t, const float* h_prev, int64_t ld_h,  \
-                    float* d_input_t, float* d_recurrent_t, float* dh_prev);                                      \
   void leaky_fwd_step(const RnnRows& r, const float* a, const float* bias, const float* u_prev, int64_t ld_u,     \
                       const float* alpha, float* u_t, float* h_t);                                                \
   void leaky_bwd_step(const RnnRows& r, const float* dh, const float* u_t, const float* u_prev, int64_t ld_u,      \
@@ -146,10 +147,10 @@ struct KernelTable {
   decltype(&baseline::fused_step_tiles) fused_step_tiles;
   decltype(&baseline::lstm_fused_fwd) lstm_fused_fwd;
   decltype(&baseline::lstm_fused_bwd) lstm_fused_bwd;
+  decltype(&baseline::gru_fused_fwd) gru_fused_fwd;
+  decltype(&baseline::gru_fused_bwd) gru_fused_bwd;
   decltype(&baseline::rnn_fused_fwd) rnn_fused_fwd;
   decltype(&baseline::rnn_fused_bwd) rnn_fused_bwd;
-  decltype(&baseline::gru_fwd_step) gru_fwd_step;
-  decltype(&baseline::gru_bwd_step) gru_bwd_step;
   decltype(&baseline::leaky_fwd_step) leaky_fwd_step;
   decltype(&baseline::leaky_bwd_step) leaky_bwd_step;
   decltype(&baseline::attention_fwd) attention_fwd;

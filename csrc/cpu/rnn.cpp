@@ -12,12 +12,12 @@
 //     the next (earlier) step's incoming gradient;
 //   - dx, dW_ih, dW_hh and the bias gradients: single GEMMs / reductions over all T·B rows after
 //     the loop.
-// The LSTM without a projection and the Elman cell go further: each step's input and recurrent
+// The LSTM without a projection, the GRU and the Elman cell go further: each step's input and recurrent
 // products and its pointwise pass are one kernel over (batch rows x units) tiles, against W_ih and
 // W_hh packed once per call (csrc/cpu/isa/fused_step_kernels.cpp). That removes the per-step
 // library call and its re-packing of W_hh, and the pre-activations' round trip through memory.
-// Their backward computes dW_ih, dW_hh and the bias gradient as one GEMM. Every backward keeps its
-// scratch between calls (scratch()).
+// The LSTM's and the Elman cell's backward compute dW_ih, dW_hh and the bias gradient as one GEMM.
+// Every backward keeps its scratch between calls (scratch()).
 // GEMMs go through torch's oneDNN matmul when torch has it (see onednn_matmul()), else BLAS sgemm
 // on raw pointers (MKL's packed form when available). Nothing is dispatched through the torch
 // operator registry inside the time loop and no buffer is allocated there (a oneDNN call wraps its
@@ -486,29 +486,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
 // ---------------------------------------------------------------------------------------------
 // GRU
 // ---------------------------------------------------------------------------------------------
+// The GRU runs on the fused step too (csrc/cpu/isa/fused_step_kernels.cpp); its tiles keep the
+// input and recurrent parts of n apart, as n = tanh(x W_inᵀ + b_in + r (h W_hnᵀ + b_hn)) needs.
 std::tuple<Tensor, Tensor, Tensor> gru_fwd(const Tensor& x, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
                                            const OptTensor& b_ih, const OptTensor& b_hh) {
   const RnnShape s = check_rnn_fwd("gru_fwd", RnnCell::kGru, x, h0, std::nullopt, w_ih, w_hh, b_ih, b_hh, std::nullopt);
   check_blas_sizes("gru_fwd", s);
   const auto& k = kernels();
-  const int64_t T = s.T, B = s.B, H = s.H, W = rnn_reserve_width(RnnCell::kGru, H, H);
-  // b_hh stays with the recurrent term: b_hn sits inside the reset product.
+  const int64_t T = s.T, B = s.B, I = s.I, H = s.H, W = rnn_reserve_width(RnnCell::kGru, H, H);
   Tensor reserve = with_huge_pages(at::empty({T, B, W}, x.options().dtype(at::kFloat)));
-  input_projection(x, w_ih, reserve.view({T * B, W}).narrow(1, 0, 3 * H));  // activated in place
   const Tensor bih = combined_bias(b_ih, std::nullopt, 3 * H, reserve.options());
-  Tensor rec = at::empty({B, 3 * H}, reserve.options());  // h_{t-1} W_hhᵀ of the current step
-  const Tensor h0f = f32(h0), whh = f32(w_hh);
   const Tensor bhh = combined_bias(std::nullopt, b_hh, 3 * H, reserve.options());
-  const StepWeight recurrent(ptr(whh), H, /*transposed=*/true, B, 3 * H, H);
+  const Tensor xf = f32(x), h0f = f32(h0);
+  const auto [packed_ih, packed_hh] = packed_forward_weights(k, 3, f32(w_ih), f32(w_hh));
+  const int64_t tiles = k.fused_step_tiles(3, B, H, /*backward=*/false);
   float* res = ptr(reserve);
   for (int64_t t = 0; t < T; ++t) {
-    float* res_t = res + t * B * W;
-    const float* h_prev = t ? res_t - B * W + 4 * H : ptr(h0f);
-    const int64_t ld_h = t ? W : H;
-    recurrent.multiply(h_prev, ld_h, 0.f, ptr(rec), 3 * H);
-    for_rows(B, 12 * H, [&](int64_t b0, int64_t b1) {
-      k.gru_fwd_step({b0, b1, H, W}, ptr(rec), ptr(bih), ptr(bhh), h_prev, ld_h, res_t);
-    });
+    FusedStep step;
+    step.B = B, step.H = H, step.I = I, step.ld_reserve = W;
+    step.packed = ptr(packed_hh), step.packed_ih = ptr(packed_ih), step.bias = ptr(bih), step.bias_hh = ptr(bhh);
+    step.x_t = ptr(xf) + t * B * I;
+    step.reserve_t = res + t * B * W;
+    step.h_prev = t ? step.reserve_t - B * W + 4 * H : ptr(h0f), step.ld_h = t ? W : H;
+    for_tiles(tiles, B * 3 * H * (H + I), [&](int64_t t0, int64_t t1) { k.gru_fused_fwd(step, t0, t1); });
   }
   const auto dt = x.scalar_type();
   return {fresh(reserve.narrow(2, 4 * H, H), dt), fresh(reserve[T - 1].narrow(1, 4 * H, H), dt), reserve};
@@ -524,25 +524,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd(const Tensor&
   check_rnn_bwd("gru_bwd", RnnCell::kGru, s, x, dy, dh_n, std::nullopt, reserve);
   const auto& k = kernels();
   const int64_t T = s.T, B = s.B, H = s.H, W = rnn_reserve_width(RnnCell::kGru, H, H);
-  Tensor dH = scratch(Scratch::kStateGrads, {T, B, H}).copy_(dy);
-  if (dh_n) dH[T - 1].add_(dh_n->to(at::kFloat));
+  const Tensor dyf = f32(dy), h0f = f32(h0), whh = f32(w_hh);
+  const Tensor dh_last = dh_n ? dyf[T - 1] + dh_n->to(at::kFloat) : Tensor();
   Tensor d_input = scratch(Scratch::kGateGrads, {T, B, 3 * H});           // of x W_ihᵀ + b_ih
   Tensor d_recurrent = scratch(Scratch::kRecurrentGrads, {T, B, 3 * H});  // of h W_hhᵀ + b_hh
-  Tensor dh0 = at::zeros({B, H}, reserve.options());
-  const Tensor h0f = f32(h0), whh = f32(w_hh);
-  const StepWeight recurrent(ptr(whh), H, /*transposed=*/false, B, H, 3 * H);
+  Tensor carry = at::zeros({B, H}, reserve.options());  // dh_{t+1} z_{t+1}: the direct path into h_t
+  const Tensor packed = packed_backward_weights(k, 3, whh);
+  const int64_t tiles = k.fused_step_tiles(3, B, H, /*backward=*/true);
   const float* res = ptr(reserve);
   for (int64_t t = T - 1; t >= 0; --t) {
-    const float* res_t = res + t * B * W;
-    const float* h_prev = t ? res_t - B * W + 4 * H : ptr(h0f);
-    float* dH_t = ptr(dH) + t * B * H;
-    float* dS_t = ptr(d_recurrent) + t * B * 3 * H;
-    float* dh_prev = t ? dH_t - B * H : ptr(dh0);
-    for_rows(B, 13 * H, [&](int64_t b0, int64_t b1) {
-      k.gru_bwd_step({b0, b1, H, W}, dH_t, res_t, h_prev, t ? W : H, ptr(d_input) + t * B * 3 * H, dS_t, dh_prev);
-    });
-    recurrent.multiply(dS_t, 3 * H, 1.f, dh_prev, H);  // += dS_t W_hh
+    FusedStep step;
+    step.B = B, step.H = H, step.ld_reserve = W, step.packed = ptr(packed);
+    step.reserve_t = const_cast<float*>(res + t * B * W);  // read only
+    step.h_prev = t ? res + (t - 1) * B * W + 4 * H : ptr(h0f), step.ld_h = t ? W : H;
+    step.dgates_next = t < T - 1 ? ptr(d_recurrent) + (t + 1) * B * 3 * H : nullptr;
+    step.dh = t == T - 1 && dh_last.defined() ? ptr(dh_last) : ptr(dyf) + t * B * H;
+    step.dc = ptr(carry), step.dgates = ptr(d_recurrent) + t * B * 3 * H;
+    step.dgates_input = ptr(d_input) + t * B * 3 * H;
+    for_tiles(tiles, B * 3 * H * H, [&](int64_t t0, int64_t t1) { k.gru_fused_bwd(step, t0, t1); });
   }
+  const Tensor dh0 = gemm_all(d_recurrent[0], whh).add_(carry);
   auto [dx, dw_ih] = input_grads(d_input, x, w_ih);
   const auto dt = x.scalar_type();
   Tensor dw_hh = recurrent_weight_grad(d_recurrent, h0f, reserve, 4 * H, H).to(dt);

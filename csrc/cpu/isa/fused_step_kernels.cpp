@@ -116,6 +116,56 @@ void micro_rows(int64_t rows, const Operand& o1, const Operand& o2, int64_t ldp,
 }
 static_assert(kRows == 6, "micro_rows dispatches up to 6 rows");
 
+// The GRU's forward product: x_t · [W_ir W_iz W_in] into accumulator vectors 0, 1, 2 and
+// h_{t-1} · [W_hr W_hz W_hn] into 0, 1, 3, so that r and z sum both while n keeps its input and
+// recurrent parts apart (n = tanh(x W_inᵀ + b_in + r (h W_hnᵀ + b_hn))). One vector of units; C
+// is a tile buffer of 4 vectors per row.
+template <int MR>
+inline __attribute__((always_inline)) void micro_gru(const Operand& x, const Operand& h, int64_t ldp, float* C,
+                                                     int64_t ldc) {
+  fvec c[MR][4];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) c[r][0] = c[r][1] = c[r][2] = c[r][3] = fvec{};
+#pragma GCC unroll 2
+  for (int part = 0; part < 2; ++part) {
+    const Operand& o = part ? h : x;
+    const int last = part ? 3 : 2;  // where the n block of this operand goes
+    for (int64_t k = 0; k < o.K; ++k) {
+      const fvec p0 = load(o.P + k * ldp), p1 = load(o.P + k * ldp + kLanes), p2 = load(o.P + k * ldp + 2 * kLanes);
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        const fvec a = o.A[r * o.lda + k] - fvec{};
+        c[r][0] += a * p0;
+        c[r][1] += a * p1;
+        c[r][last] += a * p2;
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) store(C + r * ldc + j * kLanes, c[r][j]);
+  }
+}
+
+// micro_gru over `rows` <= kRows rows, in register blocks that fit: 6 rows x 4 vectors on AVX-512
+// (24 of 32 registers), 3 x 4 on AVX2 and SSE (12 of 16).
+void micro_gru_rows(int64_t rows, const Operand& x, const Operand& h, int64_t ldp, float* C, int64_t ldc) {
+  constexpr int64_t kBlock = kLanes == 16 ? 6 : 3;
+  for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
+    const Operand xr{x.K, x.A + r0 * x.lda, x.lda, x.P}, hr{h.K, h.A + r0 * h.lda, h.lda, h.P};
+    switch (std::min(kBlock, rows - r0)) {
+      case 6: micro_gru<kBlock == 6 ? 6 : 1>(xr, hr, ldp, C + r0 * ldc, ldc); break;
+      case 5: micro_gru<5>(xr, hr, ldp, C + r0 * ldc, ldc); break;
+      case 4: micro_gru<4>(xr, hr, ldp, C + r0 * ldc, ldc); break;
+      case 3: micro_gru<3>(xr, hr, ldp, C + r0 * ldc, ldc); break;
+      case 2: micro_gru<2>(xr, hr, ldp, C + r0 * ldc, ldc); break;
+      case 1: micro_gru<1>(xr, hr, ldp, C + r0 * ldc, ldc); break;
+      default: break;
+    }
+  }
+}
+
 int64_t blocks(int64_t n, int64_t per) { return (n + per - 1) / per; }
 
 // Asks for the cache lines of [p, p + n floats) ahead of use (for writing when `write`).
@@ -131,8 +181,8 @@ inline void prefetch(const float* p, int64_t n, bool write) {
 
 }  // namespace
 
-// Units per forward tile: one vector of them for the LSTM (its 4 gates fill the 4 vectors of a
-// row of accumulators), a whole row of accumulators for the single-gate Elman cell.
+// Units per forward tile: one vector of them for the LSTM and the GRU (their 4 gate blocks fill the
+// 4 vectors of a row of accumulators), a whole row of accumulators for the single-gate Elman cell.
 int64_t fwd_units(int64_t G) { return G == 1 ? kVecs * kLanes : kLanes; }
 
 int64_t fused_packed_floats(int64_t G, int64_t H, int64_t K, bool backward) {
@@ -286,6 +336,68 @@ void lstm_fused_bwd(const FusedStep& s, int64_t tile0, int64_t tile1) {
         dg[2 * H + j] = dc_j * i * (1.f - g * g);
         dg[3 * H + j] = d * tc * o * (1.f - o);
         dc[j] = dc_j * f;  // on to c_{t-1}
+      }
+    }
+  }
+}
+
+// The GRU: reserve_t rows are [r z n s_n h_t] (s_n = h_{t-1} W_hnᵀ + b_hn, the recurrent part of
+// n); bias = b_ih and bias_hh = b_hh (3H each).
+void gru_fused_fwd(const FusedStep& s, int64_t tile0, int64_t tile1) {
+  const int64_t H = s.H, W = s.ld_reserve, U = kLanes, row_blocks = blocks(s.B, kRows);
+  alignas(64) float acc[kRows][4 * kLanes];
+  for (int64_t index = tile0; index < tile1; ++index) {
+    const int64_t u0 = (index / row_blocks) * U, b0 = (index % row_blocks) * kRows;
+    const int64_t rows = std::min<int64_t>(kRows, s.B - b0), units = std::min<int64_t>(U, H - u0);
+    const Operand input{s.I, s.x_t + b0 * s.I, s.I, s.packed_ih + u0 * s.I * 3};
+    const Operand recurrent{H, s.h_prev + b0 * s.ld_h, s.ld_h, s.packed + u0 * H * 3};
+    micro_gru_rows(rows, input, recurrent, 3 * U, &acc[0][0], 4 * U);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* a = acc[r];
+      const float* bi = s.bias + u0;
+      const float* bh = s.bias_hh + u0;
+      const float* hp = s.h_prev + (b0 + r) * s.ld_h + u0;
+      float* out = s.reserve_t + (b0 + r) * W + u0;
+#pragma omp simd
+      for (int64_t j = 0; j < units; ++j) {
+        const float rr = vec::sigmoid(a[j] + bi[j] + bh[j]);
+        const float z = vec::sigmoid(a[U + j] + bi[H + j] + bh[H + j]);
+        const float s_n = a[3 * U + j] + bh[2 * H + j];
+        const float n = vec::tanh(a[2 * U + j] + bi[2 * H + j] + rr * s_n);
+        out[j] = rr, out[H + j] = z, out[2 * H + j] = n, out[3 * H + j] = s_n;
+        out[4 * H + j] = (1.f - z) * n + z * hp[j];
+      }
+    }
+  }
+}
+
+// dh_t = dy_t + carry + d_rec_{t+1} · W_hh, with carry = dh_{t+1} z_{t+1} (the direct path
+// h_t -> h_{t+1}, updated in place to dh_t z_t for the step before); writes d_input_t =
+// [da_r da_z da_n] and d_rec_t = [da_r da_z da_n r] (dgates_next is d_rec_{t+1}).
+void gru_fused_bwd(const FusedStep& s, int64_t tile0, int64_t tile1) {
+  const int64_t H = s.H, W = s.ld_reserve;
+  for (int64_t index = tile0; index < tile1; ++index) {
+    BwdTile tile(s, index);
+    tile.multiply(s, 3);
+    for (int64_t r = 0; r < tile.rows; ++r) {
+      const int64_t b = tile.b0 + r, u0 = tile.u0, units = tile.units;
+      const float* a = tile.acc[r];
+      const float* st = s.reserve_t + b * W + u0;
+      const float* hp = s.h_prev + b * s.ld_h + u0;
+      const float* dy = s.dh + b * H + u0;
+      float* carry = s.dc + b * H + u0;
+      float* di = s.dgates_input + b * 3 * H + u0;
+      float* dr = s.dgates + b * 3 * H + u0;
+#pragma omp simd
+      for (int64_t j = 0; j < units; ++j) {
+        const float d = a[j] + dy[j] + carry[j];  // the whole gradient of h_t
+        const float rr = st[j], z = st[H + j], n = st[2 * H + j], s_n = st[3 * H + j];
+        const float da_n = d * (1.f - z) * (1.f - n * n);
+        const float da_r = da_n * s_n * rr * (1.f - rr);
+        const float da_z = d * (hp[j] - n) * z * (1.f - z);
+        di[j] = da_r, di[H + j] = da_z, di[2 * H + j] = da_n;
+        dr[j] = da_r, dr[H + j] = da_z, dr[2 * H + j] = da_n * rr;
+        carry[j] = d * z;
       }
     }
   }

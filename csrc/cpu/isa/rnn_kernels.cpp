@@ -1,5 +1,5 @@
 // The recurrent cells' fused pointwise steps (docs/rnn_contract.md), compiled once per ISA: the
-// GRU, the leaky integrator and the LSTM with a projection. (The LSTM without one and the Elman
+// leaky integrator and the LSTM with a projection. (The LSTM without one, the GRU and the Elman
 // cell fuse their products too: fused_step_kernels.cpp.)
 //
 // The driver (csrc/cpu/rnn.cpp) does the GEMMs — the input projection of all steps up front, one
@@ -11,7 +11,6 @@
 //
 // Memory traffic per step and batch row (floats), forward / backward:
 //   lstm  reads 4H pre + H c_prev, writes 5H + H reserve          / reads 6H + H, writes 4H + H
-//   gru   reads 6H + H h_prev, writes 5H reserve                  / reads 5H + 2H, writes 6H + H
 //   leaky reads 2H + H, writes 2H                                 / reads 4H + 2H, writes 4H
 // At H = 128 a step's working set (B = 128: ~0.5 MiB for the LSTM) stays in L2 between the GEMM
 // that produced it and this pass.
@@ -67,50 +66,6 @@ void lstm_bwd_step(const RnnRows& r, const float* dm, int64_t ld_dm, const float
       dg[3 * H + k] = d[k] * tc * o * (1.f - o);
       dcb[k] = dc_k * f;  // on to c_{t-1}
       if (m) m[k] = o * tc;
-    }
-  }
-}
-
-// reserve_t's r z n block holds x W_ihᵀ + b_ih on entry (activated in place, as lstm_fwd_step);
-// s is h_{t-1} W_hhᵀ without its bias.
-void gru_fwd_step(const RnnRows& r, const float* s, const float* b_ih, const float* b_hh, const float* h_prev,
-                  int64_t ld_h, float* reserve_t) {
-  const int64_t H = r.H, W = r.ld_reserve;
-  for (int64_t b = r.b0; b < r.b1; ++b) {
-    float* out = reserve_t + b * W;
-    const float* a = out;
-    const float* sb = s + b * 3 * H;
-    const float* hp = h_prev + b * ld_h;
-#pragma omp simd
-    for (int64_t k = 0; k < H; ++k) {
-      const float s_r = sb[k] + b_hh[k], s_z = sb[H + k] + b_hh[H + k], s_n = sb[2 * H + k] + b_hh[2 * H + k];
-      const float rr = vec::sigmoid(a[k] + b_ih[k] + s_r), z = vec::sigmoid(a[H + k] + b_ih[H + k] + s_z);
-      const float n = vec::tanh(a[2 * H + k] + b_ih[2 * H + k] + rr * s_n);
-      out[k] = rr, out[H + k] = z, out[2 * H + k] = n, out[3 * H + k] = s_n;
-      out[4 * H + k] = (1.f - z) * n + z * hp[k];
-    }
-  }
-}
-
-void gru_bwd_step(const RnnRows& r, const float* dh, const float* reserve_t, const float* h_prev, int64_t ld_h,
-                  float* d_input_t, float* d_recurrent_t, float* dh_prev) {
-  const int64_t H = r.H, W = r.ld_reserve;
-  for (int64_t b = r.b0; b < r.b1; ++b) {
-    const float* s = reserve_t + b * W;
-    const float* d = dh + b * H;
-    const float* hp = h_prev + b * ld_h;
-    float* di = d_input_t + b * 3 * H;
-    float* dr = d_recurrent_t + b * 3 * H;
-    float* dp = dh_prev + b * H;
-#pragma omp simd
-    for (int64_t k = 0; k < H; ++k) {
-      const float rr = s[k], z = s[H + k], n = s[2 * H + k], s_n = s[3 * H + k];
-      const float da_n = d[k] * (1.f - z) * (1.f - n * n);
-      const float da_r = da_n * s_n * rr * (1.f - rr);
-      const float da_z = d[k] * (hp[k] - n) * z * (1.f - z);
-      di[k] = da_r, di[H + k] = da_z, di[2 * H + k] = da_n;
-      dr[k] = da_r, dr[H + k] = da_z, dr[2 * H + k] = da_n * rr;
-      dp[k] += d[k] * z;  // the direct path h_{t-1} -> h_t; the driver adds the GEMM path
     }
   }
 }
