@@ -25,7 +25,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
-#include <sys/mman.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -36,6 +35,7 @@
 
 #include "common/rnn_args.h"
 #include "cpu/isa.h"
+#include "cpu/memory.h"
 
 namespace pyneuro::cpu {
 namespace {
@@ -206,21 +206,6 @@ void check_blas_sizes(const char* op, const RnnShape& s) {
   const int64_t widest = std::max({s.B, s.I, 6 * s.H + s.R});
   TORCH_CHECK_VALUE(widest <= INT32_MAX, op, ": batch, input_size and 6 * hidden_size + state_size must stay below 2^31 "
                     "for the CPU backend's BLAS calls, got ", widest);
-}
-
-// A large buffer that a call fills from scratch (the reserve, the gate gradients) is usually fresh
-// memory from mmap, and each 4 KiB page of it faults on first touch: ~2,700 faults for the 11 MiB
-// reserve of an LSTM at T = 28, B = 128, H = 128, which cost as much as the step's arithmetic. Asking
-// for transparent huge pages on its 2 MiB-aligned interior (before anything touches it) turns them
-// into a handful. Only a hint: where THP is off, or the memory was reused, nothing changes.
-Tensor with_huge_pages(Tensor t) {
-#if defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  const auto start = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t begin = (start + kHuge - 1) & ~(kHuge - 1), end = (start + t.nbytes()) & ~(kHuge - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#endif
-  return t;
 }
 
 // Scratch that a call fills and drops (the gate and state gradients, the weight-gradient operand,
