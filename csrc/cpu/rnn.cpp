@@ -34,6 +34,7 @@
 #include <tuple>
 
 #include "common/rnn_args.h"
+#include "cpu/fp_env.h"
 #include "cpu/isa.h"
 #include "cpu/memory.h"
 
@@ -188,7 +189,10 @@ class StepWeight {
 template <typename F>
 void for_rows(int64_t B, int64_t floats_per_row, const F& step) {
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(floats_per_row, 1));
-  at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) { step(b0, b1); });
+  at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+    const FlushSubnormals flush;
+    step(b0, b1);
+  });
 }
 
 // The tiles of one fused step, split over threads in contiguous ranges (a thread keeps its weight
@@ -198,7 +202,10 @@ template <typename F>
 void for_tiles(int64_t tiles, int64_t work, const F& run) {
   const int64_t per_tile = std::max<int64_t>(1, work / std::max<int64_t>(tiles, 1));
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 20) / per_tile);
-  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) { run(t0, t1); });
+  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
+    const FlushSubnormals flush;  // see fp_env.h: fading gradients must not hit microcode assists
+    run(t0, t1);
+  });
 }
 
 // The per-step GEMMs pass sizes and strides to BLAS as 32-bit ints.

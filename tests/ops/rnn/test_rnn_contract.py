@@ -168,3 +168,29 @@ def test_reserve_is_the_only_state_the_backward_reads(target):
     want_bad = oracle_backward(variant, args, cot, scrambled)
     assert not torch.equal(good[0], bad[0])
     assert_matches(bad[0], want_bad["x"], target.tolerance(torch.float32), "dx from a scrambled reserve")
+
+
+def test_subnormal_flush_stays_inside_the_call(target):
+    """The CPU kernels flush subnormals on their threads while they run (csrc/cpu/fp_env.h); the
+    caller's floating-point mode must be as before afterwards: a subnormal product in this thread
+    still comes out subnormal, not zero. Also the gradient of a long, fading recurrence (only the
+    last step used) matches the contract."""
+    if target.backend != "cpu":
+        pytest.skip("the flush is the CPU backend's")
+    tiny = torch.tensor([1e-39], dtype=torch.float32)
+    assert (tiny * 2).item() != 0.0, "subnormals are already flushed before the call"
+    variant = VARIANTS["gru"]
+    fwd, bwd = raw_ops(target, "gru")
+    args = well_conditioned_args(variant, Size(T=200, B=3, I=2, H=8, P=4), torch.float32)
+    call = contract_call(variant, args, target.device)
+    *outs, reserve = fwd(*call, *variant.flags)
+    dy = torch.zeros_like(outs[0])
+    dy[-1] = 1.0  # only the last step's output is used: the gradient fades towards t = 0
+    grads = bwd(dy, None, *call, reserve, *variant.flags)
+    assert (tiny * 2).item() != 0.0, "the call left subnormals flushed in the caller's thread"
+    cot = {name: None for name in variant.out_names}
+    cot[variant.out_names[0]] = dy
+    want = oracle_backward(variant, args, cot, reserve)
+    for name, g in zip(variant.arg_names, grads):
+        if args[name] is not None:
+            assert_matches(g, want[name], target.tolerance(torch.float32), f"d{name}")
