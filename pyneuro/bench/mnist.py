@@ -80,7 +80,9 @@ def samples_per_s(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
     return steps * len(y) / (time.perf_counter() - t0)
 
 
-def run(models: list[str], device: torch.device, batch_size: int, steps: int) -> list[dict]:
+def run(models: list[str], device: torch.device, batch_size: int, steps: int, view: str | None = None) -> list[dict]:
+    """``view``: read the images this way instead of each model's default (the recurrent models'
+    "pixels": 784 steps of one pixel), for the models that take it as a hyper-parameter."""
     from ..data import to_view
     from ..models import registry
 
@@ -90,10 +92,11 @@ def run(models: list[str], device: torch.device, batch_size: int, steps: int) ->
     for name in models:
         spec = registry.get(name)
         torch.manual_seed(0)
-        model = spec.build().to(device)
-        x = to_view(images, spec.view)
+        overrides = {"view": view} if view is not None else {}
+        model = spec.build(**overrides).to(device)
+        x = to_view(images, view or spec.view)
         twin, notes = stock_twin(model)
-        row = {"model": name, "batch_size": batch_size, "device": str(device),
+        row = {"model": name, "view": view or spec.view, "batch_size": batch_size, "device": str(device),
                "pyneuro_samples_per_s": samples_per_s(model, x, y, steps),
                "torch_nn_samples_per_s": samples_per_s(twin.to(device), x, y, steps), "notes": notes}
         row["speedup"] = row["pyneuro_samples_per_s"] / row["torch_nn_samples_per_s"]
@@ -113,21 +116,29 @@ def main(argv=None, prog: str = "pyneuro bench --mnist") -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=10, help="timed training steps per model and variant")
+    p.add_argument("--view", help="read the images this way (e.g. pixels: 784 steps of one pixel) in every chosen "
+                                  "model; only models with a 'view' hyper-parameter take it")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(models) - set(classifiers))
     if unknown:
         p.error(f"--models: unknown {unknown}; choose from the classifiers {classifiers}")
+    if args.view is not None:
+        fixed = [m for m in models if "view" not in registry.get(m).defaults]
+        if fixed:
+            p.error(f"--view: {fixed} read MNIST one way only; choose among "
+                    f"{[m for m in classifiers if 'view' in registry.get(m).defaults]}")
     if args.batch_size < 1 or args.steps < 1:
         p.error("--batch-size and --steps must be positive")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch sees no CUDA GPU here")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
-    print(f"MNIST training throughput on {device}, batch {args.batch_size}, {args.steps} steps "
+    view = f", view {args.view}" if args.view else ""
+    print(f"MNIST training throughput on {device}, batch {args.batch_size}, {args.steps} steps{view} "
           f"(forward + backward + AdamW)")
-    rows = run(models, device, args.batch_size, args.steps)
+    rows = run(models, device, args.batch_size, args.steps, view=args.view)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=2)

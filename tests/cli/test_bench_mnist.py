@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import torch
 
 from pyneuro import cli
@@ -41,3 +43,17 @@ def test_bench_mnist_reports_samples_per_second(tmp_path, capsys):
         assert r["speedup"] == r["pyneuro_samples_per_s"] / r["torch_nn_samples_per_s"]
     assert any("reference" in n for n in rows[1]["notes"])  # Mamba has no torch.nn layer: said so
     assert "samples/s" in capsys.readouterr().out
+
+
+def test_bench_mnist_view_reads_pixels_and_refuses_fixed_view_models(tmp_path, capsys):
+    """--view pixels builds the recurrent models pixel by pixel (784 steps of one input); a model
+    that reads MNIST one way only is refused by name."""
+    out = tmp_path / "pixels.json"
+    assert cli.main(["bench", "--mnist", "--models", "gru", "--view", "pixels", "--steps", "1", "--batch-size", "2",
+                     "--device", "cpu", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["model"] == "gru" and row["view"] == "pixels"
+    assert "view pixels" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--mnist", "--models", "cnn", "--view", "pixels", "--device", "cpu"])
+    assert "cnn" in capsys.readouterr().err
