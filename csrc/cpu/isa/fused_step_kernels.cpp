@@ -1,5 +1,5 @@
-// The fused recurrent steps of the LSTM (without projection) and the Elman cell on the CPU
-// (docs/rnn_contract.md), compiled once per ISA.
+// The fused recurrent steps of the LSTM (without projection), the GRU and the Elman cell on the
+// CPU (docs/rnn_contract.md), compiled once per ISA.
 //
 // The unfused step (rnn_kernels.cpp) is a library GEMM of the whole step followed by a pointwise
 // pass; each GEMM call re-packs W_hh and pays a fixed dispatch cost, which at the sizes of a
@@ -7,7 +7,8 @@
 // and the pre-activations make a round trip through memory between the two. Here W_ih and W_hh
 // are packed once per call (fused_pack_weights) into panels that each produce a whole tile of the
 // step, and each tile's pointwise math runs on the accumulators while they are hot (G gates: 4 for
-// the LSTM, 1 for the Elman cell):
+// the LSTM, 3 for the GRU, 1 for the Elman cell; the GRU keeps n's input and recurrent parts in
+// separate accumulators, micro_gru):
 //
 //   forward tile  (MR batch rows, U units): acc = x_t[rows] · W_ihᵀ[:, the G gates of the units]
 //                 + h_{t-1}[rows] · W_hhᵀ[:, same] (MR x (I + H) x G U, one register block),
@@ -17,14 +18,15 @@
 //
 // Tiles of one step are independent; the driver (csrc/cpu/rnn.cpp) hands each thread a contiguous
 // range of them, numbered unit block major, so that a thread keeps re-reading the same weight
-// panels (4 kU x (I + H) floats each, 40 KiB at I = 28, H = 128 on AVX-512) out of its own cache.
+// panels (G U x (I + H) floats each, 40 KiB for the LSTM at I = 28, H = 128 on AVX-512) out of its
+// own cache.
 //
 // Packed layouts (zero-filled past the last unit, so every tile multiplies full vectors):
 //   forward  [H / U][K][G U]:     panel u, row k, column g U + j  =  W[g H + u U + j, k]
 //            (W = W_ih with K = I, or W_hh with K = H)
 //   backward [H / kUb][G H][kUb]: panel u, row k, column j        =  W_hh[k, u kUb + j]
-// with U = one native vector of units for the LSTM (4 gates x 1 vector), a row of accumulators for
-// the Elman cell, and kUb = a row of accumulators.
+// with U = one native vector of units for the LSTM and the GRU (G gates x 1 vector), a row of
+// accumulators for the Elman cell, and kUb = a row of accumulators.
 //
 // Memory traffic per step (floats), LSTM: the forward reads B (I + H) (x_t, h_{t-1}) + 4 H (I + H)
 // (weights, from cache) + B H (c_{t-1}) and writes B 6 H (the reserve's gates, c, h); the backward
