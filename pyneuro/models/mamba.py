@@ -1,6 +1,6 @@
 """Mamba classifier: the image read row by row (28 steps of 28 pixels) by a stack of residual
-pre-norm Mamba blocks; the final states are mean-pooled over time and classified. Each block's
-selective scan runs on pyneuro's fastest backend for the device (C++ on the CPU, CUDA/Triton on GPUs)."""
+pre-norm Mamba blocks; the normalised outputs of the last block are averaged over the 28 steps
+and classified. Each block's selective scan runs on pyneuro's fastest backend for the device (C++ on the CPU, CUDA/Triton on GPUs)."""
 from __future__ import annotations
 
 import torch.nn as nn
@@ -32,6 +32,7 @@ class MambaClassifier(nn.Module):
 @register("mamba", view="rows", description="stack of Mamba (selective state space) blocks over rows",
           defaults={"d_model": 64, "n_layers": 4, "d_state": 16, "d_conv": 4, "expand": 2, "dropout": 0.1,
                     "backend": "auto"},
-          train_defaults={"epochs": 12, "lr": 3e-3, "augment_shift": 1, "grad_clip": 1.0})
+          train_defaults={"epochs": 12, "lr": 3e-3, "augment_shift": 1, "grad_clip": 1.0},
+          plots="pyneuro.viz.mamba:plots")  # selectivity.png
 def build_mamba(**kw):
     return MambaClassifier(**kw)
