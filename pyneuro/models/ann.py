@@ -23,6 +23,7 @@ class MLP(nn.Module):
 
 @register("ann", view="image", description="multi-layer perceptron on the 784 pixels",
           defaults={"hidden": [1024, 1024], "dropout": 0.2},
-          train_defaults={"epochs": 15, "lr": 2e-3, "augment_shift": 1})
+          train_defaults={"epochs": 15, "lr": 2e-3, "augment_shift": 1},
+          plots="pyneuro.viz.ann:plots")  # weights.png
 def build_ann(hidden, dropout):
     return MLP(tuple(hidden), dropout)
