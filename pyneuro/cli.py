@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", choices=["auto", "cpu", "cuda"])
     e.add_argument("--out", help="where to write eval.json and plots (default: the checkpoint's folder)")
 
+    v = sub.add_parser("viz", help="draw a trained model's pictures (architecture, its own pictures, embedding) "
+                                   "and the run's report.html")
+    v.add_argument("checkpoint", metavar="RUN", help="a run folder or a last.pt file")
+    v.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    v.add_argument("--out", help="where to write the pictures (default: the checkpoint's folder)")
+
     i = sub.add_parser("info", help="build information and the backends available for each op")
     i.add_argument("--json", action="store_true", help="print JSON")
 
@@ -150,6 +156,23 @@ def cmd_eval(args) -> int:
     device = loop.resolve_device(args.device or state["settings"]["train"]["device"])
     summary = loop.evaluate_run(out, device=device, checkpoint=args.checkpoint)
     print(json.dumps(_headline(summary)))
+    return 0
+
+
+def cmd_viz(args) -> int:
+    from .train import loop
+
+    _check_device(args.device)
+    model, spec, settings, device = loop.load_run_model(
+        args.checkpoint, loop.resolve_device(args.device) if args.device else None)
+    ckpt_dir = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
+    out = Path(args.out) if args.out else ckpt_dir
+    out.mkdir(parents=True, exist_ok=True)
+    test_x, test_y = loop.load_split("test", settings["train"]["data_dir"])
+    paths = [str(p) for p in loop.model_pictures(model, spec, settings, test_x, test_y, out)]
+    if (out / "settings.json").exists() or (out / "eval.json").exists():
+        paths.append(str(loop.write_report(out)))
+    print(json.dumps({"model": spec.name, "pictures": paths}))
     return 0
 
 
@@ -269,7 +292,7 @@ def main(argv=None) -> int:
         args.bench_args = extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    handler = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "explain": cmd_explain, "models": cmd_models,
+    handler = {"train": cmd_train, "eval": cmd_eval, "viz": cmd_viz, "info": cmd_info, "explain": cmd_explain, "models": cmd_models,
                "bench": cmd_bench}[args.command]
     try:
         return handler(args)

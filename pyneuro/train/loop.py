@@ -579,16 +579,7 @@ def evaluate_run(out_dir, device=None, model=None, settings=None, checkpoint=Non
     stream = stream or sys.stderr
     out = Path(out_dir)
     if model is None:
-        state = load_checkpoint(checkpoint or out / CHECKPOINT_NAME)
-        settings = state["settings"]
-        device = device or resolve_device(settings["train"]["device"])
-        spec = registry.get(settings["model"])
-        model = build_model(spec, settings["hyper"], device)
-        try:
-            model.load_state_dict(state["model_state"])
-        except RuntimeError as exc:
-            raise CheckpointError(f"{checkpoint or out / CHECKPOINT_NAME} does not fit model {spec.name} with its "
-                                  f"saved settings: {_one_line(exc)}") from None
+        model, spec, settings, device = load_run_model(checkpoint or out / CHECKPOINT_NAME, device)
     spec = registry.get(settings["model"])
     tr = settings["train"]
     test_x, test_y = load_split("test", tr["data_dir"])
@@ -596,11 +587,65 @@ def evaluate_run(out_dir, device=None, model=None, settings=None, checkpoint=Non
         summary = _evaluate_generative_run(out, model, spec, settings, device, test_x, test_y, stream)
     else:
         summary = _evaluate_classifier_run(out, model, spec, settings, device, test_x, test_y, stream)
-    hook = spec.plot_function()  # the model's own pictures
-    if hook is not None:
-        summary["plots"].extend(str(p) for p in hook(model, test_x, test_y, out, title=spec.name,
-                                                     view=input_view(spec, settings["hyper"])))
+    summary["plots"].extend(str(p) for p in model_pictures(model, spec, settings, test_x, test_y, out))
+    write_report(out)
     return summary
+
+
+def load_run_model(checkpoint, device=None):
+    """(model, spec, settings, device) from a last.pt or a run folder."""
+    state = load_checkpoint(checkpoint)
+    settings = state["settings"]
+    device = device or resolve_device(settings["train"]["device"])
+    spec = registry.get(settings["model"])
+    model = build_model(spec, settings["hyper"], device)
+    try:
+        model.load_state_dict(state["model_state"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{checkpoint} does not fit model {spec.name} with its saved settings: "
+                              f"{_one_line(exc)}") from None
+    return model, spec, settings, device
+
+
+_VIEW_NOTES = {"image": "the 28×28 image", "flat": "784 pixels at once", "rows": "28 rows of 28 pixels, a row a step",
+               "pixels": "784 pixels, one a step", "patches": "patches of the image, one a token"}
+
+
+def model_pictures(model, spec, settings, test_x, test_y, out_dir) -> list[Path]:
+    """Every picture of a trained model (not the run's curves): its architecture, the model's own
+    pictures (its registry ``plots`` hook), the fast and slow units of MTRNN-based models, and, for
+    classifiers, the 2-D embedding of the penultimate features. Drawn after a run's evaluation and
+    by ``pyneuro viz``."""
+    from ..nn import MTRNN
+    from ..viz.architecture import plot_architecture
+
+    out = Path(out_dir)
+    hyper = settings["hyper"]
+    view = input_view(spec, hyper)
+    device = next(model.parameters()).device
+    probe = torch.zeros(2, 28, 28, dtype=torch.uint8, device=device)
+    example = model.prepare(probe, train=False) if spec.generative else model_input(spec, hyper, probe)
+    paths = [plot_architecture(model, example, out / "architecture.png", title=spec.name,
+                               input_note=_VIEW_NOTES.get(view, view))]
+    hook = spec.plot_function()
+    if hook is not None:
+        paths.extend(hook(model, test_x, test_y, out, title=spec.name, view=view))
+    if not spec.generative:
+        if any(isinstance(m, MTRNN) for m in model.modules()):
+            from ..viz.mtrnn import plot_unit_activity
+
+            paths.append(plot_unit_activity(model, test_x, test_y, out / "units.png", title=spec.name, view=view))
+        from ..viz.embedding import plot_embedding
+
+        paths.append(plot_embedding(model, test_x, test_y, out / "embedding.png", title=spec.name, view=view))
+    return [Path(p) for p in paths]
+
+
+def write_report(out_dir) -> Path:
+    """The run's report.html (settings, metrics, every picture), beside its files."""
+    from ..viz.report import write_report as write
+
+    return write(out_dir)
 
 
 def _evaluate_generative_run(out, model, spec, settings, device, test_x, test_y, stream) -> dict:
@@ -652,11 +697,4 @@ def _evaluate_classifier_run(out, model, spec, settings, device, test_x, test_y,
     records = [{"val_loss": nan, "val_acc": nan, **r} for r in MetricsLog(out / "metrics.jsonl").read()]
     summary["plots"] = [str(p) for p in plots.run_plots(out, records, cm, test_x, test_y, res["preds"],
                                                          res["probs"], title=spec.name)]
-    from ..nn import MTRNN  # the fast and slow units' traces over the rows, for models built on MTRNN
-
-    if any(isinstance(m, MTRNN) for m in model.modules()):
-        from ..viz.mtrnn import plot_unit_activity
-
-        summary["plots"].append(str(plot_unit_activity(model, test_x, test_y, out / "units.png", title=spec.name,
-                                                       view=input_view(spec, settings["hyper"]))))
     return summary
