@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # The demo: the CNN's `fast` preset (config.json), >= 99.0% on test in two epochs.
 DEMO_ARGS ?= --model cnn --preset fast --out runs/demo-cnn --overwrite
 
-.PHONY: setup build demo test test-slow test-all cuda-compile triton-compile triton-compile-all gpu-check bench clean
+.PHONY: setup build demo test test-slow test-all cuda-compile triton-compile triton-compile-all gpu-check bench bench-record docs clean
 
 setup: $(VENV)/.deps-installed
 
@@ -62,6 +62,15 @@ triton-compile-all: setup
 
 bench: build
 	$(BIN)/python -m benchmarks
+
+# Every figure in docs/figures and every measured table in docs/kernels, regenerated: figures from
+# the recorded runs in runs/ where they exist, else from small runs this trains itself (about an
+# hour on 2 CPU cores); tables from docs/bench/*.json (record one with `make bench-record`).
+docs: build
+	$(BIN)/python scripts/make_docs.py
+
+bench-record: build
+	$(BIN)/python -m benchmarks --device cpu --json docs/bench/cpu.json
 
 gpu-check:
 	bash scripts/gpu_check.sh

@@ -18,9 +18,24 @@ from .cases import CASES
 from .timing import copy_bandwidth, gemm_peak, time_fn
 
 
+def cpu_name() -> str:
+    """The processor's model name and its widest x86 vector ISA (ratios differ between AVX2 and
+    AVX-512 machines, so recorded runs say which one they ran on)."""
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+                platform.machine())
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+    return f"{name}{', ' + isa if isa else ''}"
+
+
 def machine(device: torch.device) -> dict:
     info = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "platform": platform.platform()}
+            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "platform": platform.platform(),
+            "cpu": cpu_name()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
