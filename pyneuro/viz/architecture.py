@@ -10,6 +10,7 @@ call count.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,21 @@ def _short(text: str, width: int = 56) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _describe(module: nn.Module) -> str:
+    """The module's own summary (extra_repr), or else what it is made of."""
+    own = module.extra_repr()
+    if own:
+        return _short(own)
+    parts = [f"{name}: {type(child).__name__}" for name, child in module.named_children()]
+    return _short(", ".join(parts))
+
+
+def loose_parameters(model: nn.Module) -> list[tuple[str, tuple]]:
+    """Parameters held outside every box (a class token, a positional table): (name, shape)."""
+    boxed = {id(p) for _, module in _layers(model) for p in module.parameters()}
+    return [(name, tuple(p.shape)) for name, p in model.named_parameters() if id(p) not in boxed]
+
+
 @torch.no_grad()
 def trace_calls(model: nn.Module, example) -> list[LayerCall]:
     """Run ``model(example)`` once (eval mode, no gradients, the caller's RNG state kept) and return
@@ -71,7 +87,7 @@ def trace_calls(model: nn.Module, example) -> list[LayerCall]:
     handles = []
     for path, module in _layers(model):
         def hook(mod, args, output, path=path):
-            calls.append(LayerCall(path, type(mod).__name__, _short(mod.extra_repr()),
+            calls.append(LayerCall(path, type(mod).__name__, _describe(mod),
                                    sum(p.numel() for p in mod.parameters()), _shape_of(output)))
         handles.append(module.register_forward_hook(hook))
     was_training = model.training
@@ -137,10 +153,11 @@ def plot_architecture(model: nn.Module, example, path, title: str = "", input_no
         raise ValueError("model: its forward pass called no submodule, nothing to draw")
     in_shape = _shape_of(example)
     rows = len(layers) + 1
-    fig_height = 0.9 + 0.46 * rows
+    extra = 0.5 if loose_parameters(model) else 0.0  # room for the line of loose parameters
+    fig_height = 0.9 + 0.46 * (rows + extra)
     fig, ax = plt.subplots(figsize=(7.6, fig_height))
     ax.set_xlim(0, 10)
-    ax.set_ylim(-rows + 0.4, 1.0)
+    ax.set_ylim(-rows + 0.4 - extra, 1.0)
     ax.axis("off")
 
     def box(y, text, sub, filled):
@@ -153,6 +170,12 @@ def plot_architecture(model: nn.Module, example, path, title: str = "", input_no
             ax.text(7.25, y, sub, ha="left", va="center", fontsize=7, color="#333333", family="monospace")
 
     box(0.4, f"input {in_shape}" + (f"\n{input_note}" if input_note else ""), "", True)
+    loose = loose_parameters(model)
+    if loose:  # parameters the model's forward uses itself, outside every layer
+        listed = ", ".join(f"{name} {tuple(shape)}" for name, shape in loose)
+        count = sum(math.prod(shape) for _, shape in loose)
+        ax.text(3.6, 0.6 - (len(layers) + 1), f"parameters outside the layers: {_short(listed, 70)} ({count:,})",
+                ha="center", va="center", fontsize=7.5, color="#333333")
     for row, layer in enumerate(layers, start=1):
         y = 0.4 - row
         ax.annotate("", xy=(3.6, y + 0.27), xytext=(3.6, y + 0.73),

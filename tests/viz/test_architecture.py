@@ -86,3 +86,19 @@ def test_every_model_draws(name, tmp_path):
     path = plot_architecture(model, example, tmp_path / "architecture.png", title=name, input_note="a note")
     picture = mpimg.imread(path)
     assert picture.shape[0] > 200 and picture.shape[1] > 400
+
+
+def test_parameters_outside_every_layer_are_listed():
+    class WithToken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.token = nn.Parameter(torch.zeros(1, 4))
+            self.proj = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.proj(x + self.token)
+
+    from pyneuro.viz.architecture import loose_parameters
+
+    assert loose_parameters(WithToken()) == [("token", (1, 4))]
+    assert loose_parameters(_Twice()) == []
