@@ -587,7 +587,7 @@ def evaluate_run(out_dir, device=None, model=None, settings=None, checkpoint=Non
         summary = _evaluate_generative_run(out, model, spec, settings, device, test_x, test_y, stream)
     else:
         summary = _evaluate_classifier_run(out, model, spec, settings, device, test_x, test_y, stream)
-    summary["plots"].extend(str(p) for p in model_pictures(model, spec, settings, test_x, test_y, out))
+    summary["plots"].extend(str(p) for p in model_pictures(model, spec, settings, test_x, test_y, out, stream))
     write_report(out)
     return summary
 
@@ -611,33 +611,43 @@ _VIEW_NOTES = {"image": "the 28×28 image", "flat": "784 pixels at once", "rows"
                "pixels": "784 pixels, one a step", "patches": "patches of the image, one a token"}
 
 
-def model_pictures(model, spec, settings, test_x, test_y, out_dir) -> list[Path]:
+def model_pictures(model, spec, settings, test_x, test_y, out_dir, stream=None) -> list[Path]:
     """Every picture of a trained model (not the run's curves): its architecture, the model's own
     pictures (its registry ``plots`` hook), the fast and slow units of MTRNN-based models, and, for
     classifiers, the 2-D embedding of the penultimate features. Drawn after a run's evaluation and
     by ``pyneuro viz``."""
     from ..nn import MTRNN
     from ..viz.architecture import plot_architecture
+    from ..viz.embedding import plot_embedding
+    from ..viz.mtrnn import plot_unit_activity
 
     out = Path(out_dir)
     hyper = settings["hyper"]
     view = input_view(spec, hyper)
-    device = next(model.parameters()).device
+    device = next(model.parameters(), torch.empty(0)).device
     probe = torch.zeros(2, 28, 28, dtype=torch.uint8, device=device)
     example = model.prepare(probe, train=False) if spec.generative else model_input(spec, hyper, probe)
-    paths = [plot_architecture(model, example, out / "architecture.png", title=spec.name,
-                               input_note=_VIEW_NOTES.get(view, view))]
+    pictures = [("architecture", lambda: [plot_architecture(model, example, out / "architecture.png", title=spec.name,
+                                                            input_note=_VIEW_NOTES.get(view, view))])]
     hook = spec.plot_function()
     if hook is not None:
-        paths.extend(hook(model, test_x, test_y, out, title=spec.name, view=view))
+        pictures.append((f"{spec.name}'s own pictures",
+                         lambda: hook(model, test_x, test_y, out, title=spec.name, view=view)))
     if not spec.generative:
         if any(isinstance(m, MTRNN) for m in model.modules()):
-            from ..viz.mtrnn import plot_unit_activity
-
-            paths.append(plot_unit_activity(model, test_x, test_y, out / "units.png", title=spec.name, view=view))
-        from ..viz.embedding import plot_embedding
-
-        paths.append(plot_embedding(model, test_x, test_y, out / "embedding.png", title=spec.name, view=view))
+            pictures.append(("units", lambda: [plot_unit_activity(model, test_x, test_y, out / "units.png",
+                                                                  title=spec.name, view=view)]))
+        pictures.append(("embedding", lambda: [plot_embedding(model, test_x, test_y, out / "embedding.png",
+                                                              title=spec.name, view=view)]))
+    paths = []
+    for name, draw in pictures:
+        # A picture that does not fit a model's settings (a cnn built without conv layers has no
+        # filters to show) is skipped with the reason: it must not fail a run that trained.
+        try:
+            paths.extend(draw())
+        except ValueError as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            print(f"pyneuro: note: {name} not drawn: {reason}", file=stream or sys.stderr)
     return [Path(p) for p in paths]
 
 

@@ -73,7 +73,7 @@ def _describe(module: nn.Module) -> str:
 
 def loose_parameters(model: nn.Module) -> list[tuple[str, tuple]]:
     """Parameters held outside every box (a class token, a positional table): (name, shape)."""
-    boxed = {id(p) for _, module in _layers(model) for p in module.parameters()}
+    boxed = {id(p) for _, module in (list(_layers(model)) or [("", model)]) for p in module.parameters()}
     return [(name, tuple(p.shape)) for name, p in model.named_parameters() if id(p) not in boxed]
 
 
@@ -85,7 +85,8 @@ def trace_calls(model: nn.Module, example) -> list[LayerCall]:
         raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     calls: list[LayerCall] = []
     handles = []
-    for path, module in _layers(model):
+    # A model without submodules is one box: itself.
+    for path, module in list(_layers(model)) or [(type(model).__name__, model)]:
         def hook(mod, args, output, path=path):
             calls.append(LayerCall(path, type(mod).__name__, _describe(mod),
                                    sum(p.numel() for p in mod.parameters()), _shape_of(output)))

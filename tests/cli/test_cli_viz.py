@@ -41,3 +41,12 @@ def test_viz_of_a_missing_run_is_a_one_line_error(tmp_path, capsys):
     assert cli.main(["viz", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("pyneuro: error:") and "nothing" in err and len(err.splitlines()) == 1
+
+
+def test_a_picture_that_does_not_fit_the_model_is_a_note_not_a_failure(tiny_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", "--model", "cnn", "--set", "model.channels=[]", "--set", f"train.data_dir={tiny_data}",
+                     "--set", "train.threads=1", "--epochs", "1", "--device", "cpu", "--out", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "pyneuro: note: cnn's own pictures not drawn: model: expected at least one nn.Conv2d" in err
+    assert (run / "eval.json").exists() and (run / "architecture.png").exists() and (run / "report.html").exists()

@@ -59,7 +59,7 @@ def test_vae_run_end_to_end(tiny_data, tmp_path):
         assert r["train_recon_nats"] + r["train_kl_nats"] == pytest.approx(r["train_neg_elbo_nats"])
 
     names = {p.rsplit("/", 1)[-1] for p in summary["plots"]}
-    assert names == {"curves.png", "reconstructions.png", "samples.png", "latent.png", "manifold.png"}
+    assert names == {"curves.png", "architecture.png", "reconstructions.png", "samples.png", "latent.png", "manifold.png"}
     assert all((tmp_path / n).stat().st_size > 1000 for n in names)
     text = stream.getvalue()
     assert "evaluating vae" in text and "iw_nll_nats" in text and "acc" not in text

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from pyneuro.models import registry
 from pyneuro.train.loop import model_input
-from pyneuro.viz.architecture import plot_architecture, trace_calls, trace_layers
+from pyneuro.viz.architecture import loose_parameters, plot_architecture, trace_calls, trace_layers
 
 
 class _Twice(nn.Module):
@@ -102,3 +102,18 @@ def test_parameters_outside_every_layer_are_listed():
 
     assert loose_parameters(WithToken()) == [("token", (1, 4))]
     assert loose_parameters(_Twice()) == []
+
+
+def test_a_model_without_submodules_is_one_box(tmp_path):
+    class Bare(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            return x * self.w
+
+    layers = trace_layers(Bare(), torch.zeros(2, 3))
+    assert [(l.name, l.out_shape, l.params) for l in layers] == [("Bare", "(2, 3)", 3)]
+    assert loose_parameters(Bare()) == []
+    plot_architecture(Bare(), torch.zeros(2, 3), tmp_path / "a.png")
