@@ -56,7 +56,7 @@ RUNS: dict[str, Run] = {
     "mtrnn": Run("mtrnn", ["--epochs", "2", *SMALL], [*_CLASSIFIER, "units.png"]),
     "pvrnn": Run("pvrnn", ["--epochs", "5", "--set", "model.sequences=2000", "--set", "train.train_subset=2000",
                            "--set", "model.completion_subset=200"],
-                 ["curves.png", "architecture.png", "generations.png", "completions.png"]),
+                 ["curves.png", "architecture.png", "generations.png", "completions.png", "prior_posterior.png"]),
     "vae": Run("vae", ["--epochs", "3", "--set", "train.train_subset=10000", "--set", "model.iw_samples=50"],
                ["curves.png", "architecture.png", "reconstructions.png", "samples.png", "latent.png"]),
     "vae-latent2": Run("vae", ["--preset", "latent2", "--epochs", "3", "--set", "train.train_subset=10000",

@@ -198,7 +198,8 @@ class PVRNN(nn.Module):
         """Run the network for ``steps`` rows. ``posterior`` = (a_init (B, 2 Σ init_sizes), a_steps
         (B, T_q, 2 Σ z_sizes)) or None: z_0 and z_1..z_{T_q} come from it and the rest from the prior
         (``sample``: a draw, else its mean; ``z0_mean`` with no posterior: z_0 = 0, the prior's mean).
-        -> logits (B, steps, 28), kl_init (B, L), kl_steps (B, T_q, L), d (list of (B, steps, d_l))."""
+        -> logits (B, steps, 28), kl_init (B, L), kl_steps (B, T_q, L), d (list of (B, steps, d_l)),
+        prior (per layer: (mean, log σ), each (B, steps, z_l)): the prior every step's z was judged by."""
         n, device = len(self.d_sizes), self.readout.weight.device
         alpha = 1.0 / self.taus
 
@@ -220,12 +221,15 @@ class PVRNN(nn.Module):
         u = [init(z) for init, z in zip(self.init_states, z0)]
         d = [torch.tanh(v) for v in u]
         logits, kls, traces = [], [], [[] for _ in range(n)]
+        prior_mu, prior_logsig = [[] for _ in range(n)], [[] for _ in range(n)]
         for t in range(steps):
             kl_t = []
             new_d = [None] * n
             for l in reversed(range(n)):  # top-down: layer l hears layer l+1's new activity
                 mu_p, logsig_p = self.priors[l](d[l]).chunk(2, -1)
                 mu_p = torch.tanh(mu_p)
+                prior_mu[l].append(mu_p)
+                prior_logsig[l].append(logsig_p)
                 if t < t_q:
                     mu_q, logsig_q = q_steps[l][0][:, t], q_steps[l][1][:, t]
                     z = mu_q + noise(mu_q.shape) * logsig_q.exp()
@@ -243,7 +247,8 @@ class PVRNN(nn.Module):
                 kls.append(torch.stack(kl_t[::-1], -1))
         kl_steps = torch.stack(kls, 1) if kls else torch.zeros(batch, 0, n, device=device)
         return {"logits": torch.stack(logits, 1), "kl_init": kl_init, "kl_steps": kl_steps,
-                "d": [torch.stack(tr, 1) for tr in traces]}
+                "d": [torch.stack(tr, 1) for tr in traces],
+                "prior": [(torch.stack(m, 1), torch.stack(ls, 1)) for m, ls in zip(prior_mu, prior_logsig)]}
 
     def free_energy(self, posterior, x: torch.Tensor, lo: int, hi: int, generator=None):
         """Per sequence: recon over rows [lo, hi) of x + Σ_l w_l KL over the latents of those rows

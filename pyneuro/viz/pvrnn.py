@@ -1,4 +1,5 @@
-"""PV-RNN's pictures: digits generated from the prior, completions of half-seen test digits, and
+"""PV-RNN's pictures: digits generated from the prior, completions of half-seen test digits, each
+row's latent posterior against the prior, and
 (a separate, slower entry) the effect of the meta-prior w.
 
     python -m pyneuro.viz.pvrnn --meta-prior-sweep [--out runs/pvrnn-sweep] [--sequences 2000] [--epochs 25]
@@ -17,7 +18,8 @@ import torch
 
 from .plots import _save, plt  # imported there with the file-only Agg backend
 
-__all__ = ["pvrnn_pictures", "generations", "completions", "meta_prior_sweep", "generation_variety"]
+__all__ = ["pvrnn_pictures", "generations", "completions", "prior_posterior", "meta_prior_sweep",
+           "generation_variety"]
 
 PICTURE_SEED = 7
 SWEEP_WEIGHTS = (0.0001, 0.001, 0.01, 0.1)
@@ -83,6 +85,54 @@ def completions(model, images, labels, path: Path, title: str = "pvrnn", count: 
     return _save(fig, path)
 
 
+@torch.no_grad()
+def prior_posterior(model, images, labels, path: Path, title: str = "pvrnn", count: int = 3) -> Path:
+    """For ``count`` test digits, seen whole: the posterior of every step's latent z (mean ± σ, from
+    adaptive vectors inferred by error regression on all 28 rows) against the prior the network
+    predicts for that step from its own state (mean ± σ), one panel per latent unit, and the KL
+    per row. Where the posterior leaves the prior, the row told the network something its own
+    dynamics did not expect; with a strong meta-prior the two stay together."""
+    from ..models.pvrnn import ROWS
+
+    if images.dim() != 3 or len(images) != len(labels) or len(images) < count:
+        raise ValueError(f"images: expected uint8 (N >= {count}, 28, 28) with one label each, got {tuple(images.shape)}")
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(PICTURE_SEED))[:count]
+    device = model.readout.weight.device
+    x = images[pick].to(device, model.readout.weight.dtype) / 255.0
+    a_init, a_steps = model.error_regression(x, seen=ROWS)
+    out = model.unroll((a_init, a_steps), steps=ROWS, sample=False)
+    posterior = model._split(a_steps, model.z_sizes)  # per layer: (mean, log σ), (B, 28, z_l)
+    units = [(l, k) for l, size in enumerate(model.z_sizes) for k in range(size)]
+    rows = torch.arange(1, ROWS + 1)
+    fig, axes = plt.subplots(count, len(units) + 2, figsize=(1.9 * (len(units) + 2), 1.6 * count + 0.5), squeeze=False)
+    for i in range(count):
+        _show(axes[i, 0], x[i], f"digit {labels[pick[i]].item()}")
+        for j, (l, k) in enumerate(units):
+            ax = axes[i, j + 1]
+            for (mu, logsig), name, colour in ((out["prior"][l], "prior", "tab:gray"), (posterior[l], "posterior", "tab:blue")):
+                m, sd = mu[i, :, k].cpu(), logsig[i, :, k].exp().cpu()
+                ax.plot(rows, m, color=colour, lw=1, label=name)
+                ax.fill_between(rows, m - sd, m + sd, color=colour, alpha=0.25, lw=0)
+            ax.set_ylim(-2, 2)
+            ax.tick_params(labelsize=6)
+            if i == 0:
+                ax.set_title(f"layer {l + 1}, z[{k}]", fontsize=7)
+            if i == count - 1:
+                ax.set_xlabel("row", fontsize=7)
+        kl = out["kl_steps"][i].cpu()  # (28, L)
+        ax = axes[i, -1]
+        for l in range(kl.shape[1]):
+            ax.plot(rows, kl[:, l], lw=1, label=f"layer {l + 1}")
+        ax.tick_params(labelsize=6)
+        if i == 0:
+            ax.set_title("KL(posterior ‖ prior) per row", fontsize=7)
+            ax.legend(fontsize=6)
+    axes[0, 1].legend(fontsize=6, loc="upper right")
+    fig.suptitle(f"{title}: each row's latent z, posterior (inferred from the whole digit) against the prior "
+                 f"(predicted from the network's state); bands ± σ", fontsize=9)
+    return _save(fig, Path(path))
+
+
 def pvrnn_pictures(model, images, labels, out_dir, title: str = "pvrnn", view: str = "rows") -> list[Path]:
     """The model's plots hook (see pyneuro/models/registry.py)."""
     out = Path(out_dir)
@@ -90,7 +140,8 @@ def pvrnn_pictures(model, images, labels, out_dir, title: str = "pvrnn", view: s
     model.eval()
     try:
         return [generations(model, out / "generations.png", title),
-                completions(model, images, labels, out / "completions.png", title)]
+                completions(model, images, labels, out / "completions.png", title),
+                prior_posterior(model, images, labels, out / "prior_posterior.png", title)]
     finally:
         model.train(was_training)
 

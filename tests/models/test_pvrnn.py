@@ -64,6 +64,34 @@ def test_forward_backward_shapes_gradients_and_adaptive_rows():
     assert model.generate(index=torch.tensor([1, 2])).shape == (2, 28, 28)
 
 
+def test_unroll_returns_the_prior_each_step_was_judged_by(tmp_path):
+    torch.manual_seed(0)
+    model = pv.PVRNN(**TINY).eval()
+    with torch.no_grad():
+        model.adaptive.normal_(0, 0.5)
+    posterior = model._posterior(model.adaptive[:3])
+    out = model.unroll(posterior, steps=28, sample=False)
+    assert [tuple(m.shape) for m, _ in out["prior"]] == [(3, 28, 2), (3, 28, 1)]
+    # The returned prior gives back the KL the unroll computed against it, step by step.
+    q = model._split(posterior[1], model.z_sizes)
+    for l, ((mu_p, ls_p), (mu_q, ls_q)) in enumerate(zip(out["prior"], q)):
+        torch.testing.assert_close(pv._gaussian_kl(mu_q, ls_q, mu_p, ls_p).sum(-1), out["kl_steps"][..., l])
+    # Layer 1's prior at step 0 comes from its initial state alone.
+    d0 = torch.tanh(model.init_states[0](model._split(posterior[0], model.init_sizes)[0][0]))
+    mu, ls = model.priors[0](d0).chunk(2, -1)
+    torch.testing.assert_close(out["prior"][0][0][:, 0], torch.tanh(mu))
+    torch.testing.assert_close(out["prior"][0][1][:, 0], ls)
+
+    from pyneuro.viz.pvrnn import prior_posterior
+
+    path = prior_posterior(model, _images(5), torch.arange(5), tmp_path / "pp.png", count=2)
+    import matplotlib.image as mpimg
+
+    assert mpimg.imread(path).shape[0] > 200
+    with pytest.raises(ValueError, match="images"):
+        prior_posterior(model, _images(1), torch.arange(1), tmp_path / "pp.png", count=2)
+
+
 def test_eval_mode_leaves_the_table_alone_and_meta_prior_weights_the_kl():
     torch.manual_seed(0)
     model = pv.PVRNN(**TINY).eval()
