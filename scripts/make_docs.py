@@ -195,8 +195,24 @@ def render_table(results: dict, op: str) -> str:
                         f"| {row['median_s'] * 1e3:.3f} ms | {ratio} | {limit} |")
     if len(rows) == 2:
         return ""
+    floors = []  # what each case costs at the machine's measured limit: the time no backend beats
+    for case in results["cases"]:
+        if case["op"] != op:
+            continue
+        what = f"{case['mode']} {case['dtype']} ({_shape_text(case['shape'])})"
+        if case.get("flops"):
+            peak = results.get("gemm_peak_TFLOPs", {}).get(case["dtype"])
+            if peak:
+                floors.append(f"- {what}: {case['flops'] / 1e9:.3g} GFLOP, {case['flops'] / (peak * 1e12) * 1e3:.3f} ms "
+                              f"at the GEMM peak")
+        elif case.get("bytes"):
+            bw = results["copy_bandwidth_GBps"]
+            floors.append(f"- {what}: {case['bytes'] / 1e6:.3g} MB of minimum traffic, "
+                          f"{case['bytes'] / (bw * 1e9) * 1e3:.3f} ms at the copy bandwidth")
+    limits = ("\n\nThe floor of each case (its work at the machine's limit measured in the same run):\n\n"
+              + "\n".join(floors)) if floors else ""
     command = f"python -m benchmarks --ops {op} --device {results['device'].split(':')[0]}"
-    return head + "\n".join(rows) + f"\n\nReproduce: `{command}`.\n"
+    return head + "\n".join(rows) + limits + f"\n\nReproduce: `{command}`.\n"
 
 
 def _marked_blocks(text: str):

@@ -52,7 +52,7 @@ def _recorded(cases):
 
 def test_render_table_rows_ratios_and_limits():
     case = {"op": "lstm", "mode": "fwd+bwd", "dtype": "float32", "shape": {"T": 28, "B": 128},
-            "baseline": "torch.nn", "results": [
+            "baseline": "torch.nn", "flops": 2e6, "results": [
                 {"contender": "torch.nn", "median_s": 0.010, "speedup_vs_baseline": 1.0, "fraction_of_gemm_peak": 0.4},
                 {"contender": "cpu", "median_s": 0.005, "speedup_vs_baseline": 2.0, "fraction_of_gemm_peak": 0.8},
                 {"contender": "triton", "error": "RuntimeError: no GPU"}]}
@@ -64,6 +64,7 @@ def test_render_table_rows_ratios_and_limits():
     assert "| cpu | 5.000 ms | 2.00× | 80% GEMM |" in lines[1]
     assert "| triton | error |" in lines[2]
     assert "Some CPU, AVX2" in table and "python -m benchmarks --ops lstm --device cpu" in table
+    assert "- fwd+bwd float32 (T=28, B=128): 0.002 GFLOP, 0.005 ms at the GEMM peak" in table
     assert make_docs.render_table(_recorded([other]), "lstm") == ""
 
 
