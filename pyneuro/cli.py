@@ -144,15 +144,20 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _output_dir(checkpoint: str, out: str | None) -> Path:
+    """--out, or else the folder of the checkpoint (a run folder or its last.pt); created."""
+    folder = Path(out) if out else (Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def cmd_eval(args) -> int:
     from .train import loop
     from .train.checkpoint import load_checkpoint
 
     _check_device(args.device)
     state = load_checkpoint(args.checkpoint)
-    ckpt_dir = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
-    out = Path(args.out) if args.out else ckpt_dir
-    out.mkdir(parents=True, exist_ok=True)
+    out = _output_dir(args.checkpoint, args.out)
     device = loop.resolve_device(args.device or state["settings"]["train"]["device"])
     summary = loop.evaluate_run(out, device=device, checkpoint=args.checkpoint)
     print(json.dumps(_headline(summary)))
@@ -165,9 +170,7 @@ def cmd_viz(args) -> int:
     _check_device(args.device)
     model, spec, settings, device = loop.load_run_model(
         args.checkpoint, loop.resolve_device(args.device) if args.device else None)
-    ckpt_dir = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
-    out = Path(args.out) if args.out else ckpt_dir
-    out.mkdir(parents=True, exist_ok=True)
+    out = _output_dir(args.checkpoint, args.out)
     test_x, test_y = loop.load_split("test", settings["train"]["data_dir"])
     paths = [str(p) for p in loop.model_pictures(model, spec, settings, test_x, test_y, out)]
     if (out / "settings.json").exists() or (out / "eval.json").exists():

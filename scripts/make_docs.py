@@ -67,10 +67,14 @@ RUNS: dict[str, Run] = {
 }
 
 
-def _pyneuro(*args: str) -> None:
-    cmd = [sys.executable, "-m", "pyneuro", *args]
+def _python_module(module: str, *args: str) -> None:
+    cmd = [sys.executable, "-m", module, *args]
     print("+", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def _pyneuro(*args: str) -> None:
+    _python_module("pyneuro", *args)
 
 
 def _is_complete(folder: Path, run: Run) -> bool:
@@ -88,9 +92,7 @@ def _run_folder(name: str, run: Run, runs: Path, extra_args=()) -> tuple[Path, b
     small = runs / "docs" / name
     if not _is_complete(small, run):
         if run.sweep:
-            cmd = [sys.executable, "-m", "pyneuro.viz.pvrnn", "--meta-prior-sweep", "--out", str(small), *run.small_args]
-            print("+", " ".join(cmd[1:]), flush=True)
-            subprocess.run(cmd, check=True, cwd=ROOT)
+            _python_module("pyneuro.viz.pvrnn", "--meta-prior-sweep", "--out", str(small), *run.small_args)
         else:
             _pyneuro("train", "--model", run.model, "--out", str(small), "--overwrite", *run.small_args, *extra_args)
     return small, False

@@ -8,8 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .cnn import _check_images, _save_png
-from .plots import plt  # imported there with the file-only Agg backend
+from .plots import _check_images, _save, plt  # plt: imported there with the file-only Agg backend
 
 __all__ = ["plot_weights", "plots"]
 
@@ -46,7 +45,7 @@ def plot_weights(model: nn.Module, path, units: int = 64, title: str = "ann") ->
         ax.set_title(f"unit {u}", fontsize=6, pad=2)
     fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02, label="weight / max |weight| of the unit")
     fig.suptitle(f"{title}: first layer's weights per hidden unit as 28×28 images ({n} units)", fontsize=9)
-    return _save_png(fig, Path(path))
+    return _save(fig, Path(path), tight_layout=False)
 
 
 def plots(model, images, labels, out_dir, title: str = "ann", view: str | None = None) -> list[Path]:

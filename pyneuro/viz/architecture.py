@@ -49,6 +49,11 @@ def _layers(model: nn.Module, prefix: str = ""):
             yield path, child
 
 
+def _boxes(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every box; a model without submodules is one box: itself."""
+    return list(_layers(model)) or [(type(model).__name__, model)]
+
+
 def _shape_of(output) -> str:
     while isinstance(output, (tuple, list)) and output:
         output = output[0]
@@ -73,7 +78,7 @@ def _describe(module: nn.Module) -> str:
 
 def loose_parameters(model: nn.Module) -> list[tuple[str, tuple]]:
     """Parameters held outside every box (a class token, a positional table): (name, shape)."""
-    boxed = {id(p) for _, module in (list(_layers(model)) or [("", model)]) for p in module.parameters()}
+    boxed = {id(p) for _, module in _boxes(model) for p in module.parameters()}
     return [(name, tuple(p.shape)) for name, p in model.named_parameters() if id(p) not in boxed]
 
 
@@ -85,8 +90,7 @@ def trace_calls(model: nn.Module, example) -> list[LayerCall]:
         raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     calls: list[LayerCall] = []
     handles = []
-    # A model without submodules is one box: itself.
-    for path, module in list(_layers(model)) or [(type(model).__name__, model)]:
+    for path, module in _boxes(model):
         def hook(mod, args, output, path=path):
             calls.append(LayerCall(path, type(mod).__name__, _describe(mod),
                                    sum(p.numel() for p in mod.parameters()), _shape_of(output)))

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..data import to_view
-from .plots import _save, plt  # plt: imported there with the file-only Agg backend
+from .plots import _check_images, _save, plt  # plt: imported there with the file-only Agg backend
 
 __all__ = ["plot_filters", "plot_feature_maps", "plots"]
 
@@ -27,21 +27,6 @@ def _conv_layers(model: nn.Module) -> list[nn.Conv2d]:
     return convs
 
 
-def _check_images(images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 (N, 28, 28) (or (N, 1, 28, 28)) -> (N, 28, 28); ValueError naming the bad argument."""
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
-        raise ValueError(f"images: expected a uint8 tensor (N, 28, 28), got "
-                         f"{getattr(images, 'dtype', type(images).__name__)}")
-    if images.dim() == 4 and images.shape[1] == 1:
-        images = images[:, 0]
-    if images.dim() != 3 or images.shape[1:] != (28, 28) or len(images) == 0:
-        raise ValueError(f"images: expected uint8 (N, 28, 28) with N >= 1, got shape {tuple(images.shape)}")
-    if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != (len(images),)):
-        raise ValueError(f"labels: expected one label per image, shape ({len(images)},), got "
-                         f"{tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__}")
-    return images
-
-
 def _stage_outputs(model: nn.Module, convs: list[nn.Conv2d]) -> dict[nn.Conv2d, nn.Module]:
     """For each conv, the module whose output is that conv's activation map: the last of the
     norm/activation modules that directly follow it in its nn.Sequential, else the conv itself."""
@@ -56,16 +41,6 @@ def _stage_outputs(model: nn.Module, convs: list[nn.Conv2d]) -> dict[nn.Conv2d, 
                 j += 1
             stage[child] = children[j - 1]
     return stage
-
-
-def _save_png(fig, path: Path) -> Path:
-    """Write ``fig`` as a PNG atomically like plots._save, but without its tight_layout, which
-    cannot place a colour bar shared by several axes and would undo a constrained layout."""
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
 
 
 @torch.no_grad()
@@ -99,7 +74,7 @@ def plot_filters(model: nn.Module, path, title: str = "cnn", max_filters: int = 
     fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02, label="weight")
     kh, kw = weight.shape[2:]
     fig.suptitle(f"{title}: first conv layer's {kh}×{kw} filters (one colour scale, 0 = white)", fontsize=9)
-    return _save_png(fig, Path(path))
+    return _save(fig, Path(path), tight_layout=False)
 
 
 @torch.no_grad()

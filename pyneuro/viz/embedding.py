@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from ..data import VIEWS, to_view
-from .cnn import _check_images
-from .plots import _save, plt  # plt: imported there with the file-only Agg backend
+from .plots import _check_images, _save, plt  # plt: imported there with the file-only Agg backend
 
 __all__ = ["penultimate_features", "pca_2d", "plot_embedding"]
 

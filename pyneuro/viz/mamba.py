@@ -23,9 +23,7 @@ from torch import nn
 
 from .. import nn as pnn
 from ..data import to_view
-from .cnn import _check_images, _save_png
-from .mtrnn import _one_per_class
-from .plots import plt  # imported there with the file-only Agg backend
+from .plots import _check_images, _digit_panel, _one_per_class, _save, plt  # plt: file-only Agg backend
 from .recurrent import _model_view
 
 __all__ = ["recompute_selective_scan", "plot_selectivity", "plots"]
@@ -121,13 +119,7 @@ def plot_selectivity(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     fig, axes = plt.subplots(n, 4, figsize=(10.5, 1.6 * n + 1.3), squeeze=False, layout="constrained",
                              gridspec_kw={"width_ratios": [0.55, 1.0, 1.0, 1.0]})
     for r, index in enumerate(picks):
-        ax = axes[r, 0]
-        ax.imshow(images[index].cpu().numpy(), cmap="gray_r")
-        ok = predictions[r].item() == labels[index].item()
-        ax.set_title(f"digit {labels[index].item()} → {predictions[r].item()}", fontsize=8,
-                     color="black" if ok else "red")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        _digit_panel(axes[r, 0], images[index], labels[index].item(), predictions[r].item())
         im_delta = axes[r, 1].imshow(delta[r].t().numpy(), aspect="auto", cmap="magma", norm=delta_scale,
                                      interpolation="nearest", extent=extent)
         im_norm = axes[r, 2].imshow(per_channel[r].t().numpy(), aspect="auto", cmap="viridis", vmin=0,
@@ -155,7 +147,7 @@ def plot_selectivity(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     fig.colorbar(im_norm, ax=axes[:, 2].tolist(), location="bottom", shrink=0.8, aspect=25, label="‖h_t‖")
     fig.suptitle(f"{title}: selectivity of Mamba block {layer + 1} of {len(blocks)} (first {shown} of "
                  f"{block.d_inner} channels, d_state {block.d_state})", fontsize=9)
-    return _save_png(fig, Path(path))
+    return _save(fig, Path(path), tight_layout=False)
 
 
 def plots(model, images, labels, out_dir, title: str = "mamba", view: str | None = None) -> list[Path]:

@@ -7,7 +7,7 @@ import torch
 
 from ..data import to_view
 from ..nn import MTRNN
-from .plots import plt  # imported there with the file-only Agg backend
+from .plots import _one_per_class, plt  # plt: imported there with the file-only Agg backend
 
 __all__ = ["plot_unit_activity"]
 
@@ -17,16 +17,6 @@ def _mtrnn_layer(model: torch.nn.Module) -> MTRNN:
     if len(layers) != 1:
         raise ValueError(f"model: expected exactly one pyneuro.nn.MTRNN layer inside, found {len(layers)}")
     return layers[0]
-
-
-def _one_per_class(labels: torch.Tensor, count: int) -> list[int]:
-    """Indices of the first image of each of the first ``count`` distinct labels, in label order."""
-    first: dict[int, int] = {}
-    for i, label in enumerate(labels.tolist()):
-        first.setdefault(label, i)
-        if len(first) == count:
-            break
-    return [first[label] for label in sorted(first)]
 
 
 @torch.no_grad()

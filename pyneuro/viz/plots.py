@@ -11,13 +11,53 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig, path: Path, tight_layout: bool = True) -> Path:
+    """Write ``fig`` as a PNG atomically and close it. ``tight_layout=False`` for figures laid out
+    by matplotlib's constrained layout (tight_layout would undo it and cannot place a colour bar
+    shared by several axes): they are cropped to their contents instead."""
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    if tight_layout:
+        fig.tight_layout()
+        fig.savefig(tmp, dpi=110)
+    else:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+# -- shared by the models' own pictures (viz/<model>.py) ----------------------------------------
+def _check_images(images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 (N, 28, 28) (or (N, 1, 28, 28)) -> (N, 28, 28); ValueError naming the bad argument."""
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+        raise ValueError(f"images: expected a uint8 tensor (N, 28, 28), got "
+                         f"{getattr(images, 'dtype', type(images).__name__)}")
+    if images.dim() == 4 and images.shape[1] == 1:
+        images = images[:, 0]
+    if images.dim() != 3 or images.shape[1:] != (28, 28) or len(images) == 0:
+        raise ValueError(f"images: expected uint8 (N, 28, 28) with N >= 1, got shape {tuple(images.shape)}")
+    if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != (len(images),)):
+        raise ValueError(f"labels: expected one label per image, shape ({len(images)},), got "
+                         f"{tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__}")
+    return images
+
+
+def _one_per_class(labels: torch.Tensor, count: int) -> list[int]:
+    """Indices of the first image of each of the first ``count`` distinct labels, in label order."""
+    first: dict[int, int] = {}
+    for i, label in enumerate(labels.tolist()):
+        first.setdefault(label, i)
+        if len(first) == count:
+            break
+    return [first[label] for label in sorted(first)]
+
+
+def _digit_panel(ax, image: torch.Tensor, label: int, prediction: int) -> None:
+    """A test digit with "label → prediction" above it (red when wrong), no ticks."""
+    ax.imshow(image.cpu().numpy(), cmap="gray_r")
+    ax.set_title(f"digit {label} → {prediction}", fontsize=8, color="black" if label == prediction else "red")
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def training_curves(records: list[dict], path: Path, title: str = "") -> Path:

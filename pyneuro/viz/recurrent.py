@@ -21,9 +21,7 @@ from torch import nn
 
 from .. import nn as pnn
 from ..data import to_view
-from .cnn import _check_images, _save_png
-from .mtrnn import _one_per_class
-from .plots import plt  # imported there with the file-only Agg backend
+from .plots import _check_images, _digit_panel, _one_per_class, _save, plt  # plt: file-only Agg backend
 
 __all__ = ["recompute_gates", "plot_gates", "plots"]
 
@@ -161,13 +159,7 @@ def plot_gates(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, pat
     fig, axes = plt.subplots(n, cols, figsize=(1.3 + 2.2 * len(panels), 1.5 * n + 1.2), squeeze=False,
                              layout="constrained", gridspec_kw={"width_ratios": [0.55] + [1.0] * len(panels)})
     for r, index in enumerate(picks):
-        ax = axes[r, 0]
-        ax.imshow(images[index].cpu().numpy(), cmap="gray_r")
-        ok = predictions[r].item() == labels[index].item()
-        ax.set_title(f"digit {labels[index].item()} → {predictions[r].item()}", fontsize=8,
-                     color="black" if ok else "red")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        _digit_panel(axes[r, 0], images[index], labels[index].item(), predictions[r].item())
     for j, (key, name, gate) in enumerate(panels, start=1):
         values = trace[key][..., :units].float().cpu()  # (n, T, shown units)
         shown = values.shape[-1]
@@ -193,7 +185,7 @@ def plot_gates(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, pat
     direction = ", forward direction" if getattr(layer, "bidirectional", False) else ""
     fig.suptitle(f"{title}: first layer{direction}, first {min(units, trace['h'].shape[-1])} units over "
                  f"the {steps} {'rows' if view == 'rows' else 'pixels'}", fontsize=9)
-    return _save_png(fig, Path(path))
+    return _save(fig, Path(path), tight_layout=False)
 
 
 def plots(model, images, labels, out_dir, title: str = "rnn", view: str | None = None) -> list[Path]:

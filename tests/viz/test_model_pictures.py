@@ -16,7 +16,7 @@ from pyneuro import nn as pnn
 from pyneuro.data import to_view
 from pyneuro.models import registry
 from pyneuro.models.recurrent import RowClassifier
-from pyneuro.viz import ann, cnn, embedding, mamba, plots, recurrent
+from pyneuro.viz import ann, cnn, embedding, mamba, recurrent
 
 
 @pytest.fixture(scope="module")
@@ -25,16 +25,6 @@ def digits():
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (24, 28, 28), dtype=torch.uint8, generator=generator)
     return images, torch.arange(24) % 10
-
-
-@pytest.fixture
-def kept_figures(monkeypatch):
-    """The figures drawn, left open (plt.close stubbed) so that their axes can be inspected."""
-    figures, close = [], plots.plt.close
-    monkeypatch.setattr(plots.plt, "close", figures.append)
-    yield figures
-    for fig in figures:
-        close(fig)
 
 
 def _png(path, min_height=150, min_width=250):

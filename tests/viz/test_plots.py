@@ -15,16 +15,6 @@ DPI = 110  # what plots._save writes with
 C0_BLUE, C1_ORANGE = (0x1F / 255, 0x77 / 255, 0xB4 / 255), (0xFF / 255, 0x7F / 255, 0x0E / 255)
 
 
-@pytest.fixture
-def kept_figures(monkeypatch):
-    """The figures the plot functions create, left open so their geometry can be read."""
-    figures, close = [], plots.plt.close
-    monkeypatch.setattr(plots.plt, "close", figures.append)
-    yield figures
-    for fig in figures:
-        close(fig)
-
-
 def _read(path) -> np.ndarray:
     image = mpimg.imread(path)[..., :3]  # RGB floats in [0, 1]
     assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50, "image is blank or nearly one colour"
