@@ -68,4 +68,16 @@ TORCH_LIBRARY(pyneuro, m) {
       "attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, bool causal, "
       "float scale, float dropout_p, Tensor? rng_state) -> (Tensor dq, Tensor dk, Tensor dv)",
       {at::Tag::pt2_compliant_tag});
+
+  // Batch norm + ReLU (+ 2x2 max-pool), a conv block's epilogue in one pass each way. The forward
+  // returns the statistics it normalised with (batch or running); the caller updates the running
+  // ones. Layout and gradients: docs/batch_norm_contract.md.
+  m.def(
+      "batch_norm_relu_fwd(Tensor x, Tensor weight, Tensor bias, Tensor? running_mean, Tensor? running_var, "
+      "bool training, float eps, int pool) -> (Tensor out, Tensor mean, Tensor var)",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "batch_norm_relu_bwd(Tensor dout, Tensor x, Tensor weight, Tensor bias, Tensor mean, Tensor var, "
+      "bool training, float eps, int pool) -> (Tensor dx, Tensor dweight, Tensor dbias)",
+      {at::Tag::pt2_compliant_tag});
 }

@@ -28,7 +28,8 @@ const std::vector<Variant>& variants() {  // worst first
                       &isa::rnn_fused_bwd,                                                                    \
                       &isa::leaky_fwd_step, &isa::leaky_bwd_step,                                           \
                       &isa::attention_fwd, &isa::attention_bwd_dq, &isa::attention_bwd_dkdv,                  \
-                      &isa::attention_bwd_fused},                                                             \
+                      &isa::attention_bwd_fused, &isa::batch_norm_stats, &isa::batch_norm_relu_fwd,          \
+                      &isa::batch_norm_relu_bwd_sums, &isa::batch_norm_relu_bwd_dx},                           \
           {}},
       PYNEURO_FOR_EACH_CPU_ISA(PYNEURO_TABLE_ROW)
 #undef PYNEURO_TABLE_ROW

@@ -93,6 +93,22 @@ struct AttentionParams {
   float* delta = nullptr;  // backward scratch: rowsum(dout * out), (B, Hq, Lq)
 };
 
+// Batch norm + ReLU (+ 2x2 max-pool), csrc/cpu/isa/batch_norm_kernels.cpp (docs/batch_norm_contract.md):
+// x (N, C, H, W) fp32, NCHW or NHWC; z = x scale[c] + shift[c]; out (N, C, H/pool, W/pool) in x's
+// layout. Units: NCHW (n, c) planes, NHWC output rows (n, i). The backward's dx = dx_k[c] dz +
+// dx_bx[c] x + dx_cx[c], dz being the gradient that reaches z through the pool and the ReLU.
+struct BatchNormReluParams {
+  int64_t N = 0, C = 0, H = 0, W = 0, pool = 1;
+  bool channels_last = false;
+  const float* x = nullptr;
+  const float *scale = nullptr, *shift = nullptr;
+  const float* pivot = nullptr;  // per channel: the shift of the statistics' sums (x[0, c, 0, 0])
+  float* out = nullptr;
+  const float* dout = nullptr;
+  float* dx = nullptr;
+  const float *dx_k = nullptr, *dx_bx = nullptr, *dx_cx = nullptr;
+};
+
 // What each variant defines (csrc/cpu/isa/*.cpp). Arguments are checked before these are called
 // (csrc/common/selective_scan_args.h); `s` holds the checked sizes.
 #define PYNEURO_DECLARE_CPU_KERNELS(isa)                                                                          \
@@ -114,6 +130,10 @@ struct AttentionParams {
   void attention_bwd_dq(const AttentionParams& p, int64_t t0, int64_t t1);                                        \
   void attention_bwd_dkdv(const AttentionParams& p, int64_t t0, int64_t t1);                                      \
   void attention_bwd_fused(const AttentionParams& p, int64_t t0, int64_t t1);                                     \
+  void batch_norm_stats(const BatchNormReluParams& p, int64_t u0, int64_t u1, double* s1, double* s2);             \
+  void batch_norm_relu_fwd(const BatchNormReluParams& p, int64_t u0, int64_t u1);                                  \
+  void batch_norm_relu_bwd_sums(const BatchNormReluParams& p, int64_t u0, int64_t u1, double* sg, double* sgx);    \
+  void batch_norm_relu_bwd_dx(const BatchNormReluParams& p, int64_t u0, int64_t u1);                               \
   void lstm_fwd_step(const RnnRows& r, const float* bias, const float* c_prev, int64_t ld_c, float* reserve_t,    \
                      float* m_out);                                                                               \
   void lstm_bwd_step(const RnnRows& r, const float* dm, int64_t ld_dm, const float* reserve_t, const float* c_prev, \
@@ -157,6 +177,10 @@ struct KernelTable {
   decltype(&baseline::attention_bwd_dq) attention_bwd_dq;
   decltype(&baseline::attention_bwd_dkdv) attention_bwd_dkdv;
   decltype(&baseline::attention_bwd_fused) attention_bwd_fused;
+  decltype(&baseline::batch_norm_stats) batch_norm_stats;
+  decltype(&baseline::batch_norm_relu_fwd) batch_norm_relu_fwd;
+  decltype(&baseline::batch_norm_relu_bwd_sums) batch_norm_relu_bwd_sums;
+  decltype(&baseline::batch_norm_relu_bwd_dx) batch_norm_relu_bwd_dx;
 };
 
 // The variant in use; raises ValueError (c10::ValueError) if PYNEURO_CPU_ISA was refused.
