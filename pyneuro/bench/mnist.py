@@ -2,7 +2,8 @@
 torch.nn layers (``python -m benchmarks --mnist``, ``pyneuro bench --mnist``).
 
 The stock twin is the same network with each pyneuro layer swapped for its torch.nn counterpart
-(LSTM, GRU, RNN, TransformerEncoderLayer, MultiheadAttention), weights copied, so both compute the same function. A layer
+(LSTM, GRU, RNN, TransformerEncoderLayer, MultiheadAttention; BatchNormReLU2d becomes BatchNorm2d + ReLU
++ MaxPool2d), weights copied, so both compute the same function. A layer
 torch.nn lacks (Mamba) runs its pure-PyTorch reference instead, and the row says so. One step is
 forward, backward and an AdamW update on one batch, timed after warm-up, synchronised at the end.
 
@@ -51,6 +52,16 @@ def stock_twin(model: nn.Module) -> tuple[nn.Module, list[str]]:
         elif isinstance(module, pnn.MultiheadAttention):
             stock = nn.MultiheadAttention(module.embed_dim, module.num_heads, dropout=module.dropout,
                                           bias=module.in_proj_bias is not None, batch_first=module.batch_first)
+        elif isinstance(module, pnn.BatchNormReLU2d):
+            # torch.nn's three layers; the state_dict goes into the BatchNorm2d.
+            norm = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                                  module.track_running_stats)
+            norm.load_state_dict(module.state_dict())
+            stock = nn.Sequential(norm, nn.ReLU(inplace=True), *([nn.MaxPool2d(2)] if module.pool == 2 else []))
+            replaced.append(name)
+            parent_name, _, child = name.rpartition(".")
+            setattr(twin.get_submodule(parent_name) if parent_name else twin, child, stock)
+            continue
         elif hasattr(module, "backend") and module is not twin and not name.endswith("self_attn"):
             module.backend = "reference"
             notes.append(f"{type(module).__name__}: no torch.nn layer, pure-PyTorch reference")

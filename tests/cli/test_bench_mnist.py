@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pyneuro import cli
+from pyneuro import nn as pnn
 from pyneuro.bench.mnist import _flushing_subnormals, stock_twin
 from pyneuro.data import to_view
 from pyneuro.models import registry
@@ -16,19 +17,32 @@ from pyneuro.models import registry
 
 def test_stock_twins_compute_the_same_function_on_torch_nn_layers():
     images = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
-    for name in ("lstm", "gru", "rnn", "transformer"):
+    for name in ("lstm", "gru", "rnn", "transformer", "cnn"):
         torch.manual_seed(0)
         spec = registry.get(name)
         model = spec.build().eval()
         twin, notes = stock_twin(model)
         twin.eval()
         kinds = {type(m).__module__.split(".")[0] for m in twin.modules() if hasattr(m, "weight_hh_l0")
-                 or type(m).__name__ in ("MultiheadAttention", "TransformerEncoderLayer")}
+                 or type(m).__name__ in ("MultiheadAttention", "TransformerEncoderLayer", "BatchNorm2d",
+                                         "BatchNormReLU2d")}
         assert kinds == {"torch"}, (name, kinds)  # every pyneuro layer swapped
         assert notes == []
         if name == "transformer":  # the whole encoder layer is torch.nn's, as a user would write it
             assert all(type(layer) is torch.nn.TransformerEncoderLayer for layer in twin.layers)
         x = to_view(images, spec.view)
+        if name == "cnn":  # fused BN + ReLU (+ pool) -> torch.nn's BatchNorm2d, ReLU, MaxPool2d
+            assert not any(isinstance(m, pnn.BatchNormReLU2d) for m in twin.modules())
+            assert sum(type(m) is torch.nn.BatchNorm2d for m in twin.modules()) == 4
+            assert sum(type(m) is torch.nn.MaxPool2d for m in twin.modules()) == 2
+            model.train(), twin.train()  # batch statistics and running-statistics updates too
+            outputs = []
+            for m in (twin, model):
+                torch.manual_seed(1)  # the same dropout masks
+                outputs.append(m(x))
+            torch.testing.assert_close(*outputs, rtol=1e-4, atol=1e-5, msg=name)
+            model.eval()
+            twin.eval()
         with torch.no_grad():
             torch.testing.assert_close(twin(x), model(x), rtol=1e-4, atol=1e-5, msg=name)
 

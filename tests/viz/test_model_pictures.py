@@ -79,9 +79,12 @@ def test_cnn_maps_are_taken_after_the_norm_and_activation():
     model = _tiny("cnn")
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     stage = cnn._stage_outputs(model, convs)
-    # conv, BN, ReLU, pool per block: the ReLU's output is the map drawn.
-    assert [type(stage[c]) for c in convs] == [nn.ReLU, nn.ReLU]
-    assert stage[convs[0]] is model.features[2]
+    # conv, fused BN + ReLU (+ pool) per conv: that layer's output is the map drawn.
+    assert [type(stage[c]) for c in convs] == [pnn.BatchNormReLU2d] * len(convs)
+    assert stage[convs[0]] is model.features[1]
+    # torch.nn's separate layers: the ReLU's, not the BN's or the conv's.
+    plain = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2))
+    assert cnn._stage_outputs(plain, [plain[0]])[plain[0]] is plain[2]
 
 
 def test_cnn_filters_of_a_layer_with_several_input_channels(tmp_path):
