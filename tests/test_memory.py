@@ -21,7 +21,7 @@ import torch
 
 import pyneuro.ops  # noqa: F401  (registers the ops)
 from pyneuro import _backends
-from pyneuro.ops import attention, gru_sequence, lstm_sequence, rnn_sequence, selective_scan
+from pyneuro.ops import attention, batch_norm_relu, gru_sequence, lstm_sequence, rnn_sequence, selective_scan
 
 WARMUP, CALLS = 100, 1000
 # The Triton interpreter takes ~0.4 s of CPU per forward+backward here: 1,000 calls would take
@@ -76,7 +76,15 @@ def _recurrent_inputs(fn, gates, lstm=False):
     return make
 
 
-INPUTS = {"selective_scan": _scan_inputs, "attention": _attention_inputs,
+def _batch_norm_inputs(gen):
+    C = 6
+    x = _leaf(2, 7, 5, C, gen=gen).detach().permute(0, 3, 1, 2).requires_grad_()  # channels_last, odd H and W
+    args = dict(x=x, running_mean=torch.zeros(C), running_var=torch.ones(C), weight=_leaf(C, gen=gen),
+                bias=_leaf(C, gen=gen))
+    return batch_norm_relu, args, dict(training=True, pool=2)
+
+
+INPUTS = {"selective_scan": _scan_inputs, "attention": _attention_inputs, "batch_norm_relu": _batch_norm_inputs,
           "lstm": _recurrent_inputs(lstm_sequence, 4, lstm=True), "gru": _recurrent_inputs(gru_sequence, 3),
           "rnn": _recurrent_inputs(rnn_sequence, 1)}
 

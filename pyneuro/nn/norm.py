@@ -5,6 +5,7 @@ cumulative average, ``track_running_stats=False`` for batch statistics in eval t
 from __future__ import annotations
 
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..ops.norm import batch_norm_relu
 
@@ -36,3 +37,41 @@ class BatchNormReLU2d(nn.BatchNorm2d):
         return batch_norm_relu(x, self.running_mean if keep_running else None,
                                self.running_var if keep_running else None, self.weight, self.bias, use_batch,
                                factor, self.eps, pool=self.pool, backend=self.backend)
+
+
+class SyncBatchNormReLU2d(nn.SyncBatchNorm):
+    """BatchNormReLU2d with the statistics of the global batch over a process group (DDP on GPUs):
+    torch's ``nn.SyncBatchNorm``, then ReLU and the pool. Same state_dict as BatchNormReLU2d, so a
+    checkpoint moves between one process and many."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, process_group=None, pool: int = 1, device=None, dtype=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, process_group, device=device,
+                         dtype=dtype)
+        self.pool = pool
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", pool={self.pool}"
+
+    def forward(self, x):
+        y = F.relu(super().forward(x))
+        return F.max_pool2d(y, self.pool) if self.pool > 1 else y
+
+
+def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
+    """``nn.SyncBatchNorm.convert_sync_batchnorm`` that keeps a BatchNormReLU2d's ReLU and pool
+    (torch's would turn it into a bare SyncBatchNorm, since it is a BatchNorm2d): each becomes a
+    SyncBatchNormReLU2d with its parameters and statistics; other batch norms go to torch's."""
+    if isinstance(module, BatchNormReLU2d):
+        tensors = [*module.parameters(), *module.buffers()]
+        sync = SyncBatchNormReLU2d(module.num_features, module.eps, module.momentum, module.affine,
+                                   module.track_running_stats, process_group, pool=module.pool,
+                                   device=tensors[0].device if tensors else None)
+        sync.load_state_dict(module.state_dict())
+        sync.train(module.training)
+        return sync
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group)
+    for name, child in module.named_children():
+        module.add_module(name, convert_sync_batchnorm(child, process_group))
+    return module

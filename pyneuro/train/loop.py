@@ -45,6 +45,7 @@ from .augment import shift_images, shift_offsets
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
 from .config import ConfigError
 from .metrics import MetricsLog, classification_report, confusion_matrix, format_report
+from ..nn.norm import convert_sync_batchnorm
 from .progress import Progress
 
 CHECKPOINT_NAME = "last.pt"
@@ -340,7 +341,7 @@ class _Run:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if ctx.distributed and device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics of the global batch
+            model = convert_sync_batchnorm(model)  # batch statistics of the global batch (keeps fused ReLU/pool)
         self.model = model
         self.prepare_extras = prepare_extras(model) if self.generative else ()
         if ctx.rank:  # dropout masks differ between ranks, as they would between samples of one batch

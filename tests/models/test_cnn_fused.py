@@ -2,6 +2,8 @@
 and MaxPool2d, and checkpoints of that earlier layout still load."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -57,3 +59,27 @@ def test_the_block_pools_after_its_last_conv_only():
     pools = [m.pool for m in model.features if isinstance(m, BatchNormReLU2d)]
     assert pools == [1, 2, 1, 2]
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_sync_conversion_keeps_relu_pool_and_state_dict():
+    """DDP on GPUs converts batch norms to SyncBatchNorm; torch's converter would drop the fused
+    ReLU and pool (BatchNormReLU2d is a BatchNorm2d). Outside a process group SyncBatchNorm
+    computes plain batch norm, so the converted model must compute what the model did."""
+    from pyneuro.nn.norm import SyncBatchNormReLU2d, convert_sync_batchnorm
+
+    torch.manual_seed(0)
+    model = CNN((8, 16), 2, 32, 0.0)
+    model.features.append(nn.BatchNorm2d(16))  # a plain batch norm goes to torch's converter
+    model.classifier[2] = nn.Linear(16 * 7 * 7, 32)
+    keys = list(model.state_dict())
+    x = torch.randn(4, 1, 28, 28)
+    reference = copy.deepcopy(model)
+    converted = convert_sync_batchnorm(model)
+    assert list(converted.state_dict()) == keys
+    assert [type(m) for m in converted.features if isinstance(m, nn.modules.batchnorm._BatchNorm)] == \
+        [SyncBatchNormReLU2d] * 4 + [nn.SyncBatchNorm]
+    assert [m.pool for m in converted.features if isinstance(m, SyncBatchNormReLU2d)] == [1, 2, 1, 2]
+    for mode in ("train", "eval"):
+        getattr(converted, mode)(), getattr(reference, mode)()
+        torch.testing.assert_close(converted(x), reference(x), rtol=1e-4, atol=1e-5, msg=mode)
+    torch.testing.assert_close(converted.state_dict(), reference.state_dict())  # the same running statistics
