@@ -51,7 +51,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python benchmarks/plain_torch_mnist.py", description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=3e-3, help="OneCycle's peak learning rate")
+    # 1e-2: the fastest to 99.0% of a sweep over {3e-3, 6e-3, 1e-2, 2e-2} x {1, 2} epochs on 2 CPU cores
+    # (one epoch reaches 98.4-98.8% at any of them; two reach 99.1-99.25% at 1e-2 and 2e-2).
+    p.add_argument("--lr", type=float, default=1e-2, help="OneCycle's peak learning rate")
     p.add_argument("--split", default="train+val", choices=["train", "train+val"],
                    help="train+val: the official 60k training images (default); train: pyneuro's 50k split")
     p.add_argument("--target", type=float, default=0.99)

@@ -2,12 +2,12 @@
 from .attention import MultiheadAttention, MultiheadSelfAttention, TransformerEncoder, TransformerEncoderLayer
 from .leaky import MTRNN, LeakyRNN
 from .mamba import Mamba
-from .norm import BatchNormReLU2d
+from .norm import BatchNormReLU2d, SyncBatchNormReLU2d
 from .rnn import GRU, LSTM, RNN
 from .s4d import S4D
 
 __all__ = [
     "LSTM", "GRU", "RNN", "LeakyRNN", "MTRNN",
     "MultiheadAttention", "MultiheadSelfAttention", "TransformerEncoderLayer", "TransformerEncoder",
-    "Mamba", "S4D", "BatchNormReLU2d",
+    "Mamba", "S4D", "BatchNormReLU2d", "SyncBatchNormReLU2d",
 ]
