@@ -158,6 +158,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_relu_bwd_cpu(const Tensor& dout, c
     cx[c] = static_cast<float>(training ? -kc * sg[c] / count - slope * m[c] : 0.0);
   }
   p.dx_k = k.data(), p.dx_bx = bx.data(), p.dx_cx = cx.data();
+  p.training = training;
   Tensor dx = at::empty(x.sizes(), x.options().memory_format(layout(s)));
   p.dx = dx.data_ptr<float>();
   over_units(s, [&](int64_t u0, int64_t u1) { kernels().batch_norm_relu_bwd_dx(p, u0, u1); });

@@ -100,6 +100,7 @@ struct AttentionParams {
 struct BatchNormReluParams {
   int64_t N = 0, C = 0, H = 0, W = 0, pool = 1;
   bool channels_last = false;
+  bool training = false;  // backward: dx has terms through the batch statistics
   const float* x = nullptr;
   const float *scale = nullptr, *shift = nullptr;
   const float* pivot = nullptr;  // per channel: the shift of the statistics' sums (x[0, c, 0, 0])

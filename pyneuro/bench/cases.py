@@ -215,5 +215,46 @@ def _recurrent_cell_cases(cell: str):
     return cases
 
 
+# ----------------------------------------------------------------------------- batch norm + ReLU + pool
+def batch_norm_relu_cases(device: torch.device, quick: bool):
+    """The MNIST CNN's conv-block epilogues (BN + ReLU + 2x2 max-pool after its two conv blocks'
+    last convs), channels_last fp32 activations in training. The baseline is what a user would
+    otherwise run: F.max_pool2d(F.relu(F.batch_norm(...)), 2) in the same layout, which is the
+    reference backend."""
+    from pyneuro.ops import batch_norm_relu
+
+    shapes = [(8, 24, 28, 28, 2)] if quick else [(128, 24, 28, 28, 2), (128, 32, 14, 14, 2)]
+    for N, C, H, W, pool in shapes:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        x = (torch.randn(N, C, H, W, generator=g) * 1.5 + 0.3).to(device).contiguous(memory_format=torch.channels_last)
+        weight = (torch.rand(C, generator=g) + 0.5).to(device)
+        bias = (torch.randn(C, generator=g) * 0.1).to(device)
+        E = N * C * H * W
+        # The kernels' traffic (docs/batch_norm_contract.md), fp32: forward 4E bytes for the
+        # statistics, 4E + 4E/pool^2 for the output; backward 4E + 4E/pool^2 for the sums, 8E +
+        # 4E/pool^2 for dx.
+        fwd = 4 * E + 4 * E + 4 * E // pool ** 2
+        bwd = 4 * E + 4 * E // pool ** 2 + 8 * E + 4 * E // pool ** 2
+        traffic = {"fwd": fwd, "fwd+bwd": fwd + bwd}
+        for mode in ("fwd", "fwd+bwd"):
+            contenders = {}
+            for backend in _backends_for("batch_norm_relu", device):
+                # Each contender updates its own running statistics, as a training step does.
+                rm, rv = torch.zeros(C, device=device), torch.ones(C, device=device)
+                if mode == "fwd":
+                    contenders[backend] = (lambda b=backend, rm=rm, rv=rv: torch.no_grad()(batch_norm_relu)(
+                        x, rm, rv, weight, bias, True, 0.1, 1e-5, pool, backend=b))
+                else:
+                    leaves = [t.detach().clone().requires_grad_() for t in (x, weight, bias)]  # x stays channels_last
+                    contenders[backend] = _fwd_bwd(
+                        lambda b=backend, lv=leaves, rm=rm, rv=rv: batch_norm_relu(lv[0], rm, rv, lv[1], lv[2], True,
+                                                                                  0.1, 1e-5, pool, backend=b),
+                        leaves)
+            yield {"op": "batch_norm_relu", "mode": mode, "dtype": "float32",
+                   "shape": {"N": N, "C": C, "H": H, "W": W, "pool": pool, "layout": "channels_last"},
+                   "baseline": "reference", "contenders": contenders, "bytes": traffic[mode]}
+
+
 CASES = {"selective_scan": scan_cases, "attention": attention_cases,
-         **{cell: _recurrent_cell_cases(cell) for cell in ("lstm", "gru", "rnn", "leaky")}}
+         **{cell: _recurrent_cell_cases(cell) for cell in ("lstm", "gru", "rnn", "leaky")},
+         "batch_norm_relu": batch_norm_relu_cases}

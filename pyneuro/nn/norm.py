@@ -16,7 +16,7 @@ class BatchNormReLU2d(nn.BatchNorm2d):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, pool: int = 1, backend: str = "auto", device=None, dtype=None):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
-        if isinstance(pool, bool) or pool not in (1, 2):
+        if isinstance(pool, bool) or not isinstance(pool, int) or pool not in (1, 2):
             raise ValueError(f"BatchNormReLU2d: pool must be 1 or 2, got {pool!r}")
         self.pool = pool
         self.backend = backend

@@ -13,7 +13,8 @@
 // read and write the full-size tensor between each, forward and backward, and keep the pool's
 // indices; at the MNIST CNN's shapes those passes cost far more than the convolutions.
 //
-// Sums: per unit in fp32 over at most kRowBlock rows of a channel, shifted by a pivot per channel
+// Sums: per unit in fp32 over at most kRowBlock positions of a channel (NHWC; NCHW: 16 x kRowBlock
+// of a plane, 16 vector lanes of kRowBlock each), shifted by a pivot per channel
 // (the channel's first element, so that var = E[(x-K)^2] - E[x-K]^2 does not cancel), then added
 // into the caller's fp64 per-channel accumulators.
 #include <algorithm>
@@ -30,6 +31,9 @@ constexpr int64_t kRowBlock = 256;     // positions summed in fp32 before the fp
 
 // ReLU and max that carry NaN through, as torch.relu and max_pool2d do.
 inline float relu_nan(float z) { return (z > 0.f || z != z) ? z : 0.f; }
+// dx's terms through the batch statistics, k x + c, which only training has: in eval they are not
+// computed at all, so a non-finite x (0 * inf) cannot turn dx into NaN there.
+inline float lin(bool training, float k, float x, float c) { return training ? k * x + c : 0.f; }
 inline float max_nan(float m, float v) { return (v > m || v != v) ? v : m; }
 inline float max4_nan(float a, float b, float c, float d) { return max_nan(max_nan(max_nan(a, b), c), d); }
 
@@ -270,6 +274,7 @@ void batch_norm_relu_bwd_sums(const BatchNormReluParams& p, int64_t u0, int64_t 
 void batch_norm_relu_bwd_dx(const BatchNormReluParams& p, int64_t u0, int64_t u1) {
   const int64_t C = p.C, H = p.H, W = p.W, P = p.pool, Ho = H / P, Wo = W / P;
   const float *sc = p.scale, *sh = p.shift, *kg = p.dx_k, *kx = p.dx_bx, *k1 = p.dx_cx;
+  const bool t = p.training;  // the statistics' terms exist in training only
   if (!p.channels_last) {
     std::vector<float> rows(P == 2 ? 4 * W : 0);
     float *zt = rows.data(), *zb = zt + W, *dzt = zb + W, *dzb = dzt + W;
@@ -283,7 +288,7 @@ void batch_norm_relu_bwd_dx(const BatchNormReluParams& p, int64_t u0, int64_t u1
 #pragma omp simd
         for (int64_t e = 0; e < H * W; ++e) {
           const float g = (x[e] * a + b > 0.f) ? d[e] : 0.f;
-          dx[e] = gk * g + bx * x[e] + cx;
+          dx[e] = gk * g + lin(t, bx, x[e], cx);
         }
         continue;
       }
@@ -297,12 +302,12 @@ void batch_norm_relu_bwd_dx(const BatchNormReluParams& p, int64_t u0, int64_t u1
         float* dbot = dtop + W;
 #pragma omp simd
         for (int64_t q = 0; q < W; ++q) {
-          dtop[q] = gk * dzt[q] + bx * top[q] + cx;
-          dbot[q] = gk * dzb[q] + bx * bot[q] + cx;
+          dtop[q] = gk * dzt[q] + lin(t, bx, top[q], cx);
+          dbot[q] = gk * dzb[q] + lin(t, bx, bot[q], cx);
         }
       }
 #pragma omp simd
-      for (int64_t e = 2 * Ho * W; e < H * W; ++e) dx[e] = bx * x[e] + cx;  // an odd last row: in no window
+      for (int64_t e = 2 * Ho * W; e < H * W; ++e) dx[e] = lin(t, bx, x[e], cx);  // an odd last row: in no window
     }
     return;
   }
@@ -320,7 +325,7 @@ void batch_norm_relu_bwd_dx(const BatchNormReluParams& p, int64_t u0, int64_t u1
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
           const float g = (xq[c] * sc[c] + sh[c] > 0.f) ? dq[c] : 0.f;
-          o[c] = kg[c] * g + kx[c] * xq[c] + k1[c];
+          o[c] = kg[c] * g + lin(t, kx[c], xq[c], k1[c]);
         }
       }
       continue;
@@ -336,10 +341,10 @@ void batch_norm_relu_bwd_dx(const BatchNormReluParams& p, int64_t u0, int64_t u1
         float g;
         route2(v00 * a + b, v01 * a + b, v10 * a + b, v11 * a + b, dj[c], which, g);
         g *= kg[c];
-        dx[e00 + c] = kx[c] * v00 + k1[c] + (which == 0 ? g : 0.f);
-        dx[e01 + c] = kx[c] * v01 + k1[c] + (which == 1 ? g : 0.f);
-        dx[e10 + c] = kx[c] * v10 + k1[c] + (which == 2 ? g : 0.f);
-        dx[e11 + c] = kx[c] * v11 + k1[c] + (which == 3 ? g : 0.f);
+        dx[e00 + c] = lin(t, kx[c], v00, k1[c]) + (which == 0 ? g : 0.f);
+        dx[e01 + c] = lin(t, kx[c], v01, k1[c]) + (which == 1 ? g : 0.f);
+        dx[e10 + c] = lin(t, kx[c], v10, k1[c]) + (which == 2 ? g : 0.f);
+        dx[e11 + c] = lin(t, kx[c], v11, k1[c]) + (which == 3 ? g : 0.f);
       }
     }
     // Elements in no window: the odd last column of the window rows, and the odd last row (the
@@ -350,7 +355,7 @@ void batch_norm_relu_bwd_dx(const BatchNormReluParams& p, int64_t u0, int64_t u1
       for (int64_t q = whole_row ? 0 : tail_col; q >= 0 && q < W; q = whole_row ? q + 1 : W) {
         const int64_t e = ((r - r0) * W + q) * C;
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) dx[e + c] = kx[c] * x[e + c] + k1[c];
+        for (int64_t c = 0; c < C; ++c) dx[e + c] = lin(t, kx[c], x[e + c], k1[c]);
       }
     }
   }

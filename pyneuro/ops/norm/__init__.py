@@ -51,7 +51,9 @@ def _check(x, running_mean, running_var, weight, bias, training, momentum, eps, 
     if x.dim() != 4:
         _fail(ValueError, f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
     N, C, H, W = x.shape
-    if isinstance(pool, bool) or pool not in (1, 2):
+    if isinstance(pool, bool) or not isinstance(pool, int):
+        _fail(TypeError, f"pool must be an int (1 or 2), got {type(pool).__name__}")
+    if pool not in (1, 2):
         _fail(ValueError, f"pool must be 1 or 2, got {pool!r}")
     if x.numel() == 0:
         _fail(ValueError, f"x must not be empty, got shape {tuple(x.shape)}")
@@ -69,16 +71,34 @@ def _check(x, running_mean, running_var, weight, bias, training, momentum, eps, 
             _fail(ValueError, f"{name} must be (C,) = ({C},) like x's channels, got shape {tuple(t.shape)}")
         if t.device != x.device:
             _fail(ValueError, f"{name} is on {t.device} but x is on {x.device}; all tensors must be on one device")
+    # torch's batch_norm takes (C,) tensors of one dtype: x's, or float32 next to a 16-bit x.
+    given = [(n, t) for n, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                                 ("bias", bias)) if t is not None]
+    allowed = (x.dtype, torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else (x.dtype,)
+    for name, t in given:
+        if t.dtype not in allowed or t.dtype != given[0][1].dtype:
+            _fail(TypeError, f"{name} must have x's dtype {x.dtype} (or float32 for a 16-bit x), like the other "
+                             f"(C,) tensors, got {t.dtype}")
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if t is None:
+            continue
+        if t.requires_grad:
+            _fail(ValueError, f"{name} must not require grad: running statistics are buffers (pass .detach())")
+        if training and C > 1 and t.stride(0) == 0:
+            _fail(ValueError, f"{name} is updated in place in training: it must not be an expanded (stride-0) view")
     if (running_mean is None) != (running_var is None):
         _fail(ValueError, "running_mean and running_var must be given together (or both None)")
     if not training and running_mean is None:
         _fail(ValueError, "running_mean and running_var are required when training is False")
     if training and N * H * W < 2:
         _fail(ValueError, f"x must have more than one value per channel when training, got shape {tuple(x.shape)}")
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
-        _fail(ValueError, f"momentum must be a number in [0, 1], got {momentum!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        _fail(ValueError, f"eps must be a number > 0, got {eps!r}")
+    for name, value in (("momentum", momentum), ("eps", eps)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(TypeError, f"{name} must be a number, got {type(value).__name__}")
+    if not 0.0 <= momentum <= 1.0:
+        _fail(ValueError, f"momentum must be in [0, 1], got {momentum!r}")
+    if not eps > 0:
+        _fail(ValueError, f"eps must be > 0, got {eps!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,19 +151,29 @@ if _backends.extension()[0] is not None and hasattr(torch.ops.pyneuro, "batch_no
 # ----------------------------------------------------------------------------------------------
 # Backends: each takes the validated arguments and returns out (updating the running statistics)
 # ----------------------------------------------------------------------------------------------
+def _contiguous(t):
+    return t.contiguous() if t is not None else None
+
+
 def _reference(x, running_mean, running_var, weight, bias, training, momentum, eps, pool):
-    return batch_norm_relu_naive(x, running_mean, running_var, weight, bias, training, momentum, eps, pool)
+    # torch 2.13's CPU batch_norm backward reads a strided weight (or, in eval, strided running
+    # statistics) of a channels_last x as if contiguous. In training the running statistics are
+    # written in place, so they are passed as they are (the check refused expanded ones).
+    if not training:
+        running_mean, running_var = _contiguous(running_mean), _contiguous(running_var)
+    return batch_norm_relu_naive(x, running_mean, running_var, _contiguous(weight), _contiguous(bias), training,
+                                 momentum, eps, pool)
 
 
 def _cpu(x, running_mean, running_var, weight, bias, training, momentum, eps, pool):
     C = x.shape[1]
-    w = weight if weight is not None else x.new_ones(C)
-    b = bias if bias is not None else x.new_zeros(C)
+    w = weight.contiguous() if weight is not None else x.new_ones(C)
+    b = bias.contiguous() if bias is not None else x.new_zeros(C)
     if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4 and x.stride(1) == 1 else
                          torch.contiguous_format)
-    out, mean, var = torch.ops.pyneuro.batch_norm_relu_fwd(x, w, b, running_mean, running_var, bool(training),
-                                                           float(eps), int(pool))
+    out, mean, var = torch.ops.pyneuro.batch_norm_relu_fwd(x, w, b, _contiguous(running_mean), _contiguous(running_var),
+                                                           bool(training), float(eps), int(pool))
     if training and running_mean is not None:
         count = x.numel() // C
         with torch.no_grad():  # as F.batch_norm: the unbiased variance goes into the running one
