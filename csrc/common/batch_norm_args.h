@@ -36,14 +36,16 @@ inline BatchNormShape check_batch_norm_relu_args(const char* op, const at::Tenso
 }
 
 // t (the gradient of out, N x C x H/pool x W/pool) has out's shape, dtype and layout.
+// `either_layout`: NCHW or channels_last are both taken (the CPU's NCHW pool-2 path runs in channels_last).
 inline void check_batch_norm_relu_dout(const char* op, const BatchNormShape& s, const at::Tensor& x,
-                                       const at::Tensor& dout) {
+                                       const at::Tensor& dout, bool either_layout = false) {
   checks::same_device(op, dout, "dout", x, "x");
   checks::dtype(op, dout, "dout", at::kFloat);
   checks::shape(op, dout, "dout", {s.N, s.C, s.H / s.pool, s.W / s.pool}, "(N, C, H / pool, W / pool)");
-  const bool ok = s.channels_last ? dout.is_contiguous(at::MemoryFormat::ChannelsLast) : dout.is_contiguous();
-  TORCH_CHECK_VALUE(ok, op, ": dout must be contiguous in x's layout (", s.channels_last ? "channels_last" : "NCHW",
-                    "), got strides ", dout.strides());
+  const bool cl = dout.is_contiguous(at::MemoryFormat::ChannelsLast), nchw = dout.is_contiguous();
+  const bool ok = either_layout ? (cl || nchw) : (s.channels_last ? cl : nchw);
+  TORCH_CHECK_VALUE(ok, op, ": dout must be contiguous in ", either_layout ? "NCHW or channels_last" : "x's",
+                    " layout (", s.channels_last ? "channels_last" : "NCHW", "), got strides ", dout.strides());
 }
 
 }  // namespace pyneuro

@@ -102,7 +102,8 @@ def samples_per_s(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
     return steps * len(y) / (time.perf_counter() - t0)
 
 
-def run(models: list[str], device: torch.device, batch_size: int, steps: int, view: str | None = None) -> list[dict]:
+def run(models: list[str], device: torch.device, batch_size: int, steps: int, view: str | None = None,
+        channels_last: bool = True) -> list[dict]:
     """``view``: read the images this way instead of each model's default (the recurrent models'
     "pixels": 784 steps of one pixel), for the models that take it as a hyper-parameter."""
     from ..data import to_view
@@ -119,7 +120,12 @@ def run(models: list[str], device: torch.device, batch_size: int, steps: int, vi
         x = to_view(images, view or spec.view)
         twin, notes = stock_twin(model)
         twin = twin.to(device)
-        row = {"model": name, "view": view or spec.view, "batch_size": batch_size, "device": str(device),
+        layout = "nchw"
+        if channels_last and x.dim() == 4:  # image models train in NHWC (train.channels_last): both do here
+            model, twin = (m.to(memory_format=torch.channels_last) for m in (model, twin))
+            x, layout = x.contiguous(memory_format=torch.channels_last), "channels_last"
+        row = {"model": name, "view": view or spec.view, "layout": layout, "batch_size": batch_size,
+               "device": str(device),
                "pyneuro_samples_per_s": samples_per_s(model, x, y, steps),
                "torch_nn_samples_per_s": samples_per_s(twin, x, y, steps), "notes": notes}
         baseline = row["torch_nn_samples_per_s"]
@@ -153,6 +159,8 @@ def main(argv=None, prog: str = "pyneuro bench --mnist") -> int:
     p.add_argument("--steps", type=int, default=10, help="timed training steps per model and variant")
     p.add_argument("--view", help="read the images this way (e.g. pixels: 784 steps of one pixel) in every chosen "
                                   "model; only models with a 'view' hyper-parameter take it")
+    p.add_argument("--nchw", action="store_true", help="image models in NCHW layout (default: channels_last, "
+                                                       "as train.channels_last trains them; for both variants)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -173,7 +181,7 @@ def main(argv=None, prog: str = "pyneuro bench --mnist") -> int:
     view = f", view {args.view}" if args.view else ""
     print(f"MNIST training throughput on {device}, batch {args.batch_size}, {args.steps} steps{view} "
           f"(forward + backward + AdamW)")
-    rows = run(models, device, args.batch_size, args.steps, view=args.view)
+    rows = run(models, device, args.batch_size, args.steps, view=args.view, channels_last=not args.nchw)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=2)

@@ -56,7 +56,7 @@ class CNN(nn.Module):
 
 @register("cnn", view="image", description="convolutional network on 28×28 images",
           defaults={"channels": [32, 64], "convs_per_block": 2, "hidden": 128, "dropout": 0.25, "backend": "auto"},
-          train_defaults={"epochs": 8, "lr": 3e-3, "augment_shift": 2},
+          train_defaults={"epochs": 8, "lr": 3e-3, "augment_shift": 2, "channels_last": True},
           plots="pyneuro.viz.cnn:plots")  # filters.png, feature_maps.png
 def build_cnn(channels, convs_per_block, hidden, dropout, backend):
     return CNN(tuple(channels), convs_per_block, hidden, dropout, backend=backend)

@@ -19,9 +19,11 @@
 // into the caller's fp64 per-channel accumulators.
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "cpu/isa.h"
+#include "cpu/vec_math.h"
 
 namespace pyneuro::cpu::PYNEURO_CPU_ISA {
 namespace {
@@ -44,11 +46,11 @@ inline void route2(float z00, float z01, float z10, float z11, float dout, int& 
   // Selects, not branches: which element wins is data-dependent and unpredictable.
   float m = z00;
   which = 0;
-  const bool t1 = z01 > m || z01 != z01;
+  const bool t1 = (z01 > m) | (z01 != z01);
   m = t1 ? z01 : m, which = t1 ? 1 : which;
-  const bool t2 = z10 > m || z10 != z10;
+  const bool t2 = (z10 > m) | (z10 != z10);
   m = t2 ? z10 : m, which = t2 ? 2 : which;
-  const bool t3 = z11 > m || z11 != z11;
+  const bool t3 = (z11 > m) | (z11 != z11);
   m = t3 ? z11 : m, which = t3 ? 3 : which;
   g = m > 0.f ? dout : 0.f;
 }
@@ -59,22 +61,78 @@ inline void normalize_row(const float* x, float a, float b, float* z, int64_t W)
   for (int64_t q = 0; q < W; ++q) z[q] = x[q] * a + b;
 }
 
+// NCHW, pool 2: the windows of two rows are pairs of neighbours, at stride 2, which GCC does not
+// vectorise; native vectors split them into even and odd columns with two shuffles instead.
+using vec::fvec;
+using vec::ivec;
+constexpr int64_t kLanes = vec::kNativeLanes;
+
+struct PairMasks {  // __builtin_shuffle indices: even/odd of 2L floats, and back
+  ivec even, odd, lo, hi;
+};
+
+inline PairMasks make_pair_masks() {
+  int32_t e[kLanes], o[kLanes], lo[kLanes], hi[kLanes];
+  for (int64_t i = 0; i < kLanes; ++i) {
+    e[i] = static_cast<int32_t>(2 * i), o[i] = static_cast<int32_t>(2 * i + 1);
+    lo[i] = static_cast<int32_t>((i % 2 ? kLanes : 0) + i / 2);
+    hi[i] = static_cast<int32_t>((i % 2 ? kLanes : 0) + kLanes / 2 + i / 2);
+  }
+  PairMasks m;
+  std::memcpy(&m.even, e, sizeof e), std::memcpy(&m.odd, o, sizeof o);
+  std::memcpy(&m.lo, lo, sizeof lo), std::memcpy(&m.hi, hi, sizeof hi);
+  return m;
+}
+const PairMasks kPairs = make_pair_masks();
+
+// Columns 2j and 2j + 1 of 2L consecutive floats, as two vectors of L.
+inline void deinterleave(const float* p, fvec& even, fvec& odd) {
+  const fvec a = vec::load_vec(p), b = vec::load_vec(p + kLanes);
+  even = __builtin_shuffle(a, b, kPairs.even), odd = __builtin_shuffle(a, b, kPairs.odd);
+}
+inline void interleave(float* p, fvec even, fvec odd) {
+  vec::store_vec(p, __builtin_shuffle(even, odd, kPairs.lo));
+  vec::store_vec(p + kLanes, __builtin_shuffle(even, odd, kPairs.hi));
+}
+inline ivec wins(fvec v, fvec m) { return (v > m) | (v != v); }  // v takes the max (a NaN always does)
+
+// NCHW, pool 2: relu(max) of the windows of rows zt, zb (z values, W wide) into o (W / 2).
+inline void pool_rows(const float* zt, const float* zb, int64_t W, float* o) {
+  int64_t j = 0;
+  for (; j + kLanes <= W / 2; j += kLanes) {
+    fvec z00, z01, z10, z11;
+    deinterleave(zt + 2 * j, z00, z01), deinterleave(zb + 2 * j, z10, z11);
+    fvec m = wins(z01, z00) ? z01 : z00;
+    m = wins(z10, m) ? z10 : m;
+    m = wins(z11, m) ? z11 : m;
+    vec::store_vec(o + j, wins(m, fvec{}) ? m : fvec{});
+  }
+  for (; j < W / 2; ++j) o[j] = relu_nan(max4_nan(zt[2 * j], zt[2 * j + 1], zb[2 * j], zb[2 * j + 1]));
+}
+
 // NCHW, pool 2: dz of window rows 2i and 2i + 1 of one plane (zero but at each window's routed max),
 // from z of those rows (zt, zb) and the plane's dout row i.
 inline void route_rows(const float* zt, const float* zb, const float* d, int64_t W, float* dzt, float* dzb) {
-  for (int64_t j = 0; j < W / 2; ++j) {  // plain floats and selects: GCC vectorizes this form
-    const float z00 = zt[2 * j], z01 = zt[2 * j + 1], z10 = zb[2 * j], z11 = zb[2 * j + 1];
-    const bool t1 = z01 > z00 || z01 != z01;
-    const float m1 = t1 ? z01 : z00;
-    const bool t2 = z10 > m1 || z10 != z10;
-    const float m2 = t2 ? z10 : m1;
-    const bool t3 = z11 > m2 || z11 != z11;
-    const float m3 = t3 ? z11 : m2;
-    const float g = m3 > 0.f ? d[j] : 0.f;
-    dzb[2 * j + 1] = t3 ? g : 0.f;
-    dzb[2 * j] = (t2 && !t3) ? g : 0.f;
-    dzt[2 * j + 1] = (t1 && !t2 && !t3) ? g : 0.f;
-    dzt[2 * j] = (!t1 && !t2 && !t3) ? g : 0.f;
+  int64_t j = 0;
+  for (; j + kLanes <= W / 2; j += kLanes) {
+    fvec z00, z01, z10, z11;
+    deinterleave(zt + 2 * j, z00, z01), deinterleave(zb + 2 * j, z10, z11);
+    const ivec t1 = wins(z01, z00);
+    const fvec m1 = t1 ? z01 : z00;
+    const ivec t2 = wins(z10, m1);
+    const fvec m2 = t2 ? z10 : m1;
+    const ivec t3 = wins(z11, m2);
+    const fvec m3 = t3 ? z11 : m2;
+    const fvec zero{}, g = m3 > zero ? vec::load_vec(d + j) : zero;
+    interleave(dzt + 2 * j, (~t1 & ~t2 & ~t3) ? g : zero, (t1 & ~t2 & ~t3) ? g : zero);
+    interleave(dzb + 2 * j, (t2 & ~t3) ? g : zero, t3 ? g : zero);
+  }
+  for (; j < W / 2; ++j) {
+    int which;
+    float g;
+    route2(zt[2 * j], zt[2 * j + 1], zb[2 * j], zb[2 * j + 1], d[j], which, g);
+    dzt[2 * j] = which == 0 ? g : 0.f, dzt[2 * j + 1] = which == 1 ? g : 0.f;
+    dzb[2 * j] = which == 2 ? g : 0.f, dzb[2 * j + 1] = which == 3 ? g : 0.f;
   }
   if (W % 2) dzt[W - 1] = dzb[W - 1] = 0.f;  // an odd last column: in no window
 }
@@ -157,10 +215,7 @@ void batch_norm_relu_fwd(const BatchNormReluParams& p, int64_t u0, int64_t u1) {
       for (int64_t i = 0; i < Ho; ++i) {  // z of the window rows in contiguous buffers, then the windows
         normalize_row(x + 2 * i * W, a, b, zt, W);
         normalize_row(x + (2 * i + 1) * W, a, b, zb, W);
-        float* o = out + i * Wo;
-#pragma omp simd
-        for (int64_t j = 0; j < Wo; ++j)
-          o[j] = relu_nan(max4_nan(zt[2 * j], zt[2 * j + 1], zb[2 * j], zb[2 * j + 1]));
+        pool_rows(zt, zb, W, out + i * Wo);
       }
     }
     return;

@@ -136,7 +136,11 @@ def _backward(ctx, dout, _dmean, _dvar):
     x, weight, bias, mean, var = ctx.saved_tensors
     if dout is None:
         return (None,) * 8
-    dout = dout.to(x.dtype).contiguous(memory_format=_layout(x))
+    dout = dout.to(x.dtype)
+    # The CPU's NCHW pool-2 path runs in channels_last (csrc/cpu/batch_norm.cpp): a channels_last
+    # dout (as the next convolution's backward may give) needs no copy there.
+    if not (ctx.pool == 2 and x.shape[1] > 1 and dout.is_contiguous(memory_format=torch.channels_last)):
+        dout = dout.contiguous(memory_format=_layout(x))
     dx, dweight, dbias = torch.ops.pyneuro.batch_norm_relu_bwd(dout, x, weight, bias, mean, var, ctx.training,
                                                                ctx.eps, ctx.pool)
     return dx, dweight, dbias, None, None, None, None, None

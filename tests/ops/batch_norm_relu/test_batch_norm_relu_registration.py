@@ -109,6 +109,28 @@ def test_raw_forward_never_writes_its_inputs(cxx_target):
             assert not isinstance(a, torch.Tensor) or torch.equal(a, b)
 
 
+def test_nchw_pool2_takes_dout_in_either_layout(cxx_target):
+    """NCHW x with pool 2 runs in channels_last inside (csrc/cpu/batch_norm.cpp): a channels_last
+    dout, as the next convolution's backward may give, is taken without a copy to NCHW and gives
+    the same gradients; x's other layouts still need dout in theirs."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 5, 6, 10, generator=g)
+    w, b = torch.randn(5, generator=g), torch.randn(5, generator=g)
+    out, mean, var = torch.ops.pyneuro.batch_norm_relu_fwd(x, w, b, None, None, True, 1e-5, 2)
+    assert out.is_contiguous()
+    dout = torch.randn(out.shape, generator=g)
+    nchw = torch.ops.pyneuro.batch_norm_relu_bwd(dout, x, w, b, mean, var, True, 1e-5, 2)
+    cl = torch.ops.pyneuro.batch_norm_relu_bwd(dout.contiguous(memory_format=torch.channels_last), x, w, b, mean,
+                                               var, True, 1e-5, 2)
+    assert nchw[0].is_contiguous() and cl[0].is_contiguous()
+    for a, c in zip(nchw, cl):
+        assert torch.equal(a, c)
+    out1, mean1, var1 = torch.ops.pyneuro.batch_norm_relu_fwd(x, w, b, None, None, True, 1e-5, 1)
+    with pytest.raises(ValueError, match="dout must be contiguous in x's layout"):
+        torch.ops.pyneuro.batch_norm_relu_bwd(out1.contiguous(memory_format=torch.channels_last), x, w, b, mean1,
+                                              var1, True, 1e-5, 1)
+
+
 # ----------------------------------------------------------------------------------------------
 # torch.compile
 # ----------------------------------------------------------------------------------------------
