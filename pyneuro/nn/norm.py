@@ -21,8 +21,9 @@ class BatchNormReLU2d(nn.BatchNorm2d):
         self.pool = pool
         self.backend = backend
 
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", pool={self.pool}"
+    def extra_repr(self) -> str:  # the pool next to the width: the first thing a reader wants
+        width, rest = super().extra_repr().split(", ", 1)
+        return f"{width}, pool={self.pool}, {rest}"
 
     def forward(self, x):
         self._check_input_dim(x)
@@ -50,8 +51,9 @@ class SyncBatchNormReLU2d(nn.SyncBatchNorm):
                          dtype=dtype)
         self.pool = pool
 
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", pool={self.pool}"
+    def extra_repr(self) -> str:  # the pool next to the width: the first thing a reader wants
+        width, rest = super().extra_repr().split(", ", 1)
+        return f"{width}, pool={self.pool}, {rest}"
 
     def forward(self, x):
         y = F.relu(super().forward(x))
