@@ -180,3 +180,23 @@ def target_fixtures(targets: TargetSet):
             yield t
 
     return target, cxx_target, any_target
+
+
+def normwise_error(actual, expected) -> float:
+    """max |actual - expected| / max |expected| (absolute when expected is all zero; inf on NaN):
+    the error measure of the conformance suites' tolerance tables."""
+    expected = expected.detach().double().cpu()
+    if not expected.numel():
+        return 0.0
+    diff = (actual.detach().double().cpu() - expected).abs().max().item()
+    if diff != diff:
+        return float("inf")
+    scale = expected.abs().max().item()
+    return diff / scale if scale > 0 else diff
+
+
+def assert_matches(actual, expected, tol, what):
+    assert tuple(actual.shape) == tuple(expected.shape), \
+        f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    err = normwise_error(actual, expected)
+    assert err <= tol, f"{what}: normwise error {err:.3g} > {tol:.3g}"

@@ -30,7 +30,7 @@ import pyneuro.ops.norm as norm
 from pyneuro.ops.norm import batch_norm_relu, batch_norm_relu_backward_naive, batch_norm_relu_naive
 
 import op_targets
-from op_targets import activated, every_isa  # noqa: F401  (re-exported for the suite)
+from op_targets import activated, assert_matches, every_isa, normwise_error  # noqa: F401  (re-exported for the suite)
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -327,25 +327,3 @@ def run(target: Target, case: Case, inputs: Inputs, backward: bool = True, **ove
         grads = dict(zip(wrt, got))
         grads["x"] = view_of(inputs.layout)(grads["x"])
     return Result(out.detach(), grads, rm, rv)
-
-
-# ----------------------------------------------------------------------------------------------
-# Errors
-# ----------------------------------------------------------------------------------------------
-def normwise_error(actual, expected) -> float:
-    """max |actual - expected| / max |expected| (absolute when expected is all zero; inf on NaN)."""
-    expected = expected.detach().double().cpu()
-    if not expected.numel():
-        return 0.0
-    diff = (actual.detach().double().cpu() - expected).abs().max().item()
-    if diff != diff:
-        return float("inf")
-    scale = expected.abs().max().item()
-    return diff / scale if scale > 0 else diff
-
-
-def assert_matches(actual, expected, tol, what):
-    assert tuple(actual.shape) == tuple(expected.shape), \
-        f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    err = normwise_error(actual, expected)
-    assert err <= tol, f"{what}: normwise error {err:.3g} > {tol:.3g}"

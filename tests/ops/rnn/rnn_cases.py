@@ -24,7 +24,7 @@ from pyneuro.ops import rnn as rnn_ops
 from pyneuro.ops.rnn import naive
 
 import op_targets
-from op_targets import COMPILED, HAS_GPU, activated, every_isa, interpreted  # noqa: F401  (re-exported for the suite)
+from op_targets import COMPILED, HAS_GPU, activated, assert_matches, every_isa, interpreted, normwise_error  # noqa: F401  (re-exported for the suite)
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -285,25 +285,3 @@ def run_public(target: Target, variant: Variant, args: dict, cot: dict):
     names = [n for n, t in leaves.items() if t is not None]
     grads = torch.autograd.grad([o for o, _ in used], [leaves[n] for n in names], [c for _, c in used])
     return tuple(o.detach() for o in outs), dict(zip(names, grads))
-
-
-# ----------------------------------------------------------------------------------------------
-# Errors
-# ----------------------------------------------------------------------------------------------
-def normwise_error(actual, expected) -> float:
-    """max |actual - expected| / max |expected| (absolute when expected is all zero; inf on NaN)."""
-    expected = expected.detach().double().cpu()
-    if not expected.numel():
-        return 0.0
-    diff = (actual.detach().double().cpu() - expected).abs().max().item()
-    if diff != diff:
-        return float("inf")
-    scale = expected.abs().max().item()
-    return diff / scale if scale > 0 else diff
-
-
-def assert_matches(actual, expected, tol, what):
-    assert tuple(actual.shape) == tuple(expected.shape), \
-        f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    err = normwise_error(actual, expected)
-    assert err <= tol, f"{what}: normwise error {err:.3g} > {tol:.3g}"

@@ -23,7 +23,7 @@ from pyneuro.ops.scan.naive import selective_scan_adjoint
 from scan_inputs import make_inputs, on  # noqa: F401  (tests/scan_inputs.py; re-exported)
 
 import op_targets
-from op_targets import HAS_GPU, activated  # noqa: F401  (re-exported for the suite)
+from op_targets import HAS_GPU, activated, assert_matches, normwise_error  # noqa: F401  (re-exported for the suite)
 
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -97,22 +97,3 @@ def oracle(inputs, softplus, dout, dlast):
                                             for k, v in inputs.items()},
                                          delta_softplus=softplus, return_last_state=True)
     return out, last, adjoint_fp64(inputs, softplus, dout, dlast)[2]
-
-
-# ----------------------------------------------------------------------------------------------
-# Errors
-# ----------------------------------------------------------------------------------------------
-def normwise_error(actual, expected) -> float:
-    """max |actual - expected| / max |expected| (absolute when expected is all zero)."""
-    expected = expected.detach().double().cpu()
-    if not expected.numel():
-        return 0.0
-    scale = expected.abs().max().item()
-    err = (actual.detach().double().cpu() - expected).abs().max().item()
-    return err / scale if scale > 0 else err
-
-
-def assert_matches(actual, expected, tol, what):
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    err = normwise_error(actual, expected)
-    assert err <= tol, f"{what}: normwise error {err:.3g} > {tol:.3g}"
