@@ -34,10 +34,11 @@ demo: build
 
 # The suite without the `slow` tests: under 6 minutes on 2 cores.
 # One pytest-xdist worker per core (each keeps to one thread: tests/conftest.py); PYTEST_WORKERS=0
-# runs the suite in this process, as a debugger wants.
+# runs the suite in this process, as a debugger wants. loadgroup: the fuzz suite stays in one worker
+# (its call count is per process: tests/fuzz/conftest.py).
 PYTEST_WORKERS ?= auto
 test: build
-	$(BIN)/python -m pytest -q -m "not slow" -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # Only the `slow` tests (long sequences, inductor, training to a target); CI runs them too.
 test-slow: build

@@ -60,9 +60,10 @@ tests=(tests/ops tests/fuzz)
 # --capture=sys: pytest captures Python's output only, so a report (written to file descriptor 2
 # by the runtime) reaches the log even when it aborts the process mid-test; -v names that test.
 set +e
-# One pytest-xdist worker per core (SANITIZE_WORKERS=0: one process); a worker that a report aborts
+# One pytest-xdist worker per core (SANITIZE_WORKERS=0: one process; the fuzz suite kept in one worker,
+# as in make test); a worker that a report aborts
 # is named with its test by xdist ("node down ... crashed").
-"$PYTHON" -m pytest -v -x -n "${SANITIZE_WORKERS:-auto}" --capture=sys -m "not slow and not cuda" -p no:cacheprovider \
+"$PYTHON" -m pytest -v -x -n "${SANITIZE_WORKERS:-auto}" --dist loadgroup --capture=sys -m "not slow and not cuda" -p no:cacheprovider \
   "${tests[@]}" "$@" 2>&1 | tee "$log" | grep -v " PASSED"
 status=${PIPESTATUS[0]}
 set -e

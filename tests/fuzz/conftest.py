@@ -65,6 +65,15 @@ def _is_fuzz_test(nodeid: str) -> bool:
     return nodeid.startswith("tests/fuzz/") and "test_fuzz_total" not in nodeid
 
 
+def pytest_collection_modifyitems(items):
+    """The calls are counted per process: under pytest-xdist every fuzz test, the total's check
+    last (file order), must run in one worker. `--dist loadgroup` (make test, make sanitize) does
+    that with this group; the rest of the suite still spreads over the workers."""
+    for item in items:
+        if item.nodeid.startswith("tests/fuzz/"):
+            item.add_marker(pytest.mark.xdist_group("fuzz"))
+
+
 def pytest_deselected(items):
     SUITE["deselected"] += sum(_is_fuzz_test(item.nodeid) for item in items)
 
