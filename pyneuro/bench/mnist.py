@@ -32,7 +32,7 @@ def stock_twin(model: nn.Module) -> tuple[nn.Module, list[str]]:
     twin, notes, replaced = copy.deepcopy(model), [], []
     recurrent = {pnn.LSTM: nn.LSTM, pnn.GRU: nn.GRU, pnn.RNN: nn.RNN}
     for name, module in list(twin.named_modules()):
-        stock = None
+        stock = state_holder = None
         if type(module) in recurrent:
             extra = {"proj_size": module.proj_size} if type(module) is pnn.LSTM else {}
             if type(module) is pnn.RNN:
@@ -54,14 +54,10 @@ def stock_twin(model: nn.Module) -> tuple[nn.Module, list[str]]:
                                           bias=module.in_proj_bias is not None, batch_first=module.batch_first)
         elif isinstance(module, pnn.BatchNormReLU2d):
             # torch.nn's three layers; the state_dict goes into the BatchNorm2d.
-            norm = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
-                                  module.track_running_stats)
-            norm.load_state_dict(module.state_dict())
-            stock = nn.Sequential(norm, nn.ReLU(inplace=True), *([nn.MaxPool2d(2)] if module.pool == 2 else []))
-            replaced.append(name)
-            parent_name, _, child = name.rpartition(".")
-            setattr(twin.get_submodule(parent_name) if parent_name else twin, child, stock)
-            continue
+            state_holder = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                                          module.track_running_stats)
+            stock = nn.Sequential(state_holder, nn.ReLU(inplace=True),
+                                  *([nn.MaxPool2d(2)] if module.pool == 2 else []))
         elif hasattr(module, "backend") and module is not twin and not name.endswith("self_attn"):
             module.backend = "reference"
             notes.append(f"{type(module).__name__}: no torch.nn layer, pure-PyTorch reference")
@@ -69,7 +65,7 @@ def stock_twin(model: nn.Module) -> tuple[nn.Module, list[str]]:
         if stock is None or any(name.startswith(done + ".") for done in replaced):
             continue
         replaced.append(name)
-        stock.load_state_dict(module.state_dict())
+        (state_holder or stock).load_state_dict(module.state_dict())
         parent_name, _, child = name.rpartition(".")
         setattr(twin.get_submodule(parent_name) if parent_name else twin, child, stock)
     return twin, sorted(set(notes))
