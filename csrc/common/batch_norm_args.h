@@ -25,9 +25,11 @@ inline BatchNormShape check_batch_norm_relu_args(const char* op, const at::Tenso
   TORCH_CHECK_VALUE(s.H >= pool && s.W >= pool, op, ": x's H and W must be >= pool = ", pool, ", got shape ",
                     x.sizes());
   TORCH_CHECK_VALUE(eps > 0, op, ": eps must be > 0, got ", eps);
-  // Both layouts hold when C == 1 or H == W == 1; the row-major one is then used.
-  s.channels_last = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
-  TORCH_CHECK_VALUE(x.is_contiguous() || s.channels_last, op,
+  // Both layouts hold when C == 1 or H == W == 1: then pool 2 takes the channels_last kernels (the
+  // only ones with windows), pool 1 the row-major ones.
+  const bool cl = x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  s.channels_last = cl && (!x.is_contiguous() || pool == 2);
+  TORCH_CHECK_VALUE(x.is_contiguous() || cl, op,
                     ": x must be contiguous in NCHW or channels_last layout, got strides ", x.strides(),
                     " for shape ", x.sizes());
   checks::tensor(op, weight, "weight", x, "x", at::kFloat, {s.C}, "(C,)");

@@ -74,14 +74,33 @@ void check_stat(const char* op, const OptTensor& t, const char* name, const Tens
 }
 
 // NCHW with pool 2 runs on channels_last copies: its windows are pairs of neighbours in short rows
-// (W = 28 or 14 at MNIST), which vectorise poorly in place, while over channels every lane is busy.
-// The two layout copies cost ~2 passes over x and dx, less than the NCHW window loops lose (at
-// (128, 24, 28, 28): fwd+bwd 9.7 ms in place, ~4 ms this way). With C = 1 both layouts are one.
-bool via_channels_last(const BatchNormShape& s) { return !s.channels_last && s.pool == 2 && s.C > 1; }
+// (W = 28 or 14 at MNIST), which vectorised poorly in place (even with shuffles splitting even and
+// odd columns), while over channels every lane is busy. The layout copies cost ~2 passes over x
+// and dx, less than the NCHW window loops lost (at (128, 24, 28, 28): fwd+bwd 9.7 ms in place,
+// ~4.6 ms this way). The kernels have no NCHW pool-2 path.
+bool via_channels_last(const BatchNormShape& s) { return !s.channels_last && s.pool == 2; }
 
 // t copied into a fresh buffer of layout `format` (huge-page hinted: see memory.h).
 Tensor copy_as(const Tensor& t, at::MemoryFormat format) {
   return with_huge_pages(at::empty(t.sizes(), t.options().memory_format(format))).copy_(t);
+}
+
+// z = x scale_c + shift_c for the statistics (mean, var), and invstd_c = 1 / sqrt(var_c + eps).
+struct Affine {
+  std::vector<double> invstd;
+  std::vector<float> scale, shift;
+};
+
+Affine affine(const Tensor& weight, const Tensor& bias, const float* mean, const float* var, double eps) {
+  const int64_t C = weight.numel();
+  const float *w = weight.data_ptr<float>(), *b = bias.data_ptr<float>();
+  Affine z{std::vector<double>(C), std::vector<float>(C), std::vector<float>(C)};
+  for (int64_t c = 0; c < C; ++c) {
+    z.invstd[c] = 1.0 / std::sqrt(static_cast<double>(var[c]) + eps);
+    z.scale[c] = static_cast<float>(w[c] * z.invstd[c]);
+    z.shift[c] = static_cast<float>(b[c] - mean[c] * (w[c] * z.invstd[c]));
+  }
+  return z;
 }
 
 std::tuple<Tensor, Tensor, Tensor> batch_norm_relu_fwd_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias,
@@ -117,14 +136,8 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_relu_fwd_cpu(const Tensor& x, cons
     check_stat(kOp, running_var, "running_var", x, C);
     mean.copy_(*running_mean), var.copy_(*running_var);
   }
-  std::vector<float> scale(C), shift(C);
-  const float *w = weight.data_ptr<float>(), *b = bias.data_ptr<float>();
-  for (int64_t c = 0; c < C; ++c) {
-    const double invstd = 1.0 / std::sqrt(static_cast<double>(v[c]) + eps);
-    scale[c] = static_cast<float>(w[c] * invstd);
-    shift[c] = static_cast<float>(b[c] - m[c] * (w[c] * invstd));
-  }
-  p.scale = scale.data(), p.shift = shift.data();
+  const Affine z = affine(weight, bias, m, v, eps);
+  p.scale = z.scale.data(), p.shift = z.shift.data();
   Tensor out = with_huge_pages(at::empty({s.N, C, s.H / pool, s.W / pool}, x.options().memory_format(layout(s))));
   p.out = out.data_ptr<float>();
   over_units(s, [&](int64_t u0, int64_t u1) { kernels().batch_norm_relu_fwd(p, u0, u1); });
@@ -153,16 +166,11 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_relu_bwd_cpu(const Tensor& dout, c
   p.pivot = K.data();
   p.dout = dout.data_ptr<float>();
 
-  const float *w = weight.data_ptr<float>(), *b = bias.data_ptr<float>();
-  const float *m = mean.data_ptr<float>(), *v = var.data_ptr<float>();
-  std::vector<double> invstd(C);
-  std::vector<float> scale(C), shift(C);
-  for (int64_t c = 0; c < C; ++c) {
-    invstd[c] = 1.0 / std::sqrt(static_cast<double>(v[c]) + eps);
-    scale[c] = static_cast<float>(w[c] * invstd[c]);
-    shift[c] = static_cast<float>(b[c] - m[c] * (w[c] * invstd[c]));
-  }
-  p.scale = scale.data(), p.shift = shift.data();
+  const float* w = weight.data_ptr<float>();
+  const float* m = mean.data_ptr<float>();
+  const Affine z = affine(weight, bias, m, var.data_ptr<float>(), eps);
+  const std::vector<double>& invstd = z.invstd;
+  p.scale = z.scale.data(), p.shift = z.shift.data();
   auto [sg, sgx] = channel_sums(s, [&](int64_t u0, int64_t u1, double* a, double* bb) {
     kernels().batch_norm_relu_bwd_sums(p, u0, u1, a, bb);
   });

@@ -4,7 +4,8 @@
 //
 //   x (N, C, H, W) fp32, NCHW or NHWC (channels_last), z = x * scale[c] + shift[c],
 //   out = maxpool_P(relu(z)), (N, C, H/P, W/P) in x's layout, P = 1 or 2 (floor: a last odd
-//   row/column is in the statistics but in no window).
+//   row/column is in the statistics but in no window). P = 2 comes in NHWC only: the driver runs
+//   NCHW x through a channels_last copy (its windows, neighbours in short rows, vectorise poorly).
 //   unit: NCHW one (n, c) plane; NHWC one output row (n, i): input rows P i .. P i + P - 1, plus the
 //   rows below the last window when H is odd, so that the backward's dx covers every row.
 //
@@ -19,11 +20,8 @@
 // into the caller's fp64 per-channel accumulators.
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
-#include <vector>
 
 #include "cpu/isa.h"
-#include "cpu/vec_math.h"
 
 namespace pyneuro::cpu::PYNEURO_CPU_ISA {
 namespace {
@@ -53,88 +51,6 @@ inline void route2(float z00, float z01, float z10, float z11, float dout, int& 
   const bool t3 = (z11 > m) | (z11 != z11);
   m = t3 ? z11 : m, which = t3 ? 3 : which;
   g = m > 0.f ? dout : 0.f;
-}
-
-// z = x a + b along one contiguous row (NCHW), into a buffer.
-inline void normalize_row(const float* x, float a, float b, float* z, int64_t W) {
-#pragma omp simd
-  for (int64_t q = 0; q < W; ++q) z[q] = x[q] * a + b;
-}
-
-// NCHW, pool 2: the windows of two rows are pairs of neighbours, at stride 2, which GCC does not
-// vectorise; native vectors split them into even and odd columns with two shuffles instead.
-using vec::fvec;
-using vec::ivec;
-constexpr int64_t kLanes = vec::kNativeLanes;
-
-struct PairMasks {  // __builtin_shuffle indices: even/odd of 2L floats, and back
-  ivec even, odd, lo, hi;
-};
-
-inline PairMasks make_pair_masks() {
-  int32_t e[kLanes], o[kLanes], lo[kLanes], hi[kLanes];
-  for (int64_t i = 0; i < kLanes; ++i) {
-    e[i] = static_cast<int32_t>(2 * i), o[i] = static_cast<int32_t>(2 * i + 1);
-    lo[i] = static_cast<int32_t>((i % 2 ? kLanes : 0) + i / 2);
-    hi[i] = static_cast<int32_t>((i % 2 ? kLanes : 0) + kLanes / 2 + i / 2);
-  }
-  PairMasks m;
-  std::memcpy(&m.even, e, sizeof e), std::memcpy(&m.odd, o, sizeof o);
-  std::memcpy(&m.lo, lo, sizeof lo), std::memcpy(&m.hi, hi, sizeof hi);
-  return m;
-}
-const PairMasks kPairs = make_pair_masks();
-
-// Columns 2j and 2j + 1 of 2L consecutive floats, as two vectors of L.
-inline void deinterleave(const float* p, fvec& even, fvec& odd) {
-  const fvec a = vec::load_vec(p), b = vec::load_vec(p + kLanes);
-  even = __builtin_shuffle(a, b, kPairs.even), odd = __builtin_shuffle(a, b, kPairs.odd);
-}
-inline void interleave(float* p, fvec even, fvec odd) {
-  vec::store_vec(p, __builtin_shuffle(even, odd, kPairs.lo));
-  vec::store_vec(p + kLanes, __builtin_shuffle(even, odd, kPairs.hi));
-}
-inline ivec wins(fvec v, fvec m) { return (v > m) | (v != v); }  // v takes the max (a NaN always does)
-
-// NCHW, pool 2: relu(max) of the windows of rows zt, zb (z values, W wide) into o (W / 2).
-inline void pool_rows(const float* zt, const float* zb, int64_t W, float* o) {
-  int64_t j = 0;
-  for (; j + kLanes <= W / 2; j += kLanes) {
-    fvec z00, z01, z10, z11;
-    deinterleave(zt + 2 * j, z00, z01), deinterleave(zb + 2 * j, z10, z11);
-    fvec m = wins(z01, z00) ? z01 : z00;
-    m = wins(z10, m) ? z10 : m;
-    m = wins(z11, m) ? z11 : m;
-    vec::store_vec(o + j, wins(m, fvec{}) ? m : fvec{});
-  }
-  for (; j < W / 2; ++j) o[j] = relu_nan(max4_nan(zt[2 * j], zt[2 * j + 1], zb[2 * j], zb[2 * j + 1]));
-}
-
-// NCHW, pool 2: dz of window rows 2i and 2i + 1 of one plane (zero but at each window's routed max),
-// from z of those rows (zt, zb) and the plane's dout row i.
-inline void route_rows(const float* zt, const float* zb, const float* d, int64_t W, float* dzt, float* dzb) {
-  int64_t j = 0;
-  for (; j + kLanes <= W / 2; j += kLanes) {
-    fvec z00, z01, z10, z11;
-    deinterleave(zt + 2 * j, z00, z01), deinterleave(zb + 2 * j, z10, z11);
-    const ivec t1 = wins(z01, z00);
-    const fvec m1 = t1 ? z01 : z00;
-    const ivec t2 = wins(z10, m1);
-    const fvec m2 = t2 ? z10 : m1;
-    const ivec t3 = wins(z11, m2);
-    const fvec m3 = t3 ? z11 : m2;
-    const fvec zero{}, g = m3 > zero ? vec::load_vec(d + j) : zero;
-    interleave(dzt + 2 * j, (~t1 & ~t2 & ~t3) ? g : zero, (t1 & ~t2 & ~t3) ? g : zero);
-    interleave(dzb + 2 * j, (t2 & ~t3) ? g : zero, t3 ? g : zero);
-  }
-  for (; j < W / 2; ++j) {
-    int which;
-    float g;
-    route2(zt[2 * j], zt[2 * j + 1], zb[2 * j], zb[2 * j + 1], d[j], which, g);
-    dzt[2 * j] = which == 0 ? g : 0.f, dzt[2 * j + 1] = which == 1 ? g : 0.f;
-    dzb[2 * j] = which == 2 ? g : 0.f, dzb[2 * j + 1] = which == 3 ? g : 0.f;
-  }
-  if (W % 2) dzt[W - 1] = dzb[W - 1] = 0.f;  // an odd last column: in no window
 }
 
 // The input rows [r0, r1) a unit covers (NHWC) and the output row it writes.
@@ -199,24 +115,14 @@ void batch_norm_stats(const BatchNormReluParams& p, int64_t u0, int64_t u1, doub
 void batch_norm_relu_fwd(const BatchNormReluParams& p, int64_t u0, int64_t u1) {
   const int64_t C = p.C, H = p.H, W = p.W, P = p.pool, Ho = H / P, Wo = W / P;
   const float *sc = p.scale, *sh = p.shift;
-  if (!p.channels_last) {
-    std::vector<float> rows(P == 2 ? 2 * W : 0);
-    float *zt = rows.data(), *zb = zt + W;
+  if (!p.channels_last) {  // pool 1 only (see the top)
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t c = u % C;
       const float a = sc[c], b = sh[c];
       const float* x = p.x + u * H * W;
-      float* out = p.out + u * Ho * Wo;
-      if (P == 1) {
+      float* out = p.out + u * H * W;
 #pragma omp simd
-        for (int64_t e = 0; e < H * W; ++e) out[e] = relu_nan(x[e] * a + b);
-        continue;
-      }
-      for (int64_t i = 0; i < Ho; ++i) {  // z of the window rows in contiguous buffers, then the windows
-        normalize_row(x + 2 * i * W, a, b, zt, W);
-        normalize_row(x + (2 * i + 1) * W, a, b, zb, W);
-        pool_rows(zt, zb, W, out + i * Wo);
-      }
+      for (int64_t e = 0; e < H * W; ++e) out[e] = relu_nan(x[e] * a + b);
     }
     return;
   }
@@ -253,31 +159,17 @@ void batch_norm_relu_fwd(const BatchNormReluParams& p, int64_t u0, int64_t u1) {
 void batch_norm_relu_bwd_sums(const BatchNormReluParams& p, int64_t u0, int64_t u1, double* sg, double* sgx) {
   const int64_t C = p.C, H = p.H, W = p.W, P = p.pool, Ho = H / P, Wo = W / P;
   const float *sc = p.scale, *sh = p.shift, *K = p.pivot;
-  if (!p.channels_last) {
-    std::vector<float> rows(P == 2 ? 4 * W : 0);
-    float *zt = rows.data(), *zb = zt + W, *dzt = zb + W, *dzb = dzt + W;
+  if (!p.channels_last) {  // pool 1 only (see the top)
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t c = u % C;
       const float a = sc[c], b = sh[c], k = K[c];
       const float* x = p.x + u * H * W;
-      const float* d = p.dout + u * Ho * Wo;
+      const float* d = p.dout + u * H * W;
       float a1 = 0.f, a2 = 0.f;
-      if (P == 1) {
 #pragma omp simd reduction(+ : a1, a2)
-        for (int64_t e = 0; e < H * W; ++e) {
-          const float g = (x[e] * a + b > 0.f) ? d[e] : 0.f;
-          a1 += g, a2 += g * (x[e] - k);
-        }
-      } else {
-        for (int64_t i = 0; i < Ho; ++i) {
-          const float* top = x + 2 * i * W;
-          const float* bot = top + W;
-          normalize_row(top, a, b, zt, W);
-          normalize_row(bot, a, b, zb, W);
-          route_rows(zt, zb, d + i * Wo, W, dzt, dzb);
-#pragma omp simd reduction(+ : a1, a2)
-          for (int64_t q = 0; q < W; ++q) a1 += dzt[q] + dzb[q], a2 += dzt[q] * (top[q] - k) + dzb[q] * (bot[q] - k);
-        }
+      for (int64_t e = 0; e < H * W; ++e) {
+        const float g = (x[e] * a + b > 0.f) ? d[e] : 0.f;
+        a1 += g, a2 += g * (x[e] - k);
       }
       sg[c] += a1, sgx[c] += a2;
     }
@@ -330,39 +222,18 @@ void batch_norm_relu_bwd_dx(const BatchNormReluParams& p, int64_t u0, int64_t u1
   const int64_t C = p.C, H = p.H, W = p.W, P = p.pool, Ho = H / P, Wo = W / P;
   const float *sc = p.scale, *sh = p.shift, *kg = p.dx_k, *kx = p.dx_bx, *k1 = p.dx_cx;
   const bool t = p.training;  // the statistics' terms exist in training only
-  if (!p.channels_last) {
-    std::vector<float> rows(P == 2 ? 4 * W : 0);
-    float *zt = rows.data(), *zb = zt + W, *dzt = zb + W, *dzb = dzt + W;
+  if (!p.channels_last) {  // pool 1 only (see the top)
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t c = u % C;
       const float a = sc[c], b = sh[c], gk = kg[c], bx = kx[c], cx = k1[c];
       const float* x = p.x + u * H * W;
-      const float* d = p.dout + u * Ho * Wo;
+      const float* d = p.dout + u * H * W;
       float* dx = p.dx + u * H * W;
-      if (P == 1) {
 #pragma omp simd
-        for (int64_t e = 0; e < H * W; ++e) {
-          const float g = (x[e] * a + b > 0.f) ? d[e] : 0.f;
-          dx[e] = gk * g + lin(t, bx, x[e], cx);
-        }
-        continue;
+      for (int64_t e = 0; e < H * W; ++e) {
+        const float g = (x[e] * a + b > 0.f) ? d[e] : 0.f;
+        dx[e] = gk * g + lin(t, bx, x[e], cx);
       }
-      for (int64_t i = 0; i < Ho; ++i) {
-        const float* top = x + 2 * i * W;
-        const float* bot = top + W;
-        normalize_row(top, a, b, zt, W);
-        normalize_row(bot, a, b, zb, W);
-        route_rows(zt, zb, d + i * Wo, W, dzt, dzb);
-        float* dtop = dx + 2 * i * W;
-        float* dbot = dtop + W;
-#pragma omp simd
-        for (int64_t q = 0; q < W; ++q) {
-          dtop[q] = gk * dzt[q] + lin(t, bx, top[q], cx);
-          dbot[q] = gk * dzb[q] + lin(t, bx, bot[q], cx);
-        }
-      }
-#pragma omp simd
-      for (int64_t e = 2 * Ho * W; e < H * W; ++e) dx[e] = lin(t, bx, x[e], cx);  // an odd last row: in no window
     }
     return;
   }

@@ -104,18 +104,16 @@ def _check(x, running_mean, running_var, weight, bias, training, momentum, eps, 
 # ----------------------------------------------------------------------------------------------
 # The compiled pair: fake shapes and autograd
 # ----------------------------------------------------------------------------------------------
-def _channels_last(x: Tensor) -> bool:
-    """The layout the kernels see (csrc/common/batch_norm_args.h): NHWC unless x is also row-major."""
-    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-
-def _layout(x: Tensor):
-    return torch.channels_last if _channels_last(x) else torch.contiguous_format
+def _layout(x: Tensor, pool: int):
+    """The layout of out and dx, as csrc/common/batch_norm_args.h decides it: channels_last when x
+    is, except where both layouts hold (C = 1, or H = W = 1) and pool is 1."""
+    cl = x.is_contiguous(memory_format=torch.channels_last) and (not x.is_contiguous() or pool == 2)
+    return torch.channels_last if cl else torch.contiguous_format
 
 
 def _fake_fwd(x, weight, bias, running_mean, running_var, training, eps, pool):
     N, C, H, W = x.shape
-    out = x.new_empty((N, C, H // pool, W // pool)).contiguous(memory_format=_layout(x))
+    out = x.new_empty((N, C, H // pool, W // pool)).contiguous(memory_format=_layout(x, pool))
     return out, x.new_empty((C,)), x.new_empty((C,))
 
 
@@ -137,10 +135,10 @@ def _backward(ctx, dout, _dmean, _dvar):
     if dout is None:
         return (None,) * 8
     dout = dout.to(x.dtype)
-    # The CPU's NCHW pool-2 path runs in channels_last (csrc/cpu/batch_norm.cpp): a channels_last
-    # dout (as the next convolution's backward may give) needs no copy there.
-    if not (ctx.pool == 2 and x.shape[1] > 1 and dout.is_contiguous(memory_format=torch.channels_last)):
-        dout = dout.contiguous(memory_format=_layout(x))
+    # With pool 2 the CPU kernels run in channels_last (NCHW x through a copy, csrc/cpu/batch_norm.cpp):
+    # a channels_last dout (as the next convolution's backward may give) needs no copy there.
+    if not (ctx.pool == 2 and dout.is_contiguous(memory_format=torch.channels_last)):
+        dout = dout.contiguous(memory_format=_layout(x, ctx.pool))
     dx, dweight, dbias = torch.ops.pyneuro.batch_norm_relu_bwd(dout, x, weight, bias, mean, var, ctx.training,
                                                                ctx.eps, ctx.pool)
     return dx, dweight, dbias, None, None, None, None, None
