@@ -46,3 +46,36 @@ def test_models_lists_the_task(capsys):
     assert cli.main(["models"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("vae "))
     assert "task: generate" in line
+
+
+def test_results_table_prints_each_kind_from_real_run_folders(tiny_data, tmp_path, capsys):
+    """scripts/results_table.py on what the trainer writes: a classifier without a validation pass
+    (train+val) and a generative run (it used to fail looking for val_acc)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "results_table", Path(__file__).resolve().parents[2] / "scripts" / "results_table.py")
+    results_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results_table)
+
+    vae, ann = tmp_path / "vae", tmp_path / "ann"
+    assert cli.main(["train", *_tiny_vae(tiny_data), "--out", str(vae)]) == 0
+    assert cli.main(["train", "--model", "ann", "--device", "cpu", "--epochs", "1", "--set", "train.threads=1",
+                     "--set", "train.train_split=train+val", "--set", "train.eval_every=0",
+                     "--set", f"train.data_dir={json.dumps(str(tiny_data))}",
+                     "--out", str(ann)]) == 0
+    capsys.readouterr()
+    lines = results_table.tables([vae, ann]).splitlines()
+    assert lines[0] == results_table.CLASSIFY_HEADER and lines[1].count("|") == lines[0].count("|")
+    acc = json.loads((ann / "eval.json").read_text())["test_acc"]
+    assert lines[2].startswith(f"| ann | **{100 * acc:.2f}%** | — | 1 | ")
+    assert lines[3] == "" and lines[4] == results_table.GENERATE_HEADER
+    assert lines[5].count("|") == lines[4].count("|")
+    ev = json.loads((vae / "eval.json").read_text())
+    cells = [c.strip() for c in lines[6].split("|")[1:-1]]
+    assert cells[:5] == ["vae", f"**{ev['neg_elbo_nats']:.2f}**", f"{ev['iw_nll_nats']:.2f} (k=10)",
+                         f"{ev['kl_nats']:.2f}", f"{ev['recon_nats']:.2f}"]
+    assert cells[5] == "1" and cells[-1] == "cpu"
+    with pytest.raises(SystemExit, match="no eval.json"):
+        results_table.tables([tmp_path])
