@@ -1,6 +1,7 @@
 // Operator schemas of the pyneuro namespace. Implementations register per dispatch key
 // (CPU in csrc/cpu/, CUDA in csrc/cuda/*_glue.cpp); fake and autograd registrations live in
-// Python next to each op (pyneuro/ops/<op>/__init__.py).
+// Python next to each op (pyneuro/ops/<op>/__init__.py), except attention's derivative, which is
+// registered in C++ (csrc/autograd/attention.cpp).
 #include <torch/library.h>
 
 TORCH_LIBRARY(pyneuro, m) {

@@ -336,17 +336,25 @@ def report(device: torch.device | None = None) -> dict[str, dict[str, str]]:
 # ----------------------------------------------------------------------------------------------
 # Dispatcher registrations shared by every op with compiled kernels
 # ----------------------------------------------------------------------------------------------
+def has_cpp_autograd(op) -> bool:
+    """Whether the extension registered the derivative of ``op`` (a "pyneuro::x" qualname) in C++."""
+    return isinstance(op, str) and torch._C._dispatch_has_kernel_for_dispatch_key(op, "Autograd")
+
+
 def register_kernel_pair(op_name: str, fwd, bwd, *, fake_fwd: Optional[Callable], fake_bwd: Optional[Callable],
                          setup_context: Callable, backward: Callable) -> None:
     """Make the forward op ``fwd`` differentiable with ``backward`` (which calls the op ``bwd``),
     and give both ops fake (shape-only) implementations so they trace under torch.compile.
     ``fwd``/``bwd`` are qualnames ("pyneuro::x") or custom-op objects. The backward op itself
-    gets no derivative: differentiating through it raises instead of silently returning zeros."""
+    gets no derivative: differentiating through it raises instead of silently returning zeros.
+    A forward op whose derivative the extension registers in C++ (csrc/autograd/, the same formula
+    with less per-call overhead) keeps that one; ``backward`` then serves the ops without it."""
     if fake_fwd is not None:
         torch.library.register_fake(fwd)(fake_fwd)
     if fake_bwd is not None:
         torch.library.register_fake(bwd)(fake_bwd)
-    torch.library.register_autograd(fwd, backward, setup_context=setup_context)
+    if not has_cpp_autograd(fwd):  # a Python registration would replace the C++ one
+        torch.library.register_autograd(fwd, backward, setup_context=setup_context)
 
     def no_double_backward(ctx, *grads):
         raise RuntimeError(f"{op_name}: the compiled backends have no double backward (second "

@@ -19,8 +19,9 @@ Backends (declared once below; pyneuro/_backends.py chooses among them):
 * ``triton``: pyneuro.kernels.attention (FlashAttention-2 style) as pyneuro::attention_fwd_triton/_bwd_triton.
 
 The compiled backends implement the forward/backward pair of docs/attention_contract.md (the
-forward saves the log-sum-exp, the backward recomputes the probabilities from it), and one autograd
-wiring serves them all. naive.py holds the same pair in PyTorch (``attention_fwd_contract`` /
+forward saves the log-sum-exp, the backward recomputes the probabilities from it). The C++ ops
+(cpu, cuda) carry their derivative in the extension (csrc/autograd/attention.cpp: less per-call
+overhead on small heads); the Triton pair gets the same formula from ``_backward_for`` below. naive.py holds the same pair in PyTorch (``attention_fwd_contract`` /
 ``attention_bwd_contract``).
 """
 from __future__ import annotations
@@ -98,7 +99,7 @@ def draw_rng_state() -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
-# The compiled pair: fake shapes and one autograd wiring for every backend
+# The compiled pairs: fake shapes, and the autograd wiring of those without a C++ one
 # ----------------------------------------------------------------------------------------------
 def _fake_fwd(q, k, v, causal, scale, dropout_p, rng_state):
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)

@@ -47,6 +47,24 @@ def _compile_check(target, compiler):
         assert_matches(g, e, 1e-5, name)
 
 
+def test_autograd_wiring(backend_target):
+    """The C++ ops (cpu, cuda) differentiate through the extension's C++ node (csrc/autograd/),
+    not a Python registration laid over it; the Triton ops through the Python one. Same gradients."""
+    s = Shape(B=1, Hq=2, Lq=4, D=8)
+    q, k, v = (t.to(backend_target.device).requires_grad_() for t in make_inputs(s, seed=24))
+    out, lse = attn_ops.attention(q, k, v, return_lse=True, backend=backend_target.backend)
+    node = out.grad_fn.name()
+    if backend_target.backend == "triton":
+        assert "CppNode" not in node
+    else:
+        assert node.startswith("torch::autograd::CppNode<") and "AttentionFunction" in node, node
+    assert not lse.requires_grad
+    got = torch.autograd.grad(out[..., :1].sum(), (q, k, v))
+    want = torch.autograd.grad(attn_ops.attention(q, k, v, backend="reference")[..., :1].sum(), (q, k, v))
+    for name, g, e in zip(("dq", "dk", "dv"), got, want):
+        assert_matches(g, e, 1e-5, name)
+
+
 def test_torch_compile_fullgraph(backend_target):
     """aot_eager traces the ops through their fake and autograd registrations as inductor does."""
     _compile_check(backend_target, "aot_eager")

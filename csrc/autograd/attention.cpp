@@ -1,0 +1,92 @@
+// The derivative of pyneuro::attention_fwd, registered at the dispatcher's Autograd key: one
+// torch::autograd::Function for every device the op has kernels for (CPU here, CUDA in the glue).
+//
+// Why in C++ when the other ops register theirs from Python (torch.library.register_autograd):
+// attention is called once per layer and step on small heads, where the Python wiring was a
+// measurable share of the call. At (128, 4, 17, 24) fp32 one forward + backward takes ~1 ms of
+// kernel time; the Python autograd kernel added ~50 µs per call (its Function, pytree and
+// re-dispatch), this one ~8 µs. pyneuro/_backends.py sees the kernel registered here and does not
+// register a Python one over it; the fake (shape) functions stay in Python.
+//
+// Contract (docs/attention_contract.md): out is differentiable, lse is not; the backward
+// recomputes the probabilities from lse and calls pyneuro::attention_bwd, which has no derivative
+// itself (its Python registration raises when a second derivative reaches it).
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+namespace pyneuro {
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+std::tuple<Tensor, Tensor> call_fwd(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
+                                    double dropout_p, const OptTensor& rng_state) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("pyneuro::attention_fwd", "")
+                             .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, bool,
+                                                               double, double, const OptTensor&)>();
+  return op.call(q, k, v, causal, scale, dropout_p, rng_state);
+}
+
+std::tuple<Tensor, Tensor, Tensor> call_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                                            const Tensor& out, const Tensor& lse, bool causal, double scale,
+                                            double dropout_p, const OptTensor& rng_state) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("pyneuro::attention_bwd", "")
+          .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                    const Tensor&, const Tensor&, bool, double, double,
+                                                    const OptTensor&)>();
+  return op.call(dout, q, k, v, out, lse, causal, scale, dropout_p, rng_state);
+}
+
+struct AttentionFunction : public torch::autograd::Function<AttentionFunction> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                               double scale, double dropout_p, const OptTensor& rng_state) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // straight to the device kernel
+    auto [out, lse] = call_fwd(q, k, v, causal, scale, dropout_p, rng_state);
+    // rng_state is a plain int64 tensor: saved as data, so the backward regenerates the same mask.
+    ctx->save_for_backward({q, k, v, out, lse, rng_state.value_or(Tensor())});
+    ctx->saved_data["causal"] = causal;
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["dropout_p"] = dropout_p;
+    ctx->mark_non_differentiable({lse});
+    // A backward that reaches only lse (no gradient) gets None for out, not a zero-filled tensor.
+    ctx->set_materialize_grads(false);
+    return {out, lse};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const Tensor &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[3], &lse = saved[4];
+    const OptTensor rng_state = saved[5].defined() ? OptTensor(saved[5]) : std::nullopt;
+    Tensor dout = grads[0].defined() ? grads[0].to(q.scalar_type()) : at::zeros_like(out);
+    if (dout.size(-1) != 1 && dout.stride(-1) != 1) dout = dout.contiguous();  // the kernels' one layout rule
+    const bool causal = ctx->saved_data["causal"].toBool();
+    const double scale = ctx->saved_data["scale"].toDouble(), dropout_p = ctx->saved_data["dropout_p"].toDouble();
+    // Under create_graph the call goes through attention_bwd's own autograd registration (Python:
+    // it raises if a second derivative ever reaches it); otherwise straight to the device kernel.
+    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+    if (!at::GradMode::is_enabled()) below_autograd.emplace();
+    auto [dq, dk, dv] = call_bwd(dout, q, k, v, out, lse, causal, scale, dropout_p, rng_state);
+    return {dq, dk, dv, Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+std::tuple<Tensor, Tensor> attention_fwd_autograd(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                                                  double scale, double dropout_p, const OptTensor& rng_state) {
+  variable_list r = AttentionFunction::apply(q, k, v, causal, scale, dropout_p, rng_state);
+  return {r[0], r[1]};
+}
+
+}  // namespace
+}  // namespace pyneuro
+
+TORCH_LIBRARY_IMPL(pyneuro, Autograd, m) { m.impl("attention_fwd", &pyneuro::attention_fwd_autograd); }
