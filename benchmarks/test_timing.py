@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from pyneuro.bench.timing import copy_bandwidth, gemm_peak, time_fn
+from pyneuro.bench.timing import copy_bandwidth, gemm_peak, time_fn, time_interleaved
 
 
 def test_cpu_timing_is_wall_time_of_the_call():
@@ -31,3 +31,28 @@ def test_cuda_timing_uses_events_and_sees_queued_work():
     t = time_fn(lambda: torch.cuda._sleep(cycles), device, warmup=1, repeats=3)
     assert t["clock"] == "cuda-events"
     assert t["median_s"] > cycles / 3e9  # no GPU clocks at 3 GHz: at least ~17 ms
+
+
+def test_interleaved_timing_takes_turns_and_isolates_a_broken_contender():
+    calls = []
+
+    def make(label, seconds):
+        def fn():
+            calls.append(label)
+            time.sleep(seconds)
+        return fn
+
+    def broken():
+        calls.append("broken")
+        if calls.count("broken") > 2:  # survives its warm-up, fails in the timed rounds
+            raise RuntimeError("kernel fault")
+
+    fns = {"a": make("a", 0.002), "b": make("b", 0.004), "broken": broken}
+    t = time_interleaved(fns, torch.device("cpu"), warmup=2, repeats=4, min_time=0.03)
+    assert t["broken"] == {"error": "RuntimeError: kernel fault"}
+    assert t["a"]["runs"] == t["b"]["runs"] >= 4
+    # at least min_time per contender left in the rotation: 2 x 0.03 s over 0.006 s rounds
+    assert t["a"]["runs"] >= 0.06 / 0.006 - 1
+    timed = [c for c in calls[6:] if c != "broken"]  # after the warm-up calls
+    assert timed[:6] == ["a", "b"] * 3  # one call of each per round
+    assert 0.002 <= t["a"]["min_s"] <= t["a"]["median_s"] < t["b"]["median_s"]

@@ -2,7 +2,9 @@
 
 Each timing is also given as a fraction of what this machine reaches on the case's bound: the
 copy bandwidth for memory-bound cases (bytes), the GEMM peak of the case's dtype for compute-bound
-ones (flops). Both are measured at the start of the run, on the same device."""
+ones (flops). Both are measured at the start of the run, on the same device. The contenders of a
+case are timed interleaved, one call of each per round, for at least half a second each: the
+ratio to the baseline then holds on a machine whose speed drifts during the run."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +17,11 @@ import sys
 import torch
 
 from .cases import CASES
-from .timing import copy_bandwidth, gemm_peak, time_fn
+from .timing import copy_bandwidth, gemm_peak, time_interleaved
+
+# Seconds of timed calls per contender and case (at least --repeats calls): sub-millisecond cases
+# get hundreds of calls, so their medians hold on a shared 2-core machine.
+MIN_TIME_S = 0.5
 
 
 def cpu_name() -> str:
@@ -61,12 +67,9 @@ def run(ops, device: torch.device, quick: bool, repeats: int, stream=None) -> di
 
     for op in ops:
         for case in CASES[op](device, quick):
-            timings = {}
-            for label, fn in case["contenders"].items():
-                try:
-                    timings[label] = time_fn(fn, device, warmup=1 if quick else 2, repeats=repeats)
-                except Exception as exc:  # one broken contender must not hide the others
-                    timings[label] = {"error": f"{type(exc).__name__}: {exc}"}
+            # Contenders interleaved call by call, for at least MIN_TIME_S each (not in --quick).
+            timings = time_interleaved(case["contenders"], device, warmup=1 if quick else 2, repeats=repeats,
+                                       min_time=0.0 if quick else MIN_TIME_S)
             base = timings.get(case["baseline"], {}).get("median_s")
             rows = []
             for label, t in timings.items():

@@ -42,6 +42,46 @@ def time_fn(fn, device: torch.device, warmup: int = 2, repeats: int = 5, min_tim
             "clock": "cuda-events" if device.type == "cuda" else "wall"}
 
 
+def time_interleaved(fns: dict, device: torch.device, warmup: int = 2, repeats: int = 5,
+                     min_time: float = 0.0) -> dict:
+    """time_fn for several contenders at once, one call of each per round (round-robin), so that
+    a slow spell of a shared machine (another process, frequency changes) lands on every contender
+    alike instead of on whichever was being timed; the ratios between them are what the suite
+    reports. Rounds continue until ``repeats`` of them and ``min_time`` seconds per contender
+    (at most 1000). A contender that raises gets {"error": ...} and leaves the rotation.
+    -> {label: time_fn's dict or {"error": message}}."""
+    once = _time_once_cuda if device.type == "cuda" else _time_once_cpu
+    times: dict[str, list[float]] = {}
+    errors: dict[str, str] = {}
+    for label, fn in fns.items():
+        try:
+            for _ in range(warmup):
+                fn()
+            times[label] = []
+        except Exception as exc:  # one broken contender must not hide the others
+            errors[label] = f"{type(exc).__name__}: {exc}"
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    rounds, start_all = 0, time.perf_counter()
+    while times and rounds < 1000 and (rounds < repeats or time.perf_counter() - start_all < min_time * len(times)):
+        for label in list(times):
+            try:
+                times[label].append(once(fns[label]))
+            except Exception as exc:
+                errors[label] = f"{type(exc).__name__}: {exc}"
+                del times[label]
+        rounds += 1
+    clock = "cuda-events" if device.type == "cuda" else "wall"
+    out = {}
+    for label in fns:
+        if label in errors:
+            out[label] = {"error": errors[label]}
+        else:
+            t = times[label]
+            out[label] = {"median_s": statistics.median(t), "min_s": min(t), "runs": len(t), "clock": clock}
+    return out
+
+
 def copy_bandwidth(device: torch.device, n_bytes: int = 1 << 28) -> float:
     """Best achieved device-to-device copy bandwidth in bytes/s (read + write), the memory roofline.
     The fastest run, not the median: a limit should not include the noise of a busy machine."""
