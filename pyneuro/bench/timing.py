@@ -44,12 +44,15 @@ def time_fn(fn, device: torch.device, warmup: int = 2, repeats: int = 5, min_tim
 
 def time_interleaved(fns: dict, device: torch.device, warmup: int = 2, repeats: int = 5,
                      min_time: float = 0.0) -> dict:
-    """time_fn for several contenders at once, one call of each per round (round-robin), so that
-    a slow spell of a shared machine (another process, frequency changes) lands on every contender
-    alike instead of on whichever was being timed; the ratios between them are what the suite
-    reports. Rounds continue until ``repeats`` of them and ``min_time`` seconds per contender
-    (at most 1000). A contender that raises gets {"error": ...} and leaves the rotation.
-    -> {label: time_fn's dict or {"error": message}}."""
+    """time_fn for several contenders at once, in rounds (round-robin), so that a slow spell of a
+    shared machine (another process, frequency changes) lands on every contender alike instead of
+    on whichever was being timed; the ratios between them are what the suite reports. In each
+    round a contender makes one untimed call and then one timed one: the untimed call absorbs what
+    the previous contender left behind (its freed memory handed back to the OS, so fresh pages to
+    fault in; cold caches), so the timed call sees the contender's own steady state, as when it
+    runs alone. Rounds continue until ``repeats`` of them and ``min_time`` seconds of timed calls
+    per contender (at most 1000). A contender that raises gets {"error": ...} and leaves the
+    rotation. -> {label: time_fn's dict or {"error": message}}."""
     once = _time_once_cuda if device.type == "cuda" else _time_once_cpu
     times: dict[str, list[float]] = {}
     errors: dict[str, str] = {}
@@ -62,10 +65,11 @@ def time_interleaved(fns: dict, device: torch.device, warmup: int = 2, repeats: 
             errors[label] = f"{type(exc).__name__}: {exc}"
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    rounds, start_all = 0, time.perf_counter()
-    while times and rounds < 1000 and (rounds < repeats or time.perf_counter() - start_all < min_time * len(times)):
+    rounds = 0
+    while times and rounds < 1000 and (rounds < repeats or min(sum(t) for t in times.values()) < min_time):
         for label in list(times):
             try:
+                fns[label]()  # settle (see above)
                 times[label].append(once(fns[label]))
             except Exception as exc:
                 errors[label] = f"{type(exc).__name__}: {exc}"
