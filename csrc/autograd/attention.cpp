@@ -1,12 +1,16 @@
 // The derivative of pyneuro::attention_fwd, registered at the dispatcher's Autograd key: one
-// torch::autograd::Function for every device the op has kernels for (CPU here, CUDA in the glue).
+// torch::autograd::Function for the CPU and the CUDA kernels alike (it calls the ops through the
+// dispatcher, below autograd).
 //
 // Why in C++ when the other ops register theirs from Python (torch.library.register_autograd):
-// attention is called once per layer and step on small heads, where the Python wiring was a
-// measurable share of the call. At (128, 4, 17, 24) fp32 one forward + backward takes ~1 ms of
-// kernel time; the Python autograd kernel added ~50 µs per call (its Function, pytree and
-// re-dispatch), this one ~8 µs. pyneuro/_backends.py sees the kernel registered here and does not
-// register a Python one over it; the fake (shape) functions stay in Python.
+// attention is called once per layer and step on small heads, where the wiring around the kernels
+// was a measurable share of the call. On a tiny head (one thread, thread CPU time) a forward +
+// backward through the Python registration cost 53 µs more than the two ops called directly (its
+// Function, pytree and re-dispatch), through this one 31 µs more, most of it the autograd graph
+// work that any differentiable op pays; at (128, 4, 17, 24) fp32 the measured gain was larger
+// still (docs/kernels/attention.md, "Per-call cost"). pyneuro/_backends.py sees
+// the kernel registered here and does not register a Python one over it; the fake (shape)
+// functions stay in Python.
 //
 // Contract (docs/attention_contract.md): out is differentiable, lse is not; the backward
 // recomputes the probabilities from lse and calls pyneuro::attention_bwd, which has no derivative
