@@ -6,7 +6,7 @@
 // attention is called once per layer and step on small heads, where the wiring around the kernels
 // was a measurable share of the call. On a tiny head (one thread, thread CPU time) a forward +
 // backward through the Python registration cost 53 µs more than the two ops called directly (its
-// Function, pytree and re-dispatch), through this one 31 µs more, most of it the autograd graph
+// Function, pytree and re-dispatch), through this one 15 µs more, most of it the autograd graph
 // work that any differentiable op pays; at (128, 4, 17, 24) fp32 the measured gain was larger
 // still (docs/kernels/attention.md, "Per-call cost"). pyneuro/_backends.py sees
 // the kernel registered here and does not register a Python one over it; the fake (shape)
