@@ -17,8 +17,9 @@ MIN_CALLS = 10_000
 # (op registry name, backend) -> calls of the op under test; the fp64 reference calls the
 # properties compare against are counted apart, under backend "oracle".
 CALLS: collections.Counter = collections.Counter()
-# Whether every fuzz test was selected and none failed: only then must the floor hold.
-SUITE = {"deselected": 0, "not_passed": []}
+# Whether every fuzz test was selected, ran in this process and none failed: only then must the
+# floor hold. "ran_here": the fuzz tests this process ran (the counter is per process).
+SUITE = {"deselected": 0, "not_passed": [], "ran_here": set()}
 
 
 def fuzz_backends(op_name: str) -> list[tuple[str, str]]:
@@ -56,9 +57,19 @@ def fuzz_suite(request) -> dict:
     """What test_fuzz_total needs to judge the count: the floor, and whether the whole suite ran
     (modules not collected, tests deselected, tests that failed)."""
     here = Path(__file__).parent
-    collected = {item.path.name for item in request.session.items if _is_fuzz_test(item.nodeid)}
+    fuzz_items = [item for item in request.session.items if _is_fuzz_test(item.nodeid)]
+    collected = {item.path.name for item in fuzz_items}
     missing = sorted(p.name for p in here.glob("test_fuzz_*.py") if p.name not in collected | {"test_fuzz_total.py"})
-    return {"min_calls": MIN_CALLS, "missing": missing, **SUITE}
+    # Under pytest-xdist every process collects every test but runs its share: which fuzz tests
+    # did not run in this one (so their calls are not in this process's counter)?
+    elsewhere = sorted(_base_nodeid(item.nodeid) for item in fuzz_items
+                       if _base_nodeid(item.nodeid) not in SUITE["ran_here"])
+    return {"min_calls": MIN_CALLS, "missing": missing, "elsewhere": elsewhere, **SUITE}
+
+
+def _base_nodeid(nodeid: str) -> str:
+    """The node id without the "@group" suffix pytest-xdist's loadgroup appends."""
+    return nodeid.split("@", 1)[0]
 
 
 def _is_fuzz_test(nodeid: str) -> bool:
@@ -79,8 +90,11 @@ def pytest_deselected(items):
 
 
 def pytest_runtest_logreport(report):
-    if _is_fuzz_test(report.nodeid) and report.failed:
-        SUITE["not_passed"].append(report.nodeid)
+    if _is_fuzz_test(report.nodeid):
+        if report.when == "setup":  # every test run in this process reports its setup here
+            SUITE["ran_here"].add(_base_nodeid(report.nodeid))
+        if report.failed:
+            SUITE["not_passed"].append(report.nodeid)
 
 
 def pytest_terminal_summary(terminalreporter):
