@@ -61,28 +61,20 @@ def fuzz_suite(request) -> dict:
     collected = {item.path.name for item in fuzz_items}
     missing = sorted(p.name for p in here.glob("test_fuzz_*.py") if p.name not in collected | {"test_fuzz_total.py"})
     # Under pytest-xdist every process collects every test but runs its share: which fuzz tests
-    # did not run in this one (so their calls are not in this process's counter)?
+    # did not run in this one (so their calls are not in this process's counter)? make test and
+    # make sanitize run the suite in a process of its own.
     elsewhere = sorted(_base_nodeid(item.nodeid) for item in fuzz_items
                        if _base_nodeid(item.nodeid) not in SUITE["ran_here"])
     return {"min_calls": MIN_CALLS, "missing": missing, "elsewhere": elsewhere, **SUITE}
 
 
 def _base_nodeid(nodeid: str) -> str:
-    """The node id without the "@group" suffix pytest-xdist's loadgroup appends."""
+    """The node id without the "@group" suffix pytest-xdist's loadgroup appends (where it works)."""
     return nodeid.split("@", 1)[0]
 
 
 def _is_fuzz_test(nodeid: str) -> bool:
     return nodeid.startswith("tests/fuzz/") and "test_fuzz_total" not in nodeid
-
-
-def pytest_collection_modifyitems(items):
-    """The calls are counted per process: under pytest-xdist every fuzz test, the total's check
-    last (file order), must run in one worker. `--dist loadgroup` (make test, make sanitize) does
-    that with this group; the rest of the suite still spreads over the workers."""
-    for item in items:
-        if item.nodeid.startswith("tests/fuzz/"):
-            item.add_marker(pytest.mark.xdist_group("fuzz"))
 
 
 def pytest_deselected(items):

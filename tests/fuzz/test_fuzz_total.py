@@ -15,8 +15,8 @@ def test_fuzz_suite_made_enough_calls(fuzz_calls, fuzz_suite):
     if fuzz_suite["deselected"]:
         pytest.skip(f"{fuzz_suite['deselected']} fuzz tests deselected: the floor holds for the whole suite only")
     if fuzz_suite["elsewhere"]:
-        # Only with pytest-xdist, when the fuzz tests were not kept in one worker (make test and
-        # make sanitize group them with --dist loadgroup): this process's counter misses those.
+        # Only under pytest-xdist (make test and make sanitize run this folder in a process of its
+        # own): this process's counter misses the calls made in the other workers.
         pytest.skip(f"{len(fuzz_suite['elsewhere'])} fuzz tests ran in another process (e.g. "
                     f"{fuzz_suite['elsewhere'][0]}): this process's count is not the suite's")
     if fuzz_suite["not_passed"]:
