@@ -36,6 +36,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "label_smoothing": 0.0,
     "grad_clip": 0.0,           # max gradient norm; 0 disables clipping
     "augment_shift": 0,         # random translation by up to this many pixels; 0 disables it
+    "augment_rotate": 0.0,      # random rotation by up to this many degrees either way; 0 disables it
+    "augment_scale": 0.0,       # random zoom by a factor in [1 - s, 1 + s]; 0 disables it
     "seed": 0,
     "device": "auto",           # auto | cpu | cuda
     "threads": 0,               # torch intra-op threads; 0 keeps torch's default
@@ -73,6 +75,8 @@ _TRAIN_RANGES = {
     "label_smoothing": (0.0, 1.0, "[)"),
     "grad_clip": (0.0, 1e6, "[]"),
     "augment_shift": (0, 14, "[]"),
+    "augment_rotate": (0.0, 180.0, "[]"),
+    "augment_scale": (0.0, 0.5, "[]"),
     "seed": (0, 2**32 - 1, "[]"),
     "threads": (0, 1024, "[]"),
     "train_subset": (0, _BIG, "[]"),

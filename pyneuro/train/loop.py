@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from .. import data as pdata
 from ..models import registry
 from . import distributed
-from .augment import shift_images, shift_offsets
+from .augment import affine_draws, affine_images, shift_images, shift_offsets
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
 from .config import ConfigError
 from .metrics import MetricsLog, classification_report, confusion_matrix, format_report
@@ -469,6 +469,9 @@ class _Run:
         order = torch.randperm(len(self.train_y), generator=self.batch_gen).to(device)
         offsets = (shift_offsets(B, shift, self.aug_gen, batches=self.steps_per_epoch).to(device)
                    if shift else None)
+        rotate, scale = tr["augment_rotate"], tr["augment_scale"]
+        affine = (affine_draws(B, rotate, scale, self.aug_gen, batches=self.steps_per_epoch).to(device)
+                  if rotate or scale else None)  # drawn after the shifts: runs without it replay as before
         mine = slice(ctx.rank * b, (ctx.rank + 1) * b)  # this rank's share of each global batch
         self.model.train()
         bar = Progress(self.steps_per_epoch, f"epoch {self.epoch + 1}/{tr['epochs']}", every=tr["log_every"],
@@ -487,6 +490,8 @@ class _Run:
             xb, yb = self.train_x.index_select(0, idx), self.train_y.index_select(0, idx)
             if shift:
                 xb = shift_images(xb, offsets[i][:, mine], shift)
+            if affine is not None:
+                xb = affine_images(xb, affine[i][:, mine])
             if self.generative:
                 extras = {"index": idx, "labels": yb}
                 loss, terms = self.forward(self.model.prepare(

@@ -34,7 +34,8 @@ def _settings(data_dir: Path) -> dict:
     return resolve("cnn", None, [
         "model.channels=[4,8]", "model.convs_per_block=1", "model.hidden=16", "model.dropout=0.25",
         "train.batch_size=32", "train.epochs=2", "train.threads=1", "train.device=\"cpu\"",
-        "train.augment_shift=1", "train.checkpoint_every=3", "train.eval_batch_size=64",
+        "train.augment_shift=1", "train.augment_rotate=10", "train.augment_scale=0.1",
+        "train.checkpoint_every=3", "train.eval_batch_size=64",
         f"train.data_dir={json.dumps(str(data_dir))}"])
 
 
