@@ -336,8 +336,10 @@ def report(device: torch.device | None = None) -> dict[str, dict[str, str]]:
 # ----------------------------------------------------------------------------------------------
 # Dispatcher registrations shared by every op with compiled kernels
 # ----------------------------------------------------------------------------------------------
-def has_cpp_autograd(op) -> bool:
-    """Whether the extension registered the derivative of ``op`` (a "pyneuro::x" qualname) in C++."""
+def _has_autograd_kernel(op) -> bool:
+    """Whether ``op`` (a "pyneuro::x" qualname) already has an Autograd kernel. Before Python has
+    registered a derivative for it (register_kernel_pair asks first), only the extension's C++
+    registration (csrc/autograd/) can have put one there; afterwards the answer is always yes."""
     return isinstance(op, str) and torch._C._dispatch_has_kernel_for_dispatch_key(op, "Autograd")
 
 
@@ -353,7 +355,7 @@ def register_kernel_pair(op_name: str, fwd, bwd, *, fake_fwd: Optional[Callable]
         torch.library.register_fake(fwd)(fake_fwd)
     if fake_bwd is not None:
         torch.library.register_fake(bwd)(fake_bwd)
-    if not has_cpp_autograd(fwd):  # a Python registration would replace the C++ one
+    if not _has_autograd_kernel(fwd):  # the C++ one; a Python registration would replace it
         torch.library.register_autograd(fwd, backward, setup_context=setup_context)
 
     def no_double_backward(ctx, *grads):

@@ -5,7 +5,9 @@ The stock twin is the same network with each pyneuro layer swapped for its torch
 (LSTM, GRU, RNN, TransformerEncoderLayer, MultiheadAttention; BatchNormReLU2d becomes BatchNorm2d + ReLU
 + MaxPool2d), weights copied, so both compute the same function. A layer
 torch.nn lacks (Mamba) runs its pure-PyTorch reference instead, and the row says so. One step is
-forward, backward and an AdamW update on one batch, timed after warm-up, synchronised at the end.
+forward, backward and an AdamW update on one batch; the variants are timed step by step in
+rounds (pyneuro, torch.nn, torch.nn with subnormals flushed, each after an untimed settling step)
+so that a slow spell of the machine lands on all of them alike, and the median step counts.
 
 On the CPU the twin is timed twice: as it comes, and with subnormal floats flushed
 (``torch.set_flush_denormal(True)`` around its steps only). On long sequences (the pixels view) a
@@ -23,6 +25,8 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .timing import time_interleaved
 
 
 def stock_twin(model: nn.Module) -> tuple[nn.Module, list[str]]:
@@ -76,7 +80,9 @@ def _flushing_subnormals() -> bool:
     return (torch.tensor([1e-39]) * torch.tensor([1.0])).item() == 0.0
 
 
-def samples_per_s(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, warmup: int = 3) -> float:
+def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """One training step of ``model`` on (x, y) as a callable: forward, cross-entropy, backward and
+    an AdamW update (its own optimizer)."""
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -86,16 +92,28 @@ def samples_per_s(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
         loss.backward()
         optimizer.step()
 
-    for _ in range(warmup):
-        step()
-    if x.device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if x.device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * len(y) / (time.perf_counter() - t0)
+    return step
+
+
+def _with_subnormals_flushed(step):
+    """``step`` run with subnormal floats flushed on this thread, the caller's mode restored after."""
+    def flushed():
+        caller_flushes = _flushing_subnormals()  # torch has a setter only
+        torch.set_flush_denormal(True)
+        try:
+            step()
+        finally:
+            torch.set_flush_denormal(caller_flushes)
+
+    return flushed
+
+
+def _can_flush_subnormals() -> bool:
+    caller_flushes = _flushing_subnormals()
+    try:
+        return torch.set_flush_denormal(True)  # False where the CPU cannot
+    finally:
+        torch.set_flush_denormal(caller_flushes)
 
 
 def run(models: list[str], device: torch.device, batch_size: int, steps: int, view: str | None = None,
@@ -120,22 +138,23 @@ def run(models: list[str], device: torch.device, batch_size: int, steps: int, vi
         if channels_last and x.dim() == 4:  # image models train in NHWC (train.channels_last): both do here
             model, twin = (m.to(memory_format=torch.channels_last) for m in (model, twin))
             x, layout = x.contiguous(memory_format=torch.channels_last), "channels_last"
+        steps_of = {"pyneuro": training_step(model, x, y), "torch_nn": training_step(twin, x, y)}
+        if device.type == "cpu" and _can_flush_subnormals():
+            steps_of["torch_nn_flush_denormal"] = _with_subnormals_flushed(
+                training_step(copy.deepcopy(twin), x, y))
+        # Round-robin, each variant settled by an untimed step before its timed one (time_interleaved).
+        timed = time_interleaved(steps_of, device, warmup=3, repeats=steps)
         row = {"model": name, "view": view or spec.view, "layout": layout, "batch_size": batch_size,
-               "device": str(device),
-               "pyneuro_samples_per_s": samples_per_s(model, x, y, steps),
-               "torch_nn_samples_per_s": samples_per_s(twin, x, y, steps), "notes": notes}
+               "device": str(device), "notes": notes}
+        for label, t in timed.items():
+            if "error" in t:
+                raise RuntimeError(f"{name} ({label}): {t['error']}")
+            row[f"{label}_samples_per_s"] = batch_size / t["median_s"]
         baseline = row["torch_nn_samples_per_s"]
         flushed = ""
-        if device.type == "cpu":
-            caller_flushes = _flushing_subnormals()  # torch has a setter only
-            try:
-                if torch.set_flush_denormal(True):  # False where the CPU cannot
-                    row["torch_nn_flush_denormal_samples_per_s"] = samples_per_s(twin, x, y, steps)
-            finally:
-                torch.set_flush_denormal(caller_flushes)
-            if "torch_nn_flush_denormal_samples_per_s" in row:
-                baseline = max(baseline, row["torch_nn_flush_denormal_samples_per_s"])
-                flushed = f"  +flush {row['torch_nn_flush_denormal_samples_per_s']:8,.0f}"
+        if "torch_nn_flush_denormal_samples_per_s" in row:
+            baseline = max(baseline, row["torch_nn_flush_denormal_samples_per_s"])
+            flushed = f"  +flush {row['torch_nn_flush_denormal_samples_per_s']:8,.0f}"
         row["speedup"] = row["pyneuro_samples_per_s"] / baseline
         rows.append(row)
         note = f"  ({'; '.join(notes)})" if notes else ""
@@ -152,7 +171,7 @@ def main(argv=None, prog: str = "pyneuro bench --mnist") -> int:
     p.add_argument("--models", default=",".join(classifiers), help="comma-separated subset")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--steps", type=int, default=10, help="timed training steps per model and variant")
+    p.add_argument("--steps", type=int, default=10, help="timed training steps per model and variant (rounds)")
     p.add_argument("--view", help="read the images this way (e.g. pixels: 784 steps of one pixel) in every chosen "
                                   "model; only models with a 'view' hyper-parameter take it")
     p.add_argument("--nchw", action="store_true", help="image models in NCHW layout (default: channels_last, "
