@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 from . import _backends
 from . import ops  # noqa: E402  (registers the ops' backends)
+from .runtime import retain_freed_memory  # noqa: E402
 
 
 def info() -> dict:
@@ -29,4 +30,4 @@ def info() -> dict:
     return out
 
 
-__all__ = ["info", "ops", "__version__"]
+__all__ = ["info", "ops", "retain_freed_memory", "__version__"]

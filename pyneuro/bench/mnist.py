@@ -117,11 +117,16 @@ def _can_flush_subnormals() -> bool:
 
 
 def run(models: list[str], device: torch.device, batch_size: int, steps: int, view: str | None = None,
-        channels_last: bool = True) -> list[dict]:
+        channels_last: bool = True, retain_memory: bool = True) -> list[dict]:
     """``view``: read the images this way instead of each model's default (the recurrent models'
-    "pixels": 784 steps of one pixel), for the models that take it as a hyper-parameter."""
+    "pixels": 784 steps of one pixel), for the models that take it as a hyper-parameter.
+    ``retain_memory``: first call pyneuro.retain_freed_memory(), as `pyneuro train` does (it is
+    process-wide, so every variant runs with it; it cannot be undone within the process)."""
     from ..data import to_view
     from ..models import registry
+    from ..runtime import retain_freed_memory
+
+    retained = retain_freed_memory() if retain_memory else False
 
     rows = []
     images = torch.randint(0, 256, (batch_size, 28, 28), dtype=torch.uint8, device=device)
@@ -145,7 +150,7 @@ def run(models: list[str], device: torch.device, batch_size: int, steps: int, vi
         # Round-robin, each variant settled by an untimed step before its timed one (time_interleaved).
         timed = time_interleaved(steps_of, device, warmup=3, repeats=steps)
         row = {"model": name, "view": view or spec.view, "layout": layout, "batch_size": batch_size,
-               "device": str(device), "notes": notes}
+               "device": str(device), "retain_freed_memory": retained, "notes": notes}
         for label, t in timed.items():
             if "error" in t:
                 raise RuntimeError(f"{name} ({label}): {t['error']}")
@@ -176,6 +181,9 @@ def main(argv=None, prog: str = "pyneuro bench --mnist") -> int:
                                   "model; only models with a 'view' hyper-parameter take it")
     p.add_argument("--nchw", action="store_true", help="image models in NCHW layout (default: channels_last, "
                                                        "as train.channels_last trains them; for both variants)")
+    p.add_argument("--no-retain-freed-memory", action="store_true",
+                   help="leave glibc's malloc as it is (default: keep freed memory for reuse, as `pyneuro train` "
+                        "does, for every variant; see pyneuro/runtime.py)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -194,9 +202,11 @@ def main(argv=None, prog: str = "pyneuro bench --mnist") -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     view = f", view {args.view}" if args.view else ""
+    memory = "" if args.no_retain_freed_memory else ", freed memory retained"
     print(f"MNIST training throughput on {device}, batch {args.batch_size}, {args.steps} steps{view} "
-          f"(forward + backward + AdamW)")
-    rows = run(models, device, args.batch_size, args.steps, view=args.view, channels_last=not args.nchw)
+          f"(forward + backward + AdamW{memory})")
+    rows = run(models, device, args.batch_size, args.steps, view=args.view, channels_last=not args.nchw,
+               retain_memory=not args.no_retain_freed_memory)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=2)

@@ -50,6 +50,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "eval_every": 1,            # epochs between validation passes (the last epoch always); 0 = none
     "channels_last": False,     # NHWC activations for image models (faster convolutions on many CPUs)
     "compile": False,           # torch.compile the model (pays off for long runs, costs start-up time)
+    "retain_freed_memory": True,  # Linux/glibc: malloc keeps freed memory for reuse (pyneuro.runtime)
 }
 
 _CHOICES = {

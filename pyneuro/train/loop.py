@@ -40,10 +40,11 @@ import torch.nn.functional as F
 
 from .. import data as pdata
 from ..models import registry
+from ..runtime import retain_freed_memory
 from . import distributed
 from .augment import affine_draws, affine_images, shift_images, shift_offsets
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
-from .config import ConfigError
+from .config import TRAIN_DEFAULTS, ConfigError
 from .metrics import MetricsLog, classification_report, confusion_matrix, format_report
 from ..nn.norm import convert_sync_batchnorm
 from .progress import Progress
@@ -296,6 +297,9 @@ def train(settings: dict | None, out_dir: str | Path, resume: bool = False, stre
         ckpt = load_checkpoint(out / CHECKPOINT_NAME, model=expect_model, resume=True)
         extra = (settings or {}).get("train", {})
         settings = copy.deepcopy(ckpt["settings"])
+        # Settings added since the checkpoint was written take their defaults, which reproduce
+        # what that version did (no rotation or zoom, ...).
+        settings["train"] = {**TRAIN_DEFAULTS, **settings.get("train", {})}
         if extra.get("epochs") is not None:
             settings["train"]["epochs"] = max(extra["epochs"], ckpt["epoch"])
         if extra.get("device") is not None:
@@ -320,6 +324,8 @@ class _Run:
         tr, ctx, device = self.tr, self.ctx, self.device
         if tr["threads"]:
             torch.set_num_threads(tr["threads"])
+        if tr["retain_freed_memory"]:
+            retain_freed_memory()  # fewer page faults per step (pyneuro/runtime.py)
         if tr["batch_size"] % ctx.world_size:
             raise ConfigError(f"train.batch_size={tr['batch_size']} is the global batch: it must be a multiple of "
                               f"the {ctx.world_size} processes, which each take an equal share")

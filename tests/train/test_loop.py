@@ -122,3 +122,31 @@ def test_a_model_with_a_view_hyper_parameter_trains_and_evaluates_on_that_view(t
     summary = loop.train(settings, tmp_path, stream=io.StringIO())
     assert shapes == {(784, 1)}  # the probe, the training steps, validation and test: all pixels
     assert summary["settings"]["hyper"]["view"] == "pixels"
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_default(tiny_data, tmp_path, monkeypatch):
+    """Settings added later (here the rotation/zoom augmentation and the malloc setting) are absent
+    from older checkpoints: resuming gives them their defaults, which do what that version did, and
+    ends where the uninterrupted run ends."""
+    new_keys = ("augment_rotate", "augment_scale", "retain_freed_memory")
+    settings = tiny(tiny_data, "train.augment_shift=1")
+    real_save, kept = loop.save_checkpoint, tmp_path / "old" / "last.pt"
+
+    def keep_the_first_epoch_end(state, path):
+        real_save(state, path)
+        if state["epoch"] == 1 and state["batch_in_epoch"] == 0:
+            old = {**state, "settings": {**state["settings"], "train": {
+                k: v for k, v in state["settings"]["train"].items() if k not in new_keys}}}
+            kept.parent.mkdir()
+            real_save(old, kept)
+
+    monkeypatch.setattr(loop, "save_checkpoint", keep_the_first_epoch_end)
+    loop.train(settings, tmp_path / "full", stream=io.StringIO())
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert not set(new_keys) & set(torch.load(kept, weights_only=True)["settings"]["train"])
+    loop.train(None, tmp_path / "old", resume=True, stream=io.StringIO())
+    resumed = torch.load(kept, weights_only=True)
+    full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    assert {k: resumed["settings"]["train"][k] for k in new_keys} == {
+        "augment_rotate": 0.0, "augment_scale": 0.0, "retain_freed_memory": True}
+    assert all(torch.equal(resumed["model_state"][k], full["model_state"][k]) for k in full["model_state"])
