@@ -69,11 +69,11 @@ class RowClassifier(nn.Module):
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, x):  # x: (B, 28, 28) rows or (B, 784, 1) pixels
-        out, _ = self.rnn(x)
+        out, final = self.rnn(x)
         if self.bidirectional:  # each direction's state after it has read the whole image
             features = torch.cat([out[:, -1, :self.step_width], out[:, 0, self.step_width:]], dim=-1)
         else:
-            features = out[:, -1]
+            features = (final[0] if isinstance(final, tuple) else final)[-1]
         return self.head(self.norm(features))
 
 
