@@ -69,6 +69,17 @@ TORCH_LIBRARY(pyneuro, m) {
       "attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, bool causal, "
       "float scale, float dropout_p, Tensor? rng_state) -> (Tensor dq, Tensor dk, Tensor dv)",
       {at::Tag::pt2_compliant_tag});
+  // The same on a packed qkv (batch, L, 3, heads, head_dim), out (batch, L, heads, head_dim): the
+  // layout of a self-attention's input projection, whose gradient comes back as one tensor (no
+  // head-split copies, no concatenation of dq, dk, dv).
+  m.def(
+      "attention_packed_fwd(Tensor qkv, bool causal, float scale, float dropout_p, Tensor? rng_state) "
+      "-> (Tensor out, Tensor lse)",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "attention_packed_bwd(Tensor dout, Tensor qkv, Tensor out, Tensor lse, bool causal, float scale, "
+      "float dropout_p, Tensor? rng_state) -> Tensor dqkv",
+      {at::Tag::pt2_compliant_tag});
 
   // Batch norm + ReLU (+ 2x2 max-pool), a conv block's epilogue in one pass each way. The forward
   // returns the statistics it normalised with (batch or running); the caller updates the running

@@ -1,4 +1,4 @@
-// The derivative of pyneuro::attention_fwd, registered at the dispatcher's Autograd key: one
+// The derivatives of pyneuro::attention_fwd and attention_packed_fwd, registered at the dispatcher's Autograd key: one
 // torch::autograd::Function for the CPU and the CUDA kernels alike (it calls the ops through the
 // dispatcher, below autograd).
 //
@@ -84,6 +84,60 @@ struct AttentionFunction : public torch::autograd::Function<AttentionFunction> {
   }
 };
 
+// The packed form: qkv (B, L, 3, H, D) in, out (B, L, H, D); the gradient is one dqkv.
+std::tuple<Tensor, Tensor> call_packed_fwd(const Tensor& qkv, bool causal, double scale, double dropout_p,
+                                           const OptTensor& rng_state) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("pyneuro::attention_packed_fwd", "")
+          .typed<std::tuple<Tensor, Tensor>(const Tensor&, bool, double, double, const OptTensor&)>();
+  return op.call(qkv, causal, scale, dropout_p, rng_state);
+}
+
+Tensor call_packed_bwd(const Tensor& dout, const Tensor& qkv, const Tensor& out, const Tensor& lse, bool causal,
+                       double scale, double dropout_p, const OptTensor& rng_state) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("pyneuro::attention_packed_bwd", "")
+                             .typed<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool, double,
+                                           double, const OptTensor&)>();
+  return op.call(dout, qkv, out, lse, causal, scale, dropout_p, rng_state);
+}
+
+struct AttentionPackedFunction : public torch::autograd::Function<AttentionPackedFunction> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& qkv, bool causal, double scale, double dropout_p,
+                               const OptTensor& rng_state) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [out, lse] = call_packed_fwd(qkv, causal, scale, dropout_p, rng_state);
+    ctx->save_for_backward({qkv, out, lse, rng_state.value_or(Tensor())});
+    ctx->saved_data["causal"] = causal;
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["dropout_p"] = dropout_p;
+    ctx->mark_non_differentiable({lse});
+    ctx->set_materialize_grads(false);
+    return {out, lse};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const Tensor &qkv = saved[0], &out = saved[1], &lse = saved[2];
+    const OptTensor rng_state = saved[3].defined() ? OptTensor(saved[3]) : std::nullopt;
+    Tensor dout = grads[0].defined() ? grads[0].to(qkv.scalar_type()) : at::zeros_like(out);
+    if (dout.size(-1) != 1 && dout.stride(-1) != 1) dout = dout.contiguous();
+    const bool causal = ctx->saved_data["causal"].toBool();
+    const double scale = ctx->saved_data["scale"].toDouble(), dropout_p = ctx->saved_data["dropout_p"].toDouble();
+    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+    if (!at::GradMode::is_enabled()) below_autograd.emplace();
+    Tensor dqkv = call_packed_bwd(dout, qkv, out, lse, causal, scale, dropout_p, rng_state);
+    return {dqkv, Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+std::tuple<Tensor, Tensor> attention_packed_fwd_autograd(const Tensor& qkv, bool causal, double scale,
+                                                         double dropout_p, const OptTensor& rng_state) {
+  variable_list r = AttentionPackedFunction::apply(qkv, causal, scale, dropout_p, rng_state);
+  return {r[0], r[1]};
+}
+
 std::tuple<Tensor, Tensor> attention_fwd_autograd(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                                                   double scale, double dropout_p, const OptTensor& rng_state) {
   variable_list r = AttentionFunction::apply(q, k, v, causal, scale, dropout_p, rng_state);
@@ -93,4 +147,7 @@ std::tuple<Tensor, Tensor> attention_fwd_autograd(const Tensor& q, const Tensor&
 }  // namespace
 }  // namespace pyneuro
 
-TORCH_LIBRARY_IMPL(pyneuro, Autograd, m) { m.impl("attention_fwd", &pyneuro::attention_fwd_autograd); }
+TORCH_LIBRARY_IMPL(pyneuro, Autograd, m) {
+  m.impl("attention_fwd", &pyneuro::attention_fwd_autograd);
+  m.impl("attention_packed_fwd", &pyneuro::attention_packed_fwd_autograd);
+}

@@ -114,6 +114,16 @@ inline AttentionShape check_attention_bwd_args(const at::Tensor& dout, const at:
   return s;
 }
 
+// The packed form's qkv: (batch, L, 3, heads, head_dim), q, k and v at index 0, 1, 2 of dim 2 (the
+// layout of one (L, 3 E) input projection viewed per head), any strides with the last 1. Its three
+// views (batch, heads, L, head_dim) then go through the checks above.
+inline void check_attention_packed_qkv(const char* op, const at::Tensor& qkv) {
+  checks::rank(op, qkv, "qkv", 5, "(batch, L, 3, heads, head_dim)");
+  TORCH_CHECK_VALUE(qkv.size(2) == 3, op, ": qkv must have shape (batch, L, 3, heads, head_dim), got ", qkv.sizes());
+  TORCH_CHECK_VALUE(qkv.stride(4) == 1 || qkv.size(4) == 1, op,
+                    ": qkv must have a last (head_dim) stride of 1, got strides ", qkv.strides());
+}
+
 // [seed, offset] of a checked rng_state (zeros when absent, i.e. dropout_p == 0). Reads two int64
 // from CPU memory.
 inline AttentionRng attention_rng(const std::optional<at::Tensor>& rng_state) {

@@ -7,6 +7,8 @@
 //   backward       enough (b, kv head) pairs to fill the threads: one fused task per pair, every
 //                  tile computed once; otherwise two passes, dq over (b, h, query block) and then
 //                  dk/dv over (b, kv head, key block), each output owned by one task.
+// The packed ops (attention_packed_fwd/_bwd) run the same kernels on views of qkv (B, L, 3, H, D):
+// the kernels read and write every operand at its own strides.
 // Either way no two tasks write the same output and every sum runs in a fixed order, so results
 // do not depend on the thread count or schedule.
 #include <ATen/ATen.h>
@@ -57,40 +59,34 @@ void run_tasks(int64_t tasks, const F& body) {
   at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) { body(t0, t1); });
 }
 
-std::tuple<Tensor, Tensor> attention_fwd_cpu(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, bool causal,
-                                             double scale, double dropout_p, const OptTensor& rng_state) {
-  const AttentionShape s =
-      check_attention_fwd_args(q_in, k_in, v_in, causal, scale, dropout_p, rng_state, "attention_fwd (cpu)");
-  const KernelTable& kern = kernels();
-  const Tensor q = as_f32(q_in), k = as_f32(k_in), v = as_f32(v_in);
+// The forward on fp32 views q, k, v (B, H, L, D): writes out (fp32, q's shape, any strides with the
+// last 1) and returns lse.
+Tensor run_fwd(const AttentionShape& s, const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
+               double dropout_p, const OptTensor& rng_state, Tensor& out) {
   AttentionParams p = make_params(s, q, k, v, causal, scale, dropout_p, rng_state);
-  Tensor out = at::empty({s.B, s.Hq, s.Lq, s.D}, q.options());
   Tensor lse = at::empty({s.B, s.Hq, s.Lq}, q.options());
   p.out = out.data_ptr<float>();
+  set_strides(p.out_strides, out);
   p.lse = lse.data_ptr<float>();
   const int64_t query_blocks = (s.Lq + p.block_q - 1) / p.block_q;
+  const KernelTable& kern = kernels();
   run_tasks(s.B * s.Hq * query_blocks, [&](int64_t t0, int64_t t1) { kern.attention_fwd(p, t0, t1); });
-  return {q_in.scalar_type() == at::kFloat ? out : out.to(q_in.scalar_type()), lse};
+  return lse;
 }
 
-std::tuple<Tensor, Tensor, Tensor> attention_bwd_cpu(const Tensor& dout_in, const Tensor& q_in, const Tensor& k_in,
-                                                     const Tensor& v_in, const Tensor& out_in, const Tensor& lse,
-                                                     bool causal, double scale, double dropout_p,
-                                                     const OptTensor& rng_state) {
-  const AttentionShape s = check_attention_bwd_args(dout_in, q_in, k_in, v_in, out_in, lse, causal, scale, dropout_p,
-                                                    rng_state, "attention_bwd (cpu)");
+// The backward on fp32 views: writes dq, dk, dv (shaped as q, k, v, any strides with the last 1).
+void run_bwd(const AttentionShape& s, const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+             const Tensor& out, const Tensor& lse, bool causal, double scale, double dropout_p,
+             const OptTensor& rng_state, Tensor& dq, Tensor& dk, Tensor& dv) {
   const KernelTable& kern = kernels();
-  const Tensor q = as_f32(q_in), k = as_f32(k_in), v = as_f32(v_in), dout = as_f32(dout_in), out = as_f32(out_in);
   AttentionParams p = make_params(s, q, k, v, causal, scale, dropout_p, rng_state);
   p.dout = dout.const_data_ptr<float>(), p.o = out.const_data_ptr<float>();
   set_strides(p.dout_strides, dout), set_strides(p.o_strides, out);
   p.lse = const_cast<float*>(lse.const_data_ptr<float>());  // read only in the backward
   Tensor delta = at::empty({s.B, s.Hq, s.Lq}, q.options());
-  Tensor dq = at::empty({s.B, s.Hq, s.Lq, s.D}, q.options());
-  Tensor dk = at::empty({s.B, s.Hkv, s.Lk, s.D}, q.options());
-  Tensor dv = at::empty({s.B, s.Hkv, s.Lk, s.D}, q.options());
   p.delta = delta.data_ptr<float>();
   p.dq = dq.data_ptr<float>(), p.dk = dk.data_ptr<float>(), p.dv = dv.data_ptr<float>();
+  set_strides(p.dq_strides, dq), set_strides(p.dk_strides, dk), set_strides(p.dv_strides, dv);
   if (s.B * s.Hkv >= 2 * at::get_num_threads()) {
     run_tasks(s.B * s.Hkv, [&](int64_t t0, int64_t t1) { kern.attention_bwd_fused(p, t0, t1); });
   } else {
@@ -99,9 +95,66 @@ std::tuple<Tensor, Tensor, Tensor> attention_bwd_cpu(const Tensor& dout_in, cons
     run_tasks(s.B * s.Hq * query_blocks, [&](int64_t t0, int64_t t1) { kern.attention_bwd_dq(p, t0, t1); });
     run_tasks(s.B * s.Hkv * key_blocks, [&](int64_t t0, int64_t t1) { kern.attention_bwd_dkdv(p, t0, t1); });
   }
+}
+
+Tensor as_dtype(const Tensor& t, at::ScalarType dt) { return dt == at::kFloat ? t : t.to(dt); }
+
+std::tuple<Tensor, Tensor> attention_fwd_cpu(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, bool causal,
+                                             double scale, double dropout_p, const OptTensor& rng_state) {
+  const AttentionShape s =
+      check_attention_fwd_args(q_in, k_in, v_in, causal, scale, dropout_p, rng_state, "attention_fwd (cpu)");
+  const Tensor q = as_f32(q_in), k = as_f32(k_in), v = as_f32(v_in);
+  Tensor out = at::empty({s.B, s.Hq, s.Lq, s.D}, q.options());
+  Tensor lse = run_fwd(s, q, k, v, causal, scale, dropout_p, rng_state, out);
+  return {as_dtype(out, q_in.scalar_type()), lse};
+}
+
+std::tuple<Tensor, Tensor, Tensor> attention_bwd_cpu(const Tensor& dout_in, const Tensor& q_in, const Tensor& k_in,
+                                                     const Tensor& v_in, const Tensor& out_in, const Tensor& lse,
+                                                     bool causal, double scale, double dropout_p,
+                                                     const OptTensor& rng_state) {
+  const AttentionShape s = check_attention_bwd_args(dout_in, q_in, k_in, v_in, out_in, lse, causal, scale, dropout_p,
+                                                    rng_state, "attention_bwd (cpu)");
+  const Tensor q = as_f32(q_in), k = as_f32(k_in), v = as_f32(v_in), dout = as_f32(dout_in), out = as_f32(out_in);
+  Tensor dq = at::empty({s.B, s.Hq, s.Lq, s.D}, q.options());
+  Tensor dk = at::empty({s.B, s.Hkv, s.Lk, s.D}, q.options());
+  Tensor dv = at::empty({s.B, s.Hkv, s.Lk, s.D}, q.options());
+  run_bwd(s, dout, q, k, v, out, lse, causal, scale, dropout_p, rng_state, dq, dk, dv);
   const auto dt = q_in.scalar_type();
-  if (dt == at::kFloat) return {dq, dk, dv};
-  return {dq.to(dt), dk.to(dt), dv.to(dt)};
+  return {as_dtype(dq, dt), as_dtype(dk, dt), as_dtype(dv, dt)};
+}
+
+// Packed form: q, k, v are the (B, H, L, D) views qkv[:, :, i].transpose(1, 2), read in place; out
+// (B, L, H, D) and dqkv (B, L, 3, H, D) are written through the same kind of views.
+Tensor head_view(const Tensor& blhd) { return blhd.transpose(1, 2); }  // (B, L, H, D) -> (B, H, L, D)
+
+std::tuple<Tensor, Tensor> attention_packed_fwd_cpu(const Tensor& qkv_in, bool causal, double scale,
+                                                    double dropout_p, const OptTensor& rng_state) {
+  const char* op = "attention_packed_fwd (cpu)";
+  check_attention_packed_qkv(op, qkv_in);
+  const Tensor qkv = as_f32(qkv_in);
+  const Tensor q = head_view(qkv.select(2, 0)), k = head_view(qkv.select(2, 1)), v = head_view(qkv.select(2, 2));
+  const AttentionShape s = check_attention_fwd_args(q, k, v, causal, scale, dropout_p, rng_state, op);
+  Tensor out = at::empty({s.B, s.Lq, s.Hq, s.D}, qkv.options());
+  Tensor out_heads = head_view(out);
+  Tensor lse = run_fwd(s, q, k, v, causal, scale, dropout_p, rng_state, out_heads);
+  return {as_dtype(out, qkv_in.scalar_type()), lse};
+}
+
+Tensor attention_packed_bwd_cpu(const Tensor& dout_in, const Tensor& qkv_in, const Tensor& out_in, const Tensor& lse,
+                                bool causal, double scale, double dropout_p, const OptTensor& rng_state) {
+  const char* op = "attention_packed_bwd (cpu)";
+  check_attention_packed_qkv(op, qkv_in);
+  checks::rank(op, dout_in, "dout", 4, "(batch, L, heads, head_dim)");
+  checks::rank(op, out_in, "out", 4, "(batch, L, heads, head_dim)");
+  const Tensor qkv = as_f32(qkv_in);
+  const Tensor q = head_view(qkv.select(2, 0)), k = head_view(qkv.select(2, 1)), v = head_view(qkv.select(2, 2));
+  const Tensor dout = head_view(as_f32(dout_in)), out = head_view(as_f32(out_in));
+  const AttentionShape s = check_attention_bwd_args(dout, q, k, v, out, lse, causal, scale, dropout_p, rng_state, op);
+  Tensor dqkv = at::empty(qkv.sizes(), qkv.options());
+  Tensor dq = head_view(dqkv.select(2, 0)), dk = head_view(dqkv.select(2, 1)), dv = head_view(dqkv.select(2, 2));
+  run_bwd(s, dout, q, k, v, out, lse, causal, scale, dropout_p, rng_state, dq, dk, dv);
+  return as_dtype(dqkv, qkv_in.scalar_type());
 }
 
 }  // namespace
@@ -110,4 +163,6 @@ std::tuple<Tensor, Tensor, Tensor> attention_bwd_cpu(const Tensor& dout_in, cons
 TORCH_LIBRARY_IMPL(pyneuro, CPU, m) {
   m.impl("attention_fwd", &pyneuro::cpu::attention_fwd_cpu);
   m.impl("attention_bwd", &pyneuro::cpu::attention_bwd_cpu);
+  m.impl("attention_packed_fwd", &pyneuro::cpu::attention_packed_fwd_cpu);
+  m.impl("attention_packed_bwd", &pyneuro::cpu::attention_packed_bwd_cpu);
 }

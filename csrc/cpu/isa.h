@@ -85,11 +85,15 @@ struct AttentionParams {
   philox::DropoutParams drop;
   const float *q = nullptr, *k = nullptr, *v = nullptr;
   int64_t q_strides[3] = {}, k_strides[3] = {}, v_strides[3] = {};  // batch, head, row
-  float* out = nullptr;   // forward: (B, Hq, Lq, D)
-  float* lse = nullptr;   // forward writes, backward reads: (B, Hq, Lq)
+  float* out = nullptr;   // forward: (B, Hq, Lq, D) at out_strides
+  int64_t out_strides[3] = {};
+  float* lse = nullptr;   // forward writes, backward reads: (B, Hq, Lq), contiguous
   const float *dout = nullptr, *o = nullptr;  // backward: dout and the forward's out
   int64_t dout_strides[3] = {}, o_strides[3] = {};
-  float *dq = nullptr, *dk = nullptr, *dv = nullptr;  // backward, zero on entry, accumulated
+  // backward outputs, shaped as q, k, v, at their own strides (the packed form writes all three
+  // into one (B, L, 3, H, D) gradient)
+  float *dq = nullptr, *dk = nullptr, *dv = nullptr;
+  int64_t dq_strides[3] = {}, dk_strides[3] = {}, dv_strides[3] = {};
   float* delta = nullptr;  // backward scratch: rowsum(dout * out), (B, Hq, Lq)
 };
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _backends
-from ..ops.attn import attention
+from ..ops.attn import attention, attention_qkvpacked
 
 
 def _require_positive_int(owner: str, name: str, value) -> None:
@@ -125,8 +125,6 @@ class MultiheadAttention(nn.Module):
         return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, Dh)
 
     def _project(self, query, key, value):
-        if query is key and key is value:  # self-attention: one matmul for q, k and v
-            return F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
         weights = self.in_proj_weight.chunk(3)
         biases = (None,) * 3 if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
         return tuple(F.linear(x, w, b) for x, w, b in zip((query, key, value), weights, biases))
@@ -142,11 +140,19 @@ class MultiheadAttention(nn.Module):
         elif not self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
 
-        q, k, v = (self._split_heads(t) for t in self._project(query, key, value))
         dropout_p = self.dropout if self.training else 0.0
-        out = attention(q, k, v, causal=is_causal, dropout_p=dropout_p, backend=self.backend)
-        batch, _, length, _ = out.shape
-        out = self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))
+        batch, length = query.shape[:2]
+        if query is key and key is value:
+            # Self-attention: one projection, viewed (B, L, 3, H, Dh) and attended in that layout, so
+            # no head split is copied and the gradient of the projection comes back whole.
+            qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)
+            qkv = qkv.view(batch, length, 3, self.num_heads, self.head_dim)
+            out = attention_qkvpacked(qkv, causal=is_causal, dropout_p=dropout_p, backend=self.backend)
+            q, k = (t.transpose(1, 2) for t in qkv.unbind(2)[:2])  # for need_weights
+        else:
+            q, k, v = (self._split_heads(t) for t in self._project(query, key, value))
+            out = attention(q, k, v, causal=is_causal, dropout_p=dropout_p, backend=self.backend).transpose(1, 2)
+        out = self.out_proj(out.reshape(batch, length, self.embed_dim))
 
         weights = None
         if need_weights:

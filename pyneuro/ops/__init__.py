@@ -1,13 +1,13 @@
 """Accelerated ops, one folder each (``naive.py``, the readable ground truth, and ``__init__.py``,
 the public function with its validation, fake and autograd wiring): ``scan`` holds
-:func:`selective_scan`, ``attn`` :func:`attention`, ``rnn`` the recurrent sequences, ``norm``
+:func:`selective_scan`, ``attn`` :func:`attention` (and :func:`attention_qkvpacked`), ``rnn`` the recurrent sequences, ``norm``
 :func:`batch_norm_relu` (a conv block's batch norm + ReLU + max-pool). The folders
 are not named after the functions, so both stay reachable (``pyneuro.ops.scan.LIMITS``)."""
-from .attn import attention
+from .attn import attention, attention_qkvpacked
 from .norm import batch_norm_relu
 from .rnn import gru_sequence, leaky_sequence, lstm_sequence, rnn_sequence
 from .s4d import s4d_kernel
 from .scan import selective_scan
 
-__all__ = ["attention", "lstm_sequence", "gru_sequence", "rnn_sequence", "leaky_sequence", "selective_scan",
+__all__ = ["attention", "attention_qkvpacked", "lstm_sequence", "gru_sequence", "rnn_sequence", "leaky_sequence", "selective_scan",
            "s4d_kernel", "batch_norm_relu"]

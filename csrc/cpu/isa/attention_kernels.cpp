@@ -341,7 +341,8 @@ void attention_fwd(const AttentionParams& p, int64_t t0, int64_t t1) {
     float* Qs = w.qs.data();
     for (int64_t r = 0; r < M; ++r)
       for (int64_t d = 0; d < D; d += 8) store<v8>(Qs + r * D + d, load<v8>(Q + r * p.q_strides[2] + d) * c);
-    float* O = p.out + (bh * p.Lq + q0) * D;  // written by the first block's P V, rescaled after
+    const int64_t ldo = p.out_strides[2];
+    float* O = p.out + b * p.out_strides[0] + h * p.out_strides[1] + q0 * ldo;  // the first block's P V, rescaled after
     std::fill(w.m.begin(), w.m.begin() + M, -INFINITY);
     std::fill(w.l.begin(), w.l.begin() + M, 0.f);
     const int64_t k_end = p.causal ? std::min(p.Lk, q0 + M) : p.Lk;
@@ -356,14 +357,14 @@ void attention_fwd(const AttentionParams& p, int64_t t0, int64_t t1) {
           if (nv > 0) dropout_row(p.drop, hd.bh, static_cast<uint32_t>(q0 + r), kb0, nv, w.keep.data());
           keep = w.keep.data();
         }
-        softmax_row(S + r * ld, padded(n), nv, &w.m[r], &w.l[r], O + r * D, D, keep, range);
+        softmax_row(S + r * ld, padded(n), nv, &w.m[r], &w.l[r], O + r * ldo, D, keep, range);
       }
-      gemm_tile(M, D, n, S, ld, 1, hd.v + kb0 * p.v_strides[2], p.v_strides[2], O, D, kb0 > 0);
+      gemm_tile(M, D, n, S, ld, 1, hd.v + kb0 * p.v_strides[2], p.v_strides[2], O, ldo, kb0 > 0);
     }
     float* lse = p.lse + bh * p.Lq + q0;
     for (int64_t r = 0; r < M; ++r) {
       const float inv = 1.f / w.l[r];
-      float* o = O + r * D;
+      float* o = O + r * ldo;
 #pragma omp simd
       for (int64_t d = 0; d < D; ++d) o[d] *= inv;
       lse[r] = (w.m[r] + std::log2(w.l[r])) * kLn2;
@@ -388,6 +389,7 @@ void row_deltas(const AttentionParams& p, const Head& hd, int64_t q0, int64_t M)
 // One backward tile: query rows [q0, q0 + M) of head hd against keys [kb0, kb0 + n), whose Kᵀ and
 // Vᵀ are in w (load_head). Accumulates into dq (rows of this head) and/or dk, dv (rows of the key
 // block), as asked.
+// dq, dk, dv point at row 0 of the head's gradients (rows at p.dq_strides[2] ... apart).
 // first_dkdv: this is the key block's first tile (dk, dv are written, not accumulated); dq rows are
 // written by their first key block (kb0 = 0, which every query row sees).
 void bwd_tile(const AttentionParams& p, Scratch& w, const Head& hd, int64_t q0, int64_t M, int64_t kb0, int64_t n,
@@ -425,9 +427,18 @@ void bwd_tile(const AttentionParams& p, Scratch& w, const Head& hd, int64_t q0, 
       store<fvec>(ds + j, pr * (dp - dl) * scale);  // scale dS, for dq and dk
     }
   }
-  if (dv) gemm_tile(n, D, M, S, 1, ld, dO, p.dout_strides[2], dv + kb0 * D, D, !first_dkdv);
-  if (dk) gemm_tile(n, D, M, dS, 1, ld, Q, p.q_strides[2], dk + kb0 * D, D, !first_dkdv);
-  if (dq) gemm_tile(M, D, n, dS, ld, 1, hd.k + kb0 * p.k_strides[2], p.k_strides[2], dq + q0 * D, D, kb0 > 0);
+  const int64_t ldq = p.dq_strides[2], ldk = p.dk_strides[2], ldv = p.dv_strides[2];
+  if (dv) gemm_tile(n, D, M, S, 1, ld, dO, p.dout_strides[2], dv + kb0 * ldv, ldv, !first_dkdv);
+  if (dk) gemm_tile(n, D, M, dS, 1, ld, Q, p.q_strides[2], dk + kb0 * ldk, ldk, !first_dkdv);
+  if (dq) gemm_tile(M, D, n, dS, ld, 1, hd.k + kb0 * p.k_strides[2], p.k_strides[2], dq + q0 * ldq, ldq, kb0 > 0);
+}
+
+// Rows [kb0, kb0 + n) of a head's dk and dv set to 0 (keys that no query sees).
+void zero_key_rows(const AttentionParams& p, float* dk, float* dv, int64_t kb0, int64_t n) {
+  for (int64_t j = kb0; j < kb0 + n; ++j) {
+    std::fill(dk + j * p.dk_strides[2], dk + j * p.dk_strides[2] + p.D, 0.f);
+    std::fill(dv + j * p.dv_strides[2], dv + j * p.dv_strides[2] + p.D, 0.f);
+  }
 }
 
 }  // namespace
@@ -443,7 +454,7 @@ void attention_bwd_dq(const AttentionParams& p, int64_t t0, int64_t t1) {
     const Head hd = head(p, b, h);
     load_head(p, w, hd, b, h, true);
     row_deltas(p, hd, q0, M);
-    float* dq = p.dq + bh * p.Lq * p.D;
+    float* dq = p.dq + b * p.dq_strides[0] + h * p.dq_strides[1];
     const int64_t k_end = p.causal ? std::min(p.Lk, q0 + M) : p.Lk;
     for (int64_t kb0 = 0; kb0 < k_end; kb0 += p.block_k)
       bwd_tile(p, w, hd, q0, M, kb0, std::min(p.block_k, p.Lk - kb0), dq, nullptr, nullptr, false, range);
@@ -459,13 +470,10 @@ void attention_bwd_dkdv(const AttentionParams& p, int64_t t0, int64_t t1) {
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t bhk = t / nkb, b = bhk / p.Hkv, hk = bhk % p.Hkv, kb0 = (t % nkb) * p.block_k;
     const int64_t n = std::min(p.block_k, p.Lk - kb0);
-    float* dk = p.dk + bhk * p.Lk * p.D;
-    float* dv = p.dv + bhk * p.Lk * p.D;
+    float* dk = p.dk + b * p.dk_strides[0] + hk * p.dk_strides[1];
+    float* dv = p.dv + b * p.dv_strides[0] + hk * p.dv_strides[1];
     const int64_t q_start = p.causal ? kb0 / p.block_q * p.block_q : 0;  // earlier rows see none of it
-    if (q_start >= p.Lq) {  // causal, Lk > Lq: no query sees these keys
-      std::fill(dk + kb0 * p.D, dk + (kb0 + n) * p.D, 0.f);
-      std::fill(dv + kb0 * p.D, dv + (kb0 + n) * p.D, 0.f);
-    }
+    if (q_start >= p.Lq) zero_key_rows(p, dk, dv, kb0, n);  // causal, Lk > Lq: no query sees these keys
     for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
       const Head hd = head(p, b, h);
       load_head(p, w, hd, b, h, true);  // the group shares k and v: transposed once
@@ -481,23 +489,20 @@ void attention_bwd_dkdv(const AttentionParams& p, int64_t t0, int64_t t1) {
 void attention_bwd_fused(const AttentionParams& p, int64_t t0, int64_t t1) {
   Scratch w(p);
   const vec::Exp2Range range = vec::exp2_range();
-  const int64_t group = p.Hq / p.Hkv, D = p.D;
+  const int64_t group = p.Hq / p.Hkv;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t b = t / p.Hkv, hk = t % p.Hkv;
-    float* dk = p.dk + t * p.Lk * D;
-    float* dv = p.dv + t * p.Lk * D;
+    float* dk = p.dk + b * p.dk_strides[0] + hk * p.dk_strides[1];
+    float* dv = p.dv + b * p.dv_strides[0] + hk * p.dv_strides[1];
     for (int64_t h = hk * group; h < (hk + 1) * group; ++h) row_deltas(p, head(p, b, h), 0, p.Lq);
     load_head(p, w, head(p, b, hk * group), b, hk * group, true);
     for (int64_t kb0 = 0; kb0 < p.Lk; kb0 += p.block_k) {
       const int64_t n = std::min(p.block_k, p.Lk - kb0);
       const int64_t q_start = p.causal ? kb0 / p.block_q * p.block_q : 0;
-      if (q_start >= p.Lq) {  // causal, Lk > Lq: no query sees these keys
-        std::fill(dk + kb0 * D, dk + (kb0 + n) * D, 0.f);
-        std::fill(dv + kb0 * D, dv + (kb0 + n) * D, 0.f);
-      }
+      if (q_start >= p.Lq) zero_key_rows(p, dk, dv, kb0, n);  // causal, Lk > Lq: no query sees these keys
       for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
         const Head hd = head(p, b, h);
-        float* dq = p.dq + static_cast<int64_t>(hd.bh) * p.Lq * D;
+        float* dq = p.dq + b * p.dq_strides[0] + h * p.dq_strides[1];
         for (int64_t q0 = q_start; q0 < p.Lq; q0 += p.block_q)
           bwd_tile(p, w, hd, q0, std::min(p.block_q, p.Lq - q0), kb0, n, dq, dk, dv,
                    h == hk * group && q0 == q_start, range);

@@ -18,6 +18,10 @@ Backends (declared once below; pyneuro/_backends.py chooses among them):
   ``CUDA_SHORT_MAX_KEYS`` keys it calls the Triton kernel when Triton is available.
 * ``triton``: pyneuro.kernels.attention (FlashAttention-2 style) as pyneuro::attention_fwd_triton/_bwd_triton.
 
+``attention_qkvpacked(qkv, ...)`` takes q, k, v packed as (B, L, 3, H, D) and returns out (B, L, H, D)
+(flash-attn's qkvpacked layout); on the ``cpu`` backend its own op pair reads and writes those
+layouts in place (pyneuro::attention_packed_fwd/_bwd).
+
 The compiled backends implement the forward/backward pair of docs/attention_contract.md (the
 forward saves the log-sum-exp, the backward recomputes the probabilities from it). The C++ ops
 (cpu, cuda) carry their derivative in the extension (csrc/autograd/attention.cpp: less per-call
@@ -140,6 +144,40 @@ def _register_pair(fwd, bwd, bwd_callable) -> None:
 
 if _backends.extension()[0] is not None and hasattr(torch.ops.pyneuro, "attention_fwd"):
     _register_pair("pyneuro::attention_fwd", "pyneuro::attention_bwd", torch.ops.pyneuro.attention_bwd.default)
+
+
+# The packed pair (cpu only): qkv (B, L, 3, H, D) in, out (B, L, H, D), one dqkv out of the backward.
+def _fake_packed_fwd(qkv, causal, scale, dropout_p, rng_state):
+    B, L, _, H, D = qkv.shape
+    return qkv.new_empty((B, L, H, D)), qkv.new_empty((B, H, L), dtype=torch.float32)
+
+
+def _fake_packed_bwd(dout, qkv, out, lse, causal, scale, dropout_p, rng_state):
+    return qkv.new_empty(qkv.shape)
+
+
+def _setup_packed_context(ctx, inputs, output):
+    qkv, causal, scale, dropout_p, rng_state = inputs
+    out, lse = output
+    ctx.save_for_backward(qkv, out, lse, rng_state)
+    ctx.flags = (causal, scale, dropout_p)
+    ctx.mark_non_differentiable(lse)
+    ctx.set_materialize_grads(False)
+
+
+def _packed_backward(ctx, dout, _dlse):
+    qkv, out, lse, rng_state = ctx.saved_tensors
+    causal, scale, dropout_p = ctx.flags
+    dout = torch.zeros_like(out) if dout is None else _unit_last_stride(dout.to(qkv.dtype))
+    dqkv = torch.ops.pyneuro.attention_packed_bwd.default(dout, qkv, out, lse, causal, scale, dropout_p, rng_state)
+    return dqkv, None, None, None, None
+
+
+_HAS_PACKED = _backends.extension()[0] is not None and hasattr(torch.ops.pyneuro, "attention_packed_fwd")
+if _HAS_PACKED:
+    _backends.register_kernel_pair("attention_packed", "pyneuro::attention_packed_fwd", "pyneuro::attention_packed_bwd",
+                                   fake_fwd=_fake_packed_fwd, fake_bwd=_fake_packed_bwd,
+                                   setup_context=_setup_packed_context, backward=_packed_backward)
 _TRITON_FWD = _backends.triton_custom_op("pyneuro::attention_fwd_triton", FWD_SCHEMA, _TRITON_MODULE, "attention_fwd")
 _TRITON_BWD = _backends.triton_custom_op("pyneuro::attention_bwd_triton", BWD_SCHEMA, _TRITON_MODULE, "attention_bwd")
 _register_pair(_TRITON_FWD, _TRITON_BWD, _TRITON_BWD)
@@ -284,4 +322,36 @@ def attention(q, k, v, causal: bool = False, softmax_scale: float | None = None,
     return (out, lse) if return_lse else out
 
 
-__all__ = ["attention", "attention_naive", "dropout_keep_mask", "draw_rng_state", "OP", "TOLERANCE"]
+def attention_qkvpacked(qkv, causal: bool = False, softmax_scale: float | None = None, dropout_p: float = 0.0,
+                        return_lse: bool = False, backend: str = "auto"):
+    """:func:`attention` on q, k and v packed in one tensor, as flash-attn's ``flash_attn_qkvpacked_func``.
+
+    qkv (B, L, 3, H, D): q, k, v at index 0, 1, 2 of dim 2, the layout of a self-attention's input
+    projection (B, L, 3 H D) viewed per head. Returns out (B, L, H, D), or (out, lse) with
+    ``return_lse`` (lse (B, H, L) fp32, as :func:`attention`'s). Same semantics, backends and
+    choice among them as :func:`attention`. On the ``cpu`` backend the kernels read q, k, v in
+    place and write out and the gradient of qkv in these layouts (pyneuro::attention_packed_fwd/_bwd):
+    no head-split copies forward, and the backward's dq, dk, dv are not concatenated afterwards.
+    The other backends run on the three views and their gradients are stacked by autograd.
+    """
+    if not isinstance(qkv, torch.Tensor):
+        raise TypeError(f"attention_qkvpacked: qkv must be a torch.Tensor, got {type(qkv).__name__}")
+    if qkv.dim() != 5 or qkv.shape[2] != 3:
+        raise ValueError("attention_qkvpacked: qkv must have shape (batch, seq, 3, heads, head_dim), "
+                         f"got {tuple(qkv.shape)}")
+    q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
+    _check(q, k, v, causal, softmax_scale, dropout_p)
+    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    dropout_p = float(dropout_p)
+    rng_state = draw_rng_state() if dropout_p > 0 else None
+    args = (q, k, v, causal, scale, dropout_p, rng_state)
+    chosen = OP.select(backend, qkv.device, *args)
+    if chosen.name == "cpu" and _HAS_PACKED and qkv.numel():
+        out, lse = torch.ops.pyneuro.attention_packed_fwd(_unit_last_stride(qkv), causal, scale, dropout_p, rng_state)
+    else:
+        out, lse = chosen.impl(*args)
+        out = out.transpose(1, 2)
+    return (out, lse) if return_lse else out
+
+
+__all__ = ["attention", "attention_qkvpacked", "attention_naive", "dropout_keep_mask", "draw_rng_state", "OP", "TOLERANCE"]
