@@ -127,6 +127,54 @@ def attention_cases(device: torch.device, quick: bool):
                    "contenders": contenders, "flops": flops * (1 if mode == "fwd" else 3.5)}
 
 
+def attention_qkvpacked_cases(device: torch.device, quick: bool):
+    """A self-attention layer's core: its input projection (B, L, 3 E) through attention to (B, L, E)
+    and the gradient back into the projection. Baseline: SDPA on the projection's chunks split per
+    head, as torch.nn.MultiheadAttention does; contenders: attention_qkvpacked on the projection
+    viewed (B, L, 3, H, Dh), and the unpacked op on the same chunks as the baseline."""
+    import torch.nn.functional as F
+
+    from pyneuro.ops import attention, attention_qkvpacked
+
+    shapes = [(2, 4, 50, 24)] if quick else [(128, 4, 17, 24), (128, 4, 50, 24)]
+    if device.type == "cuda" and not quick:
+        shapes = [(256, 4, 17, 24), (256, 4, 50, 24)]
+    for B, H, L, Dh in shapes:
+        E = H * Dh
+        proj = torch.randn(B, L, 3 * E, generator=torch.Generator().manual_seed(0)).to(device)
+        flops = 4 * B * H * L * L * Dh
+
+        def heads(t):
+            return t.view(B, L, H, Dh).transpose(1, 2)
+
+        def sdpa(p):
+            q, k, v = (heads(t) for t in p.chunk(3, dim=-1))
+            return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, L, E)
+
+        def unpacked(p, backend):
+            q, k, v = (heads(t) for t in p.chunk(3, dim=-1))
+            return attention(q, k, v, backend=backend).transpose(1, 2).reshape(B, L, E)
+
+        def packed(p, backend):
+            return attention_qkvpacked(p.view(B, L, 3, H, Dh), backend=backend).reshape(B, L, E)
+
+        for mode in ("fwd", "fwd+bwd"):
+            leaf = proj.clone().requires_grad_()
+
+            def call(fn):
+                if mode == "fwd":
+                    return lambda: torch.no_grad()(fn)(proj)
+                return _fwd_bwd(lambda: fn(leaf), [leaf])
+
+            contenders = {"torch-sdpa": call(sdpa)}
+            for backend in _backends_for("attention", device):
+                contenders[backend] = call(lambda p, bk=backend: packed(p, bk))
+                contenders[f"{backend}-unpacked"] = call(lambda p, bk=backend: unpacked(p, bk))
+            yield {"op": "attention_qkvpacked", "mode": mode, "dtype": "float32",
+                   "shape": {"B": B, "H": H, "L": L, "Dh": Dh}, "baseline": "torch-sdpa",
+                   "contenders": contenders, "flops": flops * (1 if mode == "fwd" else 3.5)}
+
+
 # ----------------------------------------------------------------------------- recurrent layers
 def _recurrent_shapes(device: torch.device, quick: bool) -> list[tuple]:
     """(T, B, I, H, dtype): MNIST rows, a mid-size layer, and on the GPU issue 7's targets."""
@@ -255,6 +303,6 @@ def batch_norm_relu_cases(device: torch.device, quick: bool):
                    "baseline": "reference", "contenders": contenders, "bytes": traffic[mode]}
 
 
-CASES = {"selective_scan": scan_cases, "attention": attention_cases,
+CASES = {"selective_scan": scan_cases, "attention": attention_cases, "attention_qkvpacked": attention_qkvpacked_cases,
          **{cell: _recurrent_cell_cases(cell) for cell in ("lstm", "gru", "rnn", "leaky")},
          "batch_norm_relu": batch_norm_relu_cases}
