@@ -114,6 +114,22 @@ struct BatchNormReluParams {
   const float *dx_k = nullptr, *dx_bx = nullptr, *dx_cx = nullptr;
 };
 
+// Residual add + layer norm over the last dim, csrc/cpu/isa/layer_norm_kernels.cpp
+// (pyneuro/ops/layernorm): rows of N contiguous fp32 features. Forward: total = x + residual (the
+// residual optional: total is x then and not written), out = (total - mean) rstd weight + bias
+// (weight, bias optional), mean and rstd per row. Backward: dx = the gradient reaching total
+// (through out, plus dtotal when given); dweight, dbias summed per chunk of kLayerNormChunkRows rows
+// into partials (chunk c at c N), which the driver adds in chunk order.
+struct LayerNormParams {
+  int64_t rows = 0, N = 0;
+  float eps = 1e-5f;
+  const float *x = nullptr, *residual = nullptr, *weight = nullptr, *bias = nullptr;
+  float *out = nullptr, *total = nullptr, *mean = nullptr, *rstd = nullptr;
+  const float *dout = nullptr, *dtotal = nullptr, *input = nullptr;  // input: the normalised rows (total or x)
+  float *dx = nullptr, *dweight_part = nullptr, *dbias_part = nullptr;
+};
+constexpr int64_t kLayerNormChunkRows = 32;
+
 // What each variant defines (csrc/cpu/isa/*.cpp). Arguments are checked before these are called
 // (csrc/common/selective_scan_args.h); `s` holds the checked sizes.
 #define PYNEURO_DECLARE_CPU_KERNELS(isa)                                                                          \
@@ -139,6 +155,8 @@ struct BatchNormReluParams {
   void batch_norm_relu_fwd(const BatchNormReluParams& p, int64_t u0, int64_t u1);                                  \
   void batch_norm_relu_bwd_sums(const BatchNormReluParams& p, int64_t u0, int64_t u1, double* sg, double* sgx);    \
   void batch_norm_relu_bwd_dx(const BatchNormReluParams& p, int64_t u0, int64_t u1);                               \
+  void layer_norm_fwd(const LayerNormParams& p, int64_t r0, int64_t r1);                                            \
+  void layer_norm_bwd(const LayerNormParams& p, int64_t c0, int64_t c1);                                            \
   void lstm_fwd_step(const RnnRows& r, const float* bias, const float* c_prev, int64_t ld_c, float* reserve_t,    \
                      float* m_out);                                                                               \
   void lstm_bwd_step(const RnnRows& r, const float* dm, int64_t ld_dm, const float* reserve_t, const float* c_prev, \
@@ -186,6 +204,8 @@ struct KernelTable {
   decltype(&baseline::batch_norm_relu_fwd) batch_norm_relu_fwd;
   decltype(&baseline::batch_norm_relu_bwd_sums) batch_norm_relu_bwd_sums;
   decltype(&baseline::batch_norm_relu_bwd_dx) batch_norm_relu_bwd_dx;
+  decltype(&baseline::layer_norm_fwd) layer_norm_fwd;
+  decltype(&baseline::layer_norm_bwd) layer_norm_bwd;
 };
 
 // The variant in use; raises ValueError (c10::ValueError) if PYNEURO_CPU_ISA was refused.

@@ -303,6 +303,43 @@ def batch_norm_relu_cases(device: torch.device, quick: bool):
                    "baseline": "reference", "contenders": contenders, "bytes": traffic[mode]}
 
 
+# ----------------------------------------------------------------------------- residual add + layer norm
+def add_layer_norm_cases(device: torch.device, quick: bool):
+    """A transformer block's residual add and the layer norm after it, with gradients through both
+    outputs (out and the residual stream total), at the MNIST transformer's rows (256 x 17 tokens of
+    96 features). Baseline: torch's add then F.layer_norm, which is the reference backend."""
+    from pyneuro.ops import add_layer_norm
+
+    shapes = [(8, 17, 96)] if quick else [(256, 17, 96), (64, 50, 96)]
+    for shape in shapes:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        x, residual, dout, dtotal = (torch.randn(*shape, generator=g).to(device) for _ in range(4))
+        N = shape[-1]
+        weight, bias = (torch.rand(N, generator=g) + 0.5).to(device), torch.randn(N, generator=g).to(device)
+        E = x.numel()
+        # The kernels' traffic, fp32: forward reads x, residual and writes total, out (16E bytes);
+        # backward reads dout, dtotal, total and writes dx (16E).
+        traffic = {"fwd": 16 * E, "fwd+bwd": 32 * E}
+        for mode in ("fwd", "fwd+bwd"):
+            contenders = {}
+            for backend in _backends_for("add_layer_norm", device):
+                if mode == "fwd":
+                    contenders[backend] = (lambda b=backend: torch.no_grad()(add_layer_norm)(
+                        x, residual, weight, bias, backend=b))
+                    continue
+                leaves = [t.clone().requires_grad_() for t in (x, residual, weight, bias)]
+
+                def run(b=backend, lv=leaves):
+                    for t in lv:
+                        t.grad = None
+                    out, total = add_layer_norm(*lv, backend=b)
+                    torch.autograd.backward((out, total), (dout, dtotal))
+                contenders[backend] = run
+            yield {"op": "add_layer_norm", "mode": mode, "dtype": "float32",
+                   "shape": dict(zip(("B", "L", "N"), shape)), "baseline": "reference",
+                   "contenders": contenders, "bytes": traffic[mode]}
+
+
 CASES = {"selective_scan": scan_cases, "attention": attention_cases, "attention_qkvpacked": attention_qkvpacked_cases,
          **{cell: _recurrent_cell_cases(cell) for cell in ("lstm", "gru", "rnn", "leaky")},
-         "batch_norm_relu": batch_norm_relu_cases}
+         "batch_norm_relu": batch_norm_relu_cases, "add_layer_norm": add_layer_norm_cases}

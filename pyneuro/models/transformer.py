@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from .. import nn as pnn
+from ..nn.attention import run_layers
 from .registry import register
 
 
@@ -33,10 +34,9 @@ class PatchTransformer(nn.Module):
         return torch.cat([self.cls.expand(h.shape[0], -1, -1), h], dim=1) + self.pos
 
     def forward(self, x):
-        h = self._tokens(x)
-        for layer in self.layers:
-            h = layer(h)
-        return self.head(self.norm(h[:, 0]))
+        h, pending = run_layers(self.layers, self._tokens(x))  # residual adds inside the next layer norm
+        cls = h[:, 0] if pending is None else h[:, 0] + pending[:, 0]
+        return self.head(self.norm(cls))
 
     @torch.no_grad()
     def class_token_attention(self, x):

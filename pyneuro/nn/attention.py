@@ -25,6 +25,7 @@ from torch import nn
 
 from .. import _backends
 from ..ops.attn import attention, attention_qkvpacked
+from ..ops.layernorm import add_layer_norm
 
 
 def _require_positive_int(owner: str, name: str, value) -> None:
@@ -197,6 +198,9 @@ class TransformerEncoderLayer(nn.Module):
     Post-norm (default): x = norm1(x + SA(x)); x = norm2(x + FF(x)).
     Pre-norm (norm_first=True): x = x + SA(norm1(x)); x = x + FF(norm2(x)).
     FF(x) = dropout2(linear2(dropout(activation(linear1(x))))), SA ends in dropout1.
+    Each residual add and the norm after it run as one op (:func:`pyneuro.ops.add_layer_norm`);
+    a pre-norm layer's last add is left to the next layer's norm1 when layers are run with
+    :func:`run_layers` (``forward_stream``), as TransformerEncoder does.
     ``forward(src, src_mask=None, src_key_padding_mask=None, is_causal=False)``; masks other than
     causal raise NotImplementedError, and batch_first defaults to True.
     ``attention_dropout`` (keyword-only, default: ``dropout`` as in torch) sets the dropout on the
@@ -237,20 +241,49 @@ class TransformerEncoderLayer(nn.Module):
 
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
         _reject_masks(type(self).__name__, src_mask=src_mask, src_key_padding_mask=src_key_padding_mask)
-        x = src
+        x, pending = self.forward_stream(src, None, is_causal)
+        return x if pending is None else x + pending
+
+    def forward_stream(self, x, pending=None, is_causal=False):
+        """The layer on the residual stream ``x + pending``, returned the same way: (stream, pending).
+
+        ``pending`` is a pre-norm layer's last sub-layer output, not yet added to the stream, so that
+        the next layer adds it inside its first layer norm (pyneuro.ops.add_layer_norm: one pass for
+        the add and the norm). ``forward(src)`` is the sum of ``forward_stream(src)``; a post-norm
+        layer returns pending None."""
         if self.norm_first:
-            x = x + self._self_attention(self.norm1(x), is_causal)
-            x = x + self._feed_forward(self.norm2(x))
-        else:
-            x = self.norm1(x + self._self_attention(x, is_causal))
-            x = self.norm2(x + self._feed_forward(x))
-        return x
+            h, x = self._add_norm(self.norm1, x, pending)  # h = norm1(x + pending), x = x + pending
+            h, x = self._add_norm(self.norm2, self._self_attention(h, is_causal), x)
+            return x, self._feed_forward(h)
+        if pending is not None:
+            x = x + pending
+        x, _ = self._add_norm(self.norm1, self._self_attention(x, is_causal), x)
+        x, _ = self._add_norm(self.norm2, self._feed_forward(x), x)
+        return x, None
+
+    @staticmethod
+    def _add_norm(norm: nn.LayerNorm, x, residual):
+        """(norm(x + residual), x + residual), residual None meaning none."""
+        return add_layer_norm(x, residual, norm.weight, norm.bias, norm.eps)
 
     def _self_attention(self, x, is_causal):
         return self.dropout1(self.self_attn(x, x, x, is_causal=is_causal)[0])
 
     def _feed_forward(self, x):
         return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+
+
+def run_layers(layers, x, is_causal: bool = False):
+    """Encoder layers one after another on the residual stream: (stream, pending), their sum being
+    the last layer's output. pyneuro's layers go through ``forward_stream``, so that each residual add
+    happens inside the next layer norm; any other layer (torch.nn's) is called on the summed stream."""
+    pending = None
+    for layer in layers:
+        if isinstance(layer, TransformerEncoderLayer):
+            x, pending = layer.forward_stream(x, pending, is_causal)
+        else:
+            x, pending = layer(x if pending is None else x + pending, is_causal=is_causal), None
+    return x, pending
 
 
 class TransformerEncoder(nn.Module):
@@ -265,10 +298,11 @@ class TransformerEncoder(nn.Module):
 
     def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=False):
         _reject_masks(type(self).__name__, mask=mask, src_key_padding_mask=src_key_padding_mask)
-        x = src
-        for layer in self.layers:
-            x = layer(x, is_causal=is_causal)
+        x, pending = run_layers(self.layers, src, is_causal)
+        if isinstance(self.norm, nn.LayerNorm) and len(self.norm.normalized_shape) == 1:
+            return TransformerEncoderLayer._add_norm(self.norm, x, pending)[0]
+        x = x if pending is None else x + pending
         return x if self.norm is None else self.norm(x)
 
 
-__all__ = ["MultiheadAttention", "MultiheadSelfAttention", "TransformerEncoderLayer", "TransformerEncoder"]
+__all__ = ["MultiheadAttention", "MultiheadSelfAttention", "TransformerEncoderLayer", "TransformerEncoder", "run_layers"]

@@ -261,3 +261,26 @@ def test_training_dropout_runs_in_pyneuros_attention(monkeypatch):
 def test_attention_dropout_of_one_is_refused():
     with pytest.raises(ValueError, match="dropout must be below 1"):
         pn.MultiheadAttention(E, HEADS, dropout=1.0)
+
+
+@pytest.mark.parametrize("norm_first", [True, False], ids=["pre-norm", "post-norm"])
+def test_encoder_stack_fp32_forward_and_gradients_match_torch(norm_first):
+    """fp32, where pyneuro's layers run on the fused CPU ops (packed attention; each residual add
+    inside the next layer norm, carried between layers as a pending sum): output and every gradient
+    against torch.nn's stack with the same weights."""
+    theirs_layer, ours_layer = encoder_layer_pair(dtype=torch.float32, norm_first=norm_first)
+    theirs = nn.TransformerEncoder(theirs_layer, 3, norm=nn.LayerNorm(E), enable_nested_tensor=False).eval()
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    ours = pn.TransformerEncoder(ours_layer, 3, norm=nn.LayerNorm(E)).eval()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(BATCH, L, E, requires_grad=True)
+    out_t, out_o = theirs(x), ours(x)
+    torch.testing.assert_close(out_o, out_t, **TOL[torch.float32])
+    cot = torch.randn_like(out_t)
+    names = [n for n, _ in theirs.named_parameters()]
+    grads_t = torch.autograd.grad(out_t, [x, *theirs.parameters()], cot)
+    grads_o = torch.autograd.grad(out_o, [x, *(ours.get_parameter(n) for n in names)], cot)
+    for name, a, b in zip(["x", *names], grads_o, grads_t):
+        torch.testing.assert_close(a, b, **TOL[torch.float32], msg=lambda m, name=name: f"{name}: {m}")

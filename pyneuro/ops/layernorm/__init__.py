@@ -1,0 +1,153 @@
+"""add_layer_norm: a residual add and the layer norm of its result in one pass each way.
+
+    out, total = add_layer_norm(x, residual=None, weight=None, bias=None, eps=1e-5, backend="auto")
+      total == x + residual   (x itself when residual is None)
+      out   == torch.nn.functional.layer_norm(total, (x.shape[-1],), weight, bias, eps)
+
+The block of a transformer layer where the residual stream meets the next norm (flash-attn's
+``dropout_add_layer_norm`` without the dropout; apply one to x first): pre-norm computes
+``norm2(x + attn)`` and carries ``x + attn`` on; post-norm keeps only ``out``. Both outputs carry
+gradients. x and residual (..., N), weight and bias (N,) or None, normalised over the last dim.
+
+Backends: ``reference`` (naive.py: torch's add and layer_norm; any float dtype, any device) and
+``cpu`` (csrc/cpu/layer_norm.cpp: fp32; one read of x and residual and one write of total and out
+forward, one read of dout, dtotal and total and one write of dx backward, where torch's add and
+layer_norm make two passes each way and autograd adds the residual stream's gradient in a third).
+Its derivative is registered in C++ (csrc/autograd/layer_norm.cpp), as attention's.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ... import _backends
+from ..._backends import Backend
+from .naive import add_layer_norm_backward_naive, add_layer_norm_naive
+
+_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+# Normwise tolerance of each backend against the fp64 oracle (tests/ops/layernorm).
+TOLERANCE = {
+    "reference": {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3},
+    "cpu": {torch.float32: 1e-5},
+}
+
+
+def _fail(exc, msg):
+    raise exc(f"add_layer_norm: {msg}")
+
+
+def _check(x, residual, weight, bias, eps) -> None:
+    if not isinstance(x, Tensor):
+        _fail(TypeError, f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOATS:
+        _fail(TypeError, f"x must be a floating tensor, got {x.dtype}")
+    if x.dim() < 1 or x.shape[-1] < 1:
+        _fail(ValueError, f"x must have a last dimension of at least 1 (the normalised one), got shape {tuple(x.shape)}")
+    N = x.shape[-1]
+    for name, t, shape in (("residual", residual, tuple(x.shape)), ("weight", weight, (N,)), ("bias", bias, (N,))):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            _fail(TypeError, f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
+        if t.dtype != x.dtype:
+            _fail(TypeError, f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
+        if t.device != x.device:
+            _fail(ValueError, f"{name} is on {t.device} but x is on {x.device}; all tensors must be on one device")
+        if tuple(t.shape) != shape:
+            what = "x's shape" if name == "residual" else "(N,) with N = x.shape[-1]"
+            _fail(ValueError, f"{name} must have {what} = {shape}, got {tuple(t.shape)}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        _fail(TypeError, f"eps must be a number, got {type(eps).__name__}")
+    if not (math.isfinite(eps) and eps >= 0):
+        _fail(ValueError, f"eps must be a finite number >= 0, got {eps!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The compiled pair: fake shapes (the autograd is the extension's, in C++)
+# ----------------------------------------------------------------------------------------------
+def _fake_fwd(x, residual, weight, bias, eps):
+    rows = x.shape[:-1]
+    total = torch.empty_like(x) if residual is not None else x.new_empty((0,))
+    return torch.empty_like(x), total, x.new_empty(rows), x.new_empty(rows)
+
+
+def _fake_bwd(dout, dtotal, input, mean, rstd, weight, has_bias):
+    N = input.shape[-1]
+    return (torch.empty_like(input), input.new_empty((N,) if weight is not None else (0,)),
+            input.new_empty((N,) if has_bias else (0,)))
+
+
+def _setup_context(ctx, inputs, output):
+    x, residual, weight, bias, eps = inputs
+    _out, total, mean, rstd = output
+    ctx.save_for_backward(total if residual is not None else x, mean, rstd, weight)
+    ctx.has_residual, ctx.has_bias = residual is not None, bias is not None
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, dout, dtotal, _dmean, _drstd):
+    # Only used if the extension came without its C++ autograd kernel (it registers one).
+    input, mean, rstd, weight = ctx.saved_tensors
+    dout = torch.zeros_like(input) if dout is None else dout
+    dx, dweight, dbias = torch.ops.pyneuro.add_layer_norm_bwd(dout, dtotal if ctx.has_residual else None, input,
+                                                              mean, rstd, weight, ctx.has_bias)
+    return (dx, dx if ctx.has_residual else None, dweight if weight is not None else None,
+            dbias if ctx.has_bias else None, None)
+
+
+if _backends.extension()[0] is not None and hasattr(torch.ops.pyneuro, "add_layer_norm_fwd"):
+    _backends.register_kernel_pair("add_layer_norm", "pyneuro::add_layer_norm_fwd", "pyneuro::add_layer_norm_bwd",
+                                   fake_fwd=_fake_fwd, fake_bwd=_fake_bwd, setup_context=_setup_context,
+                                   backward=_backward)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backends: each takes the validated arguments and returns (out, total)
+# ----------------------------------------------------------------------------------------------
+def _reference(x, residual, weight, bias, eps):
+    return add_layer_norm_naive(x, residual, weight, bias, eps)
+
+
+def _cpu(x, residual, weight, bias, eps):
+    out, total, _mean, _rstd = torch.ops.pyneuro.add_layer_norm_fwd(x, residual, weight, bias, eps)
+    return out, (total if residual is not None else x)
+
+
+def _cpu_supports(x, *_rest) -> Optional[Exception]:
+    if x.dtype != torch.float32:
+        return TypeError(f"add_layer_norm: the cpu backend takes float32 tensors only, got {x.dtype} "
+                         f"({x.dtype} runs on backend='reference')")
+    return None
+
+
+def example_arguments(rows: int = 4352, N: int = 96, dtype=torch.float32, device="meta") -> tuple:
+    """Arguments of the given sizes (shape only) for ``pyneuro explain add_layer_norm``: the
+    transformer model's (batch 256 x 17 tokens of 96 features)."""
+    t = lambda *s: torch.empty(*s, dtype=dtype, device=device)  # noqa: E731
+    return (t(rows, N), t(rows, N), t(N), t(N), 1e-5)
+
+
+OP = _backends.register_op(
+    "add_layer_norm",
+    {
+        "reference": Backend("reference", ("cpu", "cuda"), _reference),
+        "cpu": Backend("cpu", ("cpu",), _cpu, _backends.compiled_probe("add_layer_norm_fwd"), _cpu_supports),
+    },
+    example=example_arguments,
+)
+
+
+def add_layer_norm(x, residual=None, weight=None, bias=None, eps: float = 1e-5, backend: str = "auto"):
+    """(layer_norm(x + residual), x + residual) in one op; see the module docstring."""
+    _check(x, residual, weight, bias, eps)
+    return OP(backend, x.device, x, residual, weight, bias, float(eps))
+
+
+__all__ = ["add_layer_norm", "add_layer_norm_naive", "add_layer_norm_backward_naive", "OP", "TOLERANCE",
+           "example_arguments"]
