@@ -18,6 +18,7 @@ threads. A user who knows can flush too, so the speedup is taken against the fas
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import time
@@ -95,25 +96,29 @@ def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
     return step
 
 
+@contextlib.contextmanager
+def _subnormals_flushed():
+    """Subnormal floats flushed on this thread inside the block, the caller's mode restored after;
+    yields False where the CPU cannot flush (torch.set_flush_denormal's answer)."""
+    caller_flushes = _flushing_subnormals()  # torch has a setter only
+    try:
+        yield torch.set_flush_denormal(True)
+    finally:
+        torch.set_flush_denormal(caller_flushes)
+
+
 def _with_subnormals_flushed(step):
-    """``step`` run with subnormal floats flushed on this thread, the caller's mode restored after."""
+    """``step`` run with subnormal floats flushed (see _subnormals_flushed)."""
     def flushed():
-        caller_flushes = _flushing_subnormals()  # torch has a setter only
-        torch.set_flush_denormal(True)
-        try:
+        with _subnormals_flushed():
             step()
-        finally:
-            torch.set_flush_denormal(caller_flushes)
 
     return flushed
 
 
 def _can_flush_subnormals() -> bool:
-    caller_flushes = _flushing_subnormals()
-    try:
-        return torch.set_flush_denormal(True)  # False where the CPU cannot
-    finally:
-        torch.set_flush_denormal(caller_flushes)
+    with _subnormals_flushed() as can:
+        return can
 
 
 def run(models: list[str], device: torch.device, batch_size: int, steps: int, view: str | None = None,

@@ -63,14 +63,8 @@ def fuzz_suite(request) -> dict:
     # Under pytest-xdist every process collects every test but runs its share: which fuzz tests
     # did not run in this one (so their calls are not in this process's counter)? make test and
     # make sanitize run the suite in a process of its own.
-    elsewhere = sorted(_base_nodeid(item.nodeid) for item in fuzz_items
-                       if _base_nodeid(item.nodeid) not in SUITE["ran_here"])
+    elsewhere = sorted(item.nodeid for item in fuzz_items if item.nodeid not in SUITE["ran_here"])
     return {"min_calls": MIN_CALLS, "missing": missing, "elsewhere": elsewhere, **SUITE}
-
-
-def _base_nodeid(nodeid: str) -> str:
-    """The node id without the "@group" suffix pytest-xdist's loadgroup appends (where it works)."""
-    return nodeid.split("@", 1)[0]
 
 
 def _is_fuzz_test(nodeid: str) -> bool:
@@ -84,7 +78,7 @@ def pytest_deselected(items):
 def pytest_runtest_logreport(report):
     if _is_fuzz_test(report.nodeid):
         if report.when == "setup":  # every test run in this process reports its setup here
-            SUITE["ran_here"].add(_base_nodeid(report.nodeid))
+            SUITE["ran_here"].add(report.nodeid)
         if report.failed:
             SUITE["not_passed"].append(report.nodeid)
 
