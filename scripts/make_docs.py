@@ -161,8 +161,9 @@ def _write_sources(path: Path, sources) -> None:
 # ---------------------------------------------------------------------------------------------
 # Tables from the recorded benchmark JSON
 
-PAGES = {"selective_scan": "selective_scan.md", "attention": "attention.md",
-         "lstm": "rnn.md", "gru": "rnn.md", "rnn": "rnn.md", "leaky": "rnn.md", "batch_norm_relu": "batch_norm.md"}
+PAGES = {"selective_scan": "selective_scan.md", "attention": "attention.md", "attention_qkvpacked": "attention.md",
+         "lstm": "rnn.md", "gru": "rnn.md", "rnn": "rnn.md", "leaky": "rnn.md", "batch_norm_relu": "batch_norm.md",
+         "add_layer_norm": "layer_norm.md"}
 
 
 def _shape_text(shape: dict) -> str:
