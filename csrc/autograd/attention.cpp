@@ -51,6 +51,31 @@ std::tuple<Tensor, Tensor, Tensor> call_bwd(const Tensor& dout, const Tensor& q,
   return op.call(dout, q, k, v, out, lse, causal, scale, dropout_p, rng_state);
 }
 
+// What both forms save besides tensors, and the dout their backward hands the kernels.
+void save_flags(AutogradContext* ctx, bool causal, double scale, double dropout_p) {
+  ctx->saved_data["causal"] = causal;
+  ctx->saved_data["scale"] = scale;
+  ctx->saved_data["dropout_p"] = dropout_p;
+}
+
+struct Flags {
+  bool causal;
+  double scale, dropout_p;
+};
+
+Flags saved_flags(AutogradContext* ctx) {
+  return {ctx->saved_data["causal"].toBool(), ctx->saved_data["scale"].toDouble(),
+          ctx->saved_data["dropout_p"].toDouble()};
+}
+
+// dout in the inputs' dtype with a unit last stride (the kernels' one layout rule); zeros when no
+// gradient reached out (only lse was used, and it has none).
+Tensor kernel_dout(const Tensor& grad, at::ScalarType dtype, const Tensor& out) {
+  Tensor dout = grad.defined() ? grad.to(dtype) : at::zeros_like(out);
+  if (dout.size(-1) != 1 && dout.stride(-1) != 1) dout = dout.contiguous();
+  return dout;
+}
+
 struct AttentionFunction : public torch::autograd::Function<AttentionFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                                double scale, double dropout_p, const OptTensor& rng_state) {
@@ -58,9 +83,7 @@ struct AttentionFunction : public torch::autograd::Function<AttentionFunction> {
     auto [out, lse] = call_fwd(q, k, v, causal, scale, dropout_p, rng_state);
     // rng_state is a plain int64 tensor: saved as data, so the backward regenerates the same mask.
     ctx->save_for_backward({q, k, v, out, lse, rng_state.value_or(Tensor())});
-    ctx->saved_data["causal"] = causal;
-    ctx->saved_data["scale"] = scale;
-    ctx->saved_data["dropout_p"] = dropout_p;
+    save_flags(ctx, causal, scale, dropout_p);
     ctx->mark_non_differentiable({lse});
     // A backward that reaches only lse (no gradient) gets None for out, not a zero-filled tensor.
     ctx->set_materialize_grads(false);
@@ -71,10 +94,8 @@ struct AttentionFunction : public torch::autograd::Function<AttentionFunction> {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[3], &lse = saved[4];
     const OptTensor rng_state = saved[5].defined() ? OptTensor(saved[5]) : std::nullopt;
-    Tensor dout = grads[0].defined() ? grads[0].to(q.scalar_type()) : at::zeros_like(out);
-    if (dout.size(-1) != 1 && dout.stride(-1) != 1) dout = dout.contiguous();  // the kernels' one layout rule
-    const bool causal = ctx->saved_data["causal"].toBool();
-    const double scale = ctx->saved_data["scale"].toDouble(), dropout_p = ctx->saved_data["dropout_p"].toDouble();
+    const Tensor dout = kernel_dout(grads[0], q.scalar_type(), out);
+    const auto [causal, scale, dropout_p] = saved_flags(ctx);
     // Under create_graph the call goes through attention_bwd's own autograd registration (Python:
     // it raises if a second derivative ever reaches it); otherwise straight to the device kernel.
     std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
@@ -109,9 +130,7 @@ struct AttentionPackedFunction : public torch::autograd::Function<AttentionPacke
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, lse] = call_packed_fwd(qkv, causal, scale, dropout_p, rng_state);
     ctx->save_for_backward({qkv, out, lse, rng_state.value_or(Tensor())});
-    ctx->saved_data["causal"] = causal;
-    ctx->saved_data["scale"] = scale;
-    ctx->saved_data["dropout_p"] = dropout_p;
+    save_flags(ctx, causal, scale, dropout_p);
     ctx->mark_non_differentiable({lse});
     ctx->set_materialize_grads(false);
     return {out, lse};
@@ -121,10 +140,8 @@ struct AttentionPackedFunction : public torch::autograd::Function<AttentionPacke
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &qkv = saved[0], &out = saved[1], &lse = saved[2];
     const OptTensor rng_state = saved[3].defined() ? OptTensor(saved[3]) : std::nullopt;
-    Tensor dout = grads[0].defined() ? grads[0].to(qkv.scalar_type()) : at::zeros_like(out);
-    if (dout.size(-1) != 1 && dout.stride(-1) != 1) dout = dout.contiguous();
-    const bool causal = ctx->saved_data["causal"].toBool();
-    const double scale = ctx->saved_data["scale"].toDouble(), dropout_p = ctx->saved_data["dropout_p"].toDouble();
+    const Tensor dout = kernel_dout(grads[0], qkv.scalar_type(), out);
+    const auto [causal, scale, dropout_p] = saved_flags(ctx);
     std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
     if (!at::GradMode::is_enabled()) below_autograd.emplace();
     Tensor dqkv = call_packed_bwd(dout, qkv, out, lse, causal, scale, dropout_p, rng_state);
