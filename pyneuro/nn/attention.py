@@ -200,7 +200,7 @@ class TransformerEncoderLayer(nn.Module):
     FF(x) = dropout2(linear2(dropout(activation(linear1(x))))), SA ends in dropout1.
     Each residual add and the norm after it run as one op (:func:`pyneuro.ops.add_layer_norm`);
     a pre-norm layer's last add is left to the next layer's norm1 when layers are run with
-    :func:`run_layers` (``forward_stream``), as TransformerEncoder does.
+    :func:`run_layers` (``defer_add=True``), as TransformerEncoder does.
     ``forward(src, src_mask=None, src_key_padding_mask=None, is_causal=False)``; masks other than
     causal raise NotImplementedError, and batch_first defaults to True.
     ``attention_dropout`` (keyword-only, default: ``dropout`` as in torch) sets the dropout on the
@@ -239,9 +239,14 @@ class TransformerEncoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.activation = activation
 
-    def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+    def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False, *, pending=None,
+                defer_add=False):
+        """The layer's output; with ``defer_add=True`` the pair (stream, pending) instead (see
+        :meth:`forward_stream`), and ``pending`` a previous layer's such output to add first."""
         _reject_masks(type(self).__name__, src_mask=src_mask, src_key_padding_mask=src_key_padding_mask)
-        x, pending = self.forward_stream(src, None, is_causal)
+        x, pending = self.forward_stream(src, pending, is_causal)
+        if defer_add:
+            return x, pending
         return x if pending is None else x + pending
 
     def forward_stream(self, x, pending=None, is_causal=False):
@@ -250,7 +255,8 @@ class TransformerEncoderLayer(nn.Module):
         ``pending`` is a pre-norm layer's last sub-layer output, not yet added to the stream, so that
         the next layer adds it inside its first layer norm (pyneuro.ops.add_layer_norm: one pass for
         the add and the norm). ``forward(src)`` is the sum of ``forward_stream(src)``; a post-norm
-        layer returns pending None."""
+        layer returns pending None. Called through the module (``layer(x, pending=...,
+        defer_add=True)``, as :func:`run_layers` does), hooks see the call."""
         if self.norm_first:
             h, x = self._add_norm(self.norm1, x, pending)  # h = norm1(x + pending), x = x + pending
             h, x = self._add_norm(self.norm2, self._self_attention(h, is_causal), x)
@@ -262,15 +268,27 @@ class TransformerEncoderLayer(nn.Module):
         return x, None
 
     @staticmethod
-    def _add_norm(norm: nn.LayerNorm, x, residual):
-        """(norm(x + residual), x + residual), residual None meaning none."""
-        return add_layer_norm(x, residual, norm.weight, norm.bias, norm.eps)
+    def _add_norm(norm: nn.Module, x, residual):
+        """(norm(x + residual), x + residual), residual None meaning none: one op for a LayerNorm
+        over the last dim; a call of the module itself when it is something else or has hooks (so
+        that what hooks or replaces a norm still sees it called)."""
+        if type(norm) is nn.LayerNorm and len(norm.normalized_shape) == 1 and not _has_hooks(norm):
+            return add_layer_norm(x, residual, norm.weight, norm.bias, norm.eps)
+        total = x if residual is None else x + residual
+        return norm(total), total
 
     def _self_attention(self, x, is_causal):
         return self.dropout1(self.self_attn(x, x, x, is_causal=is_causal)[0])
 
     def _feed_forward(self, x):
         return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether a forward call of ``module`` would run hooks (its own or global ones)."""
+    from torch.nn.modules import module as torch_module
+    return bool(module._forward_hooks or module._forward_pre_hooks or torch_module._global_forward_hooks
+                or torch_module._global_forward_pre_hooks)
 
 
 def run_layers(layers, x, is_causal: bool = False):
@@ -280,7 +298,7 @@ def run_layers(layers, x, is_causal: bool = False):
     pending = None
     for layer in layers:
         if isinstance(layer, TransformerEncoderLayer):
-            x, pending = layer.forward_stream(x, pending, is_causal)
+            x, pending = layer(x, is_causal=is_causal, pending=pending, defer_add=True)
         else:
             x, pending = layer(x if pending is None else x + pending, is_causal=is_causal), None
     return x, pending

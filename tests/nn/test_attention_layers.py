@@ -284,3 +284,33 @@ def test_encoder_stack_fp32_forward_and_gradients_match_torch(norm_first):
     grads_o = torch.autograd.grad(out_o, [x, *(ours.get_parameter(n) for n in names)], cot)
     for name, a, b in zip(["x", *names], grads_o, grads_t):
         torch.testing.assert_close(a, b, **TOL[torch.float32], msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_encoder_layers_and_their_norms_are_still_called_as_modules():
+    """Run with deferred adds (run_layers), each layer is still called through its module, so hooks
+    see it (the architecture picture traces the transformer that way); a norm with a hook is called
+    as a module instead of being fused with its add, with the same result."""
+    _, ours_layer = encoder_layer_pair(dtype=torch.float32, norm_first=True)
+    encoder = pn.TransformerEncoder(ours_layer, 2).eval()
+    x = torch.randn(BATCH, L, E)
+    fused = encoder(x)
+    seen = []
+    handles = [layer.register_forward_hook(lambda m, a, out: seen.append(type(out))) for layer in encoder.layers]
+    handles.append(encoder.layers[1].norm2.register_forward_hook(lambda m, a, out: seen.append("norm2")))
+    try:
+        hooked = encoder(x)
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen == [tuple, "norm2", tuple]  # layer 0, then layer 1's norm2 inside layer 1
+    torch.testing.assert_close(hooked, fused, **TOL[torch.float32])
+    assert torch.equal(encoder(x), fused)  # hooks gone: the fused path again, bit for bit
+
+
+def test_transformer_model_layers_appear_in_its_architecture():
+    from pyneuro.models.registry import get
+    from pyneuro.viz.architecture import trace_layers
+
+    model = get("transformer").build()
+    names = [call.name for call in trace_layers(model, torch.zeros(2, 16, 49))]
+    assert any(name.startswith("layers.0") for name in names), names
