@@ -82,15 +82,15 @@ TORCH_LIBRARY(pyneuro, m) {
       {at::Tag::pt2_compliant_tag});
 
   // Residual add + layer norm over the last dim (pre-/post-norm transformer blocks): total = x +
-  // residual (empty without one), out = layer_norm(total) * weight + bias, and the per-row mean and
-  // rstd for the backward, which returns (dx, dweight, dbias) (dx is also the residual's gradient;
+  // residual (empty without one), out = layer_norm(total) * weight + bias, and per row rstd and
+  // shift = mean - the row's first element for the backward, which returns (dx, dweight, dbias) (dx is also the residual's gradient;
   // dweight / dbias empty without weight / bias). pyneuro/ops/layernorm has the contract.
   m.def(
       "add_layer_norm_fwd(Tensor x, Tensor? residual, Tensor? weight, Tensor? bias, float eps) "
-      "-> (Tensor out, Tensor total, Tensor mean, Tensor rstd)",
+      "-> (Tensor out, Tensor total, Tensor shift, Tensor rstd)",
       {at::Tag::pt2_compliant_tag});
   m.def(
-      "add_layer_norm_bwd(Tensor dout, Tensor? dtotal, Tensor input, Tensor mean, Tensor rstd, Tensor? weight, "
+      "add_layer_norm_bwd(Tensor dout, Tensor? dtotal, Tensor input, Tensor shift, Tensor rstd, Tensor? weight, "
       "bool has_bias) -> (Tensor dx, Tensor dweight, Tensor dbias)",
       {at::Tag::pt2_compliant_tag});
 

@@ -344,18 +344,22 @@ def _has_autograd_kernel(op) -> bool:
 
 
 def register_kernel_pair(op_name: str, fwd, bwd, *, fake_fwd: Optional[Callable], fake_bwd: Optional[Callable],
-                         setup_context: Callable, backward: Callable) -> None:
+                         setup_context: Optional[Callable] = None, backward: Optional[Callable] = None) -> None:
     """Make the forward op ``fwd`` differentiable with ``backward`` (which calls the op ``bwd``),
     and give both ops fake (shape-only) implementations so they trace under torch.compile.
     ``fwd``/``bwd`` are qualnames ("pyneuro::x") or custom-op objects. The backward op itself
     gets no derivative: differentiating through it raises instead of silently returning zeros.
     A forward op whose derivative the extension registers in C++ (csrc/autograd/, the same formula
-    with less per-call overhead) keeps that one; ``backward`` then serves the ops without it."""
+    with less per-call overhead) keeps that one; ``backward`` then serves the ops without it, and a
+    pair whose derivative exists only in C++ passes none (it is an error if the C++ one is missing)."""
     if fake_fwd is not None:
         torch.library.register_fake(fwd)(fake_fwd)
     if fake_bwd is not None:
         torch.library.register_fake(bwd)(fake_bwd)
     if not _has_autograd_kernel(fwd):  # the C++ one; a Python registration would replace it
+        if backward is None:
+            raise RuntimeError(f"{op_name}: {fwd} has no derivative: the extension registers none in C++ "
+                               "and no Python backward was given")
         torch.library.register_autograd(fwd, backward, setup_context=setup_context)
 
     def no_double_backward(ctx, *grads):

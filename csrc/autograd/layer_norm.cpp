@@ -1,7 +1,7 @@
 // The derivative of pyneuro::add_layer_norm_fwd at the dispatcher's Autograd key (as attention's,
 // csrc/autograd/attention.cpp: a transformer calls it twice per layer and step, so the per-call
 // cost of a Python autograd registration would be a visible share). Outputs out and total are
-// differentiable, mean and rstd are not; the backward calls pyneuro::add_layer_norm_bwd, which has
+// differentiable, shift and rstd are not; the backward calls pyneuro::add_layer_norm_bwd, which has
 // no derivative (its Python registration raises when a second derivative reaches it).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
@@ -28,33 +28,33 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> call_fwd(const Tensor& x, const OptTe
 }
 
 std::tuple<Tensor, Tensor, Tensor> call_bwd(const Tensor& dout, const OptTensor& dtotal, const Tensor& input,
-                                            const Tensor& mean, const Tensor& rstd, const OptTensor& weight,
+                                            const Tensor& shift, const Tensor& rstd, const OptTensor& weight,
                                             bool has_bias) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("pyneuro::add_layer_norm_bwd", "")
                              .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const OptTensor&, const Tensor&,
                                                                        const Tensor&, const Tensor&, const OptTensor&,
                                                                        bool)>();
-  return op.call(dout, dtotal, input, mean, rstd, weight, has_bias);
+  return op.call(dout, dtotal, input, shift, rstd, weight, has_bias);
 }
 
 struct AddLayerNormFunction : public torch::autograd::Function<AddLayerNormFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const OptTensor& residual,
                                const OptTensor& weight, const OptTensor& bias, double eps) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [out, total, mean, rstd] = call_fwd(x, residual, weight, bias, eps);
+    auto [out, total, shift, rstd] = call_fwd(x, residual, weight, bias, eps);
     // The normalised rows: total, or x itself without a residual (then total is empty).
-    ctx->save_for_backward({residual ? total : x, mean, rstd, weight.value_or(Tensor())});
+    ctx->save_for_backward({residual ? total : x, shift, rstd, weight.value_or(Tensor())});
     ctx->saved_data["has_residual"] = residual.has_value();
     ctx->saved_data["has_bias"] = bias.has_value();
-    ctx->mark_non_differentiable({mean, rstd});
+    ctx->mark_non_differentiable({shift, rstd});
     ctx->set_materialize_grads(false);
-    return {out, total, mean, rstd};
+    return {out, total, shift, rstd};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
-    const Tensor &input = saved[0], &mean = saved[1], &rstd = saved[2];
+    const Tensor &input = saved[0], &shift = saved[1], &rstd = saved[2];
     const OptTensor weight = saved[3].defined() ? OptTensor(saved[3]) : std::nullopt;
     const bool has_residual = ctx->saved_data["has_residual"].toBool();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
@@ -62,7 +62,7 @@ struct AddLayerNormFunction : public torch::autograd::Function<AddLayerNormFunct
     const OptTensor dtotal = has_residual && grads[1].defined() ? OptTensor(grads[1]) : std::nullopt;
     std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
     if (!at::GradMode::is_enabled()) below_autograd.emplace();
-    auto [dx, dweight, dbias] = call_bwd(dout, dtotal, input, mean, rstd, weight, has_bias);
+    auto [dx, dweight, dbias] = call_bwd(dout, dtotal, input, shift, rstd, weight, has_bias);
     return {dx, has_residual ? dx : Tensor(), weight ? dweight : Tensor(), has_bias ? dbias : Tensor(), Tensor()};
   }
 };

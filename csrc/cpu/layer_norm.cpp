@@ -1,8 +1,9 @@
 // Residual add + layer norm on the CPU: the pyneuro::add_layer_norm_fwd / _bwd ops' CPU
 // registration (pyneuro/ops/layernorm). fp32, rows of N contiguous features (the last dim); the
 // kernels are in csrc/cpu/isa/layer_norm_kernels.cpp.
-//   forward   (out, total, mean, rstd): total = x + residual (an empty tensor without a residual:
-//             the caller has it as x), out = layer_norm(total) · weight + bias; mean, rstd per row.
+//   forward   (out, total, shift, rstd): total = x + residual (an empty tensor without a residual:
+//             the caller has it as x), out = layer_norm(total) · weight + bias; per row rstd and
+//             shift = mean - the row's first element (what the backward forms t - mean from).
 //   backward  (dx, dweight, dbias) from dout, dtotal (optional), the normalised input (total, or x
 //             without a residual) and the saved statistics; dx is also the residual's gradient.
 // dweight and dbias are summed per chunk of kLayerNormChunkRows rows and the chunks added in order,
@@ -65,20 +66,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> add_layer_norm_fwd_cpu(const Tensor& 
   const auto rows_shape = x.sizes().slice(0, x.dim() - 1);
   Tensor out = at::empty_like(x);
   Tensor total = residual ? at::empty_like(x) : at::empty({0}, x.options());
-  Tensor mean = at::empty(rows_shape, x.options()), rstd = at::empty(rows_shape, x.options());
+  Tensor shift = at::empty(rows_shape, x.options()), rstd = at::empty(rows_shape, x.options());
   LayerNormParams p;
   p.rows = x.numel() / N, p.N = N, p.eps = static_cast<float>(eps);
   p.x = x.const_data_ptr<float>(), p.residual = ptr_or_null(residual);
   p.weight = ptr_or_null(weight), p.bias = ptr_or_null(bias);
   p.out = out.data_ptr<float>(), p.total = residual ? total.data_ptr<float>() : nullptr;
-  p.mean = mean.data_ptr<float>(), p.rstd = rstd.data_ptr<float>();
+  p.shift = shift.data_ptr<float>(), p.rstd = rstd.data_ptr<float>();
   const KernelTable& k = kernels();
   at::parallel_for(0, p.rows, grain(N), [&](int64_t r0, int64_t r1) { k.layer_norm_fwd(p, r0, r1); });
-  return {out, total, mean, rstd};
+  return {out, total, shift, rstd};
 }
 
 std::tuple<Tensor, Tensor, Tensor> add_layer_norm_bwd_cpu(const Tensor& dout_in, const OptTensor& dtotal_in,
-                                                          const Tensor& input_in, const Tensor& mean,
+                                                          const Tensor& input_in, const Tensor& shift,
                                                           const Tensor& rstd, const OptTensor& weight_in,
                                                           bool has_bias) {
   const char* op = "add_layer_norm_bwd (cpu)";
@@ -87,7 +88,7 @@ std::tuple<Tensor, Tensor, Tensor> add_layer_norm_bwd_cpu(const Tensor& dout_in,
   checks::dtype(op, dout_in, "dout", at::kFloat);
   checks::shape(op, dout_in, "dout", input_in.sizes(), "input's shape");
   const auto rows_shape = input_in.sizes().slice(0, input_in.dim() - 1);
-  checks::tensor(op, mean, "mean", input_in, "input", at::kFloat, rows_shape, "input.shape[:-1]");
+  checks::tensor(op, shift, "shift", input_in, "input", at::kFloat, rows_shape, "input.shape[:-1]");
   checks::tensor(op, rstd, "rstd", input_in, "input", at::kFloat, rows_shape, "input.shape[:-1]");
   const Tensor input = input_in.contiguous(), dout = dout_in.contiguous();
   const OptTensor dtotal = dtotal_in ? OptTensor(dtotal_in->contiguous()) : std::nullopt;
@@ -100,7 +101,7 @@ std::tuple<Tensor, Tensor, Tensor> add_layer_norm_bwd_cpu(const Tensor& dout_in,
   Tensor dbias_part = has_bias ? at::empty({chunks, N}, input.options()) : Tensor();
   p.input = input.const_data_ptr<float>(), p.dout = dout.const_data_ptr<float>();
   p.dtotal = ptr_or_null(dtotal), p.weight = ptr_or_null(weight);
-  p.mean = const_cast<float*>(mean.const_data_ptr<float>()), p.rstd = const_cast<float*>(rstd.const_data_ptr<float>());
+  p.shift = const_cast<float*>(shift.const_data_ptr<float>()), p.rstd = const_cast<float*>(rstd.const_data_ptr<float>());
   p.dx = dx.data_ptr<float>();
   p.dweight_part = weight ? dweight_part.data_ptr<float>() : nullptr;
   p.dbias_part = has_bias ? dbias_part.data_ptr<float>() : nullptr;

@@ -133,3 +133,17 @@ def test_explain_lists_every_backend_with_its_reason():
 def test_unknown_backend_names_are_refused():
     with pytest.raises(ValueError, match="unknown backend names"):
         _backends.Op("bad", {"fast": Backend("fast", ("cpu",), _double)})
+
+
+def test_a_pair_without_a_derivative_is_refused():
+    """register_kernel_pair without a Python backward is for ops whose derivative the extension
+    registers in C++; for an op that has none it raises instead of leaving it non-differentiable."""
+    lib = torch.library.Library("pyneuro_registry_test", "FRAGMENT")  # noqa: TOR901
+    lib.define("plain_fwd(Tensor x) -> Tensor")
+    lib.define("plain_bwd(Tensor dy) -> Tensor")
+    with pytest.raises(RuntimeError, match="has no derivative"):
+        _backends.register_kernel_pair("plain", "pyneuro_registry_test::plain_fwd", "pyneuro_registry_test::plain_bwd",
+                                       fake_fwd=None, fake_bwd=None)
+    for op in ("attention_packed_fwd", "add_layer_norm_fwd"):  # the pairs that rely on it have theirs
+        if _backends.extension()[0] is not None:
+            assert _backends._has_autograd_kernel(f"pyneuro::{op}")

@@ -4,10 +4,10 @@
 //
 //   forward   per row of N: t = x + residual; mean = Σt / N; var = Σ(t - mean)² / N (two passes
 //             over the row, in L1: no cancellation as in E[t²] - mean²); rstd = 1 / sqrt(var + eps);
-//             out = (t - mean) rstd w + b. t - mean is formed as (t - k) - (mean - k) with the row's
-//             first element k as pivot, so that a row far from zero (|mean| >> its spread) keeps
-//             its precision; the backward recomputes mean - k the same way (the saved mean is
-//             rounded to fp32).
+//             out = (t - mean) rstd w + b. t - mean is formed as (t - k) - shift, with the row's
+//             first element k as pivot and shift = mean - k, so that a row far from zero
+//             (|mean| >> its spread) keeps its precision; shift is what is saved for the backward
+//             (the mean rounded to fp32 would lose half an ulp of it against the spread).
 //   backward  per row: t̂ = (t - mean) rstd, g = dout w; dt = rstd (g - mean(g) - t̂ mean(g t̂))
 //             + dtotal; per chunk: dw += dout t̂, db += dout.
 //
@@ -49,7 +49,7 @@ void layer_norm_fwd(const LayerNormParams& p, int64_t r0, int64_t r1) {
 #pragma omp simd reduction(+ : sq)
     for (int64_t j = 0; j < N; ++j) sq += ((t[j] - k) - shift) * ((t[j] - k) - shift);
     const float rstd = 1.f / std::sqrt(sq * inv_n + p.eps);
-    p.mean[r] = k + shift, p.rstd[r] = rstd;
+    p.shift[r] = shift, p.rstd[r] = rstd;
     float* out = p.out + r * N;
     const float* w = p.weight;
     const float* b = p.bias;
@@ -81,13 +81,7 @@ void layer_norm_bwd(const LayerNormParams& p, int64_t c0, int64_t c1) {
     for (int64_t r = c * kLayerNormChunkRows; r < end; ++r) {
       const float* t = p.input + r * N;
       const float* dout = p.dout + r * N;
-      // t - mean as the forward formed it, (t - k) - shift: not from the rounded fp32 mean, whose
-      // error (half an ulp of the mean) would show against the row's spread when |mean| >> spread.
-      const float k = t[0], rstd = p.rstd[r];
-      float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < N; ++j) sum += t[j] - k;
-      const float shift = sum * inv_n;
+      const float k = t[0], shift = p.shift[r], rstd = p.rstd[r];  // t - mean as the forward formed it
       const float* w = p.weight;
       float sum_g = 0.f, sum_gt = 0.f;
       if (w) {

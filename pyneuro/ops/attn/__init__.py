@@ -146,7 +146,8 @@ if _backends.extension()[0] is not None and hasattr(torch.ops.pyneuro, "attentio
     _register_pair("pyneuro::attention_fwd", "pyneuro::attention_bwd", torch.ops.pyneuro.attention_bwd.default)
 
 
-# The packed pair (cpu only): qkv (B, L, 3, H, D) in, out (B, L, H, D), one dqkv out of the backward.
+# The packed pair (cpu only): qkv (B, L, 3, H, D) in, out (B, L, H, D), one dqkv out of the backward;
+# its derivative is the extension's (csrc/autograd/attention.cpp).
 def _fake_packed_fwd(qkv, causal, scale, dropout_p, rng_state):
     B, L, _, H, D = qkv.shape
     return qkv.new_empty((B, L, H, D)), qkv.new_empty((B, H, L), dtype=torch.float32)
@@ -156,28 +157,10 @@ def _fake_packed_bwd(dout, qkv, out, lse, causal, scale, dropout_p, rng_state):
     return qkv.new_empty(qkv.shape)
 
 
-def _setup_packed_context(ctx, inputs, output):
-    qkv, causal, scale, dropout_p, rng_state = inputs
-    out, lse = output
-    ctx.save_for_backward(qkv, out, lse, rng_state)
-    ctx.flags = (causal, scale, dropout_p)
-    ctx.mark_non_differentiable(lse)
-    ctx.set_materialize_grads(False)
-
-
-def _packed_backward(ctx, dout, _dlse):
-    qkv, out, lse, rng_state = ctx.saved_tensors
-    causal, scale, dropout_p = ctx.flags
-    dout = torch.zeros_like(out) if dout is None else _unit_last_stride(dout.to(qkv.dtype))
-    dqkv = torch.ops.pyneuro.attention_packed_bwd.default(dout, qkv, out, lse, causal, scale, dropout_p, rng_state)
-    return dqkv, None, None, None, None
-
-
 _HAS_PACKED = _backends.extension()[0] is not None and hasattr(torch.ops.pyneuro, "attention_packed_fwd")
 if _HAS_PACKED:
     _backends.register_kernel_pair("attention_packed", "pyneuro::attention_packed_fwd", "pyneuro::attention_packed_bwd",
-                                   fake_fwd=_fake_packed_fwd, fake_bwd=_fake_packed_bwd,
-                                   setup_context=_setup_packed_context, backward=_packed_backward)
+                                   fake_fwd=_fake_packed_fwd, fake_bwd=_fake_packed_bwd)  # derivative: C++
 _TRITON_FWD = _backends.triton_custom_op("pyneuro::attention_fwd_triton", FWD_SCHEMA, _TRITON_MODULE, "attention_fwd")
 _TRITON_BWD = _backends.triton_custom_op("pyneuro::attention_bwd_triton", BWD_SCHEMA, _TRITON_MODULE, "attention_bwd")
 _register_pair(_TRITON_FWD, _TRITON_BWD, _TRITON_BWD)
@@ -306,6 +289,15 @@ OP = _backends.register_op(
 )
 
 
+def _contract_args(q, k, v, causal, softmax_scale, dropout_p) -> tuple:
+    """The public arguments checked and put in the contract's form (q, k, v, causal, scale,
+    dropout_p, rng_state): the scale defaults to 1/sqrt(D), the dropout mask's seed is drawn here."""
+    _check(q, k, v, causal, softmax_scale, dropout_p)
+    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    dropout_p = float(dropout_p)
+    return q, k, v, causal, scale, dropout_p, draw_rng_state() if dropout_p > 0 else None
+
+
 def attention(q, k, v, causal: bool = False, softmax_scale: float | None = None, dropout_p: float = 0.0,
               return_lse: bool = False, backend: str = "auto"):
     """softmax(q kᵀ · scale [+ causal mask]) [· dropout] v, with torch SDPA's semantics and layout.
@@ -314,11 +306,8 @@ def attention(q, k, v, causal: bool = False, softmax_scale: float | None = None,
     log, no gradient). ``softmax_scale`` defaults to 1/sqrt(D). ``dropout_p`` applies whenever it is
     > 0 (as SDPA: pass 0 in evaluation).
     """
-    _check(q, k, v, causal, softmax_scale, dropout_p)
-    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    dropout_p = float(dropout_p)
-    rng_state = draw_rng_state() if dropout_p > 0 else None
-    out, lse = OP(backend, q.device, q, k, v, causal, scale, dropout_p, rng_state)
+    args = _contract_args(q, k, v, causal, softmax_scale, dropout_p)  # checks q first: then q.device
+    out, lse = OP(backend, q.device, *args)
     return (out, lse) if return_lse else out
 
 
@@ -340,11 +329,8 @@ def attention_qkvpacked(qkv, causal: bool = False, softmax_scale: float | None =
         raise ValueError("attention_qkvpacked: qkv must have shape (batch, seq, 3, heads, head_dim), "
                          f"got {tuple(qkv.shape)}")
     q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
-    _check(q, k, v, causal, softmax_scale, dropout_p)
-    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    dropout_p = float(dropout_p)
-    rng_state = draw_rng_state() if dropout_p > 0 else None
-    args = (q, k, v, causal, scale, dropout_p, rng_state)
+    args = _contract_args(q, k, v, causal, softmax_scale, dropout_p)
+    causal, scale, dropout_p, rng_state = args[3:]
     chosen = OP.select(backend, qkv.device, *args)
     if chosen.name == "cpu" and _HAS_PACKED and qkv.numel():
         out, lse = torch.ops.pyneuro.attention_packed_fwd(_unit_last_stride(qkv), causal, scale, dropout_p, rng_state)

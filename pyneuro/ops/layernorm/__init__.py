@@ -68,7 +68,7 @@ def _check(x, residual, weight, bias, eps) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# The compiled pair: fake shapes (the autograd is the extension's, in C++)
+# The compiled pair: fake shapes (the derivative is the extension's, in C++)
 # ----------------------------------------------------------------------------------------------
 def _fake_fwd(x, residual, weight, bias, eps):
     rows = x.shape[:-1]
@@ -76,35 +76,15 @@ def _fake_fwd(x, residual, weight, bias, eps):
     return torch.empty_like(x), total, x.new_empty(rows), x.new_empty(rows)
 
 
-def _fake_bwd(dout, dtotal, input, mean, rstd, weight, has_bias):
+def _fake_bwd(dout, dtotal, input, shift, rstd, weight, has_bias):
     N = input.shape[-1]
     return (torch.empty_like(input), input.new_empty((N,) if weight is not None else (0,)),
             input.new_empty((N,) if has_bias else (0,)))
 
 
-def _setup_context(ctx, inputs, output):
-    x, residual, weight, bias, eps = inputs
-    _out, total, mean, rstd = output
-    ctx.save_for_backward(total if residual is not None else x, mean, rstd, weight)
-    ctx.has_residual, ctx.has_bias = residual is not None, bias is not None
-    ctx.mark_non_differentiable(mean, rstd)
-    ctx.set_materialize_grads(False)
-
-
-def _backward(ctx, dout, dtotal, _dmean, _drstd):
-    # Only used if the extension came without its C++ autograd kernel (it registers one).
-    input, mean, rstd, weight = ctx.saved_tensors
-    dout = torch.zeros_like(input) if dout is None else dout
-    dx, dweight, dbias = torch.ops.pyneuro.add_layer_norm_bwd(dout, dtotal if ctx.has_residual else None, input,
-                                                              mean, rstd, weight, ctx.has_bias)
-    return (dx, dx if ctx.has_residual else None, dweight if weight is not None else None,
-            dbias if ctx.has_bias else None, None)
-
-
 if _backends.extension()[0] is not None and hasattr(torch.ops.pyneuro, "add_layer_norm_fwd"):
     _backends.register_kernel_pair("add_layer_norm", "pyneuro::add_layer_norm_fwd", "pyneuro::add_layer_norm_bwd",
-                                   fake_fwd=_fake_fwd, fake_bwd=_fake_bwd, setup_context=_setup_context,
-                                   backward=_backward)
+                                   fake_fwd=_fake_fwd, fake_bwd=_fake_bwd)  # derivative: csrc/autograd/layer_norm.cpp
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,7 +95,7 @@ def _reference(x, residual, weight, bias, eps):
 
 
 def _cpu(x, residual, weight, bias, eps):
-    out, total, _mean, _rstd = torch.ops.pyneuro.add_layer_norm_fwd(x, residual, weight, bias, eps)
+    out, total, _shift, _rstd = torch.ops.pyneuro.add_layer_norm_fwd(x, residual, weight, bias, eps)
     return out, (total if residual is not None else x)
 
 

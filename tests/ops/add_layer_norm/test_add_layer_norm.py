@@ -127,11 +127,11 @@ def test_opcheck(case):
     x, residual, weight, bias, dout, dtotal = make_inputs(c)
     args = [t.requires_grad_() if t is not None else None for t in (x, residual, weight, bias)]
     torch.library.opcheck(torch.ops.pyneuro.add_layer_norm_fwd.default, (*args, 1e-5))
-    _out, total, mean, rstd = torch.ops.pyneuro.add_layer_norm_fwd(*[a.detach() if a is not None else None
+    _out, total, shift, rstd = torch.ops.pyneuro.add_layer_norm_fwd(*[a.detach() if a is not None else None
                                                                      for a in args], 1e-5)
     saved = total if residual is not None else x.detach()
     torch.library.opcheck(torch.ops.pyneuro.add_layer_norm_bwd.default,
-                          (dout, dtotal, saved, mean, rstd, weight.detach() if weight is not None else None,
+                          (dout, dtotal, saved, shift, rstd, weight.detach() if weight is not None else None,
                            bias is not None))
 
 
