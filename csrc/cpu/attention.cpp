@@ -128,12 +128,17 @@ std::tuple<Tensor, Tensor, Tensor> attention_bwd_cpu(const Tensor& dout_in, cons
 // (B, L, H, D) and dqkv (B, L, 3, H, D) are written through the same kind of views.
 Tensor head_view(const Tensor& blhd) { return blhd.transpose(1, 2); }  // (B, L, H, D) -> (B, H, L, D)
 
+// The q, k, v (or dq, dk, dv) views of a packed (B, L, 3, H, D) tensor.
+std::tuple<Tensor, Tensor, Tensor> head_views(const Tensor& packed) {
+  return {head_view(packed.select(2, 0)), head_view(packed.select(2, 1)), head_view(packed.select(2, 2))};
+}
+
 std::tuple<Tensor, Tensor> attention_packed_fwd_cpu(const Tensor& qkv_in, bool causal, double scale,
                                                     double dropout_p, const OptTensor& rng_state) {
   const char* op = "attention_packed_fwd (cpu)";
   check_attention_packed_qkv(op, qkv_in);
   const Tensor qkv = as_f32(qkv_in);
-  const Tensor q = head_view(qkv.select(2, 0)), k = head_view(qkv.select(2, 1)), v = head_view(qkv.select(2, 2));
+  const auto [q, k, v] = head_views(qkv);
   const AttentionShape s = check_attention_fwd_args(q, k, v, causal, scale, dropout_p, rng_state, op);
   Tensor out = at::empty({s.B, s.Lq, s.Hq, s.D}, qkv.options());
   Tensor out_heads = head_view(out);
@@ -148,11 +153,11 @@ Tensor attention_packed_bwd_cpu(const Tensor& dout_in, const Tensor& qkv_in, con
   checks::rank(op, dout_in, "dout", 4, "(batch, L, heads, head_dim)");
   checks::rank(op, out_in, "out", 4, "(batch, L, heads, head_dim)");
   const Tensor qkv = as_f32(qkv_in);
-  const Tensor q = head_view(qkv.select(2, 0)), k = head_view(qkv.select(2, 1)), v = head_view(qkv.select(2, 2));
+  const auto [q, k, v] = head_views(qkv);
   const Tensor dout = head_view(as_f32(dout_in)), out = head_view(as_f32(out_in));
   const AttentionShape s = check_attention_bwd_args(dout, q, k, v, out, lse, causal, scale, dropout_p, rng_state, op);
   Tensor dqkv = at::empty(qkv.sizes(), qkv.options());
-  Tensor dq = head_view(dqkv.select(2, 0)), dk = head_view(dqkv.select(2, 1)), dv = head_view(dqkv.select(2, 2));
+  auto [dq, dk, dv] = head_views(dqkv);
   run_bwd(s, dout, q, k, v, out, lse, causal, scale, dropout_p, rng_state, dq, dk, dv);
   return as_dtype(dqkv, qkv_in.scalar_type());
 }

@@ -149,7 +149,8 @@ class MultiheadAttention(nn.Module):
             qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)
             qkv = qkv.view(batch, length, 3, self.num_heads, self.head_dim)
             out = attention_qkvpacked(qkv, causal=is_causal, dropout_p=dropout_p, backend=self.backend)
-            q, k = (t.transpose(1, 2) for t in qkv.unbind(2)[:2])  # for need_weights
+            if need_weights:
+                q, k = (t.transpose(1, 2) for t in qkv.unbind(2)[:2])
         else:
             q, k, v = (self._split_heads(t) for t in self._project(query, key, value))
             out = attention(q, k, v, causal=is_causal, dropout_p=dropout_p, backend=self.backend).transpose(1, 2)
@@ -317,10 +318,9 @@ class TransformerEncoder(nn.Module):
     def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=False):
         _reject_masks(type(self).__name__, mask=mask, src_key_padding_mask=src_key_padding_mask)
         x, pending = run_layers(self.layers, src, is_causal)
-        if isinstance(self.norm, nn.LayerNorm) and len(self.norm.normalized_shape) == 1:
-            return TransformerEncoderLayer._add_norm(self.norm, x, pending)[0]
-        x = x if pending is None else x + pending
-        return x if self.norm is None else self.norm(x)
+        if self.norm is None:
+            return x if pending is None else x + pending
+        return TransformerEncoderLayer._add_norm(self.norm, x, pending)[0]  # the last add inside the norm
 
 
 __all__ = ["MultiheadAttention", "MultiheadSelfAttention", "TransformerEncoderLayer", "TransformerEncoder", "run_layers"]
