@@ -68,11 +68,24 @@ at::Tensor matrix(const float* p, int64_t rows, int64_t cols, int64_t ld) {
 // RNNs use) is up to 2x MKL's sgemm on AMD CPUs, where MKL does not pick its fastest kernels:
 // measured 98 vs 45 GFLOP/s for one LSTM step (128 x 128 x 512, one Zen 4 core). Found by its
 // mangled name, so that a torch without it (or with another signature) still loads this extension
-// and the GEMMs fall back to BLAS.
+// and the GEMMs fall back to BLAS. Recent torch builds take fp32 there only on CPUs that pass their
+// bf16 device check (AVX-512 BW/VL/DQ or AVX-NE-CONVERT) and raise on others (an AVX2-only EPYC):
+// one 2 × 2 product, tried and checked once, decides, so such a CPU gets BLAS instead of the error.
 using OnednnMatmul = void (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, float, float);
 OnednnMatmul onednn_matmul() {
-  static const auto fn =
-      reinterpret_cast<OnednnMatmul>(find_blas_symbol("_ZN2at6native13mkldnn_matmulERKNS_6TensorES3_S3_ff"));
+  static const OnednnMatmul fn = []() -> OnednnMatmul {
+    const auto found =
+        reinterpret_cast<OnednnMatmul>(find_blas_symbol("_ZN2at6native13mkldnn_matmulERKNS_6TensorES3_S3_ff"));
+    if (found == nullptr) return nullptr;
+    try {
+      const at::Tensor a = at::arange(4, at::kFloat).view({2, 2});
+      const at::Tensor c = at::empty({2, 2}, at::kFloat);
+      found(a, a, c, 0.f, 1.f);
+      return at::equal(c, at::mm(a, a)) ? found : nullptr;
+    } catch (const c10::Error&) {
+      return nullptr;
+    }
+  }();
   return fn;
 }
 
