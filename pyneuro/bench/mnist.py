@@ -83,9 +83,11 @@ def _flushing_subnormals() -> bool:
 
 def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
     """One training step of ``model`` on (x, y) as a callable: forward, cross-entropy, backward and
-    an AdamW update (its own optimizer)."""
+    an AdamW update (its own optimizer; fused where torch has it, as `pyneuro train` makes it)."""
+    from ..train.loop import fused_update
+
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_update(model.parameters()) or None)
 
     def step():
         loss = F.cross_entropy(model(x), y)

@@ -1,10 +1,11 @@
 """The optimiser's parameter groups: weight decay by kind, and the per-parameter ``_optim`` hint."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 
-from pyneuro.train.loop import lr_factor, make_optimizer, param_groups
+from pyneuro.train.loop import fused_update, lr_factor, make_optimizer, param_groups
 
 TRAIN = {"lr": 4e-3, "weight_decay": 0.05, "optimizer": "adamw", "momentum": 0.9}
 
@@ -58,3 +59,35 @@ def test_the_schedule_scales_a_hinted_group_from_its_own_peak():
     factor = lr_factor("cosine", 5, 10, 0.0)
     assert abs(_group_of(opt, model.slow)["lr"] - 1e-3 * factor) < 1e-12
     assert abs(_group_of(opt, model[0].weight)["lr"] - 4e-3 * factor) < 1e-12
+
+
+def test_float_parameters_on_the_cpu_get_the_fused_update_and_it_matches_the_per_tensor_loop():
+    for optimizer in ("adamw", "sgd"):
+        model, reference = _model(), _model()  # (a deep copy would drop the parameters' _optim hints)
+        with torch.no_grad():
+            for p, q in zip(model.parameters(), reference.parameters()):
+                q.copy_(p)
+        opt = make_optimizer(model, {**TRAIN, "optimizer": optimizer})
+        assert all(g["fused"] for g in opt.param_groups), optimizer
+        loop = make_optimizer(reference, {**TRAIN, "optimizer": optimizer})
+        for g in loop.param_groups:
+            g["fused"] = None  # torch's default update, one parameter at a time
+        for _ in range(3):
+            for m, o in ((model, opt), (reference, loop)):
+                o.zero_grad()
+                m[1](m[0](torch.linspace(-1, 1, 3))).square().sum().add(m.slow.sum() + m.slow_matrix.sum()).backward()
+                o.step()
+        for p, q in zip(model.parameters(), reference.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+        assert not torch.equal(model.slow, torch.ones_like(model.slow))  # the update did move them
+
+
+@pytest.mark.filterwarnings("ignore:Complex modules:UserWarning")  # torch flags complex modules as new
+def test_parameters_the_fused_kernels_do_not_take_fall_back_to_the_default_update():
+    assert fused_update([nn.Parameter(torch.ones(2))])
+    assert not fused_update([nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2, dtype=torch.complex64))])
+    assert not fused_update([nn.Parameter(torch.ones(2, device="meta"))])
+    assert not fused_update([])
+    model = nn.Linear(2, 2).to(torch.complex64)
+    opt = make_optimizer(model, TRAIN)
+    assert not any(g["fused"] for g in opt.param_groups)
