@@ -94,6 +94,13 @@ TORCH_LIBRARY(pyneuro, m) {
       "bool has_bias) -> (Tensor dx, Tensor dweight, Tensor dbias)",
       {at::Tag::pt2_compliant_tag});
 
+  // Bias + exact GELU (a transformer MLP's first linear layer run without its bias, then this):
+  // out = gelu(x + bias) over rows of the last dim; the backward returns (dx, dbias) (dbias empty
+  // without a bias) from dout and the forward's x. pyneuro/ops/gelu has the contract.
+  m.def("bias_gelu_fwd(Tensor x, Tensor? bias) -> Tensor out", {at::Tag::pt2_compliant_tag});
+  m.def("bias_gelu_bwd(Tensor dout, Tensor x, Tensor? bias) -> (Tensor dx, Tensor dbias)",
+        {at::Tag::pt2_compliant_tag});
+
   // Batch norm + ReLU (+ 2x2 max-pool), a conv block's epilogue in one pass each way. The forward
   // returns the statistics it normalised with (batch or running); the caller updates the running
   // ones. Layout and gradients: docs/batch_norm_contract.md.

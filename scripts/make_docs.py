@@ -163,7 +163,7 @@ def _write_sources(path: Path, sources) -> None:
 
 PAGES = {"selective_scan": "selective_scan.md", "attention": "attention.md", "attention_qkvpacked": "attention.md",
          "lstm": "rnn.md", "gru": "rnn.md", "rnn": "rnn.md", "leaky": "rnn.md", "batch_norm_relu": "batch_norm.md",
-         "add_layer_norm": "layer_norm.md"}
+         "add_layer_norm": "layer_norm.md", "bias_gelu": "gelu.md"}
 
 
 def _shape_text(shape: dict) -> str:

@@ -30,7 +30,7 @@ const std::vector<Variant>& variants() {  // worst first
                       &isa::attention_fwd, &isa::attention_bwd_dq, &isa::attention_bwd_dkdv,                  \
                       &isa::attention_bwd_fused, &isa::batch_norm_stats, &isa::batch_norm_relu_fwd,          \
                       &isa::batch_norm_relu_bwd_sums, &isa::batch_norm_relu_bwd_dx, &isa::layer_norm_fwd,     \
-                      &isa::layer_norm_bwd},                                                                  \
+                      &isa::layer_norm_bwd, &isa::gelu_fwd, &isa::gelu_bwd},                                  \
           {}},
       PYNEURO_FOR_EACH_CPU_ISA(PYNEURO_TABLE_ROW)
 #undef PYNEURO_TABLE_ROW

@@ -131,6 +131,17 @@ struct LayerNormParams {
 };
 constexpr int64_t kLayerNormChunkRows = 32;
 
+// Bias + exact GELU, csrc/cpu/isa/gelu_kernels.cpp (pyneuro/ops/gelu): rows of N contiguous fp32
+// features, u = x + bias (bias optional). Forward: out = u Φ(u). Backward: dx = dout (Φ(u) + u φ(u)),
+// dbias summed per chunk of kGeluChunkRows rows into partials (chunk c at c N), added in chunk order
+// by the driver.
+struct GeluParams {
+  int64_t rows = 0, N = 0;
+  const float *x = nullptr, *bias = nullptr, *dout = nullptr;
+  float *out = nullptr, *dx = nullptr, *dbias_part = nullptr;
+};
+constexpr int64_t kGeluChunkRows = 32;
+
 // What each variant defines (csrc/cpu/isa/*.cpp). Arguments are checked before these are called
 // (csrc/common/selective_scan_args.h); `s` holds the checked sizes.
 #define PYNEURO_DECLARE_CPU_KERNELS(isa)                                                                          \
@@ -158,6 +169,8 @@ constexpr int64_t kLayerNormChunkRows = 32;
   void batch_norm_relu_bwd_dx(const BatchNormReluParams& p, int64_t u0, int64_t u1);                               \
   void layer_norm_fwd(const LayerNormParams& p, int64_t r0, int64_t r1);                                            \
   void layer_norm_bwd(const LayerNormParams& p, int64_t c0, int64_t c1);                                            \
+  void gelu_fwd(const GeluParams& p, int64_t r0, int64_t r1);                                                       \
+  void gelu_bwd(const GeluParams& p, int64_t c0, int64_t c1);                                                       \
   void lstm_fwd_step(const RnnRows& r, const float* bias, const float* c_prev, int64_t ld_c, float* reserve_t,    \
                      float* m_out);                                                                               \
   void lstm_bwd_step(const RnnRows& r, const float* dm, int64_t ld_dm, const float* reserve_t, const float* c_prev, \
@@ -207,6 +220,8 @@ struct KernelTable {
   decltype(&baseline::batch_norm_relu_bwd_dx) batch_norm_relu_bwd_dx;
   decltype(&baseline::layer_norm_fwd) layer_norm_fwd;
   decltype(&baseline::layer_norm_bwd) layer_norm_bwd;
+  decltype(&baseline::gelu_fwd) gelu_fwd;
+  decltype(&baseline::gelu_bwd) gelu_bwd;
 };
 
 // The variant in use; raises ValueError (c10::ValueError) if PYNEURO_CPU_ISA was refused.

@@ -340,6 +340,43 @@ def add_layer_norm_cases(device: torch.device, quick: bool):
                    "contenders": contenders, "bytes": traffic[mode]}
 
 
+# ----------------------------------------------------------------------------- linear bias + GELU
+def bias_gelu_cases(device: torch.device, quick: bool):
+    """A transformer MLP's first linear layer and its exact GELU, with gradients for the input, the
+    weight and the bias, at the MNIST transformer's rows (256 x 17 tokens, 96 -> 192 features).
+    Baseline: torch, F.gelu(F.linear(h, W, b)) (addmm broadcasts b into the GEMM's output first).
+    Contenders: F.linear(h, W) without the bias, then bias_gelu(·, b) on each backend. The GEMMs are
+    the same in both and timed with them, as they run in a model."""
+    import torch.nn.functional as F
+
+    from pyneuro.ops import bias_gelu
+
+    shapes = [(8, 17, 96, 192)] if quick else [(256, 17, 96, 192), (64, 50, 96, 192)]
+    for B, L, K, N in shapes:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        h = torch.randn(B, L, K, generator=g).to(device)
+        weight = (torch.randn(N, K, generator=g) / K ** 0.5).to(device)
+        bias = torch.randn(N, generator=g).to(device)
+        E = B * L * N
+        # The pointwise part's traffic, fp32: forward reads the GEMM's output and writes out (8E bytes);
+        # backward reads dout and the saved GEMM output and writes dx (12E).
+        traffic = {"fwd": 8 * E, "fwd+bwd": 20 * E}
+        layers = {"torch": lambda h, w, b: F.gelu(F.linear(h, w, b))}
+        for backend in _backends_for("bias_gelu", device):
+            layers[backend] = lambda h, w, b, backend=backend: bias_gelu(F.linear(h, w), b, backend=backend)
+        for mode in ("fwd", "fwd+bwd"):
+            contenders = {}
+            for name, layer in layers.items():
+                if mode == "fwd":
+                    contenders[name] = (lambda f=layer: torch.no_grad()(f)(h, weight, bias))
+                    continue
+                leaves = [t.clone().requires_grad_() for t in (h, weight, bias)]
+                contenders[name] = _fwd_bwd(lambda f=layer, lv=leaves: f(*lv), leaves)
+            yield {"op": "bias_gelu", "mode": mode, "dtype": "float32", "shape": {"B": B, "L": L, "K": K, "N": N},
+                   "baseline": "torch", "contenders": contenders, "bytes": traffic[mode]}
+
+
 CASES = {"selective_scan": scan_cases, "attention": attention_cases, "attention_qkvpacked": attention_qkvpacked_cases,
          **{cell: _recurrent_cell_cases(cell) for cell in ("lstm", "gru", "rnn", "leaky")},
-         "batch_norm_relu": batch_norm_relu_cases, "add_layer_norm": add_layer_norm_cases}
+         "batch_norm_relu": batch_norm_relu_cases, "add_layer_norm": add_layer_norm_cases,
+         "bias_gelu": bias_gelu_cases}

@@ -25,6 +25,7 @@ from torch import nn
 
 from .. import _backends
 from ..ops.attn import attention, attention_qkvpacked
+from ..ops.gelu import bias_gelu
 from ..ops.layernorm import add_layer_norm
 
 
@@ -199,7 +200,8 @@ class TransformerEncoderLayer(nn.Module):
     Post-norm (default): x = norm1(x + SA(x)); x = norm2(x + FF(x)).
     Pre-norm (norm_first=True): x = x + SA(norm1(x)); x = x + FF(norm2(x)).
     FF(x) = dropout2(linear2(dropout(activation(linear1(x))))), SA ends in dropout1.
-    Each residual add and the norm after it run as one op (:func:`pyneuro.ops.add_layer_norm`);
+    Each residual add and the norm after it run as one op (:func:`pyneuro.ops.add_layer_norm`), and
+    so do linear1's bias and an exact GELU after it (:func:`pyneuro.ops.bias_gelu`);
     a pre-norm layer's last add is left to the next layer's norm1 when layers are run with
     :func:`run_layers` (``defer_add=True``), as TransformerEncoder does.
     ``forward(src, src_mask=None, src_key_padding_mask=None, is_causal=False)``; masks other than
@@ -282,7 +284,19 @@ class TransformerEncoderLayer(nn.Module):
         return self.dropout1(self.self_attn(x, x, x, is_causal=is_causal)[0])
 
     def _feed_forward(self, x):
-        return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+        return self.dropout2(self.linear2(self.dropout(self._linear_activation(x))))
+
+    def _linear_activation(self, x):
+        """activation(linear1(x)); for the exact GELU after a plain nn.Linear, the GEMM without its
+        bias and then the bias inside the GELU (pyneuro.ops.bias_gelu: no broadcast of the bias into
+        the GEMM's output, no separate pass for its gradient). A linear layer with hooks, or any
+        other activation, is called as it is."""
+        linear, activation = self.linear1, self.activation
+        exact_gelu = activation is F.gelu or (type(activation) is nn.GELU and activation.approximate == "none"
+                                              and not _has_hooks(activation))
+        if exact_gelu and type(linear) is nn.Linear and not _has_hooks(linear):
+            return bias_gelu(F.linear(x, linear.weight), linear.bias)
+        return activation(linear(x))
 
 
 def _has_hooks(module: nn.Module) -> bool:

@@ -144,6 +144,6 @@ def test_a_pair_without_a_derivative_is_refused():
     with pytest.raises(RuntimeError, match="has no derivative"):
         _backends.register_kernel_pair("plain", "pyneuro_registry_test::plain_fwd", "pyneuro_registry_test::plain_bwd",
                                        fake_fwd=None, fake_bwd=None)
-    for op in ("attention_packed_fwd", "add_layer_norm_fwd"):  # the pairs that rely on it have theirs
+    for op in ("attention_packed_fwd", "add_layer_norm_fwd", "bias_gelu_fwd"):  # the pairs that rely on it have theirs
         if _backends.extension()[0] is not None:
             assert _backends._has_autograd_kernel(f"pyneuro::{op}")
