@@ -25,7 +25,7 @@ from torch import nn
 
 from .. import _backends
 from ..ops.attn import attention, attention_qkvpacked
-from ..ops.gelu import bias_gelu
+from ..ops.gelu import OP as BIAS_GELU, bias_gelu
 from ..ops.layernorm import add_layer_norm
 
 
@@ -287,14 +287,17 @@ class TransformerEncoderLayer(nn.Module):
         return self.dropout2(self.linear2(self.dropout(self._linear_activation(x))))
 
     def _linear_activation(self, x):
-        """activation(linear1(x)); for the exact GELU after a plain nn.Linear, the GEMM without its
-        bias and then the bias inside the GELU (pyneuro.ops.bias_gelu: no broadcast of the bias into
-        the GEMM's output, no separate pass for its gradient). A linear layer with hooks, or any
-        other activation, is called as it is."""
+        """activation(linear1(x)); for the exact GELU after a plain nn.Linear, where bias_gelu has a
+        compiled backend for x, the GEMM without its bias and then the bias inside the GELU
+        (pyneuro.ops.bias_gelu: no broadcast of the bias into the GEMM's output, no separate pass for
+        its gradient). On its reference backend (other devices and dtypes) that would only split
+        the linear layer's fused bias into an extra add, so the layers run as they are then, as
+        they do for a linear layer with hooks or any other activation."""
         linear, activation = self.linear1, self.activation
         exact_gelu = activation is F.gelu or (type(activation) is nn.GELU and activation.approximate == "none"
                                               and not _has_hooks(activation))
-        if exact_gelu and type(linear) is nn.Linear and not _has_hooks(linear):
+        if (exact_gelu and type(linear) is nn.Linear and not _has_hooks(linear)
+                and BIAS_GELU.select("auto", x.device, x, linear.bias).name != "reference"):
             return bias_gelu(F.linear(x, linear.weight), linear.bias)
         return activation(linear(x))
 

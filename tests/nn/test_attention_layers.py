@@ -263,12 +263,14 @@ def test_attention_dropout_of_one_is_refused():
         pn.MultiheadAttention(E, HEADS, dropout=1.0)
 
 
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
 @pytest.mark.parametrize("norm_first", [True, False], ids=["pre-norm", "post-norm"])
-def test_encoder_stack_fp32_forward_and_gradients_match_torch(norm_first):
+def test_encoder_stack_fp32_forward_and_gradients_match_torch(norm_first, activation):
     """fp32, where pyneuro's layers run on the fused CPU ops (packed attention; each residual add
-    inside the next layer norm, carried between layers as a pending sum): output and every gradient
-    against torch.nn's stack with the same weights."""
-    theirs_layer, ours_layer = encoder_layer_pair(dtype=torch.float32, norm_first=norm_first)
+    inside the next layer norm, carried between layers as a pending sum; with the GELU, linear1's
+    bias inside it): output and every gradient against torch.nn's stack with the same weights."""
+    theirs_layer, ours_layer = encoder_layer_pair(dtype=torch.float32, norm_first=norm_first,
+                                                  activation=activation)
     theirs = nn.TransformerEncoder(theirs_layer, 3, norm=nn.LayerNorm(E), enable_nested_tensor=False).eval()
     with torch.no_grad():
         for p in theirs.parameters():
@@ -284,6 +286,24 @@ def test_encoder_stack_fp32_forward_and_gradients_match_torch(norm_first):
     grads_o = torch.autograd.grad(out_o, [x, *(ours.get_parameter(n) for n in names)], cot)
     for name, a, b in zip(["x", *names], grads_o, grads_t):
         torch.testing.assert_close(a, b, **TOL[torch.float32], msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_exact_gelu_runs_on_bias_gelu_where_it_has_a_compiled_backend(monkeypatch):
+    """linear1 runs without its bias and bias_gelu adds it when bias_gelu would run compiled (cpu,
+    fp32); in fp64 (its reference) the layers run as they are, the same values either way."""
+    import pyneuro.nn.attention as attention_module
+    from pyneuro.ops import gelu
+
+    calls = []
+    real = attention_module.bias_gelu
+    monkeypatch.setattr(attention_module, "bias_gelu", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for dtype in (torch.float32, torch.float64):
+        calls.clear()
+        theirs, ours = encoder_layer_pair(dtype=dtype, norm_first=True, activation="gelu")
+        x = torch.randn(BATCH, L, E, dtype=dtype)
+        torch.testing.assert_close(ours(x), theirs(x), **TOL[dtype])
+        compiled = gelu.OP.select("auto", x.device, x, None).name != "reference"
+        assert len(calls) == (1 if compiled else 0), (dtype, calls)
 
 
 def test_encoder_layers_and_their_norms_are_still_called_as_modules():
