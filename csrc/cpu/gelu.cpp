@@ -15,6 +15,7 @@
 
 #include "common/checks.h"
 #include "cpu/isa.h"
+#include "cpu/row_passes.h"
 
 namespace pyneuro::cpu {
 namespace {
@@ -32,9 +33,6 @@ int64_t check_bias_gelu(const char* op, const Tensor& x, const OptTensor& bias) 
   return N;
 }
 
-// Items per task for items of `floats_each` floats: ~64 KiB each.
-int64_t grain(int64_t floats_each) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, floats_each)); }
-
 Tensor bias_gelu_fwd_cpu(const Tensor& x_in, const OptTensor& bias_in) {
   const char* op = "bias_gelu_fwd (cpu)";
   const int64_t N = check_bias_gelu(op, x_in, bias_in);
@@ -46,7 +44,7 @@ Tensor bias_gelu_fwd_cpu(const Tensor& x_in, const OptTensor& bias_in) {
   p.x = x.const_data_ptr<float>(), p.bias = bias ? bias->const_data_ptr<float>() : nullptr;
   p.out = out.data_ptr<float>();
   const KernelTable& k = kernels();
-  at::parallel_for(0, p.rows, grain(N), [&](int64_t r0, int64_t r1) { k.gelu_fwd(p, r0, r1); });
+  at::parallel_for(0, p.rows, row_grain(N), [&](int64_t r0, int64_t r1) { k.gelu_fwd(p, r0, r1); });
   return out;
 }
 
@@ -67,15 +65,8 @@ std::tuple<Tensor, Tensor> bias_gelu_bwd_cpu(const Tensor& dout_in, const Tensor
   p.dout = dout.const_data_ptr<float>(), p.dx = dx.data_ptr<float>();
   p.dbias_part = bias ? dbias_part.data_ptr<float>() : nullptr;
   const KernelTable& k = kernels();
-  at::parallel_for(0, chunks, grain(kGeluChunkRows * N), [&](int64_t c0, int64_t c1) { k.gelu_bwd(p, c0, c1); });
-  Tensor dbias = at::zeros({bias ? N : 0}, x.options());
-  if (bias) {  // the chunks' partial sums in chunk order (rows / 32 rows of N: small next to the pass)
-    float* s = dbias.data_ptr<float>();
-    const float* q = dbias_part.const_data_ptr<float>();
-    for (int64_t c = 0; c < chunks; ++c)
-      for (int64_t j = 0; j < N; ++j) s[j] += q[c * N + j];
-  }
-  return {dx, dbias};
+  at::parallel_for(0, chunks, row_grain(kGeluChunkRows * N), [&](int64_t c0, int64_t c1) { k.gelu_bwd(p, c0, c1); });
+  return {dx, bias ? sum_chunks_in_order(dbias_part) : at::zeros({0}, x.options())};
 }
 
 }  // namespace

@@ -19,6 +19,7 @@
 
 #include "common/checks.h"
 #include "cpu/isa.h"
+#include "cpu/row_passes.h"
 
 namespace pyneuro::cpu {
 namespace {
@@ -50,9 +51,6 @@ int64_t check_layer_norm(const char* op, const Tensor& x, const OptTensor& resid
 
 const float* ptr_or_null(const OptTensor& t) { return t ? t->const_data_ptr<float>() : nullptr; }
 
-// Items per task for items of `floats_each` floats: ~64 KiB each.
-int64_t grain(int64_t floats_each) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, floats_each)); }
-
 std::tuple<Tensor, Tensor, Tensor, Tensor> add_layer_norm_fwd_cpu(const Tensor& x_in, const OptTensor& residual_in,
                                                                   const OptTensor& weight_in,
                                                                   const OptTensor& bias_in, double eps) {
@@ -74,7 +72,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> add_layer_norm_fwd_cpu(const Tensor& 
   p.out = out.data_ptr<float>(), p.total = residual ? total.data_ptr<float>() : nullptr;
   p.shift = shift.data_ptr<float>(), p.rstd = rstd.data_ptr<float>();
   const KernelTable& k = kernels();
-  at::parallel_for(0, p.rows, grain(N), [&](int64_t r0, int64_t r1) { k.layer_norm_fwd(p, r0, r1); });
+  at::parallel_for(0, p.rows, row_grain(N), [&](int64_t r0, int64_t r1) { k.layer_norm_fwd(p, r0, r1); });
   return {out, total, shift, rstd};
 }
 
@@ -106,19 +104,10 @@ std::tuple<Tensor, Tensor, Tensor> add_layer_norm_bwd_cpu(const Tensor& dout_in,
   p.dweight_part = weight ? dweight_part.data_ptr<float>() : nullptr;
   p.dbias_part = has_bias ? dbias_part.data_ptr<float>() : nullptr;
   const KernelTable& k = kernels();
-  at::parallel_for(0, chunks, grain(kLayerNormChunkRows * N),
+  at::parallel_for(0, chunks, row_grain(kLayerNormChunkRows * N),
                    [&](int64_t c0, int64_t c1) { k.layer_norm_bwd(p, c0, c1); });
-  // The chunks' partial sums in chunk order (a few hundred rows of N: negligible next to the pass).
-  auto in_order = [&](const Tensor& part) {
-    Tensor sum = at::zeros({N}, input.options());
-    float* s = sum.data_ptr<float>();
-    const float* q = part.const_data_ptr<float>();
-    for (int64_t c = 0; c < chunks; ++c)
-      for (int64_t j = 0; j < N; ++j) s[j] += q[c * N + j];
-    return sum;
-  };
-  Tensor dweight = weight ? in_order(dweight_part) : at::empty({0}, input.options());
-  Tensor dbias = has_bias ? in_order(dbias_part) : at::empty({0}, input.options());
+  Tensor dweight = weight ? sum_chunks_in_order(dweight_part) : at::empty({0}, input.options());
+  Tensor dbias = has_bias ? sum_chunks_in_order(dbias_part) : at::empty({0}, input.options());
   return {dx, dweight, dbias};
 }
 
