@@ -38,7 +38,7 @@ typedef float v8 __attribute__((vector_size(32)));
 
 constexpr int kLanes = vec::kNativeLanes;
 // Accumulator rows x native vectors of gemm_tile: 6 x 4 zmm on AVX-512 (24 of 32 registers),
-// 6 x 2 on AVX2/SSE (12 of 16).
+// 6 x 2 on AVX2/SSE (12 of 16); on AVX2 an odd number of vectors ends in a 4 x 3 panel (gemm_tile).
 constexpr int kRows = 6;
 constexpr int kMaxVecs = kLanes == 16 ? 4 : 2;
 constexpr float kLog2e = 1.4426950408889634f;
@@ -96,23 +96,23 @@ static inline __attribute__((always_inline)) void micro(int64_t K, const float* 
   }
 }
 
-// All M rows of one column panel: full strips of kRows, then the remainder.
-template <int NV, bool TAIL>
+// The last `rows` < MR rows of a panel, in one micro-kernel call of that many rows.
+template <int MR, int NV, bool TAIL>
+inline void short_strip(int64_t rows, int64_t K, const float* A, int64_t ars, int64_t acs, const float* B,
+                        int64_t ldb, float* C, int64_t ldc, bool acc) {
+  if constexpr (MR > 1) {
+    if (rows == MR - 1) return micro<MR - 1, NV, TAIL>(K, A, ars, acs, B, ldb, C, ldc, acc);
+    short_strip<MR - 1, NV, TAIL>(rows, K, A, ars, acs, B, ldb, C, ldc, acc);
+  }
+}
+
+// All M rows of one column panel: full strips of MR rows, then the remainder.
+template <int NV, bool TAIL, int MR = kRows>
 void panel(int64_t M, int64_t K, const float* A, int64_t ars, int64_t acs, const float* B, int64_t ldb, float* C,
            int64_t ldc, bool acc) {
   int64_t r = 0;
-  for (; r + kRows <= M; r += kRows)
-    micro<kRows, NV, TAIL>(K, A + r * ars, ars, acs, B, ldb, C + r * ldc, ldc, acc);
-  const float* a = A + r * ars;
-  float* c = C + r * ldc;
-  switch (M - r) {
-    case 5: micro<5, NV, TAIL>(K, a, ars, acs, B, ldb, c, ldc, acc); break;
-    case 4: micro<4, NV, TAIL>(K, a, ars, acs, B, ldb, c, ldc, acc); break;
-    case 3: micro<3, NV, TAIL>(K, a, ars, acs, B, ldb, c, ldc, acc); break;
-    case 2: micro<2, NV, TAIL>(K, a, ars, acs, B, ldb, c, ldc, acc); break;
-    case 1: micro<1, NV, TAIL>(K, a, ars, acs, B, ldb, c, ldc, acc); break;
-    default: break;
-  }
+  for (; r + MR <= M; r += MR) micro<MR, NV, TAIL>(K, A + r * ars, ars, acs, B, ldb, C + r * ldc, ldc, acc);
+  if (r < M) short_strip<MR, NV, TAIL>(M - r, K, A + r * ars, ars, acs, B, ldb, C + r * ldc, ldc, acc);
 }
 
 template <bool TAIL>
@@ -131,6 +131,17 @@ void last_panel(int64_t vecs, int64_t M, int64_t K, const float* A, int64_t ars,
 void gemm_tile(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t acs, const float* B, int64_t ldb,
                float* C, int64_t ldc, bool acc) {
   int64_t c0 = 0;
+  if constexpr (kLanes == 8) {
+    // An odd number (>= 3) of 8-lane vectors, as a head dim of 24 or 50 keys padded to 56: the last
+    // three vectors as one panel of 4-row strips (12 accumulators, as 6 x 2) instead of a 2-vector
+    // and a 1-vector panel. The latter's 6 accumulators are too few to cover the FMA latency, and
+    // it loads a broadcast per FMA: at D = 24 it took 30% of the products' time for a third of
+    // their columns.
+    if (N % 16 == 8 && N >= 24) {
+      for (; c0 + 24 < N; c0 += 16) panel<2, false>(M, K, A, ars, acs, B + c0, ldb, C + c0, ldc, acc);
+      return panel<3, false, 4>(M, K, A, ars, acs, B + c0, ldb, C + c0, ldc, acc);
+    }
+  }
   for (; c0 + kMaxVecs * kLanes <= N; c0 += kMaxVecs * kLanes)
     panel<kMaxVecs, false>(M, K, A, ars, acs, B + c0, ldb, C + c0, ldc, acc);
   const int64_t vecs = (N - c0) / kLanes;  // < kMaxVecs
