@@ -22,6 +22,7 @@
 #include <cstdint>
 
 #include "cpu/isa.h"
+#include "cpu/vec_math.h"
 
 namespace pyneuro::cpu::PYNEURO_CPU_ISA {
 namespace {
@@ -31,9 +32,15 @@ constexpr int64_t kRowBlock = 256;     // positions summed in fp32 before the fp
 
 // ReLU and max that carry NaN through, as torch.relu and max_pool2d do.
 inline float relu_nan(float z) { return (z > 0.f || z != z) ? z : 0.f; }
-// dx's terms through the batch statistics, k x + c, which only training has: in eval they are not
-// computed at all, so a non-finite x (0 * inf) cannot turn dx into NaN there.
-inline float lin(bool training, float k, float x, float c) { return training ? k * x + c : 0.f; }
+// dx's terms through the batch statistics, k x + c, which only training has: in eval the value is
+// masked to 0 by its bits, so a non-finite x (0 * inf) cannot turn dx into NaN there. Selects here
+// and in the pool's routing act on bits: a float select (or a conditional multiply, which may trap)
+// keeps GCC from vectorising the pooled dx loop for AVX2 and SSE, which have no masked stores.
+inline float lin(bool training, float k, float x, float c) {
+  return vec::select_bits(vec::mask_if(training), k * x + c, 0.f);
+}
+// v where cond, else +0.
+inline float keep_if(bool cond, float v) { return vec::select_bits(vec::mask_if(cond), v, 0.f); }
 inline float max_nan(float m, float v) { return (v > m || v != v) ? v : m; }
 inline float max4_nan(float a, float b, float c, float d) { return max_nan(max_nan(max_nan(a, b), c), d); }
 
@@ -168,7 +175,7 @@ void batch_norm_relu_bwd_sums(const BatchNormReluParams& p, int64_t u0, int64_t 
       float a1 = 0.f, a2 = 0.f;
 #pragma omp simd reduction(+ : a1, a2)
       for (int64_t e = 0; e < H * W; ++e) {
-        const float g = (x[e] * a + b > 0.f) ? d[e] : 0.f;
+        const float g = keep_if(x[e] * a + b > 0.f, d[e]);
         a1 += g, a2 += g * (x[e] - k);
       }
       sg[c] += a1, sgx[c] += a2;
@@ -189,7 +196,7 @@ void batch_norm_relu_bwd_sums(const BatchNormReluParams& p, int64_t u0, int64_t 
           const float* dq = d + q * C + c0;
 #pragma omp simd
           for (int64_t c = 0; c < cn; ++c) {
-            const float g = (xq[c] * sc[c0 + c] + sh[c0 + c] > 0.f) ? dq[c] : 0.f;
+            const float g = keep_if(xq[c] * sc[c0 + c] + sh[c0 + c] > 0.f, dq[c]);
             a1[c] += g, a2[c] += g * (xq[c] - K[c0 + c]);
           }
         }
@@ -231,7 +238,7 @@ void batch_norm_relu_bwd_dx(const BatchNormReluParams& p, int64_t u0, int64_t u1
       float* dx = p.dx + u * H * W;
 #pragma omp simd
       for (int64_t e = 0; e < H * W; ++e) {
-        const float g = (x[e] * a + b > 0.f) ? d[e] : 0.f;
+        const float g = keep_if(x[e] * a + b > 0.f, d[e]);
         dx[e] = gk * g + lin(t, bx, x[e], cx);
       }
     }
@@ -250,7 +257,7 @@ void batch_norm_relu_bwd_dx(const BatchNormReluParams& p, int64_t u0, int64_t u1
         float* o = dx + q * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          const float g = (xq[c] * sc[c] + sh[c] > 0.f) ? dq[c] : 0.f;
+          const float g = keep_if(xq[c] * sc[c] + sh[c] > 0.f, dq[c]);
           o[c] = kg[c] * g + lin(t, kx[c], xq[c], k1[c]);
         }
       }
@@ -267,10 +274,10 @@ void batch_norm_relu_bwd_dx(const BatchNormReluParams& p, int64_t u0, int64_t u1
         float g;
         route2(v00 * a + b, v01 * a + b, v10 * a + b, v11 * a + b, dj[c], which, g);
         g *= kg[c];
-        dx[e00 + c] = lin(t, kx[c], v00, k1[c]) + (which == 0 ? g : 0.f);
-        dx[e01 + c] = lin(t, kx[c], v01, k1[c]) + (which == 1 ? g : 0.f);
-        dx[e10 + c] = lin(t, kx[c], v10, k1[c]) + (which == 2 ? g : 0.f);
-        dx[e11 + c] = lin(t, kx[c], v11, k1[c]) + (which == 3 ? g : 0.f);
+        dx[e00 + c] = lin(t, kx[c], v00, k1[c]) + keep_if(which == 0, g);
+        dx[e01 + c] = lin(t, kx[c], v01, k1[c]) + keep_if(which == 1, g);
+        dx[e10 + c] = lin(t, kx[c], v10, k1[c]) + keep_if(which == 2, g);
+        dx[e11 + c] = lin(t, kx[c], v11, k1[c]) + keep_if(which == 3, g);
       }
     }
     // Elements in no window: the odd last column of the window rows, and the odd last row (the
