@@ -98,6 +98,16 @@ def test_every_head_dim(isa, D):
     _check_against_oracle(q, k, v, causal=D % 16 == 0)
 
 
+@pytest.mark.parametrize("Lq", [1, 2, 3, 4, 5, 7, 9])
+@pytest.mark.parametrize("Lk", [17, 50, BK + 50])
+def test_odd_vector_counts_and_short_row_strips(isa, Lq, Lk):
+    # D = 24 and 17 or 50 keys (padded to 24 and 56 columns) are odd numbers of 8-lane vectors, which
+    # AVX2 multiplies in 4-row x 3-vector strips: every short last strip (1..3 rows, and 4 + 1..3),
+    # and accumulation over a second key block (Lk > BK).
+    q, k, v = _rand(1, 2, Lq, 24, seed=1), _rand(1, 2, Lk, 24, seed=2), _rand(1, 2, Lk, 24, seed=3)
+    _check_against_oracle(q, k, v, causal=False)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_inputs_strided(dtype):
     # (B, L, H, D) memory seen as (B, H, L, D): strided rows, unit last stride.
