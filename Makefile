@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # The demo: the CNN's `fast` preset (config.json), >= 99.0% on test in two epochs.
 DEMO_ARGS ?= --model cnn --preset fast --out runs/demo-cnn --overwrite
 
-.PHONY: setup build demo test test-slow test-all cuda-compile triton-compile triton-compile-all gpu-check bench bench-record docs clean
+.PHONY: setup build demo test test-slow test-all cuda-compile triton-compile triton-compile-all vectorise-check gpu-check bench bench-record docs clean
 
 setup: $(VENV)/.deps-installed
 
@@ -58,6 +58,11 @@ cuda-compile: setup
 # Every Triton specialisation the ops launch, compiled ahead of time for sm_80/sm_90 (no GPU); of the
 # attention autotuner's configurations, the largest tile per kernel variant (CI's time budget).
 # triton-compile-all: every attention configuration too (168 compiles, ~8 min on 2 cores).
+# Every `#pragma omp simd` loop of csrc/cpu/isa/*.cpp vectorised by GCC for AVX2 (its report), so
+# that no kernel runs scalar on AVX2-only machines (scripts/check_vectorised.py).
+vectorise-check: setup
+	$(BIN)/python scripts/check_vectorised.py
+
 triton-compile: setup
 	env -u TRITON_INTERPRET $(BIN)/python scripts/triton_compile.py --attention-configs worst
 
