@@ -58,16 +58,16 @@ cuda-compile: setup
 # Every Triton specialisation the ops launch, compiled ahead of time for sm_80/sm_90 (no GPU); of the
 # attention autotuner's configurations, the largest tile per kernel variant (CI's time budget).
 # triton-compile-all: every attention configuration too (168 compiles, ~8 min on 2 cores).
-# Every `#pragma omp simd` loop of csrc/cpu/isa/*.cpp vectorised by GCC for AVX2 (its report), so
-# that no kernel runs scalar on AVX2-only machines (scripts/check_vectorised.py).
-vectorise-check: setup
-	$(BIN)/python scripts/check_vectorised.py
-
 triton-compile: setup
 	env -u TRITON_INTERPRET $(BIN)/python scripts/triton_compile.py --attention-configs worst
 
 triton-compile-all: setup
 	env -u TRITON_INTERPRET $(BIN)/python scripts/triton_compile.py
+
+# Every `#pragma omp simd` loop of csrc/cpu/isa/*.cpp vectorised by GCC for AVX2 (its report), so
+# that no kernel runs scalar on AVX2-only machines (scripts/check_vectorised.py).
+vectorise-check: setup
+	$(BIN)/python scripts/check_vectorised.py
 
 bench: build
 	$(BIN)/python -m benchmarks

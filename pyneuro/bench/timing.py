@@ -51,8 +51,9 @@ def time_interleaved(fns: dict, device: torch.device, warmup: int = 2, repeats: 
     the previous contender left behind (its freed memory handed back to the OS, so fresh pages to
     fault in; cold caches), so the timed call sees the contender's own steady state, as when it
     runs alone. Rounds continue until ``repeats`` of them and ``min_time`` seconds of timed calls
-    per contender (at most 1000; total_s is that sum). A contender that raises gets {"error": ...} and leaves the
-    rotation. -> {label: time_fn's dict or {"error": message}}."""
+    per contender (at most 1000). A contender that raises gets {"error": ...} and leaves the
+    rotation. -> {label: time_fn's dict plus max_s and total_s (the timed calls' sum), or
+    {"error": message}}."""
     once = _time_once_cuda if device.type == "cuda" else _time_once_cpu
     times: dict[str, list[float]] = {}
     errors: dict[str, str] = {}

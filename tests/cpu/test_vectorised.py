@@ -38,5 +38,5 @@ def test_the_check_tells_a_scalar_loop_from_a_vectorised_one(tmp_path):
     lines = source.read_text().splitlines()
     assert check.simd_loops(lines) == [3, 10]
     assert check.vectorised_loops(source, lines) == {10}
-    assert check.missed_loops(source) == ["routing.cpp:3: for (int i = 0; i < n; ++i) {"]
+    assert check.missed_loops(source) == (2, ["routing.cpp:3: for (int i = 0; i < n; ++i) {"])
     assert check.main([str(source)]) == 1
