@@ -8,8 +8,11 @@
 //             first element k as pivot and shift = mean - k, so that a row far from zero
 //             (|mean| >> its spread) keeps its precision; shift is what is saved for the backward
 //             (the mean rounded to fp32 would lose half an ulp of it against the spread).
+//             Four rows at a time (fwd_four_rows): a row's sum is a chain of dependent adds whose
+//             latency, not the adds, bounds a one-row loop; four rows run four chains.
 //   backward  per row: t̂ = (t - mean) rstd, g = dout w; dt = rstd (g - mean(g) - t̂ mean(g t̂))
-//             + dtotal; per chunk: dw += dout t̂, db += dout.
+//             + dtotal; per chunk: dw += dout t̂, db += dout. Two rows at a time (bwd_two_rows) when
+//             dw and db are wanted.
 //
 // Memory traffic (fp32, E = rows N): forward reads 2E (x, residual) and writes 2E (total, out) +
 // 2 rows; backward reads 3E (dout, dtotal, total) and writes E (dx). torch's add then layer_norm
@@ -24,50 +27,144 @@
 
 namespace pyneuro::cpu::PYNEURO_CPU_ISA {
 
-void layer_norm_fwd(const LayerNormParams& p, int64_t r0, int64_t r1) {
+namespace {
+
+// out = ((t - k) - shift) rstd w + b over one row, for whichever of w and b are present.
+inline void normalise_row(const float* t, float k, float shift, float rstd, const float* w, const float* b,
+                          float* out, int64_t N) {
+  if (w && b) {
+#pragma omp simd
+    for (int64_t j = 0; j < N; ++j) out[j] = ((t[j] - k) - shift) * rstd * w[j] + b[j];
+  } else if (w) {
+#pragma omp simd
+    for (int64_t j = 0; j < N; ++j) out[j] = ((t[j] - k) - shift) * rstd * w[j];
+  } else if (b) {
+#pragma omp simd
+    for (int64_t j = 0; j < N; ++j) out[j] = ((t[j] - k) - shift) * rstd + b[j];
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < N; ++j) out[j] = ((t[j] - k) - shift) * rstd;
+  }
+}
+
+// Rows r .. r + 3 (all of them in [0, rows)). A row's sum is a chain of dependent vector adds (12 at
+// N = 96, ~40 cycles with the final horizontal add), and so is its sum of squares: one row at a
+// time, those latencies and not the adds bound the loop. Four rows interleaved run four chains at
+// once. Each row's sums are formed in the same order as by the one-row loop (lanes j mod the
+// vector width, then across lanes), so a row's result does not depend on which path took it.
+void fwd_four_rows(const LayerNormParams& p, int64_t r) {
   const int64_t N = p.N;
   const float inv_n = 1.f / static_cast<float>(N);
-  for (int64_t r = r0; r < r1; ++r) {
-    const float* x = p.x + r * N;
-    const float* t = x;
-    const float* res = p.residual ? p.residual + r * N : nullptr;
-    const float k = res ? x[0] + res[0] : x[0];  // the row's pivot
-    float sum = 0.f;
-    if (res) {  // the add and the sum in one pass
-      float* total = p.total + r * N;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < N; ++j) {
-        total[j] = x[j] + res[j];
-        sum += total[j] - k;
-      }
-      t = total;
-    } else {
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < N; ++j) sum += t[j] - k;
+  const float* x = p.x + r * N;
+  const float* t = x;  // the four rows to normalise, N apart
+  float k0, k1, k2, k3, s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+  if (p.residual) {
+    const float* res = p.residual + r * N;
+    float* total = p.total + r * N;
+    k0 = x[0] + res[0], k1 = x[N] + res[N], k2 = x[2 * N] + res[2 * N], k3 = x[3 * N] + res[3 * N];
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (int64_t j = 0; j < N; ++j) {
+      total[j] = x[j] + res[j], total[N + j] = x[N + j] + res[N + j];
+      total[2 * N + j] = x[2 * N + j] + res[2 * N + j], total[3 * N + j] = x[3 * N + j] + res[3 * N + j];
+      s0 += total[j] - k0, s1 += total[N + j] - k1, s2 += total[2 * N + j] - k2, s3 += total[3 * N + j] - k3;
     }
-    const float shift = sum * inv_n;  // mean - k
-    float sq = 0.f;
-#pragma omp simd reduction(+ : sq)
-    for (int64_t j = 0; j < N; ++j) sq += ((t[j] - k) - shift) * ((t[j] - k) - shift);
-    const float rstd = 1.f / std::sqrt(sq * inv_n + p.eps);
-    p.shift[r] = shift, p.rstd[r] = rstd;
-    float* out = p.out + r * N;
-    const float* w = p.weight;
-    const float* b = p.bias;
-    if (w && b) {
-#pragma omp simd
-      for (int64_t j = 0; j < N; ++j) out[j] = ((t[j] - k) - shift) * rstd * w[j] + b[j];
-    } else if (w) {
-#pragma omp simd
-      for (int64_t j = 0; j < N; ++j) out[j] = ((t[j] - k) - shift) * rstd * w[j];
-    } else if (b) {
-#pragma omp simd
-      for (int64_t j = 0; j < N; ++j) out[j] = ((t[j] - k) - shift) * rstd + b[j];
-    } else {
-#pragma omp simd
-      for (int64_t j = 0; j < N; ++j) out[j] = ((t[j] - k) - shift) * rstd;
+    t = total;
+  } else {
+    k0 = x[0], k1 = x[N], k2 = x[2 * N], k3 = x[3 * N];
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (int64_t j = 0; j < N; ++j) {
+      s0 += t[j] - k0, s1 += t[N + j] - k1, s2 += t[2 * N + j] - k2, s3 += t[3 * N + j] - k3;
     }
   }
+  const float m0 = s0 * inv_n, m1 = s1 * inv_n, m2 = s2 * inv_n, m3 = s3 * inv_n;  // shifts: mean - k
+  float q0 = 0.f, q1 = 0.f, q2 = 0.f, q3 = 0.f;
+#pragma omp simd reduction(+ : q0, q1, q2, q3)
+  for (int64_t j = 0; j < N; ++j) {
+    const float d0 = (t[j] - k0) - m0, d1 = (t[N + j] - k1) - m1;
+    const float d2 = (t[2 * N + j] - k2) - m2, d3 = (t[3 * N + j] - k3) - m3;
+    q0 += d0 * d0, q1 += d1 * d1, q2 += d2 * d2, q3 += d3 * d3;
+  }
+  const float k[4] = {k0, k1, k2, k3}, shift[4] = {m0, m1, m2, m3}, sq[4] = {q0, q1, q2, q3};
+  for (int i = 0; i < 4; ++i) {
+    const float rstd = 1.f / std::sqrt(sq[i] * inv_n + p.eps);
+    p.shift[r + i] = shift[i], p.rstd[r + i] = rstd;
+    normalise_row(t + i * N, k[i], shift[i], rstd, p.weight, p.bias, p.out + (r + i) * N, N);
+  }
+}
+
+void fwd_row(const LayerNormParams& p, int64_t r) {
+  const int64_t N = p.N;
+  const float inv_n = 1.f / static_cast<float>(N);
+  const float* x = p.x + r * N;
+  const float* t = x;
+  const float* res = p.residual ? p.residual + r * N : nullptr;
+  const float k = res ? x[0] + res[0] : x[0];  // the row's pivot
+  float sum = 0.f;
+  if (res) {  // the add and the sum in one pass
+    float* total = p.total + r * N;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < N; ++j) {
+      total[j] = x[j] + res[j];
+      sum += total[j] - k;
+    }
+    t = total;
+  } else {
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < N; ++j) sum += t[j] - k;
+  }
+  const float shift = sum * inv_n;  // mean - k
+  float sq = 0.f;
+#pragma omp simd reduction(+ : sq)
+  for (int64_t j = 0; j < N; ++j) sq += ((t[j] - k) - shift) * ((t[j] - k) - shift);
+  const float rstd = 1.f / std::sqrt(sq * inv_n + p.eps);
+  p.shift[r] = shift, p.rstd[r] = rstd;
+  normalise_row(t, k, shift, rstd, p.weight, p.bias, p.out + r * N, N);
+}
+
+// Rows r and r + 1 of a chunk, when weight, dweight and dbias are all wanted (the transformer's case;
+// dtotal with HasTotal): the two rows' two sums run as four independent chains (see
+// fwd_four_rows), then one pass writes both rows' dx and adds their dw and db terms, loading and
+// storing dw and db once per two rows. Two rows, not four: each row keeps five constants in
+// registers through the loops, and four rows' twenty would spill AVX2's sixteen. Every sum is
+// formed in the one-row loop's order.
+template <bool HasTotal>
+void bwd_two_rows(const LayerNormParams& p, int64_t r, float* dw, float* db) {
+  const int64_t N = p.N;
+  const float inv_n = 1.f / static_cast<float>(N);
+  const float* t = p.input + r * N;
+  const float* dout = p.dout + r * N;
+  const float* w = p.weight;
+  const float k0 = t[0], k1 = t[N], m0 = p.shift[r], m1 = p.shift[r + 1], v0 = p.rstd[r], v1 = p.rstd[r + 1];
+  float g0 = 0.f, g1 = 0.f, h0 = 0.f, h1 = 0.f;
+#pragma omp simd reduction(+ : g0, g1, h0, h1)
+  for (int64_t j = 0; j < N; ++j) {
+    const float a0 = dout[j] * w[j], a1 = dout[N + j] * w[j];
+    g0 += a0, g1 += a1;
+    h0 += a0 * (((t[j] - k0) - m0) * v0), h1 += a1 * (((t[N + j] - k1) - m1) * v1);
+  }
+  const float mg0 = g0 * inv_n, mg1 = g1 * inv_n, mh0 = h0 * inv_n, mh1 = h1 * inv_n;
+  float* dx = p.dx + r * N;
+  const float* dtotal = p.dtotal + r * N;  // read only with HasTotal
+#pragma omp simd
+  for (int64_t j = 0; j < N; ++j) {
+    const float th0 = ((t[j] - k0) - m0) * v0, th1 = ((t[N + j] - k1) - m1) * v1;
+    const float d0 = v0 * (dout[j] * w[j] - mg0 - th0 * mh0), d1 = v1 * (dout[N + j] * w[j] - mg1 - th1 * mh1);
+    if constexpr (HasTotal) {
+      dx[j] = d0 + dtotal[j], dx[N + j] = d1 + dtotal[N + j];
+    } else {
+      dx[j] = d0, dx[N + j] = d1;
+    }
+    dw[j] = (dw[j] + dout[j] * th0) + dout[N + j] * th1;
+    db[j] = (db[j] + dout[j]) + dout[N + j];
+  }
+}
+
+}  // namespace
+
+void layer_norm_fwd(const LayerNormParams& p, int64_t r0, int64_t r1) {
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) fwd_four_rows(p, r);
+  for (; r < r1; ++r) fwd_row(p, r);
 }
 
 void layer_norm_bwd(const LayerNormParams& p, int64_t c0, int64_t c1) {
@@ -79,7 +176,11 @@ void layer_norm_bwd(const LayerNormParams& p, int64_t c0, int64_t c1) {
     if (dw) std::fill(dw, dw + N, 0.f);
     if (db) std::fill(db, db + N, 0.f);
     const int64_t end = std::min(p.rows, (c + 1) * kLayerNormChunkRows);
-    for (int64_t r = c * kLayerNormChunkRows; r < end; ++r) {
+    int64_t r = c * kLayerNormChunkRows;
+    if (p.weight && dw && db) {
+      for (; r + 2 <= end; r += 2) p.dtotal ? bwd_two_rows<true>(p, r, dw, db) : bwd_two_rows<false>(p, r, dw, db);
+    }
+    for (; r < end; ++r) {
       const float* t = p.input + r * N;
       const float* dout = p.dout + r * N;
       const float k = t[0], shift = p.shift[r], rstd = p.rstd[r];  // t - mean as the forward formed it

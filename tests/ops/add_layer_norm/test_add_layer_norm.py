@@ -72,6 +72,21 @@ def test_rows_far_from_zero_keep_their_precision(target):
     assert_matches(grads["dweight"], dw_ref, tol, "dweight")
 
 
+@every_isa
+@pytest.mark.parametrize("shape", [(7, 96), (7, 37)])
+def test_a_row_does_not_depend_on_the_rows_beside_it(target, shape):
+    """The cpu kernels take rows four (forward) or two (backward) at a time and the rest one by one;
+    each row's sums are formed in the same order either way, so a row normalised with six others
+    comes out bit for bit as it does alone (out, total, dx)."""
+    x, residual, weight, bias, dout, dtotal = make_inputs(Case(shape), seed=5)
+    (out, total), grads = _run(target, None, x, residual, weight, bias, dout, dtotal)
+    for r in range(shape[0]):
+        row = [t[r:r + 1] for t in (x, residual)] + [weight, bias] + [t[r:r + 1] for t in (dout, dtotal)]
+        (out_r, total_r), grads_r = _run(target, None, *row)
+        assert torch.equal(out_r, out[r:r + 1]) and torch.equal(total_r, total[r:r + 1]), r
+        assert torch.equal(grads_r["dx"], grads["dx"][r:r + 1]), r
+
+
 def test_oracle_backward_is_autograd_through_the_forward():
     x, residual, weight, bias, dout, dtotal = (t.double() if t is not None else None
                                                for t in make_inputs(Case((6, 11))))
