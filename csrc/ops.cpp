@@ -81,17 +81,19 @@ TORCH_LIBRARY(pyneuro, m) {
       "float dropout_p, Tensor? rng_state) -> Tensor dqkv",
       {at::Tag::pt2_compliant_tag});
 
-  // Residual add + layer norm over the last dim (pre-/post-norm transformer blocks): total = x +
-  // residual (empty without one), out = layer_norm(total) * weight + bias, and per row rstd and
-  // shift = mean - the row's first element for the backward, which returns (dx, dweight, dbias) (dx is also the residual's gradient;
-  // dweight / dbias empty without weight / bias). pyneuro/ops/layernorm has the contract.
+  // Residual add + layer norm over the last dim (pre-/post-norm transformer blocks): total = x (+
+  // x_bias) (+ residual) (empty when x alone: the caller has it), out = layer_norm(total) * weight +
+  // bias, and per row rstd and shift = mean - the row's first element for the backward, which
+  // returns (dx, dweight, dbias, dx_bias): dx is also the residual's gradient, dx_bias its column
+  // sum (x_bias is the bias of the linear layer that made x, folded in); each of the last three
+  // empty when not wanted. pyneuro/ops/layernorm has the contract.
   m.def(
-      "add_layer_norm_fwd(Tensor x, Tensor? residual, Tensor? weight, Tensor? bias, float eps) "
-      "-> (Tensor out, Tensor total, Tensor shift, Tensor rstd)",
+      "add_layer_norm_fwd(Tensor x, Tensor? residual, Tensor? weight, Tensor? bias, float eps, "
+      "Tensor? x_bias=None) -> (Tensor out, Tensor total, Tensor shift, Tensor rstd)",
       {at::Tag::pt2_compliant_tag});
   m.def(
       "add_layer_norm_bwd(Tensor dout, Tensor? dtotal, Tensor input, Tensor shift, Tensor rstd, Tensor? weight, "
-      "bool has_bias) -> (Tensor dx, Tensor dweight, Tensor dbias)",
+      "bool has_bias, bool has_x_bias=False) -> (Tensor dx, Tensor dweight, Tensor dbias, Tensor dx_bias)",
       {at::Tag::pt2_compliant_tag});
 
   // Bias + exact GELU (a transformer MLP's first linear layer run without its bias, then this):

@@ -115,19 +115,20 @@ struct BatchNormReluParams {
 };
 
 // Residual add + layer norm over the last dim, csrc/cpu/isa/layer_norm_kernels.cpp
-// (pyneuro/ops/layernorm): rows of N contiguous fp32 features. Forward: total = x + residual (the
-// residual optional: total is x then and not written), out = (total - mean) rstd weight + bias
-// (weight, bias optional), per row rstd and shift = mean - the row's first element (the pivot
-// the kernels form t - mean with). Backward: dx = the gradient reaching total
-// (through out, plus dtotal when given); dweight, dbias summed per chunk of kLayerNormChunkRows rows
-// into partials (chunk c at c N), which the driver adds in chunk order.
+// (pyneuro/ops/layernorm): rows of N contiguous fp32 features. Forward: total = (x + x_bias) +
+// residual (x_bias (N,) and residual optional: with neither, total is x and not written), out =
+// (total - mean) rstd weight + bias (weight, bias optional), per row rstd and shift = mean - the
+// row's first element (the pivot the kernels form t - mean with). Backward: dx = the gradient
+// reaching total (through out, plus dtotal when given); dweight, dbias and dx_bias (= Σ dx) summed
+// per chunk of kLayerNormChunkRows rows into partials (chunk c at c N), which the driver adds in
+// chunk order.
 struct LayerNormParams {
   int64_t rows = 0, N = 0;
   float eps = 1e-5f;
-  const float *x = nullptr, *residual = nullptr, *weight = nullptr, *bias = nullptr;
+  const float *x = nullptr, *x_bias = nullptr, *residual = nullptr, *weight = nullptr, *bias = nullptr;
   float *out = nullptr, *total = nullptr, *shift = nullptr, *rstd = nullptr;
   const float *dout = nullptr, *dtotal = nullptr, *input = nullptr;  // input: the normalised rows (total or x)
-  float *dx = nullptr, *dweight_part = nullptr, *dbias_part = nullptr;
+  float *dx = nullptr, *dweight_part = nullptr, *dbias_part = nullptr, *dx_bias_part = nullptr;
 };
 constexpr int64_t kLayerNormChunkRows = 32;
 

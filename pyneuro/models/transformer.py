@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from .. import nn as pnn
-from ..nn.attention import run_layers
+from ..nn.attention import add_pending, run_layers
 from .registry import register
 
 
@@ -35,7 +35,7 @@ class PatchTransformer(nn.Module):
 
     def forward(self, x):
         h, pending = run_layers(self.layers, self._tokens(x))  # residual adds inside the next layer norm
-        cls = h[:, 0] if pending is None else h[:, 0] + pending[:, 0]
+        cls = add_pending(h[:, 0], pending, (slice(None), 0))
         return self.head(self.norm(cls))
 
     @torch.no_grad()

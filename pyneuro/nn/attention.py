@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from torch import nn
 from .. import _backends
 from ..ops.attn import attention, attention_qkvpacked
 from ..ops.gelu import OP as BIAS_GELU, bias_gelu
-from ..ops.layernorm import add_layer_norm
+from ..ops.layernorm import OP as ADD_LAYER_NORM, add_layer_norm
 
 
 def _require_positive_int(owner: str, name: str, value) -> None:
@@ -145,11 +146,7 @@ class MultiheadAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         batch, length = query.shape[:2]
         if query is key and key is value:
-            # Self-attention: one projection, viewed (B, L, 3, H, Dh) and attended in that layout, so
-            # no head split is copied and the gradient of the projection comes back whole.
-            qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)
-            qkv = qkv.view(batch, length, 3, self.num_heads, self.head_dim)
-            out = attention_qkvpacked(qkv, causal=is_causal, dropout_p=dropout_p, backend=self.backend)
+            out, qkv = self._packed_self_attention(query, is_causal)
             if need_weights:
                 q, k = (t.transpose(1, 2) for t in qkv.unbind(2)[:2])
         else:
@@ -167,6 +164,23 @@ class MultiheadAttention(nn.Module):
         elif not self.batch_first:
             out = out.transpose(0, 1)
         return out, weights
+
+    def _packed_self_attention(self, x, is_causal: bool):
+        """Self-attention of batch-first x (B, L, E) before out_proj: (heads (B, L, H, Dh), qkv). One
+        projection, viewed (B, L, 3, H, Dh) and attended in that layout, so no head split is copied
+        and the gradient of the projection comes back whole."""
+        batch, length = x.shape[:2]
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(batch, length, 3, self.num_heads, self.head_dim)
+        dropout_p = self.dropout if self.training else 0.0
+        return attention_qkvpacked(qkv, causal=is_causal, dropout_p=dropout_p, backend=self.backend), qkv
+
+    def _self_attention_without_out_bias(self, x, is_causal: bool) -> torch.Tensor:
+        """``forward(x, x, x, is_causal=is_causal)[0]`` less out_proj's bias, for batch-first x
+        (B, L, E) and a plain nn.Linear out_proj: for a caller that adds the bias in its next pass
+        (TransformerEncoderLayer, inside add_layer_norm)."""
+        self._check_inputs(x, x, x)
+        out, _ = self._packed_self_attention(x, is_causal)
+        return F.linear(out.reshape(x.shape), self.out_proj.weight)
 
     @staticmethod
     def _attention_weights(q, k, causal: bool) -> torch.Tensor:
@@ -200,10 +214,11 @@ class TransformerEncoderLayer(nn.Module):
     Post-norm (default): x = norm1(x + SA(x)); x = norm2(x + FF(x)).
     Pre-norm (norm_first=True): x = x + SA(norm1(x)); x = x + FF(norm2(x)).
     FF(x) = dropout2(linear2(dropout(activation(linear1(x))))), SA ends in dropout1.
-    Each residual add and the norm after it run as one op (:func:`pyneuro.ops.add_layer_norm`), and
-    so do linear1's bias and an exact GELU after it (:func:`pyneuro.ops.bias_gelu`);
-    a pre-norm layer's last add is left to the next layer's norm1 when layers are run with
-    :func:`run_layers` (``defer_add=True``), as TransformerEncoder does.
+    Each residual add and the norm after it run as one op (:func:`pyneuro.ops.add_layer_norm`), with
+    the bias of the linear layer before it (out_proj's, linear2's: their GEMMs run without) where
+    no active dropout stands between; linear1's bias and an exact GELU after it run as one op too
+    (:func:`pyneuro.ops.bias_gelu`). A pre-norm layer's last add is left to the next layer's norm1
+    when layers are run with :func:`run_layers` (``defer_add=True``), as TransformerEncoder does.
     ``forward(src, src_mask=None, src_key_padding_mask=None, is_causal=False)``; masks other than
     causal raise NotImplementedError, and batch_first defaults to True.
     ``attention_dropout`` (keyword-only, default: ``dropout`` as in torch) sets the dropout on the
@@ -248,43 +263,75 @@ class TransformerEncoderLayer(nn.Module):
         :meth:`forward_stream`), and ``pending`` a previous layer's such output to add first."""
         _reject_masks(type(self).__name__, src_mask=src_mask, src_key_padding_mask=src_key_padding_mask)
         x, pending = self.forward_stream(src, pending, is_causal)
-        if defer_add:
-            return x, pending
-        return x if pending is None else x + pending
+        return (x, pending) if defer_add else add_pending(x, pending)
 
     def forward_stream(self, x, pending=None, is_causal=False):
         """The layer on the residual stream ``x + pending``, returned the same way: (stream, pending).
 
-        ``pending`` is a pre-norm layer's last sub-layer output, not yet added to the stream, so that
-        the next layer adds it inside its first layer norm (pyneuro.ops.add_layer_norm: one pass for
-        the add and the norm). ``forward(src)`` is the sum of ``forward_stream(src)``; a post-norm
-        layer returns pending None. Called through the module (``layer(x, pending=...,
-        defer_add=True)``, as :func:`run_layers` does), hooks see the call."""
+        ``pending`` (a :class:`Pending`, or a plain tensor) is a pre-norm layer's last sub-layer
+        output, not yet added to the stream, so that the next layer adds it inside its first layer
+        norm (pyneuro.ops.add_layer_norm: one pass for the add and the norm), linear2's bias with it.
+        ``forward(src)`` is ``add_pending(*forward_stream(src))``; a post-norm layer returns pending
+        None. Called through the module (``layer(x, pending=..., defer_add=True)``, as
+        :func:`run_layers` does), hooks see the call."""
+        if isinstance(pending, torch.Tensor):
+            pending = Pending(pending)
         if self.norm_first:
-            h, x = self._add_norm(self.norm1, x, pending)  # h = norm1(x + pending), x = x + pending
-            h, x = self._add_norm(self.norm2, self._self_attention(h, is_causal), x)
-            return x, self._feed_forward(h)
-        if pending is not None:
-            x = x + pending
-        x, _ = self._add_norm(self.norm1, self._self_attention(x, is_causal), x)
-        x, _ = self._add_norm(self.norm2, self._feed_forward(x), x)
+            h, x = self._add_pending_norm(self.norm1, x, pending)  # h = norm1(x + pending), x = x + pending
+            h, x = self._add_norm(self.norm2, *self._self_attention(h, is_causal), x)
+            return x, Pending(*self._feed_forward(h))
+        x = add_pending(x, pending)
+        x, _ = self._add_norm(self.norm1, *self._self_attention(x, is_causal), x)
+        x, _ = self._add_norm(self.norm2, *self._feed_forward(x), x)
         return x, None
 
     @staticmethod
-    def _add_norm(norm: nn.Module, x, residual):
-        """(norm(x + residual), x + residual), residual None meaning none: one op for a LayerNorm
-        over the last dim; a call of the module itself when it is something else or has hooks (so
-        that what hooks or replaces a norm still sees it called)."""
+    def _add_norm(norm: nn.Module, x, x_bias, residual):
+        """(norm(total), total) for total = (x + x_bias) + residual, x_bias and residual None meaning
+        none: one op for a LayerNorm over the last dim; a call of the module itself when it is
+        something else or has hooks (so that what hooks or replaces a norm still sees it called)."""
         if type(norm) is nn.LayerNorm and len(norm.normalized_shape) == 1 and not _has_hooks(norm):
-            return add_layer_norm(x, residual, norm.weight, norm.bias, norm.eps)
-        total = x if residual is None else x + residual
+            return add_layer_norm(x, residual, norm.weight, norm.bias, norm.eps, x_bias=x_bias)
+        total = x if x_bias is None else x + x_bias
+        total = total if residual is None else total + residual
         return norm(total), total
 
+    @classmethod
+    def _add_pending_norm(cls, norm: nn.Module, x, pending):
+        """(norm(x + pending), x + pending) for the stream x and a Pending or None."""
+        if pending is None:
+            return cls._add_norm(norm, x, None, None)
+        return cls._add_norm(norm, pending.value, pending.bias, x)
+
     def _self_attention(self, x, is_causal):
-        return self.dropout1(self.self_attn(x, x, x, is_causal=is_causal)[0])
+        """SA(x) as (value, bias): out_proj's bias apart (for the next add_layer_norm to add) where
+        :meth:`_folds_bias` allows, else None with the bias in value."""
+        attn = self.self_attn
+        if (type(attn) is MultiheadAttention and not _has_hooks(attn) and attn.batch_first and x.dim() == 3
+                and self._folds_bias(attn.out_proj, self.dropout1, x)):
+            return attn._self_attention_without_out_bias(x, is_causal), attn.out_proj.bias
+        return self.dropout1(attn(x, x, x, is_causal=is_causal)[0]), None
 
     def _feed_forward(self, x):
-        return self.dropout2(self.linear2(self.dropout(self._linear_activation(x))))
+        """FF(x) as (value, bias), linear2's bias apart as in :meth:`_self_attention`."""
+        h = self.dropout(self._linear_activation(x))
+        if self._folds_bias(self.linear2, self.dropout2, x):
+            return F.linear(h, self.linear2.weight), self.linear2.bias
+        return self.dropout2(self.linear2(h)), None
+
+    @staticmethod
+    def _folds_bias(linear: nn.Module, dropout: nn.Module, x) -> bool:
+        """Whether ``linear``'s bias can go into the add_layer_norm after it (its x_bias): a plain
+        nn.Linear with a bias and no hooks, followed by a dropout that is the identity now (p = 0
+        or eval, no hooks), and add_layer_norm compiled for x. Then that layer's GEMM runs without
+        its bias: no broadcast of the bias into the GEMM's output, and its gradient comes out of
+        add_layer_norm's backward pass instead of a separate sum. On add_layer_norm's reference
+        backend (other devices and dtypes) the split would only add a pass, so the layers run as
+        they are."""
+        return (type(linear) is nn.Linear and linear.bias is not None and not _has_hooks(linear)
+                and type(dropout) is nn.Dropout and not _has_hooks(dropout)
+                and (dropout.p == 0 or not dropout.training)
+                and ADD_LAYER_NORM.select("auto", x.device, x, None, None, None, 1e-5).name != "reference")
 
     def _linear_activation(self, x):
         """activation(linear1(x)); for the exact GELU after a plain nn.Linear, where bias_gelu has a
@@ -309,16 +356,35 @@ def _has_hooks(module: nn.Module) -> bool:
                 or torch_module._global_forward_pre_hooks)
 
 
+class Pending(NamedTuple):
+    """A pre-norm layer's last sub-layer output, not yet added to the residual stream: ``value``
+    plus ``bias`` (linear2's bias, kept apart for the next add_layer_norm to add; None when it is
+    already in value). :func:`add_pending` adds it to a stream."""
+    value: torch.Tensor
+    bias: Optional[torch.Tensor] = None
+
+
+def add_pending(x, pending: Optional[Pending], index=None):
+    """x + pending (x when pending is None); with ``index``, x + pending at ``value[index]`` (x then
+    being the stream at that index, e.g. the class token's ``(slice(None), 0)``)."""
+    if pending is None:
+        return x
+    value = pending.value if index is None else pending.value[index]
+    x = x + value if pending.bias is None else x + (value + pending.bias)
+    return x
+
+
 def run_layers(layers, x, is_causal: bool = False):
-    """Encoder layers one after another on the residual stream: (stream, pending), their sum being
-    the last layer's output. pyneuro's layers go through ``forward_stream``, so that each residual add
-    happens inside the next layer norm; any other layer (torch.nn's) is called on the summed stream."""
+    """Encoder layers one after another on the residual stream: (stream, pending), their sum
+    (:func:`add_pending`) being the last layer's output. pyneuro's layers go through
+    ``forward_stream``, so that each residual add happens inside the next layer norm; any other
+    layer (torch.nn's) is called on the summed stream."""
     pending = None
     for layer in layers:
         if isinstance(layer, TransformerEncoderLayer):
             x, pending = layer(x, is_causal=is_causal, pending=pending, defer_add=True)
         else:
-            x, pending = layer(x if pending is None else x + pending, is_causal=is_causal), None
+            x, pending = layer(add_pending(x, pending), is_causal=is_causal), None
     return x, pending
 
 
@@ -336,8 +402,9 @@ class TransformerEncoder(nn.Module):
         _reject_masks(type(self).__name__, mask=mask, src_key_padding_mask=src_key_padding_mask)
         x, pending = run_layers(self.layers, src, is_causal)
         if self.norm is None:
-            return x if pending is None else x + pending
-        return TransformerEncoderLayer._add_norm(self.norm, x, pending)[0]  # the last add inside the norm
+            return add_pending(x, pending)
+        return TransformerEncoderLayer._add_pending_norm(self.norm, x, pending)[0]  # the last add inside the norm
 
 
-__all__ = ["MultiheadAttention", "MultiheadSelfAttention", "TransformerEncoderLayer", "TransformerEncoder", "run_layers"]
+__all__ = ["MultiheadAttention", "MultiheadSelfAttention", "TransformerEncoderLayer", "TransformerEncoder", "run_layers",
+           "Pending", "add_pending"]

@@ -306,6 +306,43 @@ def test_exact_gelu_runs_on_bias_gelu_where_it_has_a_compiled_backend(monkeypatc
         assert len(calls) == (1 if compiled else 0), (dtype, calls)
 
 
+def test_out_proj_and_linear2_biases_ride_into_the_next_layer_norm(monkeypatch):
+    """fp32 on the cpu ops: out_proj's and linear2's GEMMs run without their biases, which the
+    add_layer_norm after each adds (x_bias), across layers too (a pre-norm layer's linear2 bias goes
+    to the next layer's norm1, the last one's to the encoder's norm). Not while their dropout is
+    active (the bias must be added before it), nor in fp64 (add_layer_norm's reference); the results
+    and every gradient match torch's either way."""
+    import pyneuro.nn.attention as attention_module
+    from pyneuro.ops import layernorm
+
+    folded = []
+    real = attention_module.add_layer_norm
+    monkeypatch.setattr(attention_module, "add_layer_norm",
+                        lambda *a, **k: folded.append(k.get("x_bias") is not None) or real(*a, **k))
+    compiled = layernorm.OP.select("auto", torch.device("cpu"), torch.zeros(1, E), None, None, None, 1e-5).name != "reference"
+    for dtype, training in ((torch.float32, False), (torch.float32, True), (torch.float64, False)):
+        folded.clear()
+        theirs_layer, ours_layer = encoder_layer_pair(dtype=dtype, norm_first=True)  # dropout 0.1
+        theirs = nn.TransformerEncoder(theirs_layer, 2, norm=nn.LayerNorm(E, dtype=dtype), enable_nested_tensor=False)
+        ours = pn.TransformerEncoder(ours_layer, 2, norm=nn.LayerNorm(E, dtype=dtype))
+        ours.load_state_dict(theirs.state_dict())
+        theirs.train(training), ours.train(training)
+        x = torch.randn(BATCH, L, E, dtype=dtype)
+        torch.manual_seed(3)
+        out_o = ours(x)
+        assert sum(folded) == (4 if compiled and dtype == torch.float32 and not training else 0), (dtype, training)
+        if training:
+            continue  # torch's and pyneuro's dropout masks differ (another generator)
+        out_t = theirs(x)
+        torch.testing.assert_close(out_o, out_t, **TOL[dtype])
+        names = ["layers.0.self_attn.out_proj.bias", "layers.0.linear2.bias", "layers.1.linear2.bias"]
+        cot = torch.randn_like(out_t)
+        grads_t = torch.autograd.grad(out_t, [theirs.get_parameter(n) for n in names], cot)
+        grads_o = torch.autograd.grad(out_o, [ours.get_parameter(n) for n in names], cot)
+        for name, a, b in zip(names, grads_o, grads_t):
+            torch.testing.assert_close(a, b, **TOL[dtype], msg=lambda m, name=name: f"{name}: {m}")
+
+
 def test_encoder_layers_and_their_norms_are_still_called_as_modules():
     """Run with deferred adds (run_layers), each layer is still called through its module, so hooks
     see it (the architecture picture traces the transformer that way); a norm with a hook is called

@@ -1,13 +1,17 @@
 """add_layer_norm: a residual add and the layer norm of its result in one pass each way.
 
-    out, total = add_layer_norm(x, residual=None, weight=None, bias=None, eps=1e-5, backend="auto")
-      total == x + residual   (x itself when residual is None)
+    out, total = add_layer_norm(x, residual=None, weight=None, bias=None, eps=1e-5, backend="auto",
+                                x_bias=None)
+      total == (x + x_bias) + residual   (either optional: x itself when both are None)
       out   == torch.nn.functional.layer_norm(total, (x.shape[-1],), weight, bias, eps)
 
 The block of a transformer layer where the residual stream meets the next norm (flash-attn's
 ``dropout_add_layer_norm`` without the dropout; apply one to x first): pre-norm computes
 ``norm2(x + attn)`` and carries ``x + attn`` on; post-norm keeps only ``out``. Both outputs carry
 gradients. x and residual (..., N), weight and bias (N,) or None, normalised over the last dim.
+``x_bias`` (N,) is the bias of the linear layer that produced x, folded in: run that layer without
+its bias and pass it here, and its broadcast into the GEMM's output and the separate sum for its
+gradient (the column sum of the gradient reaching total, formed in the backward's one pass) go.
 
 Backends: ``reference`` (naive.py: torch's add and layer_norm; any float dtype, any device) and
 ``cpu`` (csrc/cpu/layer_norm.cpp: fp32; one read of x and residual and one write of total and out
@@ -41,7 +45,7 @@ def _fail(exc, msg):
     raise exc(f"add_layer_norm: {msg}")
 
 
-def _check(x, residual, weight, bias, eps) -> None:
+def _check(x, residual, weight, bias, eps, x_bias=None) -> None:
     if not isinstance(x, Tensor):
         _fail(TypeError, f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _FLOATS:
@@ -49,7 +53,8 @@ def _check(x, residual, weight, bias, eps) -> None:
     if x.dim() < 1 or x.shape[-1] < 1:
         _fail(ValueError, f"x must have a last dimension of at least 1 (the normalised one), got shape {tuple(x.shape)}")
     N = x.shape[-1]
-    for name, t, shape in (("residual", residual, tuple(x.shape)), ("weight", weight, (N,)), ("bias", bias, (N,))):
+    for name, t, shape in (("residual", residual, tuple(x.shape)), ("weight", weight, (N,)), ("bias", bias, (N,)),
+                           ("x_bias", x_bias, (N,))):
         if t is None:
             continue
         if not isinstance(t, Tensor):
@@ -70,16 +75,16 @@ def _check(x, residual, weight, bias, eps) -> None:
 # ----------------------------------------------------------------------------------------------
 # The compiled pair: fake shapes (the derivative is the extension's, in C++)
 # ----------------------------------------------------------------------------------------------
-def _fake_fwd(x, residual, weight, bias, eps):
+def _fake_fwd(x, residual, weight, bias, eps, x_bias=None):
     rows = x.shape[:-1]
-    total = torch.empty_like(x) if residual is not None else x.new_empty((0,))
+    total = torch.empty_like(x) if residual is not None or x_bias is not None else x.new_empty((0,))
     return torch.empty_like(x), total, x.new_empty(rows), x.new_empty(rows)
 
 
-def _fake_bwd(dout, dtotal, input, shift, rstd, weight, has_bias):
+def _fake_bwd(dout, dtotal, input, shift, rstd, weight, has_bias, has_x_bias=False):
     N = input.shape[-1]
     return (torch.empty_like(input), input.new_empty((N,) if weight is not None else (0,)),
-            input.new_empty((N,) if has_bias else (0,)))
+            input.new_empty((N,) if has_bias else (0,)), input.new_empty((N,) if has_x_bias else (0,)))
 
 
 if _backends.extension()[0] is not None and hasattr(torch.ops.pyneuro, "add_layer_norm_fwd"):
@@ -90,13 +95,13 @@ if _backends.extension()[0] is not None and hasattr(torch.ops.pyneuro, "add_laye
 # ----------------------------------------------------------------------------------------------
 # Backends: each takes the validated arguments and returns (out, total)
 # ----------------------------------------------------------------------------------------------
-def _reference(x, residual, weight, bias, eps):
-    return add_layer_norm_naive(x, residual, weight, bias, eps)
+def _reference(x, residual, weight, bias, eps, x_bias=None):
+    return add_layer_norm_naive(x, residual, weight, bias, eps, x_bias)
 
 
-def _cpu(x, residual, weight, bias, eps):
-    out, total, _shift, _rstd = torch.ops.pyneuro.add_layer_norm_fwd(x, residual, weight, bias, eps)
-    return out, (total if residual is not None else x)
+def _cpu(x, residual, weight, bias, eps, x_bias=None):
+    out, total, _shift, _rstd = torch.ops.pyneuro.add_layer_norm_fwd(x, residual, weight, bias, eps, x_bias)
+    return out, (total if residual is not None or x_bias is not None else x)
 
 
 def _cpu_supports(x, *_rest) -> Optional[Exception]:
@@ -123,10 +128,13 @@ OP = _backends.register_op(
 )
 
 
-def add_layer_norm(x, residual=None, weight=None, bias=None, eps: float = 1e-5, backend: str = "auto"):
-    """(layer_norm(x + residual), x + residual) in one op; see the module docstring."""
-    _check(x, residual, weight, bias, eps)
-    return OP(backend, x.device, x, residual, weight, bias, float(eps))
+def add_layer_norm(x, residual=None, weight=None, bias=None, eps: float = 1e-5, backend: str = "auto", *,
+                   x_bias=None):
+    """(layer_norm(x + x_bias + residual), x + x_bias + residual) in one op; see the module docstring."""
+    _check(x, residual, weight, bias, eps, x_bias)
+    if x_bias is None:
+        return OP(backend, x.device, x, residual, weight, bias, float(eps))
+    return OP(backend, x.device, x, residual, weight, bias, float(eps), x_bias)
 
 
 __all__ = ["add_layer_norm", "add_layer_norm_naive", "add_layer_norm_backward_naive", "OP", "TOLERANCE",

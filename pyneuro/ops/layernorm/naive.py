@@ -1,13 +1,14 @@
 """The readable definition of ``add_layer_norm``, and its backward written out.
 
-    total = x + residual                      (x when residual is None)
+    total = (x + x_bias) + residual           (either optional: x when both are None)
     out   = (total - mean) / sqrt(var + eps) * weight + bias     over the last dim (N features):
             mean and the biased variance of each row, weight and bias (N,) or None
 
 ``out`` is what ``torch.nn.functional.layer_norm(x + residual, (N,), weight, bias, eps)`` returns;
 ``total`` is the residual stream that goes on (a pre-norm block adds the next sub-layer's output to
 it), so both outputs carry gradients: the one reaching total is out's through the normalisation
-plus total's own, and x and residual both receive it.
+plus total's own, and x and residual both receive it; x_bias (N,), the bias of the linear layer
+that produced x, receives its sum over the rows.
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def add_layer_norm_naive(x: Tensor, residual, weight, bias, eps: float) -> tuple[Tensor, Tensor]:
+def add_layer_norm_naive(x: Tensor, residual, weight, bias, eps: float, x_bias=None) -> tuple[Tensor, Tensor]:
     """(out, total) with torch's own functions: the ground truth."""
-    total = x if residual is None else x + residual
+    total = x if x_bias is None else x + x_bias
+    total = total if residual is None else total + residual
     return F.layer_norm(total, (x.shape[-1],), weight, bias, eps), total
 
 

@@ -87,6 +87,79 @@ def test_a_row_does_not_depend_on_the_rows_beside_it(target, shape):
         assert torch.equal(grads_r["dx"], grads["dx"][r:r + 1]), r
 
 
+X_BIAS_CASES = {
+    "transformer": Case((4, 17, 96)),                      # out_proj's / linear2's bias, pre-norm
+    "odd-N-rows-not-chunked": Case((37, 37)),              # two chunks, the second short; odd rows
+    "no-residual": Case((9, 24), residual=False),          # total = x + x_bias alone
+    "no-dtotal": Case((10, 16), dtotal=False),
+    "no-affine": Case((11, 8), affine=False, bias=False),  # the one-row backward path
+}
+
+
+def _run_with_x_bias(target, x, x_bias, residual, weight, bias, dout, dtotal):
+    """(out, total) and every gradient (dx, dx_bias, dresidual, dweight, dbias; None where absent)."""
+    leaves = [t.clone().requires_grad_() if t is not None else None for t in (x, x_bias, residual, weight, bias)]
+    lx, lxb, lres, lw, lb = leaves
+    out, total = ln.OP.backends[target.backend].impl(lx, lres, lw, lb, 1e-5, lxb)
+    outputs, grads_in = [out], [dout]
+    if dtotal is not None:
+        outputs.append(total)
+        grads_in.append(dtotal)
+    wanted = [t for t in leaves if t is not None]
+    grads = iter(torch.autograd.grad(outputs, wanted, grads_in))
+    return (out, total), [next(grads) if t is not None else None for t in leaves]
+
+
+@every_isa
+@pytest.mark.parametrize("case", list(X_BIAS_CASES))
+def test_x_bias_matches_oracle(any_target, case):
+    """x_bias (the preceding linear layer's bias, folded in): total = (x + x_bias) + residual, and
+    x_bias's gradient is the sum over the rows of the one reaching total (with or without a residual;
+    without one, total is then a new tensor whose own gradient dtotal counts too)."""
+    c = X_BIAS_CASES[case]
+    x, residual, weight, bias, dout, _ = make_inputs(c, seed=7)
+    x_bias = torch.randn(c.shape[-1], generator=torch.Generator().manual_seed(8))
+    dtotal = torch.randn(c.shape, generator=torch.Generator().manual_seed(9)) if c.dtotal else None
+    (out, total), (dx, dxb, dres, dw, db) = _run_with_x_bias(any_target, x, x_bias, residual, weight, bias, dout,
+                                                             dtotal)
+    d = lambda t: None if t is None else t.double()  # noqa: E731
+    out_ref, total_ref = ln.add_layer_norm_naive(d(x), d(residual), d(weight), d(bias), 1e-5, d(x_bias))
+    dt_ref, dw_ref, db_ref = ln.add_layer_norm_backward_naive(d(dout), d(dtotal), total_ref, d(weight), 1e-5)
+    tol = any_target.tolerance(torch.float32)
+    assert_matches(out, out_ref, tol, "out")
+    assert_matches(total, total_ref, tol, "total")
+    assert_matches(dx, dt_ref, tol, "dx")
+    assert_matches(dxb, dt_ref.sum(tuple(range(dt_ref.dim() - 1))), tol, "dx_bias")
+    if residual is not None:
+        assert torch.equal(dres, dx)
+    if weight is not None:
+        assert_matches(dw, dw_ref, tol, "dweight")
+    if bias is not None:
+        assert_matches(db, db_ref, tol, "dbias")
+
+
+@every_isa
+@pytest.mark.parametrize("shape", [(7, 96), (7, 37)])
+def test_x_bias_rows_and_their_sum(target, shape):
+    """With x_bias, a row still comes out bit for bit as it does alone (the kernels' four-row and
+    two-row paths against the one-row one), total is formed as (x + x_bias) + residual in fp32, and
+    dx_bias is dx's rows added one after another (one chunk of rows here)."""
+    x, residual, weight, bias, dout, dtotal = make_inputs(Case(shape), seed=11)
+    x_bias = torch.randn(shape[-1], generator=torch.Generator().manual_seed(12))
+    (out, total), (dx, dxb, *_) = _run_with_x_bias(target, x, x_bias, residual, weight, bias, dout, dtotal)
+    assert torch.equal(total, (x + x_bias) + residual)
+    for r in range(shape[0]):
+        row = [x[r:r + 1], x_bias, residual[r:r + 1], weight, bias, dout[r:r + 1], dtotal[r:r + 1]]
+        (out_r, total_r), (dx_r, *_) = _run_with_x_bias(target, *row)
+        assert torch.equal(out_r, out[r:r + 1]) and torch.equal(total_r, total[r:r + 1]), r
+        assert torch.equal(dx_r, dx[r:r + 1]), r
+    running = torch.zeros(shape[-1])
+    for r in range(shape[0]):
+        running = running + dx[r]
+    if target.backend != "reference":  # torch's sum (the reference's autograd) adds in its own order
+        assert torch.equal(dxb, running)
+
+
 def test_oracle_backward_is_autograd_through_the_forward():
     x, residual, weight, bias, dout, dtotal = (t.double() if t is not None else None
                                                for t in make_inputs(Case((6, 11))))
@@ -151,6 +224,19 @@ def test_opcheck(case):
 
 
 @needs_cpu
+def test_opcheck_with_x_bias():
+    x, residual, weight, bias, dout, dtotal = make_inputs(CASES["odd-N-3d"])
+    x_bias = torch.randn(x.shape[-1])
+    for res in (residual, None):
+        args = [t.clone().requires_grad_() if t is not None else None for t in (x, res, weight, bias)]
+        torch.library.opcheck(torch.ops.pyneuro.add_layer_norm_fwd.default,
+                              (*args, 1e-5, x_bias.clone().requires_grad_()))
+        _out, total, shift, rstd = torch.ops.pyneuro.add_layer_norm_fwd(x, res, weight, bias, 1e-5, x_bias)
+        torch.library.opcheck(torch.ops.pyneuro.add_layer_norm_bwd.default,
+                              (dout, dtotal, total, shift, rstd, weight, True, True))
+
+
+@needs_cpu
 def test_gradient_comes_from_the_cpp_node():
     x, residual, weight, bias, *_ = make_inputs(CASES["transformer"])
     out, total = add_layer_norm(x.requires_grad_(), residual, weight, bias, backend="cpu")
@@ -202,6 +288,8 @@ def test_cpu_backend_refuses_other_dtypes_by_name():
     (dict(bias=[0.0, 0.0, 0.0]), TypeError, "bias must be a torch.Tensor or None"),
     (dict(eps=-1.0), ValueError, "eps must be a finite number >= 0"),
     (dict(eps="small"), TypeError, "eps must be a number"),
+    (dict(x_bias=torch.zeros(2)), ValueError, "x_bias must have"),
+    (dict(x_bias=torch.zeros(3, dtype=torch.float64)), TypeError, "x_bias must have x's dtype"),
 ])
 def test_bad_arguments_are_named(kwargs, error, fragment):
     args = dict(x=torch.zeros(2, 3), residual=None, weight=None, bias=None, eps=1e-5)
@@ -219,3 +307,5 @@ def test_the_cpp_op_names_its_arguments_too():
         op(torch.zeros(2, 3, dtype=torch.float64), None, None, None, 1e-5)
     with pytest.raises(ValueError, match="weight must have shape"):
         op(torch.zeros(2, 3), None, torch.zeros(2), None, 1e-5)
+    with pytest.raises(ValueError, match="x_bias must have shape"):
+        op(torch.zeros(2, 3), None, None, None, 1e-5, torch.zeros(2))
