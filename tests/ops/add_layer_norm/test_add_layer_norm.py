@@ -251,15 +251,17 @@ def test_gradient_comes_from_the_cpp_node():
 def test_torch_compile_fullgraph():
     torch._dynamo.reset()
     x, residual, weight, bias, *_ = make_inputs(CASES["odd-N-3d"])
+    x_bias = torch.randn(x.shape[-1])
 
-    def loss(x, residual, weight, bias):
+    def loss(x, residual, weight, bias, x_bias):
         out, total = add_layer_norm(x, residual, weight, bias, backend="cpu")
-        return out.square().sum() + (total * total.detach()).sum()
+        out2, total2 = add_layer_norm(out, total, weight, bias, backend="cpu", x_bias=x_bias)
+        return out2.square().sum() + (total2 * total2.detach()).sum()
 
-    leaves = [t.clone().requires_grad_() for t in (x, residual, weight, bias)]
+    leaves = [t.clone().requires_grad_() for t in (x, residual, weight, bias, x_bias)]
     want = torch.autograd.grad(loss(*leaves), leaves)
     got = torch.autograd.grad(torch.compile(loss, backend="aot_eager", fullgraph=True)(*leaves), leaves)
-    for name, g, w in zip(("dx", "dresidual", "dweight", "dbias"), got, want):
+    for name, g, w in zip(("dx", "dresidual", "dweight", "dbias", "dx_bias"), got, want):
         assert_matches(g, w, 1e-6, name)
 
 
