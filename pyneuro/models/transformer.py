@@ -1,6 +1,8 @@
 """Vision-Transformer-style classifier: P×P patches become tokens (16 for 7×7, 49 for 4×4), a class
 token is prepended, learned position embeddings are added, and pre-norm encoder layers (pyneuro
-attention, with its in-kernel attention dropout) mix them."""
+attention, with its in-kernel attention dropout) mix them. Only the class token is read out, so the
+last layer computes only that token's output (its keys and values still from every token; see
+pyneuro.nn.run_layers ``rows``): the same logits and gradients, about a third of that layer's work."""
 from __future__ import annotations
 
 import torch
@@ -13,11 +15,14 @@ from .registry import register
 
 class PatchTransformer(nn.Module):
     def __init__(self, patch_size=7, d_model=96, nhead=4, num_layers=4, dim_feedforward=192,
-                 dropout=0.1, attention_dropout=0.1, num_classes=10):
+                 dropout=0.1, attention_dropout=0.1, num_classes=10, class_token_only_last_layer=True):
         super().__init__()
         if not isinstance(patch_size, int) or patch_size < 1 or 28 % patch_size:
             raise ValueError(f"patch_size must divide 28, got {patch_size!r}")
         self.patch_size = patch_size
+        # False runs the last layer on every token and then takes the class token's row, as a model
+        # built on torch.nn.TransformerEncoderLayer must (the benchmark times both).
+        self.class_token_only_last_layer = bool(class_token_only_last_layer)
         tokens = (28 // patch_size) ** 2
         self.embed = nn.Linear(patch_size * patch_size, d_model)
         self.cls = nn.Parameter(torch.zeros(1, 1, d_model))
@@ -34,7 +39,8 @@ class PatchTransformer(nn.Module):
         return torch.cat([self.cls.expand(h.shape[0], -1, -1), h], dim=1) + self.pos
 
     def forward(self, x):
-        h, pending = run_layers(self.layers, self._tokens(x))  # residual adds inside the next layer norm
+        # Residual adds inside the next layer norm; the last layer's output at the class token only.
+        h, pending = run_layers(self.layers, self._tokens(x), rows=0 if self.class_token_only_last_layer else None)
         cls = add_pending(h[:, 0], pending, (slice(None), 0))
         return self.head(self.norm(cls))
 

@@ -182,6 +182,23 @@ class MultiheadAttention(nn.Module):
         out, _ = self._packed_self_attention(x, is_causal)
         return F.linear(out.reshape(x.shape), self.out_proj.weight)
 
+    def _self_attention_rows_without_out_bias(self, x, rows: slice) -> torch.Tensor:
+        """The rows ``rows`` (a slice of the token dim) of ``_self_attention_without_out_bias(x,
+        False)``: queries from those tokens only, keys and values from all. For batch-first x
+        (B, L, E); returns (B, len(rows), E). The q projection runs on those tokens alone and the k/v
+        projection as one GEMM, attended in its (B, L, 2, H, Dh) layout (strided head views, no copy)."""
+        self._check_inputs(x, x, x)
+        batch, length, embed = x.shape
+        weight, bias = self.in_proj_weight, self.in_proj_bias
+        q = F.linear(x[:, rows], weight[:embed], None if bias is None else bias[:embed])
+        kv = F.linear(x, weight[embed:], None if bias is None else bias[embed:])
+        kv = kv.view(batch, length, 2, self.num_heads, self.head_dim)
+        q = q.view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+        dropout_p = self.dropout if self.training else 0.0
+        out = attention(q, k, v, dropout_p=dropout_p, backend=self.backend).transpose(1, 2)
+        return F.linear(out.reshape(batch, -1, embed), self.out_proj.weight)
+
     @staticmethod
     def _attention_weights(q, k, causal: bool) -> torch.Tensor:
         """softmax(q kᵀ / sqrt(Dh)) per head, (B, H, Lq, Lk): only formed when asked for."""
@@ -258,14 +275,15 @@ class TransformerEncoderLayer(nn.Module):
         self.activation = activation
 
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False, *, pending=None,
-                defer_add=False):
+                defer_add=False, rows=None):
         """The layer's output; with ``defer_add=True`` the pair (stream, pending) instead (see
-        :meth:`forward_stream`), and ``pending`` a previous layer's such output to add first."""
+        :meth:`forward_stream`), and ``pending`` a previous layer's such output to add first;
+        ``rows`` the tokens whose output alone is wanted (see :meth:`forward_stream`)."""
         _reject_masks(type(self).__name__, src_mask=src_mask, src_key_padding_mask=src_key_padding_mask)
-        x, pending = self.forward_stream(src, pending, is_causal)
+        x, pending = self.forward_stream(src, pending, is_causal, rows)
         return (x, pending) if defer_add else add_pending(x, pending)
 
-    def forward_stream(self, x, pending=None, is_causal=False):
+    def forward_stream(self, x, pending=None, is_causal=False, rows=None):
         """The layer on the residual stream ``x + pending``, returned the same way: (stream, pending).
 
         ``pending`` (a :class:`Pending`, or a plain tensor) is a pre-norm layer's last sub-layer
@@ -273,17 +291,53 @@ class TransformerEncoderLayer(nn.Module):
         norm (pyneuro.ops.add_layer_norm: one pass for the add and the norm), linear2's bias with it.
         ``forward(src)`` is ``add_pending(*forward_stream(src))``; a post-norm layer returns pending
         None. Called through the module (``layer(x, pending=..., defer_add=True)``, as
-        :func:`run_layers` does), hooks see the call."""
+        :func:`run_layers` does), hooks see the call.
+
+        ``rows`` (an int or a slice of the token dim, batch-first input only) asks for the output at
+        those positions alone: (stream, pending) then hold just those tokens (the dim kept), the
+        same values as the whole output's rows. Their queries attend to every token's keys and
+        values, but the other tokens' queries, attention rows, out-projection, second norm and
+        feed-forward are never computed: the last layer of a model that reads only its class
+        token does about a third of the work (see :func:`run_layers`)."""
         if isinstance(pending, torch.Tensor):
             pending = Pending(pending)
+        token_dim = _token_dim(x, self.self_attn.batch_first)
+        rows = _rows_slice(rows, x.shape[token_dim])
+        if rows is not None and not (token_dim == 1 and not is_causal and self._folds_rows()):
+            # Anything the row path does not cover (causal masks, other layouts, a replaced or
+            # hooked attention module): the whole layer, then the rows.
+            return _take_rows(*self.forward_stream(x, pending, is_causal), rows, token_dim)
         if self.norm_first:
             h, x = self._add_pending_norm(self.norm1, x, pending)  # h = norm1(x + pending), x = x + pending
-            h, x = self._add_norm(self.norm2, *self._self_attention(h, is_causal), x)
+            if rows is None:
+                h, x = self._add_norm(self.norm2, *self._self_attention(h, is_causal), x)
+            else:
+                h, x = self._add_norm(self.norm2, *self._self_attention_rows(h, rows), x[:, rows])
             return x, Pending(*self._feed_forward(h))
         x = add_pending(x, pending)
-        x, _ = self._add_norm(self.norm1, *self._self_attention(x, is_causal), x)
+        if rows is None:
+            x, _ = self._add_norm(self.norm1, *self._self_attention(x, is_causal), x)
+        else:
+            x, _ = self._add_norm(self.norm1, *self._self_attention_rows(x, rows), x[:, rows])
         x, _ = self._add_norm(self.norm2, *self._feed_forward(x), x)
         return x, None
+
+    def _folds_rows(self) -> bool:
+        """Whether the attention can run on a subset of query rows: pyneuro's MultiheadAttention as
+        it is (no hooks), with a plain nn.Linear out_proj."""
+        attn = self.self_attn
+        return (type(attn) is MultiheadAttention and not _has_hooks(attn) and type(attn.out_proj) is nn.Linear
+                and not _has_hooks(attn.out_proj))
+
+    def _self_attention_rows(self, x, rows: slice):
+        """SA(x) at the tokens ``rows`` only, as (value, bias) like :meth:`_self_attention`."""
+        attn = self.self_attn
+        value = attn._self_attention_rows_without_out_bias(x, rows)
+        if attn.out_proj.bias is not None and self._folds_bias(attn.out_proj, self.dropout1, x):
+            return value, attn.out_proj.bias
+        if attn.out_proj.bias is not None:
+            value = value + attn.out_proj.bias
+        return self.dropout1(value), None
 
     @staticmethod
     def _add_norm(norm: nn.Module, x, x_bias, residual):
@@ -374,17 +428,55 @@ def add_pending(x, pending: Optional[Pending], index=None):
     return x
 
 
-def run_layers(layers, x, is_causal: bool = False):
+def _token_dim(x, batch_first: bool) -> int:
+    """The token dim of a layer's input: 1 for batch-first (B, L, E), else 0 ((L, B, E) or (L, E))."""
+    return 1 if batch_first and x.dim() == 3 else 0
+
+
+def _rows_slice(rows, length: int) -> Optional[slice]:
+    """``rows`` as a slice of a token dim of ``length`` (an int i becomes i:i+1), checked."""
+    if rows is None or isinstance(rows, slice):
+        if isinstance(rows, slice) and rows.step not in (None, 1):
+            raise ValueError(f"rows must be a slice with step 1, got {rows!r}")
+        return rows
+    if isinstance(rows, bool) or not isinstance(rows, int):
+        raise TypeError(f"rows must be an int or a slice, got {type(rows).__name__}")
+    if not -length <= rows < length:
+        raise ValueError(f"rows={rows} is out of range for {length} tokens")
+    rows %= length
+    return slice(rows, rows + 1)
+
+
+def _take_rows(x, pending: Optional[Pending], rows: slice, token_dim: int = 1):
+    """(x, pending) at the tokens ``rows`` of dim ``token_dim``."""
+    index = (slice(None), rows) if token_dim == 1 else (rows,)
+    if pending is not None:
+        pending = Pending(pending.value[index], pending.bias)
+    return x[index], pending
+
+
+def run_layers(layers, x, is_causal: bool = False, *, rows=None):
     """Encoder layers one after another on the residual stream: (stream, pending), their sum
     (:func:`add_pending`) being the last layer's output. pyneuro's layers go through
     ``forward_stream``, so that each residual add happens inside the next layer norm; any other
-    layer (torch.nn's) is called on the summed stream."""
+    layer (torch.nn's) is called on the summed stream.
+
+    ``rows`` (an int or a slice of the token dim of batch-first x): return the output at those
+    tokens only (the dim kept). A classifier that reads its class token passes ``rows=0``; then the
+    last layer computes only that token's query, attention row, out-projection, norm and
+    feed-forward (keys and values still from every token): the same values, about a third of that
+    layer's work at 17 tokens. Any other last layer (torch.nn's) runs whole and is then indexed."""
     pending = None
-    for layer in layers:
+    for index, layer in enumerate(layers):
+        last = rows is not None and index == len(layers) - 1
         if isinstance(layer, TransformerEncoderLayer):
-            x, pending = layer(x, is_causal=is_causal, pending=pending, defer_add=True)
+            x, pending = layer(x, is_causal=is_causal, pending=pending, defer_add=True, rows=rows if last else None)
         else:
             x, pending = layer(add_pending(x, pending), is_causal=is_causal), None
+            if last:
+                x, pending = _take_rows(x, None, _rows_slice(rows, x.shape[1]))
+    if rows is not None and len(layers) == 0:
+        x, pending = _take_rows(x, None, _rows_slice(rows, x.shape[1]))
     return x, pending
 
 

@@ -91,3 +91,17 @@ def test_bench_keeps_a_caller_that_flushes_flushing(capsys):
     finally:
         torch.set_flush_denormal(False)
     assert not _flushing_subnormals()
+
+
+def test_bench_mnist_times_the_transformer_with_its_last_layer_on_every_token_too(tmp_path, capsys):
+    """pyneuro's transformer runs its last layer on the class token only, which its torch.nn twin
+    cannot: the row also times the pyneuro model over every token, in the same rounds, and prints
+    that speedup next to the headline one."""
+    out = tmp_path / "transformer.json"
+    assert cli.main(["bench", "--mnist", "--models", "transformer", "--steps", "1", "--batch-size", "4",
+                     "--device", "cpu", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    best = max(row["torch_nn_samples_per_s"], row.get("torch_nn_flush_denormal_samples_per_s", 0.0))
+    assert row["pyneuro_all_rows_samples_per_s"] > 0
+    assert row["speedup_all_rows"] == row["pyneuro_all_rows_samples_per_s"] / best
+    assert "last layer on every token" in capsys.readouterr().out

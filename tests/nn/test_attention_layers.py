@@ -371,3 +371,94 @@ def test_transformer_model_layers_appear_in_its_architecture():
     model = get("transformer").build()
     names = [call.name for call in trace_layers(model, torch.zeros(2, 16, 49))]
     assert any(name.startswith("layers.0") for name in names), names
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", ["pre-norm-gelu", "post-norm-relu", "no-bias"])
+@pytest.mark.parametrize("rows", [0, -1, slice(2, 5)], ids=["first", "last", "2:5"])
+def test_encoder_layer_rows_are_the_whole_outputs_rows(case, rows, dtype):
+    """forward(..., rows=...) computes only those tokens' outputs (queries from them, keys and values
+    from all): the same values as the whole output's rows, and the same gradients of everything (the
+    input's other tokens get theirs through the keys and values), pending sums included."""
+    _, ours = encoder_layer_pair(dtype=dtype, **ENCODER_CASES[case])
+    x = torch.randn(BATCH, L, E, dtype=dtype, requires_grad=True)
+    incoming = pn.Pending(torch.randn(BATCH, L, E, dtype=dtype, requires_grad=True),
+                          torch.randn(E, dtype=dtype, requires_grad=True))
+    index = (slice(None), slice(rows, rows + 1 if rows != -1 else None) if isinstance(rows, int) else rows)
+    whole = pn.add_pending(*ours(x, pending=incoming, defer_add=True))[index]
+    part = pn.add_pending(*ours(x, pending=incoming, defer_add=True, rows=rows))
+    assert part.shape == whole.shape
+    torch.testing.assert_close(part, whole, **TOL[dtype])
+    leaves = [x, *incoming, *ours.parameters()]
+    cot = torch.randn_like(whole)
+    for a, b in zip(torch.autograd.grad(part, leaves, cot), torch.autograd.grad(whole, leaves, cot)):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+def test_encoder_layer_rows_skip_the_other_tokens_work():
+    """Only the asked-for tokens reach the out-projection's successors: linear1 sees one row per
+    batch element with rows=0, every row without."""
+    _, ours = encoder_layer_pair(dtype=torch.float32, norm_first=True, activation="gelu")
+    seen = []
+    ours.linear1.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
+    x = torch.randn(BATCH, L, E)
+    ours(x, rows=0)
+    ours(x)
+    assert seen == [(BATCH, 1, E), (BATCH, L, E)]
+
+
+@pytest.mark.parametrize("how", ["causal", "seq-first", "hooked-attention", "torch-last-layer"])
+def test_rows_fall_back_to_the_whole_layer_where_the_row_path_does_not_apply(how):
+    """Causal masks, a sequence-first layer, a hooked attention module and a torch.nn last layer in
+    run_layers: the whole layer runs, then its rows are taken: the same values as asked."""
+    theirs, ours = encoder_layer_pair(norm_first=True, batch_first=how != "seq-first")
+    x = torch.randn((L, BATCH, E) if how == "seq-first" else (BATCH, L, E), dtype=torch.float64)
+    causal = how == "causal"
+    if how == "hooked-attention":
+        ours.self_attn.register_forward_hook(lambda *a: None)
+    if how == "torch-last-layer":
+        stream, pending = pn.run_layers([ours, theirs], x, rows=3)
+        torch.testing.assert_close(pn.add_pending(stream, pending), theirs(ours(x))[:, 3:4], **TOL[torch.float64])
+        return
+    whole = ours(x, is_causal=causal)
+    part = ours(x, is_causal=causal, rows=3)
+    expected = whole[3:4] if how == "seq-first" else whole[:, 3:4]
+    torch.testing.assert_close(part, expected, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("rows, error, match", [
+    ("0", TypeError, "rows must be an int or a slice"),
+    (True, TypeError, "rows must be an int or a slice"),
+    (L, ValueError, "rows=7 is out of range for 7 tokens"),
+    (slice(0, 4, 2), ValueError, "rows must be a slice with step 1"),
+])
+def test_bad_rows_are_refused_by_name(rows, error, match):
+    _, ours = encoder_layer_pair()
+    with pytest.raises(error, match=match):
+        ours(torch.randn(BATCH, L, E, dtype=torch.float64), rows=rows)
+
+
+def test_transformer_model_runs_its_last_layer_on_the_class_token_only():
+    """The classifier reads only the class token, so its last layer computes only that token (the
+    earlier ones every token): the same logits and gradients as with the last layer over every
+    token (fp64), and the last layer's feed-forward sees one token per image."""
+    import copy
+
+    from pyneuro.models.registry import get
+
+    torch.manual_seed(0)
+    model = get("transformer").build(num_layers=2).double()
+    whole = copy.deepcopy(model)
+    whole.class_token_only_last_layer = False
+    x = torch.randn(3, 16, 49, dtype=torch.float64)
+    seen = []
+    for layer in model.layers:
+        layer.linear1.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    logits, expected = model(x), whole(x)
+    assert seen == [17, 1]
+    torch.testing.assert_close(logits, expected, atol=1e-12, rtol=1e-10)
+    cot = torch.randn_like(logits)
+    grads = torch.autograd.grad(logits, list(model.parameters()), cot)
+    grads_whole = torch.autograd.grad(expected, list(whole.parameters()), cot)
+    for (name, _), a, b in zip(model.named_parameters(), grads, grads_whole):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10, msg=lambda m, name=name: f"{name}: {m}")
