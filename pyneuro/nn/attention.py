@@ -490,9 +490,11 @@ class TransformerEncoder(nn.Module):
         self.num_layers = num_layers
         self.norm = norm
 
-    def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=False):
+    def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=False, *, rows=None):
+        """The stack's output; with ``rows`` (an int or a slice of the token dim, batch-first src)
+        only at those tokens, the last layer computing no other (see :func:`run_layers`)."""
         _reject_masks(type(self).__name__, mask=mask, src_key_padding_mask=src_key_padding_mask)
-        x, pending = run_layers(self.layers, src, is_causal)
+        x, pending = run_layers(self.layers, src, is_causal, rows=rows)
         if self.norm is None:
             return add_pending(x, pending)
         return TransformerEncoderLayer._add_pending_norm(self.norm, x, pending)[0]  # the last add inside the norm

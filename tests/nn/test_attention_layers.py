@@ -462,3 +462,17 @@ def test_transformer_model_runs_its_last_layer_on_the_class_token_only():
     grads_whole = torch.autograd.grad(expected, list(whole.parameters()), cot)
     for (name, _), a, b in zip(model.named_parameters(), grads, grads_whole):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_encoder_stack_rows_match_the_whole_outputs_rows():
+    """TransformerEncoder(..., rows=0): the stack's output (final norm included) at the first token
+    only, equal to the whole output's first row, gradients too."""
+    _, ours_layer = encoder_layer_pair(norm_first=True, activation="gelu")
+    ours = pn.TransformerEncoder(ours_layer, 3, norm=nn.LayerNorm(E, dtype=torch.float64)).eval()
+    x = torch.randn(BATCH, L, E, dtype=torch.float64, requires_grad=True)
+    part, whole = ours(x, rows=0), ours(x)[:, :1]
+    torch.testing.assert_close(part, whole, **TOL[torch.float64])
+    cot = torch.randn_like(whole)
+    leaves = [x, *ours.parameters()]
+    for a, b in zip(torch.autograd.grad(part, leaves, cot), torch.autograd.grad(whole, leaves, cot)):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
