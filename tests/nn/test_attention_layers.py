@@ -462,6 +462,8 @@ def test_transformer_model_runs_its_last_layer_on_the_class_token_only():
     grads_whole = torch.autograd.grad(expected, list(whole.parameters()), cot)
     for (name, _), a, b in zip(model.named_parameters(), grads, grads_whole):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10, msg=lambda m, name=name: f"{name}: {m}")
+    with pytest.raises(TypeError, match="class_token_only_last_layer must be a bool"):
+        get("transformer").build(class_token_only_last_layer="false")  # a string would read as True
 
 
 def test_encoder_stack_rows_match_the_whole_outputs_rows():
