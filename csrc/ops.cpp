@@ -28,7 +28,8 @@ TORCH_LIBRARY(pyneuro, m) {
       {at::Tag::pt2_compliant_tag});
   m.def(
       "lstm_bwd(Tensor dy, Tensor? dh_n, Tensor? dc_n, Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, "
-      "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, Tensor reserve) -> (Tensor dx, Tensor dh0, Tensor dc0, "
+      "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, Tensor reserve, bool input_grad=True) -> (Tensor dx, Tensor dh0, "
+      "Tensor dc0, "
       "Tensor dw_ih, Tensor dw_hh, Tensor db_ih, Tensor db_hh, Tensor dw_hr)",
       {at::Tag::pt2_compliant_tag});
   m.def(
@@ -37,7 +38,8 @@ TORCH_LIBRARY(pyneuro, m) {
       {at::Tag::pt2_compliant_tag});
   m.def(
       "gru_bwd(Tensor dy, Tensor? dh_n, Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
-      "Tensor? b_hh, Tensor reserve) -> (Tensor dx, Tensor dh0, Tensor dw_ih, Tensor dw_hh, Tensor db_ih, "
+      "Tensor? b_hh, Tensor reserve, bool input_grad=True) -> (Tensor dx, Tensor dh0, Tensor dw_ih, Tensor dw_hh, "
+      "Tensor db_ih, "
       "Tensor db_hh)",
       {at::Tag::pt2_compliant_tag});
   m.def(
@@ -46,7 +48,8 @@ TORCH_LIBRARY(pyneuro, m) {
       {at::Tag::pt2_compliant_tag});
   m.def(
       "rnn_bwd(Tensor dy, Tensor? dh_n, Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
-      "Tensor? b_hh, Tensor reserve, bool relu) -> (Tensor dx, Tensor dh0, Tensor dw_ih, Tensor dw_hh, "
+      "Tensor? b_hh, Tensor reserve, bool relu, bool input_grad=True) -> (Tensor dx, Tensor dh0, Tensor dw_ih, "
+      "Tensor dw_hh, "
       "Tensor db_ih, Tensor db_hh)",
       {at::Tag::pt2_compliant_tag});
   m.def(
@@ -55,7 +58,8 @@ TORCH_LIBRARY(pyneuro, m) {
       {at::Tag::pt2_compliant_tag});
   m.def(
       "leaky_bwd(Tensor dh, Tensor? du_n, Tensor x, Tensor u0, Tensor w_ih, Tensor w_hh, Tensor? bias, "
-      "Tensor tau, Tensor reserve) -> (Tensor dx, Tensor du0, Tensor dw_ih, Tensor dw_hh, Tensor dbias, "
+      "Tensor tau, Tensor reserve, bool input_grad=True) -> (Tensor dx, Tensor du0, Tensor dw_ih, Tensor dw_hh, "
+      "Tensor dbias, "
       "Tensor dtau)",
       {at::Tag::pt2_compliant_tag});
 

@@ -213,7 +213,7 @@ struct Bwd {
 Bwd backward(const char* op, RnnCellKind cell, const at::Tensor& dy, const OptT& dlast, const OptT& dc_n,
              const at::Tensor& x, const at::Tensor& state0, const OptT& c0, const at::Tensor& w_ih,
              const at::Tensor& w_hh, const OptT& b_ih, const OptT& b_hh, const OptT& extra,
-             const at::Tensor& reserve) {
+             const at::Tensor& reserve, bool input_grad) {
   const RnnCell sc = shared_cell(cell);
   const RnnShape s = pyneuro::check_rnn_fwd(op, sc, x, state0, c0, w_ih, w_hh, b_ih, b_hh, extra);
   pyneuro::check_rnn_bwd(op, sc, s, x, dy, dlast, dc_n, reserve);
@@ -307,7 +307,8 @@ Bwd backward(const char* op, RnnCellKind cell, const at::Tensor& dy, const OptT&
   }
   g.dc0 = lstm ? carry.to(xdt) : absent();
   const at::Tensor dA2 = dA.view({int64_t(T) * B, G * H}), dS2 = dS.view({int64_t(T) * B, G * H});
-  g.dx = at::mm(dA2, w_ih.to(at::kFloat)).view({T, B, I}).to(xdt);
+  // dx only when asked for (a first layer's input needs none): one GEMM less.
+  g.dx = input_grad ? at::mm(dA2, w_ih.to(at::kFloat)).view({T, B, I}).to(xdt) : absent();
   g.dw_ih = at::mm(dA2.t(), x.view({int64_t(T) * B, I}).to(at::kFloat)).to(xdt);
   g.dw_hh = at::mm(dS2.t(), hprev.view({int64_t(T) * B, R})).to(xdt);
   g.db_ih = b_ih.has_value() ? dA2.sum(0).to(xdt) : absent();
@@ -333,8 +334,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_fwd_cuda(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 lstm_bwd_cuda(const at::Tensor& dy, const OptT& dh_n, const OptT& dc_n, const at::Tensor& x, const at::Tensor& h0,
               const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh, const OptT& b_ih,
-              const OptT& b_hh, const OptT& w_hr, const at::Tensor& reserve) {
-  Bwd g = backward("lstm_bwd", RnnCellKind::kLstm, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reserve);
+              const OptT& b_hh, const OptT& w_hr, const at::Tensor& reserve, bool input_grad) {
+  Bwd g = backward("lstm_bwd", RnnCellKind::kLstm, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reserve,
+                   input_grad);
   return {g.dx, g.dstate0, g.dc0, g.dw_ih, g.dw_hh, g.db_ih, g.db_hh, g.dextra};
 }
 
@@ -347,9 +349,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_fwd_cuda(const at::Tensor& x,
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_bwd_cuda(
     const at::Tensor& dy, const OptT& dh_n, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, const OptT& b_ih, const OptT& b_hh, const at::Tensor& reserve) {
+    const at::Tensor& w_hh, const OptT& b_ih, const OptT& b_hh, const at::Tensor& reserve, bool input_grad) {
   Bwd g = backward("gru_bwd", RnnCellKind::kGru, dy, dh_n, std::nullopt, x, h0, std::nullopt, w_ih, w_hh, b_ih, b_hh,
-                   std::nullopt, reserve);
+                   std::nullopt, reserve, input_grad);
   return {g.dx, g.dstate0, g.dw_ih, g.dw_hh, g.db_ih, g.db_hh};
 }
 
@@ -363,9 +365,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_fwd_cuda(const at::Tensor& x,
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_bwd_cuda(
     const at::Tensor& dy, const OptT& dh_n, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, const OptT& b_ih, const OptT& b_hh, const at::Tensor& reserve, bool relu) {
+    const at::Tensor& w_hh, const OptT& b_ih, const OptT& b_hh, const at::Tensor& reserve, bool relu,
+    bool input_grad) {
   Bwd g = backward("rnn_bwd", relu ? RnnCellKind::kRnnRelu : RnnCellKind::kRnnTanh, dy, dh_n, std::nullopt, x, h0,
-                   std::nullopt, w_ih, w_hh, b_ih, b_hh, std::nullopt, reserve);
+                   std::nullopt, w_ih, w_hh, b_ih, b_hh, std::nullopt, reserve, input_grad);
   return {g.dx, g.dstate0, g.dw_ih, g.dw_hh, g.db_ih, g.db_hh};
 }
 
@@ -378,9 +381,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> leaky_fwd_cuda(const at::Tensor& 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> leaky_bwd_cuda(
     const at::Tensor& dh, const OptT& du_n, const at::Tensor& x, const at::Tensor& u0, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, const OptT& bias, const at::Tensor& tau, const at::Tensor& reserve) {
+    const at::Tensor& w_hh, const OptT& bias, const at::Tensor& tau, const at::Tensor& reserve, bool input_grad) {
   Bwd g = backward("leaky_bwd", RnnCellKind::kLeaky, dh, du_n, std::nullopt, x, u0, std::nullopt, w_ih, w_hh, bias,
-                   std::nullopt, tau, reserve);
+                   std::nullopt, tau, reserve, input_grad);
   return {g.dx, g.dstate0, g.dw_ih, g.dw_hh, g.db_ih, g.dextra};
 }
 

@@ -456,15 +456,22 @@ def test_glue_forward_backward(glue_ops, emu, monkeypatch, variant, dtype, path)
     if cell == "lstm":
         assert_close("c_n", out[2], ec, dtype)
     dy, dh_n, dc_n = cot["dy"], cot["dh_n"], cot.get("dc_n")
-    if cell == "lstm":
-        got = glue_ops.lstm_bwd(dy, dh_n, dc_n, *args, reserve)
-    elif cell == "rnn":
-        got = glue_ops.rnn_bwd(dy, dh_n, *args[:6], reserve, args[6])
-    else:
-        got = getattr(glue_ops, f"{cell}_bwd")(dy, dh_n, *args, reserve)
+    def backward(input_grad):
+        if cell == "lstm":
+            return glue_ops.lstm_bwd(dy, dh_n, dc_n, *args, reserve, input_grad)
+        if cell == "rnn":
+            return glue_ops.rnn_bwd(dy, dh_n, *args[:6], reserve, args[6], input_grad)
+        return getattr(glue_ops, f"{cell}_bwd")(dy, dh_n, *args, reserve, input_grad)
+
+    got = backward(True)
     want = oracle_backward(kernel_cell, i, reserve, cot)
     for (name, e), g in zip(want.items(), got):
         assert_close(name, g, e, dtype)
+    # input_grad=False: dx absent (empty), every other gradient as before, bit for bit.
+    without = backward(False)
+    assert without[0].numel() == 0
+    for g, h in zip(got[1:], without[1:]):
+        assert torch.equal(g, h)
 
 
 @pytest.mark.slow

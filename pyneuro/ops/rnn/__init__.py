@@ -116,6 +116,11 @@ class _Cell:
     fake_outputs: Callable  # (tensor args) -> [(shape, dtype)] of the forward's outputs, reserve last
 
     @property
+    def n_flags(self) -> int:
+        """The forward's non-tensor arguments (the Elman cell's ``relu``)."""
+        return self.fwd_schema.count("bool ")
+
+    @property
     def n_outputs(self) -> int:
         """The differentiable outputs (all but the reserve): y and the final state(s)."""
         return 3 if self.name == "lstm" else 2
@@ -180,10 +185,15 @@ def _fake_fwd_for(cell: _Cell):
     return fake
 
 
-def _fake_bwd_for(cell: _Cell):
+def _fake_bwd_for(cell: _Cell, takes_input_grad: bool = False):
+    """The backward's output shapes: each tensor input's, an absent one's (0,); with
+    ``takes_input_grad`` (the C++ ops' trailing ``input_grad`` flag) dx (0,) when it is False."""
     def fake(*args):
         x = args[cell.n_outputs]  # after the gradients of the differentiable outputs
-        inputs = args[cell.n_outputs:cell.n_outputs + cell.n_tensors]
+        inputs = list(args[cell.n_outputs:cell.n_outputs + cell.n_tensors])
+        if takes_input_grad and len(args) > cell.n_outputs + cell.n_tensors + 1 + cell.n_flags \
+                and not args[-1]:
+            inputs[0] = None
         return tuple(t.new_empty(t.shape) if t is not None else x.new_empty((0,)) for t in inputs)
 
     return fake
@@ -203,9 +213,10 @@ def _setup_context_for(cell: _Cell):
     return setup_context
 
 
-def _backward_for(cell: _Cell, bwd_op):
+def _backward_for(cell: _Cell, bwd_op, takes_input_grad: bool = False):
     """Gradients into every tensor input from y and from the final states; the reserve is
-    internal and not differentiable."""
+    internal and not differentiable. With ``takes_input_grad`` (the C++ ops) the backward is told
+    whether x needs its gradient, and skips the dx GEMM when not (a first layer's input)."""
 
     def backward(ctx, *grads):
         *saved, reserve = ctx.saved_tensors
@@ -213,15 +224,21 @@ def _backward_for(cell: _Cell, bwd_op):
         dy, *dstates = grads[:-1]
         dy = x.new_zeros(ctx.y_shape) if dy is None else dy.to(x.dtype).contiguous()
         dstates = [None if d is None else d.to(x.dtype).contiguous() for d in dstates]
-        result = bwd_op(dy, *dstates, *saved, reserve, *ctx.flags)
-        return (*(g if t is not None else None for g, t in zip(result, saved)), *(None for _ in ctx.flags))
+        need_dx = ctx.needs_input_grad[0]
+        extra = (need_dx,) if takes_input_grad else ()
+        result = bwd_op(dy, *dstates, *saved, reserve, *ctx.flags, *extra)
+        wanted = (need_dx, *(True for _ in saved[1:]))
+        return (*(g if t is not None and want else None for g, t, want in zip(result, saved, wanted)),
+                *(None for _ in ctx.flags))
 
     return backward
 
 
-def _register_pair(cell: _Cell, fwd, bwd, bwd_callable) -> None:
-    _backends.register_kernel_pair(cell.name, fwd, bwd, fake_fwd=_fake_fwd_for(cell), fake_bwd=_fake_bwd_for(cell),
-                                   setup_context=_setup_context_for(cell), backward=_backward_for(cell, bwd_callable))
+def _register_pair(cell: _Cell, fwd, bwd, bwd_callable, takes_input_grad: bool = False) -> None:
+    _backends.register_kernel_pair(cell.name, fwd, bwd, fake_fwd=_fake_fwd_for(cell),
+                                   fake_bwd=_fake_bwd_for(cell, takes_input_grad),
+                                   setup_context=_setup_context_for(cell),
+                                   backward=_backward_for(cell, bwd_callable, takes_input_grad))
 
 
 def _has_compiled(name: str) -> bool:
@@ -232,8 +249,9 @@ _TRITON_FWD: dict[str, object] = {}
 for _cell in CELLS.values():
     # The C++ ops (cpu and, when built, cuda) exist once pyneuro._C is loaded.
     if _has_compiled(f"{_cell.name}_fwd"):
+        # The C++ backwards take a trailing `input_grad` flag (csrc/ops.cpp); Triton's do not.
         _register_pair(_cell, f"pyneuro::{_cell.name}_fwd", f"pyneuro::{_cell.name}_bwd",
-                       getattr(torch.ops.pyneuro, f"{_cell.name}_bwd").default)
+                       getattr(torch.ops.pyneuro, f"{_cell.name}_bwd").default, takes_input_grad=True)
     _fwd = _backends.triton_custom_op(f"pyneuro::{_cell.name}_fwd_triton", _cell.fwd_schema, _TRITON_MODULE,
                                       f"{_cell.name}_fwd")
     _bwd = _backends.triton_custom_op(f"pyneuro::{_cell.name}_bwd_triton", _cell.bwd_schema, _TRITON_MODULE,

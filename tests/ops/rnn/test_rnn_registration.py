@@ -35,6 +35,44 @@ def test_opcheck(backend_target, variant, size, dtype):
     grads = [cot[n].to(backend_target.device) for n in v.out_names]
     for states in (grads[1:], [None] * (len(grads) - 1)):  # the final states' gradients present, absent
         torch.library.opcheck(bwd, (grads[0], *states, *plain, reserve.detach(), *v.flags))
+    if _takes_input_grad(bwd):  # the C++ backwards: dx skipped on request (fake shape (0,) then)
+        torch.library.opcheck(bwd, (grads[0], *grads[1:], *plain, reserve.detach(), *v.flags, False))
+
+
+def _takes_input_grad(op) -> bool:
+    return any(arg.name == "input_grad" for arg in op._schema.arguments)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_backward_without_input_grad_skips_dx_only(backend_target, variant):
+    """input_grad=False (what autograd passes when x needs no gradient, as for a first layer's
+    images): dx comes back absent and every other gradient bit for bit as with it; through
+    autograd, the weights' gradients are the same whether x requires grad or not."""
+    v = VARIANTS[variant]
+    fwd, bwd = raw_ops(backend_target, v.cell)
+    args = make_args(v, OPCHECK_SIZES["tiny"], dtype=torch.float32, device=backend_target.device, seed=5)
+    plain = [args[n] for n in v.arg_names]
+    *outs, reserve = fwd(*plain, *v.flags)
+    cot = make_cotangents(v, args, torch.float32)
+    grads = [cot[n].to(backend_target.device) for n in v.out_names]
+    if _takes_input_grad(bwd):
+        full = bwd(*grads, *plain, reserve, *v.flags)
+        without = bwd(*grads, *plain, reserve, *v.flags, False)
+        assert full[0].shape == plain[0].shape and without[0].numel() == 0
+        for k, (a, b) in enumerate(zip(full[1:], without[1:])):
+            assert torch.equal(a, b), f"output {k + 1}"
+    else:
+        assert backend_target.backend in ("triton", "reference"), bwd._schema  # every C++ op takes it
+
+    def weight_grads(x_requires_grad):
+        call = [None if t is None else t.clone().requires_grad_(k > 0 or x_requires_grad)
+                for k, t in enumerate(plain)]
+        *o, _ = fwd(*call, *v.flags)
+        leaves = [t for t in call[1:] if t is not None]
+        return torch.autograd.grad(sum((out * g).sum() for out, g in zip(o, grads)), leaves)
+
+    for a, b in zip(weight_grads(False), weight_grads(True)):
+        assert torch.equal(a, b)
 
 
 # ----------------------------------------------------------------------------------------------
