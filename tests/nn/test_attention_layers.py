@@ -478,3 +478,22 @@ def test_encoder_stack_rows_match_the_whole_outputs_rows():
     leaves = [x, *ours.parameters()]
     for a, b in zip(torch.autograd.grad(part, leaves, cot), torch.autograd.grad(whole, leaves, cot)):
         torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+@pytest.mark.slow
+def test_transformer_model_compiles_fullgraph_with_its_class_token_last_layer():
+    """torch.compile(fullgraph=True) traces the model with the row path (slices of the token dim,
+    attention with one query) and gives the eager logits and gradients."""
+    from pyneuro.models.registry import get
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = get("transformer").build(num_layers=2)
+    x = torch.randn(4, 16, 49)
+    expected = model(x)
+    grads = torch.autograd.grad(expected.square().sum(), list(model.parameters()))
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    got = compiled(x)
+    torch.testing.assert_close(got, expected, **TOL[torch.float32])
+    for a, b in zip(torch.autograd.grad(got.square().sum(), list(model.parameters())), grads):
+        torch.testing.assert_close(a, b, **TOL[torch.float32])
