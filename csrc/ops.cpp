@@ -29,8 +29,7 @@ TORCH_LIBRARY(pyneuro, m) {
   m.def(
       "lstm_bwd(Tensor dy, Tensor? dh_n, Tensor? dc_n, Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, "
       "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, Tensor reserve, bool input_grad=True) -> (Tensor dx, Tensor dh0, "
-      "Tensor dc0, "
-      "Tensor dw_ih, Tensor dw_hh, Tensor db_ih, Tensor db_hh, Tensor dw_hr)",
+      "Tensor dc0, Tensor dw_ih, Tensor dw_hh, Tensor db_ih, Tensor db_hh, Tensor dw_hr)",
       {at::Tag::pt2_compliant_tag});
   m.def(
       "gru_fwd(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) "
@@ -39,8 +38,7 @@ TORCH_LIBRARY(pyneuro, m) {
   m.def(
       "gru_bwd(Tensor dy, Tensor? dh_n, Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
       "Tensor? b_hh, Tensor reserve, bool input_grad=True) -> (Tensor dx, Tensor dh0, Tensor dw_ih, Tensor dw_hh, "
-      "Tensor db_ih, "
-      "Tensor db_hh)",
+      "Tensor db_ih, Tensor db_hh)",
       {at::Tag::pt2_compliant_tag});
   m.def(
       "rnn_fwd(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, bool relu) "
@@ -49,8 +47,7 @@ TORCH_LIBRARY(pyneuro, m) {
   m.def(
       "rnn_bwd(Tensor dy, Tensor? dh_n, Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
       "Tensor? b_hh, Tensor reserve, bool relu, bool input_grad=True) -> (Tensor dx, Tensor dh0, Tensor dw_ih, "
-      "Tensor dw_hh, "
-      "Tensor db_ih, Tensor db_hh)",
+      "Tensor dw_hh, Tensor db_ih, Tensor db_hh)",
       {at::Tag::pt2_compliant_tag});
   m.def(
       "leaky_fwd(Tensor x, Tensor u0, Tensor w_ih, Tensor w_hh, Tensor? bias, Tensor tau) "
@@ -59,8 +56,7 @@ TORCH_LIBRARY(pyneuro, m) {
   m.def(
       "leaky_bwd(Tensor dh, Tensor? du_n, Tensor x, Tensor u0, Tensor w_ih, Tensor w_hh, Tensor? bias, "
       "Tensor tau, Tensor reserve, bool input_grad=True) -> (Tensor dx, Tensor du0, Tensor dw_ih, Tensor dw_hh, "
-      "Tensor dbias, "
-      "Tensor dtau)",
+      "Tensor dbias, Tensor dtau)",
       {at::Tag::pt2_compliant_tag});
 
   // Attention in SDPA's layout, with grouped-query heads, causal masking, in-kernel dropout and the

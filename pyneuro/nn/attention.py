@@ -333,7 +333,7 @@ class TransformerEncoderLayer(nn.Module):
         """SA(x) at the tokens ``rows`` only, as (value, bias) like :meth:`_self_attention`."""
         attn = self.self_attn
         value = attn._self_attention_rows_without_out_bias(x, rows)
-        if attn.out_proj.bias is not None and self._folds_bias(attn.out_proj, self.dropout1, x):
+        if self._folds_bias(attn.out_proj, self.dropout1, x):  # implies a bias
             return value, attn.out_proj.bias
         if attn.out_proj.bias is not None:
             value = value + attn.out_proj.bias
@@ -468,15 +468,13 @@ def run_layers(layers, x, is_causal: bool = False, *, rows=None):
     layer's work at 17 tokens. Any other last layer (torch.nn's) runs whole and is then indexed."""
     pending = None
     for index, layer in enumerate(layers):
-        last = rows is not None and index == len(layers) - 1
         if isinstance(layer, TransformerEncoderLayer):
-            x, pending = layer(x, is_causal=is_causal, pending=pending, defer_add=True, rows=rows if last else None)
+            last_rows = rows if index == len(layers) - 1 else None
+            x, pending = layer(x, is_causal=is_causal, pending=pending, defer_add=True, rows=last_rows)
         else:
             x, pending = layer(add_pending(x, pending), is_causal=is_causal), None
-            if last:
-                x, pending = _take_rows(x, None, _rows_slice(rows, x.shape[1]))
-    if rows is not None and len(layers) == 0:
-        x, pending = _take_rows(x, None, _rows_slice(rows, x.shape[1]))
+    if rows is not None and not (len(layers) and isinstance(layers[-1], TransformerEncoderLayer)):
+        x, pending = _take_rows(x, pending, _rows_slice(rows, x.shape[1]))  # no layer, or torch.nn's last
     return x, pending
 
 
