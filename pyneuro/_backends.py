@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import numbers
 import os
 import sys
 import warnings
@@ -90,7 +91,7 @@ def limits(op: str) -> dict:
 
 
 def triton_interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return env("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @functools.lru_cache(maxsize=None)
@@ -185,6 +186,10 @@ class Op:
         self.example = example
         self._probed: dict[tuple, Optional[str]] = {}
         self._checked: dict[tuple, Optional[str]] = {}
+        # Per device type, the backends of the auto order whose machine-level status is None: a
+        # call then asks only ``supports`` (and the self-check) of them, in order. Small ops run in
+        # microseconds, so the choice must cost little more than a dict lookup.
+        self._auto_chains: dict[str, tuple[Backend, ...]] = {}
 
     # -- machine level -------------------------------------------------------------------------
     def status(self, backend: str, device: torch.device) -> Optional[str]:
@@ -196,7 +201,8 @@ class Op:
             return f"the {backend!r} backend of {self.name} does not run on {device.type} tensors"
         if device.type == "cuda" and not torch.cuda.is_available():
             return "no CUDA device is visible"
-        key = (backend, device.type, triton_interpret())
+        # Only Triton's probe depends on the interpreter setting (it may run on CPU tensors).
+        key = (backend, device.type, backend == "triton" and triton_interpret())
         if key not in self._probed:
             self._probed[key] = b.probe(device)
         return self._probed[key]
@@ -221,7 +227,7 @@ class Op:
         if torch.compiler.is_compiling():
             return None  # runs at the first eager call; tracing must not launch kernels
         dtype = _first_tensor_dtype(args)
-        key = (backend, str(device), dtype)
+        key = (backend, device, dtype)
         if key not in self._checked:
             self._checked[key] = None  # the check calls the backend itself: do not recurse
             try:
@@ -244,9 +250,17 @@ class Op:
             if problem is not None:
                 raise problem
             return self.backends[wanted]
-        for name, problem in self._auto_candidates(device, args):
+        chain = self._auto_chains.get(device.type)
+        if chain is None:
+            chain = self._auto_chains[device.type] = tuple(
+                self.backends[name] for name in AUTO_ORDER.get(device.type, ("reference",))
+                if name in self.backends and self.status(name, device) is None)
+        for b in chain:  # the same answers as _auto_candidates, without re-asking the machine
+            problem = b.supports(*args)
+            if problem is None and b.selfcheck:
+                problem = self._self_check_problem(b.name, device, args)
             if problem is None:
-                return self.backends[name]
+                return b
             if isinstance(problem, BackendSelfCheckError):
                 _warn_once(str(problem) + "; falling back to the next backend")
         raise BackendUnavailableError(f"{self.name}: no backend can run on {device.type} tensors here")
@@ -297,17 +311,37 @@ def reference_only(name: str, impl: Callable) -> Op:
 # ----------------------------------------------------------------------------------------------
 # Settings read from the environment (here only)
 # ----------------------------------------------------------------------------------------------
+# os.environ.get costs ~1.3 µs (key encoding through the Mapping ABC), a tenth of a small op's
+# kernel; the variables are read at every call (tests and users change them at run time), so read
+# the dict that os.environ keeps in step with the process environment, where CPython has one.
+_ENVIRON_BYTES = os.environ._data if os.name == "posix" and isinstance(getattr(os.environ, "_data", None), dict) else None
+
+
+def env(name: str, default: str) -> str:
+    """os.environ.get(name, default), cheaply."""
+    if _ENVIRON_BYTES is None:
+        return os.environ.get(name, default)
+    value = _ENVIRON_BYTES.get(name.encode())
+    return default if value is None else os.fsdecode(value)
+
+
 def requested_backend(backend: str) -> str:
     """The backend a call asks for: its argument, or PYNEURO_BACKEND when the argument is "auto"."""
     if backend == "auto":
-        backend = os.environ.get("PYNEURO_BACKEND", "auto") or "auto"
+        backend = env("PYNEURO_BACKEND", "auto") or "auto"
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
     return backend
 
 
 def selfcheck_enabled() -> bool:
-    return os.environ.get("PYNEURO_SELFCHECK", "1") not in ("0", "")
+    return env("PYNEURO_SELFCHECK", "1") not in ("0", "")
+
+
+def real_number(value) -> bool:
+    """A real number that is not a bool (the type checks of float arguments), fast for float/int."""
+    kind = type(value)
+    return kind is float or kind is int or (kind is not bool and isinstance(value, numbers.Real))
 
 
 _WARNED: set[str] = set()

@@ -23,6 +23,7 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _torch_module
 
 from .. import _backends
 from ..ops.attn import attention, attention_qkvpacked
@@ -405,9 +406,8 @@ class TransformerEncoderLayer(nn.Module):
 
 def _has_hooks(module: nn.Module) -> bool:
     """Whether a forward call of ``module`` would run hooks (its own or global ones)."""
-    from torch.nn.modules import module as torch_module
-    return bool(module._forward_hooks or module._forward_pre_hooks or torch_module._global_forward_hooks
-                or torch_module._global_forward_pre_hooks)
+    return bool(module._forward_hooks or module._forward_pre_hooks or _torch_module._global_forward_hooks
+                or _torch_module._global_forward_pre_hooks)
 
 
 class Pending(NamedTuple):

@@ -31,7 +31,6 @@ overhead on small heads); the Triton pair gets the same formula from ``_backward
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Optional
 
 import torch
@@ -61,39 +60,42 @@ BWD_SCHEMA = ("(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor ls
 # Validation (the error contract: ValueError for shapes and values, TypeError for types)
 # ----------------------------------------------------------------------------------------------
 def _check(q, k, v, causal, softmax_scale, dropout_p) -> None:
+    # Written for a few microseconds per call: attention on short sequences runs in tens of them.
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"attention: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 4:
             raise ValueError(f"attention: {name} must be 4-D (batch, heads, seq, head_dim), got shape {tuple(t.shape)}")
-        if t.dtype not in _FLOATS:
-            raise TypeError(f"attention: {name} must be a floating tensor, got {t.dtype}")
-    if not (q.dtype == k.dtype == v.dtype):
+    dtype = q.dtype
+    if dtype not in _FLOATS:
+        raise TypeError(f"attention: q must be a floating tensor, got {dtype}")
+    if not (dtype == k.dtype == v.dtype):
         raise TypeError(f"attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if k.shape != v.shape:
-        raise ValueError(f"attention: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
-    if q.shape[0] != k.shape[0]:
-        raise ValueError(f"attention: q and k must have the same batch size, got {q.shape[0]} and {k.shape[0]}")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"attention: q and k must have the same head_dim, got {q.shape[-1]} and {k.shape[-1]}")
-    if q.shape[-1] < 1:
-        raise ValueError(f"attention: head_dim (the last dimension of q, k, v) must be at least 1, got {q.shape[-1]}")
-    hq, hkv = q.shape[1], k.shape[1]
+    qs, ks = q.shape, k.shape
+    if ks != v.shape:
+        raise ValueError(f"attention: k and v must have the same shape, got {tuple(ks)} and {tuple(v.shape)}")
+    if qs[0] != ks[0]:
+        raise ValueError(f"attention: q and k must have the same batch size, got {qs[0]} and {ks[0]}")
+    if qs[3] != ks[3]:
+        raise ValueError(f"attention: q and k must have the same head_dim, got {qs[3]} and {ks[3]}")
+    if qs[3] < 1:
+        raise ValueError(f"attention: head_dim (the last dimension of q, k, v) must be at least 1, got {qs[3]}")
+    hq, hkv = qs[1], ks[1]
     if not (hq == hkv == 0 or (hkv > 0 and hq % hkv == 0)):
         raise ValueError(f"attention: the heads of q ({hq}) must be a multiple of the heads of k and v ({hkv}) "
                          "(grouped-query attention)")
-    if k.shape[2] < 1:
-        raise ValueError(f"attention: k and v must hold at least one key, got seq length {k.shape[2]}")
-    if not isinstance(causal, bool):
+    if ks[2] < 1:
+        raise ValueError(f"attention: k and v must hold at least one key, got seq length {ks[2]}")
+    if type(causal) is not bool:
         raise TypeError(f"attention: causal must be a bool, got {type(causal).__name__}")
     if softmax_scale is not None:
-        if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real):
+        if not _backends.real_number(softmax_scale):
             raise TypeError(f"attention: softmax_scale must be a number or None, got {type(softmax_scale).__name__}")
         if not (math.isfinite(softmax_scale) and softmax_scale > 0):
             raise ValueError(f"attention: softmax_scale must be a positive finite number or None, got {softmax_scale!r}")
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real) or not 0 <= dropout_p < 1:
+    if not (_backends.real_number(dropout_p) and 0 <= dropout_p < 1):
         raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p!r}")
 
 
@@ -212,7 +214,8 @@ def _contract_call(backend: str):
             except _backends.BackendUnavailableError:
                 pass  # no Triton here (or it failed its self-check): the CUDA tiled path takes any length
         fwd = _TRITON_FWD if backend == "triton" else torch.ops.pyneuro.attention_fwd.default
-        q, k, v = (_unit_last_stride(t) for t in (q, k, v))
+        if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+            q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
         return tuple(fwd(q, k, v, causal, scale, dropout_p, rng_state))
 
     return call

@@ -22,7 +22,6 @@ Its derivative is registered in C++ (csrc/autograd/layer_norm.cpp), as attention
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Optional
 
 import torch
@@ -46,27 +45,29 @@ def _fail(exc, msg):
 
 
 def _check(x, residual, weight, bias, eps, x_bias=None) -> None:
+    # Written for a few microseconds per call: the op runs in ~10 µs on a transformer's rows.
     if not isinstance(x, Tensor):
         _fail(TypeError, f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOATS:
-        _fail(TypeError, f"x must be a floating tensor, got {x.dtype}")
-    if x.dim() < 1 or x.shape[-1] < 1:
-        _fail(ValueError, f"x must have a last dimension of at least 1 (the normalised one), got shape {tuple(x.shape)}")
-    N = x.shape[-1]
-    for name, t, shape in (("residual", residual, tuple(x.shape)), ("weight", weight, (N,)), ("bias", bias, (N,)),
-                           ("x_bias", x_bias, (N,))):
+    dtype, device, shape = x.dtype, x.device, x.shape
+    if dtype not in _FLOATS:
+        _fail(TypeError, f"x must be a floating tensor, got {dtype}")
+    if len(shape) < 1 or shape[-1] < 1:
+        _fail(ValueError, f"x must have a last dimension of at least 1 (the normalised one), got shape {tuple(shape)}")
+    N = shape[-1]
+    for name, t in (("residual", residual), ("weight", weight), ("bias", bias), ("x_bias", x_bias)):
         if t is None:
             continue
         if not isinstance(t, Tensor):
             _fail(TypeError, f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
-        if t.dtype != x.dtype:
-            _fail(TypeError, f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
-        if t.device != x.device:
-            _fail(ValueError, f"{name} is on {t.device} but x is on {x.device}; all tensors must be on one device")
-        if tuple(t.shape) != shape:
+        if t.dtype != dtype:
+            _fail(TypeError, f"{name} must have x's dtype {dtype}, got {t.dtype}")
+        if t.device != device:
+            _fail(ValueError, f"{name} is on {t.device} but x is on {device}; all tensors must be on one device")
+        want = shape if name == "residual" else (N,)
+        if t.shape != want:
             what = "x's shape" if name == "residual" else "(N,) with N = x.shape[-1]"
-            _fail(ValueError, f"{name} must have {what} = {shape}, got {tuple(t.shape)}")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+            _fail(ValueError, f"{name} must have {what} = {tuple(want)}, got {tuple(t.shape)}")
+    if not _backends.real_number(eps):
         _fail(TypeError, f"eps must be a number, got {type(eps).__name__}")
     if not (math.isfinite(eps) and eps >= 0):
         _fail(ValueError, f"eps must be a finite number >= 0, got {eps!r}")
