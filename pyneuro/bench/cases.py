@@ -376,7 +376,43 @@ def bias_gelu_cases(device: torch.device, quick: bool):
                    "baseline": "torch", "contenders": contenders, "bytes": traffic[mode]}
 
 
+# ----------------------------------------------------------------------------- per-call cost
+def call_overhead_cases(device: torch.device, quick: bool):
+    """Each small op at a tiny shape, where its kernel does next to nothing: the time is what a call
+    costs on its way there (argument checks, the backend choice, the dispatcher, autograd's node),
+    the part that decides the speed of short-sequence models. Baseline: the torch call a user
+    would make instead (SDPA; the add and F.layer_norm; the add and F.gelu). Contender: pyneuro's
+    public function with backend "auto", as a model calls it."""
+    import torch.nn.functional as F
+
+    from pyneuro.ops import add_layer_norm, attention, bias_gelu
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 4, 8, generator=g).to(device) for _ in range(3))
+    x, residual = (torch.randn(4, 8, generator=g).to(device) for _ in range(2))
+    weight, bias = torch.ones(8, device=device), torch.randn(8, generator=g).to(device)
+    pairs = {
+        "attention": ({"B": 1, "H": 2, "L": 4, "Dh": 8}, (q, k, v),
+                      lambda q, k, v: F.scaled_dot_product_attention(q, k, v), attention),
+        "add_layer_norm": ({"rows": 4, "N": 8}, (x, residual, weight, bias),
+                           lambda x, r, w, b: F.layer_norm(x + r, (8,), w, b),
+                           lambda x, r, w, b: add_layer_norm(x, r, w, b)[0]),
+        "bias_gelu": ({"rows": 4, "N": 8}, (x, bias), lambda x, b: F.gelu(x + b), bias_gelu),
+    }
+    for op, (shape, inputs, torch_fn, ours) in pairs.items():
+        for mode in ("fwd", "fwd+bwd"):
+            contenders = {}
+            for name, fn in (("torch", torch_fn), ("pyneuro", ours)):
+                if mode == "fwd":
+                    contenders[name] = (lambda f=torch.no_grad()(fn), a=inputs: f(*a))  # wrapped once, not per call
+                else:
+                    leaves = [t.clone().requires_grad_() for t in inputs]
+                    contenders[name] = _fwd_bwd(lambda f=fn, lv=leaves: f(*lv), leaves)
+            yield {"op": f"call_overhead/{op}", "mode": mode, "dtype": "float32", "shape": shape,
+                   "baseline": "torch", "contenders": contenders}
+
+
 CASES = {"selective_scan": scan_cases, "attention": attention_cases, "attention_qkvpacked": attention_qkvpacked_cases,
          **{cell: _recurrent_cell_cases(cell) for cell in ("lstm", "gru", "rnn", "leaky")},
          "batch_norm_relu": batch_norm_relu_cases, "add_layer_norm": add_layer_norm_cases,
-         "bias_gelu": bias_gelu_cases}
+         "bias_gelu": bias_gelu_cases, "call_overhead": call_overhead_cases}
