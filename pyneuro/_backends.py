@@ -186,10 +186,10 @@ class Op:
         self.example = example
         self._probed: dict[tuple, Optional[str]] = {}
         self._checked: dict[tuple, Optional[str]] = {}
-        # Per device type, the backends of the auto order whose machine-level status is None: a
-        # call then asks only ``supports`` (and the self-check) of them, in order. Small ops run in
-        # microseconds, so the choice must cost little more than a dict lookup.
-        self._auto_chains: dict[str, tuple[Backend, ...]] = {}
+        # Per device type, the names of the auto order's backends whose machine-level status is
+        # None: a call then asks only ``supports`` (and the self-check) of them, in order. Small
+        # ops run in microseconds, so the choice must cost little more than a dict lookup.
+        self._auto_chains: dict[str, tuple[str, ...]] = {}
 
     # -- machine level -------------------------------------------------------------------------
     def status(self, backend: str, device: torch.device) -> Optional[str]:
@@ -253,12 +253,14 @@ class Op:
         chain = self._auto_chains.get(device.type)
         if chain is None:
             chain = self._auto_chains[device.type] = tuple(
-                self.backends[name] for name in AUTO_ORDER.get(device.type, ("reference",))
+                name for name in AUTO_ORDER.get(device.type, ("reference",))
                 if name in self.backends and self.status(name, device) is None)
-        for b in chain:  # the same answers as _auto_candidates, without re-asking the machine
+        backends = self.backends
+        for name in chain:  # the same answers as _auto_candidates, without re-asking the machine
+            b = backends[name]  # looked up per call: a test may swap a backend in
             problem = b.supports(*args)
             if problem is None and b.selfcheck:
-                problem = self._self_check_problem(b.name, device, args)
+                problem = self._self_check_problem(name, device, args)
             if problem is None:
                 return b
             if isinstance(problem, BackendSelfCheckError):

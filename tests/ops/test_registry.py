@@ -147,3 +147,18 @@ def test_a_pair_without_a_derivative_is_refused():
     for op in ("attention_packed_fwd", "add_layer_norm_fwd", "bias_gelu_fwd"):  # the pairs that rely on it have theirs
         if _backends.extension()[0] is not None:
             assert _backends._has_autograd_kernel(f"pyneuro::{op}")
+
+
+def test_auto_choice_is_cached_per_device_but_reads_the_backends_per_call(monkeypatch):
+    """The auto order's machine-available backends are worked out once per device type; which
+    Backend object runs, and whether it supports the arguments, is still read at every call."""
+    op, _ = _make_op(_double, selfcheck=False)
+    x = torch.ones(2)
+    assert op.select("auto", x.device, x).impl is _double
+    replacement = Backend("cpu", ("cpu",), _broken,
+                          supports=lambda x: TypeError("no fp64") if x.dtype == torch.float64 else None)
+    monkeypatch.setitem(op.backends, "cpu", replacement)
+    assert op.select("auto", x.device, x) is replacement
+    assert op.select("auto", x.device, x.double()).name == "reference"  # supports() asked per call
+    monkeypatch.setenv("PYNEURO_BACKEND", "reference")
+    assert op.select("auto", x.device, x).name == "reference"  # and the environment too
