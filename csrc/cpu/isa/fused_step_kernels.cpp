@@ -118,20 +118,22 @@ void micro_rows(int64_t rows, const Operand& o1, const Operand& o2, int64_t ldp,
 }
 static_assert(kRows == 6, "micro_rows dispatches up to 6 rows");
 
-// The GRU's forward product: x_t · [W_ir W_iz W_in] into accumulator vectors 0, 1, 2 and
-// h_{t-1} · [W_hr W_hz W_hn] into 0, 1, 3, so that r and z sum both while n keeps its input and
-// recurrent parts apart (n = tanh(x W_inᵀ + b_in + r (h W_hnᵀ + b_hn))). One vector of units; C
-// is a tile buffer of 4 vectors per row.
+// The GRU's forward product: x_t · [W_ir W_iz W_in] into C's vectors 0, 1, 2 and h_{t-1} ·
+// [W_hr W_hz W_hn] into 0, 1, 3, so that r and z sum both while n keeps its input and recurrent
+// parts apart (n = tanh(x W_inᵀ + b_in + r (h W_hnᵀ + b_hn))). One vector of units; C is a tile
+// buffer of 4 vectors per row. Each pass needs only 3 accumulators per row (n's input part is
+// stored before the recurrent pass reuses its registers), so MR rows take 3 MR registers: 4 rows
+// on AVX2/SSE make 12 independent FMA chains per k, enough to cover the FMA latency (5 cycles x 2
+// per cycle on Zen 2), where 3 rows of 4 accumulators left it 9.
 template <int MR>
 inline __attribute__((always_inline)) void micro_gru(const Operand& x, const Operand& h, int64_t ldp, float* C,
                                                      int64_t ldc) {
-  fvec c[MR][4];
+  fvec c[MR][3];
 #pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r) c[r][0] = c[r][1] = c[r][2] = c[r][3] = fvec{};
+  for (int r = 0; r < MR; ++r) c[r][0] = c[r][1] = c[r][2] = fvec{};
 #pragma GCC unroll 2
   for (int part = 0; part < 2; ++part) {
     const Operand& o = part ? h : x;
-    const int last = part ? 3 : 2;  // where the n block of this operand goes
     for (int64_t k = 0; k < o.K; ++k) {
       const fvec p0 = load(o.P + k * ldp), p1 = load(o.P + k * ldp + kLanes), p2 = load(o.P + k * ldp + 2 * kLanes);
 #pragma GCC unroll 8
@@ -139,26 +141,34 @@ inline __attribute__((always_inline)) void micro_gru(const Operand& x, const Ope
         const fvec a = o.A[r * o.lda + k] - fvec{};
         c[r][0] += a * p0;
         c[r][1] += a * p1;
-        c[r][last] += a * p2;
+        c[r][2] += a * p2;
       }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {  // n's part of this operand: vector 2 (input) or 3 (recurrent)
+      store(C + r * ldc + (2 + part) * kLanes, c[r][2]);
+      c[r][2] = fvec{};
     }
   }
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
-#pragma GCC unroll 4
-    for (int j = 0; j < 4; ++j) store(C + r * ldc + j * kLanes, c[r][j]);
+    store(C + r * ldc, c[r][0]);
+    store(C + r * ldc + kLanes, c[r][1]);
   }
 }
 
-// micro_gru over `rows` <= kRows rows, in register blocks that fit: 6 rows x 4 vectors on AVX-512
-// (24 of 32 registers), 3 x 4 on AVX2 and SSE (12 of 16).
+// Rows per GRU forward tile and per register block of micro_gru: 6 x 3 vectors on AVX-512 (18 of
+// 32 registers), 8 rows in blocks of 4 x 3 on AVX2 and SSE (12 of 16, with 3 for the panel row
+// and 1 for the broadcast).
+constexpr int64_t kGruBlock = kLanes == 16 ? 6 : 4;
+constexpr int64_t kGruRows = kLanes == 16 ? 6 : 8;
+
 void micro_gru_rows(int64_t rows, const Operand& x, const Operand& h, int64_t ldp, float* C, int64_t ldc) {
-  constexpr int64_t kBlock = kLanes == 16 ? 6 : 3;
-  for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
+  for (int64_t r0 = 0; r0 < rows; r0 += kGruBlock) {
     const Operand xr{x.K, x.A + r0 * x.lda, x.lda, x.P}, hr{h.K, h.A + r0 * h.lda, h.lda, h.P};
-    switch (std::min(kBlock, rows - r0)) {
-      case 6: micro_gru<kBlock == 6 ? 6 : 1>(xr, hr, ldp, C + r0 * ldc, ldc); break;
-      case 5: micro_gru<5>(xr, hr, ldp, C + r0 * ldc, ldc); break;
+    switch (std::min(kGruBlock, rows - r0)) {
+      case 6: micro_gru<kGruBlock == 6 ? 6 : 1>(xr, hr, ldp, C + r0 * ldc, ldc); break;
+      case 5: micro_gru<kGruBlock == 6 ? 5 : 1>(xr, hr, ldp, C + r0 * ldc, ldc); break;
       case 4: micro_gru<4>(xr, hr, ldp, C + r0 * ldc, ldc); break;
       case 3: micro_gru<3>(xr, hr, ldp, C + r0 * ldc, ldc); break;
       case 2: micro_gru<2>(xr, hr, ldp, C + r0 * ldc, ldc); break;
@@ -220,6 +230,7 @@ void fused_pack_weights(const float* w, int64_t G, int64_t H, int64_t K, bool ba
 }
 
 int64_t fused_step_tiles(int64_t G, int64_t B, int64_t H, bool backward) {
+  if (G == 3 && !backward) return blocks(B, kGruRows) * blocks(H, fwd_units(G));
   return blocks(B, kRows) * blocks(H, backward ? kUnitsBwd : fwd_units(G));
 }
 
@@ -346,11 +357,14 @@ void lstm_fused_bwd(const FusedStep& s, int64_t tile0, int64_t tile1) {
 // The GRU: reserve_t rows are [r z n s_n h_t] (s_n = h_{t-1} W_hnᵀ + b_hn, the recurrent part of
 // n); bias = b_ih and bias_hh = b_hh (3H each).
 void gru_fused_fwd(const FusedStep& s, int64_t tile0, int64_t tile1) {
-  const int64_t H = s.H, W = s.ld_reserve, U = kLanes, row_blocks = blocks(s.B, kRows);
-  alignas(64) float acc[kRows][4 * kLanes];
+  const int64_t H = s.H, W = s.ld_reserve, U = kLanes, row_blocks = blocks(s.B, kGruRows);
+  alignas(64) float acc[kGruRows][4 * kLanes];
   for (int64_t index = tile0; index < tile1; ++index) {
-    const int64_t u0 = (index / row_blocks) * U, b0 = (index % row_blocks) * kRows;
-    const int64_t rows = std::min<int64_t>(kRows, s.B - b0), units = std::min<int64_t>(U, H - u0);
+    const int64_t u0 = (index / row_blocks) * U, b0 = (index % row_blocks) * kGruRows;
+    const int64_t rows = std::min<int64_t>(kGruRows, s.B - b0), units = std::min<int64_t>(U, H - u0);
+    for (int64_t r = 0; r < rows; ++r) {  // the reserve lines the pointwise part writes, ahead (as the LSTM's)
+      for (int64_t block = 0; block < 5; ++block) prefetch(s.reserve_t + (b0 + r) * W + block * H + u0, units, true);
+    }
     const Operand input{s.I, s.x_t + b0 * s.I, s.I, s.packed_ih + u0 * s.I * 3};
     const Operand recurrent{H, s.h_prev + b0 * s.ld_h, s.ld_h, s.packed + u0 * H * 3};
     micro_gru_rows(rows, input, recurrent, 3 * U, &acc[0][0], 4 * U);
@@ -380,6 +394,19 @@ void gru_fused_bwd(const FusedStep& s, int64_t tile0, int64_t tile1) {
   const int64_t H = s.H, W = s.ld_reserve;
   for (int64_t index = tile0; index < tile1; ++index) {
     BwdTile tile(s, index);
+    // The pointwise part's lines, requested before the product as in the LSTM's backward: without
+    // this, its first loads (dy_t, the carry, the reserve) stalled for most of the pass's time.
+    for (int64_t r = 0; r < tile.rows; ++r) {
+      const int64_t b = tile.b0 + r, u0 = tile.u0;
+      for (int64_t block = 0; block < 4; ++block) prefetch(s.reserve_t + b * W + block * H + u0, tile.units, false);
+      prefetch(s.h_prev + b * s.ld_h + u0, tile.units, false);
+      prefetch(s.dh + b * H + u0, tile.units, false);
+      prefetch(s.dc + b * H + u0, tile.units, true);
+      for (int64_t gate = 0; gate < 3; ++gate) {
+        prefetch(s.dgates_input + b * 3 * H + gate * H + u0, tile.units, true);
+        prefetch(s.dgates + b * 3 * H + gate * H + u0, tile.units, true);
+      }
+    }
     tile.multiply(s, 3);
     for (int64_t r = 0; r < tile.rows; ++r) {
       const int64_t b = tile.b0 + r, u0 = tile.u0, units = tile.units;

@@ -12,13 +12,15 @@ from rnn_cases import (DTYPES, VARIANTS, assert_matches, case_data, every_isa, i
                        run_public, Size)
 
 # T = 1, batch 1, I = 1; H odd and not a multiple of 8 (vector tails), P < H; no biases; a longer
-# sequence with H past one 16- or 32-wide tile. (P is only used by the lstm_proj variant.)
+# sequence with H past one 16- or 32-wide tile; a batch past the CPU tiles' 6 and 8 rows with a short
+# last block (13 = 8 + 4 + 1 = 6 + 6 + 1). (P is only used by the lstm_proj variant.)
 SIZES = {
     "T1-B1-I1": Size(T=1, B=1, I=1, H=5, P=3),
     "tiny": Size(T=3, B=2, I=3, H=5, P=2),
     "odd": Size(T=7, B=3, I=5, H=13, P=6),
     "nobias": Size(T=4, B=2, I=3, H=9, P=4, bias=False),
     "T28-H37": Size(T=28, B=4, I=11, H=37, P=17),
+    "B13": Size(T=3, B=13, I=7, H=19, P=9),
 }
 DTYPE_IDS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
