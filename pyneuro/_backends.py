@@ -215,10 +215,15 @@ class Op:
         reason = self.status(backend, device)
         if reason is not None:
             return BackendUnavailableError(f"{self.name}: backend {backend!r} is unavailable: {reason}")
-        problem = self.backends[backend].supports(*args)
-        if problem is not None:
-            return problem
-        return self._self_check_problem(backend, device, args)
+        return self._call_problem(backend, device, args)
+
+    def _call_problem(self, backend: str, device: torch.device, args: tuple) -> Optional[Exception]:
+        """What keeps a backend the machine can run from taking these arguments, or None."""
+        b = self.backends[backend]
+        problem = b.supports(*args)
+        if problem is None and b.selfcheck:
+            problem = self._self_check_problem(backend, device, args)
+        return problem
 
     def _self_check_problem(self, backend: str, device: torch.device, args: tuple) -> Optional[Exception]:
         b = self.backends[backend]
@@ -255,14 +260,10 @@ class Op:
             chain = self._auto_chains[device.type] = tuple(
                 name for name in AUTO_ORDER.get(device.type, ("reference",))
                 if name in self.backends and self.status(name, device) is None)
-        backends = self.backends
         for name in chain:  # the same answers as _auto_candidates, without re-asking the machine
-            b = backends[name]  # looked up per call: a test may swap a backend in
-            problem = b.supports(*args)
-            if problem is None and b.selfcheck:
-                problem = self._self_check_problem(name, device, args)
+            problem = self._call_problem(name, device, args)
             if problem is None:
-                return b
+                return self.backends[name]  # looked up per call: a test may swap a backend in
             if isinstance(problem, BackendSelfCheckError):
                 _warn_once(str(problem) + "; falling back to the next backend")
         raise BackendUnavailableError(f"{self.name}: no backend can run on {device.type} tensors here")

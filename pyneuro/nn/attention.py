@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 from typing import NamedTuple, Optional
 
 import torch
@@ -39,7 +38,7 @@ def _require_positive_int(owner: str, name: str, value) -> None:
 
 
 def _require_probability(owner: str, name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+    if not _backends.real_number(value) or not 0 <= value <= 1:
         raise ValueError(f"{owner}: {name} must be a probability in [0, 1], got {value!r}")
 
 

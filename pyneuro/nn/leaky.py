@@ -183,7 +183,7 @@ class MTRNN(LeakyRNN):
         _require_int(owner, "fast_size", fast_size, 1)
         _require_int(owner, "slow_size", slow_size, 1)
         for name, value in (("fast_tau", fast_tau), ("slow_tau", slow_tau)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            if not _backends.real_number(value):
                 raise TypeError(f"{owner}: {name} must be a number, got {type(value).__name__}")
             _time_constants(owner, name, value, 1, learn_tau is True)  # range, named for the caller
         if slow_tau < fast_tau:

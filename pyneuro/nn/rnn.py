@@ -11,7 +11,6 @@ Not supported: PackedSequence input (pad it instead).
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 
 import torch
@@ -55,7 +54,7 @@ class _RecurrentLayers(nn.Module):
         _require_bool(owner, "bias", bias)
         _require_bool(owner, "batch_first", batch_first)
         _require_bool(owner, "bidirectional", bidirectional)
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
+        if not _backends.real_number(dropout) or not 0 <= dropout <= 1:
             raise ValueError(f"{owner}: dropout must be a probability in [0, 1], got {dropout!r}")
         if dropout > 0 and num_layers == 1:
             warnings.warn(

@@ -229,9 +229,11 @@ void fused_pack_weights(const float* w, int64_t G, int64_t H, int64_t K, bool ba
   }
 }
 
+// Batch rows per forward tile: the GRU's own register blocking (micro_gru_rows), kRows otherwise.
+int64_t fwd_rows(int64_t G) { return G == 3 ? kGruRows : kRows; }
+
 int64_t fused_step_tiles(int64_t G, int64_t B, int64_t H, bool backward) {
-  if (G == 3 && !backward) return blocks(B, kGruRows) * blocks(H, fwd_units(G));
-  return blocks(B, kRows) * blocks(H, backward ? kUnitsBwd : fwd_units(G));
+  return blocks(B, backward ? kRows : fwd_rows(G)) * blocks(H, backward ? kUnitsBwd : fwd_units(G));
 }
 
 namespace {
