@@ -71,6 +71,26 @@ struct FusedStep {
   float* dgates_input = nullptr;  // GRU: the gradient of x W_ihᵀ + b_ih (dgates is that of h W_hhᵀ + b_hh)
 };
 
+// The weight gradients and the input gradient of one step t of a fused recurrence's backward
+// (csrc/cpu/isa/fused_step_kernels.cpp, fused_grad_step), computed while the next (earlier) step's
+// tiles run: both only read dG_t. Row strides are G H for d_rec and d_input, I for x_t and dx_t,
+// ld_w for the accumulators. A tile reads d_rec and d_input up to fused_grad_width() - 1 floats past
+// a row's G H: the buffers must hold that many floats past their last row.
+enum class GradPart { kRecurrentWeights, kInputWeights, kInput };
+struct GradStep {
+  int64_t B = 0, H = 0, I = 0, G = 0;
+  const float* d_rec = nullptr;    // (B, G H): gradient of h_{t-1} W_hhᵀ + b_hh
+  const float* d_input = nullptr;  // (B, G H): of x_t W_ihᵀ + b_ih (d_rec itself but for the GRU)
+  const float* h_prev = nullptr;   // h_{t-1}, row stride ld_h
+  int64_t ld_h = 0;
+  const float* x_t = nullptr;
+  float* dw_hh_t = nullptr;  // (H, ld_w): += h_{t-1}ᵀ d_rec, i.e. dW_hhᵀ
+  float* dw_ih_t = nullptr;  // (I, ld_w): += x_tᵀ d_input, i.e. dW_ihᵀ
+  int64_t ld_w = 0;          // G H rounded up to a multiple of fused_grad_width()
+  const float* packed_ih = nullptr;  // fused_pack_weights(w_ih, G, H, I, backward = true)
+  float* dx_t = nullptr;             // = d_input W_ih, or null when the input needs no gradient
+};
+
 // One attention call for the kernels of csrc/cpu/isa/attention_kernels.cpp (docs/attention_contract.md),
 // all fp32 (csrc/cpu/attention.cpp widens half inputs once). q, k, v, dout and out are read through
 // their (batch, head, row) strides, the last stride being 1; out, lse, dq, dk, dv and delta are
@@ -184,6 +204,9 @@ constexpr int64_t kGeluChunkRows = 32;
   void gru_fused_fwd(const FusedStep& s, int64_t tile0, int64_t tile1);                                           \
   void gru_fused_bwd(const FusedStep& s, int64_t tile0, int64_t tile1);                                           \
   void rnn_fused_fwd(const FusedStep& s, bool relu, int64_t tile0, int64_t tile1);                                \
+  int64_t fused_grad_width();                                                                                     \
+  int64_t fused_grad_tiles(const GradStep& g, GradPart part);                                                     \
+  void fused_grad_step(const GradStep& g, GradPart part, int64_t tile0, int64_t tile1);                           \
   void rnn_fused_bwd(const FusedStep& s, bool relu, int64_t tile0, int64_t tile1);                                \
   void leaky_fwd_step(const RnnRows& r, const float* a, const float* bias, const float* u_prev, int64_t ld_u,     \
                       const float* alpha, float* u_t, float* h_t);                                                \
@@ -209,6 +232,9 @@ struct KernelTable {
   decltype(&baseline::gru_fused_bwd) gru_fused_bwd;
   decltype(&baseline::rnn_fused_fwd) rnn_fused_fwd;
   decltype(&baseline::rnn_fused_bwd) rnn_fused_bwd;
+  decltype(&baseline::fused_grad_width) fused_grad_width;
+  decltype(&baseline::fused_grad_tiles) fused_grad_tiles;
+  decltype(&baseline::fused_grad_step) fused_grad_step;
   decltype(&baseline::leaky_fwd_step) leaky_fwd_step;
   decltype(&baseline::leaky_bwd_step) leaky_bwd_step;
   decltype(&baseline::attention_fwd) attention_fwd;

@@ -16,7 +16,9 @@
 // products and its pointwise pass are one kernel over (batch rows x units) tiles, against W_ih and
 // W_hh packed once per call (csrc/cpu/isa/fused_step_kernels.cpp). That removes the per-step
 // library call and its re-packing of W_hh, and the pre-activations' round trip through memory.
-// The LSTM's and the Elman cell's backward compute dW_ih, dW_hh and the bias gradient as one GEMM.
+// Their backward also accumulates dW_ih and dW_hh, and writes dx, step by step inside the reverse
+// loop (StepWeightGrads), each step's tiles in the parallel region of the step before it, instead
+// of GEMMs over all T·B rows after it; only the bias gradients stay reductions after the loop.
 // Every backward keeps its scratch between calls (scratch()).
 // GEMMs go through torch's oneDNN matmul when torch has it (see onednn_matmul()), else BLAS sgemm
 // on raw pointers (MKL's packed form when available). Nothing is dispatched through the torch
@@ -221,6 +223,24 @@ void for_tiles(int64_t tiles, int64_t work, const F& run) {
   });
 }
 
+// One parallel region over several sets of tiles (a backward step's, and the gradient tiles of the
+// step after it): thread p of n takes the p-th n-th of every set, the same share at every step, so
+// that it keeps re-reading the same weight panels and accumulating into the same part of dW. Fewer
+// threads when the region has less than ~2^20 multiply-adds per thread (`work`, as for_tiles).
+template <size_t N, typename F>
+void for_tile_sets(const std::array<int64_t, N>& counts, int64_t work, const F& run) {
+  const int64_t threads = std::clamp<int64_t>(work >> 20, 1, at::get_num_threads());
+  at::parallel_for(0, threads, 1, [&](int64_t p0, int64_t p1) {
+    const FlushSubnormals flush;
+    for (int64_t p = p0; p < p1; ++p) {
+      for (size_t set = 0; set < N; ++set) {
+        const int64_t t0 = counts[set] * p / threads, t1 = counts[set] * (p + 1) / threads;
+        if (t0 < t1) run(set, t0, t1);
+      }
+    }
+  });
+}
+
 // The per-step GEMMs pass sizes and strides to BLAS as 32-bit ints.
 void check_blas_sizes(const char* op, const RnnShape& s) {
   const int64_t widest = std::max({s.B, s.I, 6 * s.H + s.R});
@@ -228,14 +248,13 @@ void check_blas_sizes(const char* op, const RnnShape& s) {
                     "for the CPU backend's BLAS calls, got ", widest);
 }
 
-// Scratch that a call fills and drops (the gate and state gradients, the weight-gradient operand,
-// packed weights): kept per thread and per slot between calls, so that the next call of the same size
-// finds its pages already mapped instead of faulting them in again (glibc hands buffers of many
-// MiB back to the kernel on free). Never returned to the caller, not even as a view. Buffers above
-// 256 MiB are not kept.
+// Scratch that a call fills and drops (the gate and state gradients, packed weights): kept per
+// thread and per slot between calls, so that the next call of the same size finds its pages already
+// mapped instead of faulting them in again (glibc hands buffers of many MiB back to the kernel on
+// free). Never returned to the caller, not even as a view. Buffers above 256 MiB are not kept.
 enum class Scratch {
-  kGateGrads, kRecurrentGrads, kStateGrads, kStates, kWeightGradOperand, kPackedForward, kPackedInput, kPackedBackward,
-  kCount
+  kGateGrads, kRecurrentGrads, kStateGrads, kStates, kPackedForward, kPackedInput, kPackedBackward,
+  kPackedInputBackward, kCount
 };
 
 Tensor scratch(Scratch slot, at::IntArrayRef sizes) {
@@ -326,6 +345,84 @@ Tensor packed_backward_weights(const KernelTable& k, int64_t G, const Tensor& wh
   return packed;
 }
 
+// The gate gradients of all T steps of a fused backward, (T, B, G H), followed by the floats that
+// the gradient tiles may read past the last row (GradStep), zeroed.
+Tensor padded_gate_grads(const KernelTable& k, Scratch slot, int64_t T, int64_t B, int64_t GH) {
+  const int64_t n = T * B * GH, pad = k.fused_grad_width();
+  Tensor buffer = scratch(slot, {n + pad});
+  buffer.narrow(0, n, pad).zero_();
+  return buffer.narrow(0, 0, n).view({T, B, GH});
+}
+
+// dW_ih, dW_hh and dx of a fused backward, computed step by step inside its reverse loop
+// (fused_grad_step, csrc/cpu/isa/fused_step_kernels.cpp): the tiles of step t+1's gradients run in
+// the parallel region of step t's tiles, while dG_{t+1} is still in cache. After the loop, GEMMs
+// over all T·B rows did this; at (28, 128, 28, 128) on an AVX2 EPYC they ran at half the rate of
+// the steps' own products (skinny operands: I = 28; a K of T·B rows that every call packs again).
+// `states` holds h_t at column `h_col` of its (T, B, W) rows.
+class StepWeightGrads {
+ public:
+  StepWeightGrads(const KernelTable& k, int64_t G, const Tensor& xf, const Tensor& w_ih, const Tensor& h0f,
+                  const Tensor& states, int64_t h_col, bool input_grad)
+      : k_(k), xf_(xf), h0f_(h0f), states_(states), h_col_(h_col) {
+    const int64_t T = xf.size(0), B = xf.size(1), I = xf.size(2), H = h0f.size(1), width = k.fused_grad_width();
+    base_.B = B, base_.H = H, base_.I = I, base_.G = G, base_.ld_w = (G * H + width - 1) / width * width;
+    dw_hh_t_ = at::zeros({H, base_.ld_w}, xf.options());
+    dw_ih_t_ = at::zeros({I, base_.ld_w}, xf.options());
+    if (input_grad) {
+      dx_ = at::empty({T, B, I}, xf.options());
+      packed_ih_ = scratch(Scratch::kPackedInputBackward, {k.fused_packed_floats(G, H, I, /*backward=*/true)});
+      k.fused_pack_weights(ptr(f32(w_ih)), G, H, I, /*backward=*/true, ptr(packed_ih_));
+    }
+  }
+
+  // The tiles of step t's gradients, whose gate gradients are d_rec (of h_{t-1} W_hhᵀ + b_hh) and
+  // d_input (of x_t W_ihᵀ + b_ih; the same for all but the GRU).
+  GradStep step(int64_t t, const float* d_rec, const float* d_input) {
+    GradStep g = base_;
+    const int64_t B = g.B, W = states_.size(2);
+    g.d_rec = d_rec, g.d_input = d_input;
+    g.h_prev = t ? ptr(states_) + (t - 1) * B * W + h_col_ : ptr(h0f_), g.ld_h = t ? W : g.H;
+    g.x_t = ptr(xf_) + t * B * g.I;
+    g.dw_hh_t = ptr(dw_hh_t_), g.dw_ih_t = ptr(dw_ih_t_);
+    if (dx_.defined()) g.packed_ih = ptr(packed_ih_), g.dx_t = ptr(dx_) + t * B * g.I;
+    return g;
+  }
+
+  // One parallel region: `tiles` tiles of a backward step (run_step(t0, t1)) and, unless `grads` is
+  // null, the gradient tiles of the step after it.
+  template <typename F>
+  void run(int64_t tiles, int64_t step_work, const GradStep* grads, const F& run_step) const {
+    if (grads == nullptr) {
+      for_tiles(tiles, step_work, run_step);
+      return;
+    }
+    const std::array<int64_t, 4> counts{tiles, k_.fused_grad_tiles(*grads, GradPart::kRecurrentWeights),
+                                        k_.fused_grad_tiles(*grads, GradPart::kInputWeights),
+                                        k_.fused_grad_tiles(*grads, GradPart::kInput)};
+    const int64_t GH = base_.G * base_.H;
+    const int64_t work = step_work + base_.B * GH * (base_.H + base_.I + (dx_.defined() ? base_.I : 0));
+    for_tile_sets(counts, work, [&](size_t set, int64_t t0, int64_t t1) {
+      if (set == 0) {
+        run_step(t0, t1);
+      } else {
+        k_.fused_grad_step(*grads, static_cast<GradPart>(set - 1), t0, t1);
+      }
+    });
+  }
+
+  Tensor dw_ih(at::ScalarType dt) const { return fresh(dw_ih_t_.narrow(1, 0, base_.G * base_.H).t(), dt); }
+  Tensor dw_hh(at::ScalarType dt) const { return fresh(dw_hh_t_.narrow(1, 0, base_.G * base_.H).t(), dt); }
+  Tensor dx(const Tensor& x) const { return dx_.defined() ? dx_.to(x.scalar_type()) : absent_grad(x); }
+
+ private:
+  const KernelTable& k_;
+  Tensor xf_, h0f_, states_;
+  int64_t h_col_;
+  GradStep base_;
+  Tensor dw_hh_t_, dw_ih_t_, dx_, packed_ih_;
+};
+
 // The LSTM without a projection: the fused step of csrc/cpu/isa/fused_step_kernels.cpp. The input
 // projection happens inside each step's tiles, so the reserve is written once, by the steps.
 void lstm_fwd_fused(const KernelTable& k, const Tensor& x, const Tensor& h0f, const Tensor& c0f, const Tensor& w_ih,
@@ -395,10 +492,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_fwd(const Tensor& x, const Tenso
 
 namespace {
 
-// The reverse loop of the fused step: dG (T, B, 4H) and the carried dc; returns dh0 = dG_0 W_hh.
-// `dyf` is dy in fp32 (read, not copied: the fused step adds dG_{t+1} W_hh to it in registers).
+// The reverse loop of the fused step: dG (T, B, 4H), the carried dc and the weight gradients
+// (`grads`); returns dh0 = dG_0 W_hh. `dyf` is dy in fp32 (read, not copied: the fused step adds
+// dG_{t+1} W_hh to it in registers).
 Tensor lstm_bwd_fused_loop(const KernelTable& k, const Tensor& dyf, const OptTensor& dh_n, const Tensor& c0f,
-                           const Tensor& whh, const Tensor& reserve, Tensor& dc, Tensor& dG) {
+                           const Tensor& whh, const Tensor& reserve, Tensor& dc, Tensor& dG, StepWeightGrads& grads) {
   const int64_t T = dG.size(0), B = dG.size(1), H = whh.size(1), W = reserve.size(2);
   const Tensor packed = packed_backward_weights(k, 4, whh);
   const Tensor dh_last = dh_n ? dyf[T - 1] + dh_n->to(at::kFloat) : Tensor();
@@ -412,41 +510,13 @@ Tensor lstm_bwd_fused_loop(const KernelTable& k, const Tensor& dyf, const OptTen
     step.dgates_next = t < T - 1 ? ptr(dG) + (t + 1) * B * 4 * H : nullptr;
     step.dh = t == T - 1 && dh_last.defined() ? ptr(dh_last) : ptr(dyf) + t * B * H;
     step.dc = ptr(dc), step.dgates = ptr(dG) + t * B * 4 * H;
-    for_tiles(tiles, B * 4 * H * H, [&](int64_t t0, int64_t t1) { k.lstm_fused_bwd(step, t0, t1); });
+    const GradStep next = t < T - 1 ? grads.step(t + 1, step.dgates_next, step.dgates_next) : GradStep{};
+    grads.run(tiles, B * 4 * H * H, t < T - 1 ? &next : nullptr,
+              [&](int64_t t0, int64_t t1) { k.lstm_fused_bwd(step, t0, t1); });
   }
+  const GradStep first = grads.step(0, ptr(dG), ptr(dG));
+  grads.run(0, 0, &first, [](int64_t, int64_t) {});
   return gemm_all(dG[0], whh);
-}
-
-// dW_ih, dW_hh and the bias gradient over all T·B rows (`states` holds h_t at column `col` of each
-// row), in one of two ways, both with the products in the [x | h]ᵀ dG form, which the GEMM
-// libraries run ~1.4x faster than dGᵀ [x | h] (oneDNN and MKL, T·B = 3584):
-//   assembled  ONE GEMM [x_t | h_{t-1} | 1]ᵀ dG ((I + H + 1) x T·B x G H), after copying x and h
-//              into that operand: T·B·(I + H + 1) floats written and read again;
-//   direct     dW_ihᵀ = xᵀ dG, dW_hhᵀ = h0ᵀ dG_0 + Σ_{t≥1} h_{t-1}ᵀ dG_t (h read in place, at its row
-//              stride), db = Σ rows of dG: no copy, but dG (T·B·G H floats) is read three times.
-// So direct pays when G H <= I + H: the Elman cell (G = 1; 2 threads, T = 28, B = 256, I = H = 128:
-// the whole model step 15.9 -> 14.8 ms), not the LSTM (G = 4; its step got 5% slower that way).
-std::tuple<Tensor, Tensor, Tensor> fused_weight_grads(const Tensor& dG, const Tensor& x, const Tensor& h0f,
-                                                      const Tensor& states, int64_t col) {
-  const int64_t T = dG.size(0), B = dG.size(1), GH = dG.size(2), H = h0f.size(1), I = x.size(2);
-  const auto dt = x.scalar_type();
-  const Tensor flat = dG.view({T * B, GH});
-  if (GH <= I + H) {
-    const Tensor dw_ih_t = gemm_all(f32(x).view({T * B, I}).t(), flat);
-    Tensor dw_hh_t = gemm_all(h0f.t(), dG[0]);
-    if (T > 1) {
-      const Tensor prev = states.narrow(0, 0, T - 1).narrow(2, col, H).reshape({(T - 1) * B, H});
-      gemm_all_into(prev.t(), dG.narrow(0, 1, T - 1).reshape({(T - 1) * B, GH}), dw_hh_t, 1.f);
-    }
-    return {fresh(dw_ih_t.t(), dt), fresh(dw_hh_t.t(), dt), flat.sum(0)};
-  }
-  Tensor operand = scratch(Scratch::kWeightGradOperand, {T, B, I + H + 1});
-  operand.narrow(2, 0, I).copy_(x);
-  operand[0].narrow(1, I, H).copy_(h0f);
-  if (T > 1) operand.narrow(0, 1, T - 1).narrow(2, I, H).copy_(states.narrow(0, 0, T - 1).narrow(2, col, H));
-  operand.narrow(2, I + H, 1).fill_(1.f);
-  const Tensor dw = gemm_all(operand.view({T * B, I + H + 1}).t(), flat).t();
-  return {fresh(dw.narrow(1, 0, I), dt), fresh(dw.narrow(1, I, H), dt), dw.select(1, I + H)};
 }
 
 }  // namespace
@@ -464,13 +534,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
   Tensor dc = dc_n ? f32_copy(*dc_n) : at::zeros({B, H}, reserve.options());
   const Tensor c0f = f32(c0), h0f = f32(h0), whh = f32(w_hh);
   if (!s.has_proj) {
-    Tensor dG = scratch(Scratch::kGateGrads, {T, B, 4 * H});
-    const Tensor dh0 = lstm_bwd_fused_loop(k, f32(dy), dh_n, c0f, whh, reserve, dc, dG);
-    // dx only when asked for: the first layer's input (images, tokens) needs none, and this GEMM
+    Tensor dG = padded_gate_grads(k, Scratch::kGateGrads, T, B, 4 * H);
+    // dx only when asked for: the first layer's input (images, tokens) needs none, and its product
     // (T·B x 4H x I) is ~9% of the backward at (28, 128, 28, 128).
-    const Tensor dx = input_grad ? gemm_all(dG.view({T * B, 4 * H}), f32(w_ih)).view({T, B, s.I}).to(dt) : absent_grad(x);
-    auto [dw_ih, dw_hh, db] = fused_weight_grads(dG, x, h0f, reserve, 5 * H);
-    return {dx, fresh(dh0, dt), fresh(dc, dt), dw_ih, dw_hh, grad_or_absent(db, b_ih, x),
+    StepWeightGrads grads(k, 4, f32(x), w_ih, h0f, reserve, 5 * H, input_grad);
+    const Tensor dh0 = lstm_bwd_fused_loop(k, f32(dy), dh_n, c0f, whh, reserve, dc, dG, grads);
+    const Tensor db = dG.view({T * B, 4 * H}).sum(0);
+    return {grads.dx(x), fresh(dh0, dt), fresh(dc, dt), grads.dw_ih(dt), grads.dw_hh(dt), grad_or_absent(db, b_ih, x),
             grad_or_absent(db, b_hh, x), absent_grad(x)};
   }
   // With a projection: the pointwise pass per step, then the step's GEMMs. dH[t] collects the
@@ -545,13 +615,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd(const Tensor&
   check_blas_sizes("gru_bwd", s);
   check_rnn_bwd("gru_bwd", RnnCell::kGru, s, x, dy, dh_n, std::nullopt, reserve);
   const auto& k = kernels();
-  const int64_t T = s.T, B = s.B, H = s.H, W = rnn_reserve_width(RnnCell::kGru, H, H);
+  const int64_t T = s.T, B = s.B, H = s.H, GH = 3 * H, W = rnn_reserve_width(RnnCell::kGru, H, H);
   const Tensor dyf = f32(dy), h0f = f32(h0), whh = f32(w_hh);
   const Tensor dh_last = dh_n ? dyf[T - 1] + dh_n->to(at::kFloat) : Tensor();
-  Tensor d_input = scratch(Scratch::kGateGrads, {T, B, 3 * H});           // of x W_ihᵀ + b_ih
-  Tensor d_recurrent = scratch(Scratch::kRecurrentGrads, {T, B, 3 * H});  // of h W_hhᵀ + b_hh
+  Tensor d_input = padded_gate_grads(k, Scratch::kGateGrads, T, B, GH);          // of x W_ihᵀ + b_ih
+  Tensor d_recurrent = padded_gate_grads(k, Scratch::kRecurrentGrads, T, B, GH);  // of h W_hhᵀ + b_hh
   Tensor carry = at::zeros({B, H}, reserve.options());  // dh_{t+1} z_{t+1}: the direct path into h_t
   const Tensor packed = packed_backward_weights(k, 3, whh);
+  StepWeightGrads grads(k, 3, f32(x), w_ih, h0f, reserve, 4 * H, input_grad);
   const int64_t tiles = k.fused_step_tiles(3, B, H, /*backward=*/true);
   const float* res = ptr(reserve);
   for (int64_t t = T - 1; t >= 0; --t) {
@@ -559,18 +630,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd(const Tensor&
     step.B = B, step.H = H, step.ld_reserve = W, step.packed = ptr(packed);
     step.reserve_t = const_cast<float*>(res + t * B * W);  // read only
     step.h_prev = t ? res + (t - 1) * B * W + 4 * H : ptr(h0f), step.ld_h = t ? W : H;
-    step.dgates_next = t < T - 1 ? ptr(d_recurrent) + (t + 1) * B * 3 * H : nullptr;
+    step.dgates_next = t < T - 1 ? ptr(d_recurrent) + (t + 1) * B * GH : nullptr;
     step.dh = t == T - 1 && dh_last.defined() ? ptr(dh_last) : ptr(dyf) + t * B * H;
-    step.dc = ptr(carry), step.dgates = ptr(d_recurrent) + t * B * 3 * H;
-    step.dgates_input = ptr(d_input) + t * B * 3 * H;
-    for_tiles(tiles, B * 3 * H * H, [&](int64_t t0, int64_t t1) { k.gru_fused_bwd(step, t0, t1); });
+    step.dc = ptr(carry), step.dgates = ptr(d_recurrent) + t * B * GH;
+    step.dgates_input = ptr(d_input) + t * B * GH;
+    const GradStep next = t < T - 1 ? grads.step(t + 1, step.dgates_next, ptr(d_input) + (t + 1) * B * GH) : GradStep{};
+    grads.run(tiles, B * GH * H, t < T - 1 ? &next : nullptr,
+              [&](int64_t t0, int64_t t1) { k.gru_fused_bwd(step, t0, t1); });
   }
+  const GradStep first = grads.step(0, ptr(d_recurrent), ptr(d_input));  // step 0's gradients, alone
+  grads.run(0, 0, &first, [](int64_t, int64_t) {});
   const Tensor dh0 = gemm_all(d_recurrent[0], whh).add_(carry);
-  auto [dx, dw_ih] = input_grads(d_input, x, w_ih, input_grad);
   const auto dt = x.scalar_type();
-  Tensor dw_hh = recurrent_weight_grad(d_recurrent, h0f, reserve, 4 * H, H).to(dt);
-  return {dx, fresh(dh0, dt), dw_ih, dw_hh, grad_or_absent(d_input.view({T * B, 3 * H}).sum(0), b_ih, x),
-          grad_or_absent(d_recurrent.view({T * B, 3 * H}).sum(0), b_hh, x)};
+  const Tensor db_ih = d_input.view({T * B, GH}).sum(0);
+  // b_hh's gradient: r's and z's are b_ih's (the same gate gradients), n's is that of r ⊙ da_n.
+  const Tensor db_hh = at::cat({db_ih.narrow(0, 0, 2 * H), d_recurrent.view({T * B, GH}).narrow(1, 2 * H, H).sum(0)});
+  return {grads.dx(x), fresh(dh0, dt), grads.dw_ih(dt), grads.dw_hh(dt), grad_or_absent(db_ih, b_ih, x),
+          grad_or_absent(db_hh, b_hh, x)};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -614,8 +690,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_bwd(const Tensor&
   const int64_t T = s.T, B = s.B, H = s.H;
   const Tensor dyf = f32(dy), h0f = f32(h0), whh = f32(w_hh);
   const Tensor dh_last = dh_n ? dyf[T - 1] + dh_n->to(at::kFloat) : Tensor();
-  Tensor dpre = scratch(Scratch::kGateGrads, {T, B, H});
+  Tensor dpre = padded_gate_grads(k, Scratch::kGateGrads, T, B, H);
   const Tensor packed = packed_backward_weights(k, 1, whh);
+  StepWeightGrads grads(k, 1, f32(x), w_ih, h0f, reserve, 0, input_grad);
   const int64_t tiles = k.fused_step_tiles(1, B, H, /*backward=*/true);
   for (int64_t t = T - 1; t >= 0; --t) {
     FusedStep step;
@@ -624,13 +701,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_bwd(const Tensor&
     step.dgates_next = t < T - 1 ? ptr(dpre) + (t + 1) * B * H : nullptr;
     step.dh = t == T - 1 && dh_last.defined() ? ptr(dh_last) : ptr(dyf) + t * B * H;
     step.dgates = ptr(dpre) + t * B * H;
-    for_tiles(tiles, B * H * H, [&](int64_t t0, int64_t t1) { k.rnn_fused_bwd(step, relu, t0, t1); });
+    const GradStep next = t < T - 1 ? grads.step(t + 1, step.dgates_next, step.dgates_next) : GradStep{};
+    grads.run(tiles, B * H * H, t < T - 1 ? &next : nullptr,
+              [&](int64_t t0, int64_t t1) { k.rnn_fused_bwd(step, relu, t0, t1); });
   }
+  const GradStep first = grads.step(0, ptr(dpre), ptr(dpre));
+  grads.run(0, 0, &first, [](int64_t, int64_t) {});
   const auto dt = x.scalar_type();
   const Tensor dh0 = gemm_all(dpre[0], whh);
-  const Tensor dx = input_grad ? gemm_all(dpre.view({T * B, H}), f32(w_ih)).view({T, B, s.I}).to(dt) : absent_grad(x);
-  auto [dw_ih, dw_hh, db] = fused_weight_grads(dpre, x, h0f, reserve, 0);
-  return {dx, fresh(dh0, dt), dw_ih, dw_hh, grad_or_absent(db, b_ih, x), grad_or_absent(db, b_hh, x)};
+  const Tensor db = dpre.view({T * B, H}).sum(0);
+  return {grads.dx(x), fresh(dh0, dt), grads.dw_ih(dt), grads.dw_hh(dt), grad_or_absent(db, b_ih, x),
+          grad_or_absent(db, b_hh, x)};
 }
 
 // ---------------------------------------------------------------------------------------------

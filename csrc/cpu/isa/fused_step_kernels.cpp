@@ -24,7 +24,8 @@
 // Packed layouts (zero-filled past the last unit, so every tile multiplies full vectors):
 //   forward  [H / U][K][G U]:     panel u, row k, column g U + j  =  W[g H + u U + j, k]
 //            (W = W_ih with K = I, or W_hh with K = H)
-//   backward [H / kUb][G H][kUb]: panel u, row k, column j        =  W_hh[k, u kUb + j]
+//   backward [K / kUb][G H][kUb]: panel u, row k, column j        =  W[k, u kUb + j]
+//            (W = W_hh with K = H for the steps, or W_ih with K = I for dx)
 // with U = one native vector of units for the LSTM and the GRU (G gates x 1 vector), a row of
 // accumulators for the Elman cell, and kUb = a row of accumulators.
 //
@@ -100,6 +101,48 @@ inline __attribute__((always_inline)) void micro(const Operand& o1, const Operan
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) store(C + r * ldc + j * kLanes, c[r][j]);
+  }
+}
+
+// C[r, 0 : NV kLanes) += Σ_k A[k lda + r] P[k ldp + ·] for r < MR: A read down its columns (a
+// weight gradient's Σ_b h[b, r] dG[b, ·], h and dG as the step left them), C accumulated in place.
+template <int MR, int NV>
+inline __attribute__((always_inline)) void micro_acc_t(int64_t K, const float* A, int64_t lda, const float* P,
+                                                       int64_t ldp, float* C, int64_t ldc) {
+  fvec c[MR][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) c[r][j] = load(C + r * ldc + j * kLanes);
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    fvec p[NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) p[j] = load(P + k * ldp + j * kLanes);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const fvec a = A[k * lda + r] - fvec{};
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) c[r][j] += a * p[j];
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) store(C + r * ldc + j * kLanes, c[r][j]);
+  }
+}
+
+void micro_acc_t_rows(int64_t rows, int64_t K, const float* A, int64_t lda, const float* P, int64_t ldp, float* C,
+                      int64_t ldc) {
+  switch (rows) {
+    case 6: micro_acc_t<6, kVecs>(K, A, lda, P, ldp, C, ldc); break;
+    case 5: micro_acc_t<5, kVecs>(K, A, lda, P, ldp, C, ldc); break;
+    case 4: micro_acc_t<4, kVecs>(K, A, lda, P, ldp, C, ldc); break;
+    case 3: micro_acc_t<3, kVecs>(K, A, lda, P, ldp, C, ldc); break;
+    case 2: micro_acc_t<2, kVecs>(K, A, lda, P, ldp, C, ldc); break;
+    case 1: micro_acc_t<1, kVecs>(K, A, lda, P, ldp, C, ldc); break;
+    default: break;
   }
 }
 
@@ -198,17 +241,17 @@ inline void prefetch(const float* p, int64_t n, bool write) {
 int64_t fwd_units(int64_t G) { return G == 1 ? kVecs * kLanes : kLanes; }
 
 int64_t fused_packed_floats(int64_t G, int64_t H, int64_t K, bool backward) {
-  return backward ? blocks(H, kUnitsBwd) * G * H * kUnitsBwd : blocks(H, fwd_units(G)) * K * G * fwd_units(G);
+  return backward ? blocks(K, kUnitsBwd) * G * H * kUnitsBwd : blocks(H, fwd_units(G)) * K * G * fwd_units(G);
 }
 
 void fused_pack_weights(const float* w, int64_t G, int64_t H, int64_t K, bool backward, float* packed) {
-  if (backward) {  // w = W_hh, (G H, H) row-major; K is H
-    for (int64_t u = 0; u < blocks(H, kUnitsBwd); ++u) {
+  if (backward) {  // w = W_hh (G H, H) with K = H, or W_ih (G H, I) with K = I; row-major; panels of K's columns
+    for (int64_t u = 0; u < blocks(K, kUnitsBwd); ++u) {
       for (int64_t k = 0; k < G * H; ++k) {
         float* row = packed + (u * G * H + k) * kUnitsBwd;
         for (int64_t j = 0; j < kUnitsBwd; ++j) {
-          const int64_t unit = u * kUnitsBwd + j;
-          row[j] = unit < H ? w[k * H + unit] : 0.f;
+          const int64_t col = u * kUnitsBwd + j;
+          row[j] = col < K ? w[k * K + col] : 0.f;
         }
       }
     }
@@ -433,6 +476,51 @@ void gru_fused_bwd(const FusedStep& s, int64_t tile0, int64_t tile1) {
     }
   }
 }
+
+// The weight gradients and dx of one backward step (GradStep, csrc/cpu/isa.h), in three sets of
+// tiles, each numbered row block major (consecutive tiles share the broadcast operand's lines):
+//   kRecurrentWeights  dW_hhᵀ[j0 : +6, g0 : +kUb] += h_{t-1}[:, j0 : +6]ᵀ d_rec[:, g0 : +kUb]    (6 x B x kUb)
+//   kInputWeights      dW_ihᵀ[i0 : +6, g0 : +kUb] += x_t[:, i0 : +6]ᵀ d_input[:, g0 : +kUb]      (6 x B x kUb)
+//   kInput             dx_t[b0 : +6, i0 : +kUb]    = d_input[b0 : +6, :] W_ih[:, i0 : +kUb]     (6 x G H x kUb)
+// Per step they read B (H + I) + 2 B G H floats, which the step's tiles wrote one parallel region
+// before (from L2/L3), and W_ih's panels; the (H + I) x G H accumulators stay in the caches of the
+// thread that owns them, as the driver hands each thread the same share of every set at every step.
+int64_t fused_grad_width() { return kUnitsBwd; }
+
+int64_t fused_grad_tiles(const GradStep& g, GradPart part) {
+  switch (part) {
+    case GradPart::kRecurrentWeights: return blocks(g.H, kRows) * blocks(g.G * g.H, kUnitsBwd);
+    case GradPart::kInputWeights: return blocks(g.I, kRows) * blocks(g.G * g.H, kUnitsBwd);
+    case GradPart::kInput: return g.dx_t == nullptr ? 0 : blocks(g.B, kRows) * blocks(g.I, kUnitsBwd);
+  }
+  return 0;
+}
+
+void fused_grad_step(const GradStep& g, GradPart part, int64_t tile0, int64_t tile1) {
+  const int64_t GH = g.G * g.H;
+  if (part == GradPart::kInput) {
+    const int64_t col_blocks = blocks(g.I, kUnitsBwd);
+    alignas(64) float acc[kRows][kUnitsBwd];
+    const Operand none{0, nullptr, 0, nullptr};
+    for (int64_t index = tile0; index < tile1; ++index) {
+      const int64_t b0 = (index / col_blocks) * kRows, i0 = (index % col_blocks) * kUnitsBwd;
+      const int64_t rows = std::min(kRows, static_cast<int>(g.B - b0)), cols = std::min(kUnitsBwd, g.I - i0);
+      const Operand input{GH, g.d_input + b0 * GH, GH, g.packed_ih + i0 * GH};
+      micro_rows<kVecs>(rows, none, input, kUnitsBwd, &acc[0][0], kUnitsBwd);
+      for (int64_t r = 0; r < rows; ++r) std::memcpy(g.dx_t + (b0 + r) * g.I + i0, acc[r], cols * sizeof(float));
+    }
+    return;
+  }
+  const bool recurrent = part == GradPart::kRecurrentWeights;
+  const float* A = recurrent ? g.h_prev : g.x_t;
+  const int64_t lda = recurrent ? g.ld_h : g.I, units = recurrent ? g.H : g.I;
+  const float* P = recurrent ? g.d_rec : g.d_input;
+  float* C = recurrent ? g.dw_hh_t : g.dw_ih_t;
+  const int64_t col_blocks = blocks(GH, kUnitsBwd);
+  for (int64_t index = tile0; index < tile1; ++index) {
+    const int64_t r0 = (index / col_blocks) * kRows, c0 = (index % col_blocks) * kUnitsBwd;
+    micro_acc_t_rows(std::min<int64_t>(kRows, units - r0), g.B, A + r0, lda, P + c0, GH, C + r0 * g.ld_w + c0, g.ld_w);
+  }}
 
 // The Elman cell, h_t = act(x_t W_ihᵀ + h_{t-1} W_hhᵀ + b): reserve_t is h_t itself (B x H).
 void rnn_fused_fwd(const FusedStep& s, bool relu, int64_t tile0, int64_t tile1) {
