@@ -49,9 +49,10 @@ struct RnnRows {
 // row strides in floats. The forward reads x_t (B x I), h_prev (and the LSTM's c_prev), and writes
 // the step's reserve (LSTM: the activated gates, c_t, h_t; Elman: h_t). The backward reads
 // reserve_t (and c_prev), dh (the gradient of h_t from outside the recurrence: dy_t, plus dh_n at
-// the last step) and dgates_next (dG_{t+1}, null at the last step), writes dgates (dG_t, B x G H)
-// and, for the LSTM, carries dc (B x H) from c_t's gradient to c_{t-1}'s in place (the GRU carries
-// dh_t z_t there, its direct path to h_{t-1}).
+// the last step) and dgates_next (dG_{t+1}, null at the last step), writes dgates (dG_t, B x G H;
+// the GRU's 4 H rows hold the gradients of both of its pre-activations, see gru_fused_bwd) and, for
+// the LSTM, carries dc (B x H) from c_t's gradient to c_{t-1}'s in place (the GRU carries dh_t z_t
+// there, its direct path to h_{t-1}).
 struct FusedStep {
   int64_t B = 0, H = 0, I = 0, ld_reserve = 0;
   const float* packed = nullptr;     // fused_pack_weights(w_hh, G, H, H, backward) of this direction
@@ -68,12 +69,12 @@ struct FusedStep {
   const float* dh = nullptr;
   float* dc = nullptr;
   float* dgates = nullptr;
-  float* dgates_input = nullptr;  // GRU: the gradient of x W_ihᵀ + b_ih (dgates is that of h W_hhᵀ + b_hh)
+  int64_t ld_dgates = 0;  // row stride of dgates and dgates_next: G H, the GRU's 4 H
 };
 
 // The weight gradients and the input gradient of one step t of a fused recurrence's backward
 // (csrc/cpu/isa/fused_step_kernels.cpp, fused_grad_step), computed while the next (earlier) step's
-// tiles run: both only read dG_t. Row strides are G H for d_rec and d_input, I for x_t and dx_t,
+// tiles run: both only read dG_t. Row strides are ld_d for d_rec and d_input, I for x_t and dx_t,
 // ld_w for the accumulators. A tile reads d_rec and d_input up to fused_grad_width() - 1 floats past
 // a row's G H: the buffers must hold that many floats past their last row.
 enum class GradPart { kRecurrentWeights, kInputWeights, kInput };
@@ -81,6 +82,7 @@ struct GradStep {
   int64_t B = 0, H = 0, I = 0, G = 0;
   const float* d_rec = nullptr;    // (B, G H): gradient of h_{t-1} W_hhᵀ + b_hh
   const float* d_input = nullptr;  // (B, G H): of x_t W_ihᵀ + b_ih (d_rec itself but for the GRU)
+  int64_t ld_d = 0;
   const float* h_prev = nullptr;   // h_{t-1}, row stride ld_h
   int64_t ld_h = 0;
   const float* x_t = nullptr;

@@ -377,11 +377,11 @@ class StepWeightGrads {
   }
 
   // The tiles of step t's gradients, whose gate gradients are d_rec (of h_{t-1} W_hhᵀ + b_hh) and
-  // d_input (of x_t W_ihᵀ + b_ih; the same for all but the GRU).
-  GradStep step(int64_t t, const float* d_rec, const float* d_input) {
+  // d_input (of x_t W_ihᵀ + b_ih; the same for all but the GRU), rows ld_d apart.
+  GradStep step(int64_t t, const float* d_rec, const float* d_input, int64_t ld_d) {
     GradStep g = base_;
     const int64_t B = g.B, W = states_.size(2);
-    g.d_rec = d_rec, g.d_input = d_input;
+    g.d_rec = d_rec, g.d_input = d_input, g.ld_d = ld_d;
     g.h_prev = t ? ptr(states_) + (t - 1) * B * W + h_col_ : ptr(h0f_), g.ld_h = t ? W : g.H;
     g.x_t = ptr(xf_) + t * B * g.I;
     g.dw_hh_t = ptr(dw_hh_t_), g.dw_ih_t = ptr(dw_ih_t_);
@@ -509,12 +509,12 @@ Tensor lstm_bwd_fused_loop(const KernelTable& k, const Tensor& dyf, const OptTen
     step.c_prev = t ? res + (t - 1) * B * W + 4 * H : ptr(c0f), step.ld_c = t ? W : H;
     step.dgates_next = t < T - 1 ? ptr(dG) + (t + 1) * B * 4 * H : nullptr;
     step.dh = t == T - 1 && dh_last.defined() ? ptr(dh_last) : ptr(dyf) + t * B * H;
-    step.dc = ptr(dc), step.dgates = ptr(dG) + t * B * 4 * H;
-    const GradStep next = t < T - 1 ? grads.step(t + 1, step.dgates_next, step.dgates_next) : GradStep{};
+    step.dc = ptr(dc), step.dgates = ptr(dG) + t * B * 4 * H, step.ld_dgates = 4 * H;
+    const GradStep next = t < T - 1 ? grads.step(t + 1, step.dgates_next, step.dgates_next, 4 * H) : GradStep{};
     grads.run(tiles, B * 4 * H * H, t < T - 1 ? &next : nullptr,
               [&](int64_t t0, int64_t t1) { k.lstm_fused_bwd(step, t0, t1); });
   }
-  const GradStep first = grads.step(0, ptr(dG), ptr(dG));
+  const GradStep first = grads.step(0, ptr(dG), ptr(dG), 4 * H);
   grads.run(0, 0, &first, [](int64_t, int64_t) {});
   return gemm_all(dG[0], whh);
 }
@@ -618,34 +618,41 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd(const Tensor&
   const int64_t T = s.T, B = s.B, H = s.H, GH = 3 * H, W = rnn_reserve_width(RnnCell::kGru, H, H);
   const Tensor dyf = f32(dy), h0f = f32(h0), whh = f32(w_hh);
   const Tensor dh_last = dh_n ? dyf[T - 1] + dh_n->to(at::kFloat) : Tensor();
-  Tensor d_input = padded_gate_grads(k, Scratch::kGateGrads, T, B, GH);          // of x W_ihᵀ + b_ih
-  Tensor d_recurrent = padded_gate_grads(k, Scratch::kRecurrentGrads, T, B, GH);  // of h W_hhᵀ + b_hh
+  // Per step and batch row [da_n da_r da_z r da_n] (gru_fused_bwd): its first 3 H are d_input, the
+  // gradient of x W_ihᵀ + b_ih with the gates in the order n, r, z, its last 3 H d_rec, that of
+  // h W_hhᵀ + b_hh (r, z, n).
+  const int64_t L = 4 * H;
+  Tensor dG = padded_gate_grads(k, Scratch::kGateGrads, T, B, L);
   Tensor carry = at::zeros({B, H}, reserve.options());  // dh_{t+1} z_{t+1}: the direct path into h_t
   const Tensor packed = packed_backward_weights(k, 3, whh);
-  StepWeightGrads grads(k, 3, f32(x), w_ih, h0f, reserve, 4 * H, input_grad);
+  auto nrz = [&](const Tensor& rzn) {  // gate blocks r, z, n (dim 0) -> n, r, z, and back with rzn()
+    return at::cat({rzn.narrow(0, 2 * H, H), rzn.narrow(0, 0, 2 * H)});
+  };
+  auto rzn = [&](const Tensor& nrz) { return at::cat({nrz.narrow(0, H, 2 * H), nrz.narrow(0, 0, H)}); };
+  StepWeightGrads grads(k, 3, f32(x), nrz(w_ih), h0f, reserve, 4 * H, input_grad);
   const int64_t tiles = k.fused_step_tiles(3, B, H, /*backward=*/true);
   const float* res = ptr(reserve);
+  auto d_input = [&](int64_t t) { return ptr(dG) + t * B * L; };
+  auto d_rec = [&](int64_t t) { return ptr(dG) + t * B * L + H; };
   for (int64_t t = T - 1; t >= 0; --t) {
     FusedStep step;
     step.B = B, step.H = H, step.ld_reserve = W, step.packed = ptr(packed);
     step.reserve_t = const_cast<float*>(res + t * B * W);  // read only
     step.h_prev = t ? res + (t - 1) * B * W + 4 * H : ptr(h0f), step.ld_h = t ? W : H;
-    step.dgates_next = t < T - 1 ? ptr(d_recurrent) + (t + 1) * B * GH : nullptr;
+    step.dgates_next = t < T - 1 ? d_rec(t + 1) : nullptr;
     step.dh = t == T - 1 && dh_last.defined() ? ptr(dh_last) : ptr(dyf) + t * B * H;
-    step.dc = ptr(carry), step.dgates = ptr(d_recurrent) + t * B * GH;
-    step.dgates_input = ptr(d_input) + t * B * GH;
-    const GradStep next = t < T - 1 ? grads.step(t + 1, step.dgates_next, ptr(d_input) + (t + 1) * B * GH) : GradStep{};
+    step.dc = ptr(carry), step.dgates = ptr(dG) + t * B * L, step.ld_dgates = L;
+    const GradStep next = t < T - 1 ? grads.step(t + 1, d_rec(t + 1), d_input(t + 1), L) : GradStep{};
     grads.run(tiles, B * GH * H, t < T - 1 ? &next : nullptr,
               [&](int64_t t0, int64_t t1) { k.gru_fused_bwd(step, t0, t1); });
   }
-  const GradStep first = grads.step(0, ptr(d_recurrent), ptr(d_input));  // step 0's gradients, alone
+  const GradStep first = grads.step(0, d_rec(0), d_input(0), L);  // step 0's gradients, alone
   grads.run(0, 0, &first, [](int64_t, int64_t) {});
-  const Tensor dh0 = gemm_all(d_recurrent[0], whh).add_(carry);
+  const Tensor dh0 = gemm_all(dG[0].narrow(1, H, GH), whh).add_(carry);
   const auto dt = x.scalar_type();
-  const Tensor db_ih = d_input.view({T * B, GH}).sum(0);
-  // b_hh's gradient: r's and z's are b_ih's (the same gate gradients), n's is that of r ⊙ da_n.
-  const Tensor db_hh = at::cat({db_ih.narrow(0, 0, 2 * H), d_recurrent.view({T * B, GH}).narrow(1, 2 * H, H).sum(0)});
-  return {grads.dx(x), fresh(dh0, dt), grads.dw_ih(dt), grads.dw_hh(dt), grad_or_absent(db_ih, b_ih, x),
+  const Tensor sums = dG.view({T * B, L}).sum(0);  // n, r, z, r n
+  const Tensor db_ih = rzn(sums.narrow(0, 0, GH)), db_hh = sums.narrow(0, H, GH);
+  return {grads.dx(x), fresh(dh0, dt), rzn(grads.dw_ih(dt)), grads.dw_hh(dt), grad_or_absent(db_ih, b_ih, x),
           grad_or_absent(db_hh, b_hh, x)};
 }
 
@@ -700,12 +707,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_bwd(const Tensor&
     step.reserve_t = const_cast<float*>(ptr(reserve) + t * B * H);  // read only
     step.dgates_next = t < T - 1 ? ptr(dpre) + (t + 1) * B * H : nullptr;
     step.dh = t == T - 1 && dh_last.defined() ? ptr(dh_last) : ptr(dyf) + t * B * H;
-    step.dgates = ptr(dpre) + t * B * H;
-    const GradStep next = t < T - 1 ? grads.step(t + 1, step.dgates_next, step.dgates_next) : GradStep{};
+    step.dgates = ptr(dpre) + t * B * H, step.ld_dgates = H;
+    const GradStep next = t < T - 1 ? grads.step(t + 1, step.dgates_next, step.dgates_next, H) : GradStep{};
     grads.run(tiles, B * H * H, t < T - 1 ? &next : nullptr,
               [&](int64_t t0, int64_t t1) { k.rnn_fused_bwd(step, relu, t0, t1); });
   }
-  const GradStep first = grads.step(0, ptr(dpre), ptr(dpre));
+  const GradStep first = grads.step(0, ptr(dpre), ptr(dpre), H);
   grads.run(0, 0, &first, [](int64_t, int64_t) {});
   const auto dt = x.scalar_type();
   const Tensor dh0 = gemm_all(dpre[0], whh);

@@ -322,7 +322,7 @@ struct BwdTile {
       return;
     }
     const Operand none{0, nullptr, 0, nullptr};
-    const Operand recurrent{G * s.H, s.dgates_next + b0 * G * s.H, G * s.H, s.packed + u0 * G * s.H};
+    const Operand recurrent{G * s.H, s.dgates_next + b0 * s.ld_dgates, s.ld_dgates, s.packed + u0 * G * s.H};
     micro_rows<kVecs>(rows, none, recurrent, kUnitsBwd, &acc[0][0], kUnitsBwd);
   }
 };
@@ -372,7 +372,7 @@ void lstm_fused_bwd(const FusedStep& s, int64_t tile0, int64_t tile1) {
       prefetch(s.c_prev + b * s.ld_c + u0, tile.units, false);
       prefetch(s.dh + b * H + u0, tile.units, false);
       prefetch(s.dc + b * H + u0, tile.units, true);
-      for (int64_t gate = 0; gate < 4; ++gate) prefetch(s.dgates + b * 4 * H + gate * H + u0, tile.units, true);
+      for (int64_t gate = 0; gate < 4; ++gate) prefetch(s.dgates + b * s.ld_dgates + gate * H + u0, tile.units, true);
     }
     tile.multiply(s, 4);  // the gradient reaching h_t through step t+1's gates
     for (int64_t r = 0; r < tile.rows; ++r) {
@@ -382,7 +382,7 @@ void lstm_fused_bwd(const FusedStep& s, int64_t tile0, int64_t tile1) {
       const float* dy = s.dh + b * H + u0;
       const float* cp = s.c_prev + b * s.ld_c + u0;
       float* dc = s.dc + b * H + u0;
-      float* dg = s.dgates + b * 4 * H + u0;
+      float* dg = s.dgates + b * s.ld_dgates + u0;
 #pragma omp simd
       for (int64_t j = 0; j < units; ++j) {
         const float d = a[j] + dy[j];  // the whole gradient of h_t
@@ -433,8 +433,10 @@ void gru_fused_fwd(const FusedStep& s, int64_t tile0, int64_t tile1) {
 }
 
 // dh_t = dy_t + carry + d_rec_{t+1} · W_hh, with carry = dh_{t+1} z_{t+1} (the direct path
-// h_t -> h_{t+1}, updated in place to dh_t z_t for the step before); writes d_input_t =
-// [da_r da_z da_n] and d_rec_t = [da_r da_z da_n r] (dgates_next is d_rec_{t+1}).
+// h_t -> h_{t+1}, updated in place to dh_t z_t for the step before). Writes the row [da_n da_r da_z
+// r da_n] (4 H, ld_dgates apart): its first 3 H are d_input_t, the gradient of x W_ihᵀ + b_ih with
+// the gates in the order n, r, z, and its last 3 H d_rec_t, that of h W_hhᵀ + b_hh in PyTorch's
+// order r, z, n, so that the gradients r and z share stay one copy (dgates_next is d_rec_{t+1}).
 void gru_fused_bwd(const FusedStep& s, int64_t tile0, int64_t tile1) {
   const int64_t H = s.H, W = s.ld_reserve;
   for (int64_t index = tile0; index < tile1; ++index) {
@@ -447,10 +449,7 @@ void gru_fused_bwd(const FusedStep& s, int64_t tile0, int64_t tile1) {
       prefetch(s.h_prev + b * s.ld_h + u0, tile.units, false);
       prefetch(s.dh + b * H + u0, tile.units, false);
       prefetch(s.dc + b * H + u0, tile.units, true);
-      for (int64_t gate = 0; gate < 3; ++gate) {
-        prefetch(s.dgates_input + b * 3 * H + gate * H + u0, tile.units, true);
-        prefetch(s.dgates + b * 3 * H + gate * H + u0, tile.units, true);
-      }
+      for (int64_t block = 0; block < 4; ++block) prefetch(s.dgates + b * s.ld_dgates + block * H + u0, tile.units, true);
     }
     tile.multiply(s, 3);
     for (int64_t r = 0; r < tile.rows; ++r) {
@@ -460,8 +459,7 @@ void gru_fused_bwd(const FusedStep& s, int64_t tile0, int64_t tile1) {
       const float* hp = s.h_prev + b * s.ld_h + u0;
       const float* dy = s.dh + b * H + u0;
       float* carry = s.dc + b * H + u0;
-      float* di = s.dgates_input + b * 3 * H + u0;
-      float* dr = s.dgates + b * 3 * H + u0;
+      float* dg = s.dgates + b * s.ld_dgates + u0;
 #pragma omp simd
       for (int64_t j = 0; j < units; ++j) {
         const float d = a[j] + dy[j] + carry[j];  // the whole gradient of h_t
@@ -469,8 +467,7 @@ void gru_fused_bwd(const FusedStep& s, int64_t tile0, int64_t tile1) {
         const float da_n = d * (1.f - z) * (1.f - n * n);
         const float da_r = da_n * s_n * rr * (1.f - rr);
         const float da_z = d * (hp[j] - n) * z * (1.f - z);
-        di[j] = da_r, di[H + j] = da_z, di[2 * H + j] = da_n;
-        dr[j] = da_r, dr[H + j] = da_z, dr[2 * H + j] = da_n * rr;
+        dg[j] = da_n, dg[H + j] = da_r, dg[2 * H + j] = da_z, dg[3 * H + j] = da_n * rr;
         carry[j] = d * z;
       }
     }
@@ -505,7 +502,7 @@ void fused_grad_step(const GradStep& g, GradPart part, int64_t tile0, int64_t ti
     for (int64_t index = tile0; index < tile1; ++index) {
       const int64_t b0 = (index / col_blocks) * kRows, i0 = (index % col_blocks) * kUnitsBwd;
       const int64_t rows = std::min(kRows, static_cast<int>(g.B - b0)), cols = std::min(kUnitsBwd, g.I - i0);
-      const Operand input{GH, g.d_input + b0 * GH, GH, g.packed_ih + i0 * GH};
+      const Operand input{GH, g.d_input + b0 * g.ld_d, g.ld_d, g.packed_ih + i0 * GH};
       micro_rows<kVecs>(rows, none, input, kUnitsBwd, &acc[0][0], kUnitsBwd);
       for (int64_t r = 0; r < rows; ++r) std::memcpy(g.dx_t + (b0 + r) * g.I + i0, acc[r], cols * sizeof(float));
     }
@@ -519,7 +516,8 @@ void fused_grad_step(const GradStep& g, GradPart part, int64_t tile0, int64_t ti
   const int64_t col_blocks = blocks(GH, kUnitsBwd);
   for (int64_t index = tile0; index < tile1; ++index) {
     const int64_t r0 = (index / col_blocks) * kRows, c0 = (index % col_blocks) * kUnitsBwd;
-    micro_acc_t_rows(std::min<int64_t>(kRows, units - r0), g.B, A + r0, lda, P + c0, GH, C + r0 * g.ld_w + c0, g.ld_w);
+    micro_acc_t_rows(std::min<int64_t>(kRows, units - r0), g.B, A + r0, lda, P + c0, g.ld_d, C + r0 * g.ld_w + c0,
+                     g.ld_w);
   }}
 
 // The Elman cell, h_t = act(x_t W_ihᵀ + h_{t-1} W_hhᵀ + b): reserve_t is h_t itself (B x H).
@@ -557,7 +555,7 @@ void rnn_fused_bwd(const FusedStep& s, bool relu, int64_t tile0, int64_t tile1) 
       const float* a = tile.acc[r];
       const float* h = s.reserve_t + b * H + tile.u0;
       const float* dy = s.dh + b * H + tile.u0;
-      float* dpre = s.dgates + b * H + tile.u0;
+      float* dpre = s.dgates + b * s.ld_dgates + tile.u0;
       if (relu) {  // d where h > 0 (bits in [1, +inf]; NaN and negatives excluded, as torch's mask)
 #pragma omp simd
         for (int64_t j = 0; j < units; ++j)
