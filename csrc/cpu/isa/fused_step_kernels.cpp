@@ -68,6 +68,30 @@ struct Operand {
   const float* P;
 };
 
+// One k of a register block: c[r][·] += a[r · a_stride] P[k's row] for r < MR (the a[r] broadcast).
+template <int MR, int NV>
+inline __attribute__((always_inline)) void rank1_update(fvec (&c)[MR][NV], const float* a, int64_t a_stride,
+                                                        const float* p_row) {
+  fvec p[NV];
+#pragma GCC unroll 4
+  for (int j = 0; j < NV; ++j) p[j] = load(p_row + j * kLanes);
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    const fvec a_r = a[r * a_stride] - fvec{};  // broadcast (x - 0 is x: no add is emitted)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) c[r][j] += a_r * p[j];
+  }
+}
+
+template <int MR, int NV>
+inline __attribute__((always_inline)) void store_block(const fvec (&c)[MR][NV], float* C, int64_t ldc) {
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) store(C + r * ldc + j * kLanes, c[r][j]);
+  }
+}
+
 // C[r, 0 : NV kLanes) = Σ_k A1[r, k] P1[k, ·] + Σ_k A2[r, k] P2[k, ·] for r < MR, both sums in the
 // same registers (the forward's x_t W_ihᵀ + h_{t-1} W_hhᵀ; the backward passes K1 = 0). C is a
 // tile buffer with row stride ldc.
@@ -82,26 +106,9 @@ inline __attribute__((always_inline)) void micro(const Operand& o1, const Operan
   }
 #pragma GCC unroll 2
   for (const Operand* o : {&o1, &o2}) {
-    const float* A = o->A;
-    const float* P = o->P;
-    const int64_t lda = o->lda;
-    for (int64_t k = 0; k < o->K; ++k) {
-      fvec p[NV];
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) p[j] = load(P + k * ldp + j * kLanes);
-#pragma GCC unroll 8
-      for (int r = 0; r < MR; ++r) {
-        const fvec a = A[r * lda + k] - fvec{};  // broadcast (x - 0 is x: no add is emitted)
-#pragma GCC unroll 4
-        for (int j = 0; j < NV; ++j) c[r][j] += a * p[j];
-      }
-    }
+    for (int64_t k = 0; k < o->K; ++k) rank1_update<MR, NV>(c, o->A + k, o->lda, o->P + k * ldp);
   }
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r) {
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) store(C + r * ldc + j * kLanes, c[r][j]);
-  }
+  store_block<MR, NV>(c, C, ldc);
 }
 
 // C[r, 0 : NV kLanes) += Σ_k A[k lda + r] P[k ldp + ·] for r < MR: A read down its columns (a
@@ -115,22 +122,8 @@ inline __attribute__((always_inline)) void micro_acc_t(int64_t K, const float* A
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) c[r][j] = load(C + r * ldc + j * kLanes);
   }
-  for (int64_t k = 0; k < K; ++k) {
-    fvec p[NV];
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) p[j] = load(P + k * ldp + j * kLanes);
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      const fvec a = A[k * lda + r] - fvec{};
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) c[r][j] += a * p[j];
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r) {
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) store(C + r * ldc + j * kLanes, c[r][j]);
-  }
+  for (int64_t k = 0; k < K; ++k) rank1_update<MR, NV>(c, A + k * lda, 1, P + k * ldp);
+  store_block<MR, NV>(c, C, ldc);
 }
 
 void micro_acc_t_rows(int64_t rows, int64_t K, const float* A, int64_t lda, const float* P, int64_t ldp, float* C,
