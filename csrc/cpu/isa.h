@@ -77,7 +77,7 @@ struct FusedStep {
 // tiles run: both only read dG_t. Row strides are ld_d for d_rec and d_input, I for x_t and dx_t,
 // ld_w for the accumulators. A tile reads d_rec and d_input up to fused_grad_width() - 1 floats past
 // a row's G H: the buffers must hold that many floats past their last row.
-enum class GradPart { kRecurrentWeights, kInputWeights, kInput };
+enum class GradPart { kRecurrentWeights, kInputWeights, kInput, kBias };
 struct GradStep {
   int64_t B = 0, H = 0, I = 0, G = 0;
   const float* d_rec = nullptr;    // (B, G H): gradient of h_{t-1} W_hhᵀ + b_hh
@@ -91,6 +91,10 @@ struct GradStep {
   int64_t ld_w = 0;          // G H rounded up to a multiple of fused_grad_width()
   const float* packed_ih = nullptr;  // fused_pack_weights(w_ih, G, H, I, backward = true)
   float* dx_t = nullptr;             // = d_input W_ih, or null when the input needs no gradient
+  // (2, ld_w), a compensated (Kahan) sum and what it lost: += the column sums of d_input, and of
+  // d_rec when it is not d_input. A bias gradient sums T·B terms against a growing total.
+  float* db_input = nullptr;
+  float* db_rec = nullptr;
 };
 
 // One attention call for the kernels of csrc/cpu/isa/attention_kernels.cpp (docs/attention_contract.md),

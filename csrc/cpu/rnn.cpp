@@ -16,9 +16,9 @@
 // products and its pointwise pass are one kernel over (batch rows x units) tiles, against W_ih and
 // W_hh packed once per call (csrc/cpu/isa/fused_step_kernels.cpp). That removes the per-step
 // library call and its re-packing of W_hh, and the pre-activations' round trip through memory.
-// Their backward also accumulates dW_ih and dW_hh, and writes dx, step by step inside the reverse
-// loop (StepWeightGrads), each step's tiles in the parallel region of the step before it, instead
-// of GEMMs over all T·B rows after it; only the bias gradients stay reductions after the loop.
+// Their backward also accumulates dW_ih, dW_hh and the bias gradients, and writes dx, step by step
+// inside the reverse loop (StepWeightGrads), each step's tiles in the parallel region of the step
+// before it, instead of GEMMs and reductions over all T·B rows after it.
 // Every backward keeps its scratch between calls (scratch()).
 // GEMMs go through torch's oneDNN matmul when torch has it (see onednn_matmul()), else BLAS sgemm
 // on raw pointers (MKL's packed form when available). Nothing is dispatched through the torch
@@ -369,6 +369,7 @@ class StepWeightGrads {
     base_.B = B, base_.H = H, base_.I = I, base_.G = G, base_.ld_w = (G * H + width - 1) / width * width;
     dw_hh_t_ = at::zeros({H, base_.ld_w}, xf.options());
     dw_ih_t_ = at::zeros({I, base_.ld_w}, xf.options());
+    db_ = at::zeros({2, 2, base_.ld_w}, xf.options());  // of d_input, of d_rec (the GRU's): sum, lost
     if (input_grad) {
       dx_ = at::empty({T, B, I}, xf.options());
       packed_ih_ = scratch(Scratch::kPackedInputBackward, {k.fused_packed_floats(G, H, I, /*backward=*/true)});
@@ -385,6 +386,7 @@ class StepWeightGrads {
     g.h_prev = t ? ptr(states_) + (t - 1) * B * W + h_col_ : ptr(h0f_), g.ld_h = t ? W : g.H;
     g.x_t = ptr(xf_) + t * B * g.I;
     g.dw_hh_t = ptr(dw_hh_t_), g.dw_ih_t = ptr(dw_ih_t_);
+    g.db_input = ptr(db_), g.db_rec = ptr(db_) + 2 * g.ld_w;
     if (dx_.defined()) g.packed_ih = ptr(packed_ih_), g.dx_t = ptr(dx_) + t * B * g.I;
     return g;
   }
@@ -397,11 +399,12 @@ class StepWeightGrads {
       for_tiles(tiles, step_work, run_step);
       return;
     }
-    const std::array<int64_t, 4> counts{tiles, k_.fused_grad_tiles(*grads, GradPart::kRecurrentWeights),
+    const std::array<int64_t, 5> counts{tiles, k_.fused_grad_tiles(*grads, GradPart::kRecurrentWeights),
                                         k_.fused_grad_tiles(*grads, GradPart::kInputWeights),
-                                        k_.fused_grad_tiles(*grads, GradPart::kInput)};
+                                        k_.fused_grad_tiles(*grads, GradPart::kInput),
+                                        k_.fused_grad_tiles(*grads, GradPart::kBias)};
     const int64_t GH = base_.G * base_.H;
-    const int64_t work = step_work + base_.B * GH * (base_.H + base_.I + (dx_.defined() ? base_.I : 0));
+    const int64_t work = step_work + base_.B * GH * (base_.H + base_.I + (dx_.defined() ? base_.I : 0) + 1);
     for_tile_sets(counts, work, [&](size_t set, int64_t t0, int64_t t1) {
       if (set == 0) {
         run_step(t0, t1);
@@ -414,13 +417,16 @@ class StepWeightGrads {
   Tensor dw_ih(at::ScalarType dt) const { return fresh(dw_ih_t_.narrow(1, 0, base_.G * base_.H).t(), dt); }
   Tensor dw_hh(at::ScalarType dt) const { return fresh(dw_hh_t_.narrow(1, 0, base_.G * base_.H).t(), dt); }
   Tensor dx(const Tensor& x) const { return dx_.defined() ? dx_.to(x.scalar_type()) : absent_grad(x); }
+  // The bias gradients, fp32: the column sums of every step's d_input, and of d_rec (the GRU's only).
+  Tensor db_input() const { return db_[0][0].narrow(0, 0, base_.G * base_.H); }
+  Tensor db_rec() const { return db_[1][0].narrow(0, 0, base_.G * base_.H); }
 
  private:
   const KernelTable& k_;
   Tensor xf_, h0f_, states_;
   int64_t h_col_;
   GradStep base_;
-  Tensor dw_hh_t_, dw_ih_t_, dx_, packed_ih_;
+  Tensor dw_hh_t_, dw_ih_t_, db_, dx_, packed_ih_;
 };
 
 // The LSTM without a projection: the fused step of csrc/cpu/isa/fused_step_kernels.cpp. The input
@@ -539,7 +545,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
     // (T·B x 4H x I) is ~9% of the backward at (28, 128, 28, 128).
     StepWeightGrads grads(k, 4, f32(x), w_ih, h0f, reserve, 5 * H, input_grad);
     const Tensor dh0 = lstm_bwd_fused_loop(k, f32(dy), dh_n, c0f, whh, reserve, dc, dG, grads);
-    const Tensor db = dG.view({T * B, 4 * H}).sum(0);
+    const Tensor db = grads.db_input();
     return {grads.dx(x), fresh(dh0, dt), fresh(dc, dt), grads.dw_ih(dt), grads.dw_hh(dt), grad_or_absent(db, b_ih, x),
             grad_or_absent(db, b_hh, x), absent_grad(x)};
   }
@@ -650,8 +656,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd(const Tensor&
   grads.run(0, 0, &first, [](int64_t, int64_t) {});
   const Tensor dh0 = gemm_all(dG[0].narrow(1, H, GH), whh).add_(carry);
   const auto dt = x.scalar_type();
-  const Tensor sums = dG.view({T * B, L}).sum(0);  // n, r, z, r n
-  const Tensor db_ih = rzn(sums.narrow(0, 0, GH)), db_hh = sums.narrow(0, H, GH);
+  const Tensor db_ih = rzn(grads.db_input()), db_hh = grads.db_rec();
   return {grads.dx(x), fresh(dh0, dt), rzn(grads.dw_ih(dt)), grads.dw_hh(dt), grad_or_absent(db_ih, b_ih, x),
           grad_or_absent(db_hh, b_hh, x)};
 }
@@ -716,7 +721,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_bwd(const Tensor&
   grads.run(0, 0, &first, [](int64_t, int64_t) {});
   const auto dt = x.scalar_type();
   const Tensor dh0 = gemm_all(dpre[0], whh);
-  const Tensor db = dpre.view({T * B, H}).sum(0);
+  const Tensor db = grads.db_input();
   return {grads.dx(x), fresh(dh0, dt), grads.dw_ih(dt), grads.dw_hh(dt), grad_or_absent(db, b_ih, x),
           grad_or_absent(db, b_hh, x)};
 }
