@@ -354,19 +354,23 @@ Tensor padded_gate_grads(const KernelTable& k, Scratch slot, int64_t T, int64_t 
   return buffer.narrow(0, 0, n).view({T, B, GH});
 }
 
-// dW_ih, dW_hh and dx of a fused backward, computed step by step inside its reverse loop
-// (fused_grad_step, csrc/cpu/isa/fused_step_kernels.cpp): the tiles of step t+1's gradients run in
-// the parallel region of step t's tiles, while dG_{t+1} is still in cache. After the loop, GEMMs
-// over all T·B rows did this; at (28, 128, 28, 128) on an AVX2 EPYC they ran at half the rate of
-// the steps' own products (skinny operands: I = 28; a K of T·B rows that every call packs again).
-// `states` holds h_t at column `h_col` of its (T, B, W) rows.
+// dW_ih, dW_hh, the bias gradients and dx of a fused backward, computed step by step inside its
+// reverse loop (fused_grad_step, csrc/cpu/isa/fused_step_kernels.cpp): the tiles of step t+1's
+// gradients run in the parallel region of step t's tiles, while dG_{t+1} is still in cache. After
+// the loop, GEMMs over all T·B rows did this; at (28, 128, 28, 128) on an AVX2 EPYC they ran at half
+// the rate of the steps' own products (skinny operands: I = 28; a K of T·B rows that every call
+// packs again). `states` holds h_t at column `h_col` of its (T, B, W) rows; `gate_grads` (T, B, L)
+// holds each step's d_rec at column `rec_col` and d_input at `input_col` of its rows.
 class StepWeightGrads {
  public:
   StepWeightGrads(const KernelTable& k, int64_t G, const Tensor& xf, const Tensor& w_ih, const Tensor& h0f,
-                  const Tensor& states, int64_t h_col, bool input_grad)
-      : k_(k), xf_(xf), h0f_(h0f), states_(states), h_col_(h_col) {
+                  const Tensor& states, int64_t h_col, const Tensor& gate_grads, int64_t rec_col, int64_t input_col,
+                  bool input_grad)
+      : k_(k), xf_(xf), h0f_(h0f), states_(states), gate_grads_(gate_grads), h_col_(h_col), rec_col_(rec_col),
+        input_col_(input_col) {
     const int64_t T = xf.size(0), B = xf.size(1), I = xf.size(2), H = h0f.size(1), width = k.fused_grad_width();
     base_.B = B, base_.H = H, base_.I = I, base_.G = G, base_.ld_w = (G * H + width - 1) / width * width;
+    base_.ld_d = gate_grads.size(2);
     dw_hh_t_ = at::zeros({H, base_.ld_w}, xf.options());
     dw_ih_t_ = at::zeros({I, base_.ld_w}, xf.options());
     db_ = at::zeros({2, 2, base_.ld_w}, xf.options());  // of d_input, of d_rec (the GRU's): sum, lost
@@ -377,41 +381,17 @@ class StepWeightGrads {
     }
   }
 
-  // The tiles of step t's gradients, whose gate gradients are d_rec (of h_{t-1} W_hhᵀ + b_hh) and
-  // d_input (of x_t W_ihᵀ + b_ih; the same for all but the GRU), rows ld_d apart.
-  GradStep step(int64_t t, const float* d_rec, const float* d_input, int64_t ld_d) {
-    GradStep g = base_;
-    const int64_t B = g.B, W = states_.size(2);
-    g.d_rec = d_rec, g.d_input = d_input, g.ld_d = ld_d;
-    g.h_prev = t ? ptr(states_) + (t - 1) * B * W + h_col_ : ptr(h0f_), g.ld_h = t ? W : g.H;
-    g.x_t = ptr(xf_) + t * B * g.I;
-    g.dw_hh_t = ptr(dw_hh_t_), g.dw_ih_t = ptr(dw_ih_t_);
-    g.db_input = ptr(db_), g.db_rec = ptr(db_) + 2 * g.ld_w;
-    if (dx_.defined()) g.packed_ih = ptr(packed_ih_), g.dx_t = ptr(dx_) + t * B * g.I;
-    return g;
-  }
-
-  // One parallel region: `tiles` tiles of a backward step (run_step(t0, t1)) and, unless `grads` is
-  // null, the gradient tiles of the step after it.
+  // Backward step t: its `tiles` tiles (run_step(t0, t1), `step_work` multiply-adds) in one parallel
+  // region with the gradient tiles of step t+1 (none at the last step); at t = 0 then step 0's
+  // gradient tiles, alone. Call for t = T-1 down to 0.
   template <typename F>
-  void run(int64_t tiles, int64_t step_work, const GradStep* grads, const F& run_step) const {
-    if (grads == nullptr) {
+  void reverse_step(int64_t t, int64_t tiles, int64_t step_work, const F& run_step) {
+    if (t == xf_.size(0) - 1) {
       for_tiles(tiles, step_work, run_step);
-      return;
+    } else {
+      run_with_grads(grads_of_step(t + 1), tiles, step_work, run_step);
     }
-    const std::array<int64_t, 5> counts{tiles, k_.fused_grad_tiles(*grads, GradPart::kRecurrentWeights),
-                                        k_.fused_grad_tiles(*grads, GradPart::kInputWeights),
-                                        k_.fused_grad_tiles(*grads, GradPart::kInput),
-                                        k_.fused_grad_tiles(*grads, GradPart::kBias)};
-    const int64_t GH = base_.G * base_.H;
-    const int64_t work = step_work + base_.B * GH * (base_.H + base_.I + (dx_.defined() ? base_.I : 0) + 1);
-    for_tile_sets(counts, work, [&](size_t set, int64_t t0, int64_t t1) {
-      if (set == 0) {
-        run_step(t0, t1);
-      } else {
-        k_.fused_grad_step(*grads, static_cast<GradPart>(set - 1), t0, t1);
-      }
-    });
+    if (t == 0) run_with_grads(grads_of_step(0), 0, 0, [](int64_t, int64_t) {});
   }
 
   Tensor dw_ih(at::ScalarType dt) const { return fresh(dw_ih_t_.narrow(1, 0, base_.G * base_.H).t(), dt); }
@@ -422,9 +402,39 @@ class StepWeightGrads {
   Tensor db_rec() const { return db_[1][0].narrow(0, 0, base_.G * base_.H); }
 
  private:
+  GradStep grads_of_step(int64_t t) {
+    GradStep g = base_;
+    const int64_t B = g.B, W = states_.size(2);
+    const float* rows = ptr(gate_grads_) + t * B * g.ld_d;
+    g.d_rec = rows + rec_col_, g.d_input = rows + input_col_;
+    g.h_prev = t ? ptr(states_) + (t - 1) * B * W + h_col_ : ptr(h0f_), g.ld_h = t ? W : g.H;
+    g.x_t = ptr(xf_) + t * B * g.I;
+    g.dw_hh_t = ptr(dw_hh_t_), g.dw_ih_t = ptr(dw_ih_t_);
+    g.db_input = ptr(db_), g.db_rec = g.db_input + 2 * g.ld_w;
+    if (dx_.defined()) g.packed_ih = ptr(packed_ih_), g.dx_t = ptr(dx_) + t * B * g.I;
+    return g;
+  }
+
+  template <typename F>
+  void run_with_grads(const GradStep& grads, int64_t tiles, int64_t step_work, const F& run_step) const {
+    const std::array<int64_t, 5> counts{tiles, k_.fused_grad_tiles(grads, GradPart::kRecurrentWeights),
+                                        k_.fused_grad_tiles(grads, GradPart::kInputWeights),
+                                        k_.fused_grad_tiles(grads, GradPart::kInput),
+                                        k_.fused_grad_tiles(grads, GradPart::kBias)};
+    const int64_t GH = base_.G * base_.H;
+    const int64_t work = step_work + base_.B * GH * (base_.H + base_.I + (dx_.defined() ? base_.I : 0) + 1);
+    for_tile_sets(counts, work, [&](size_t set, int64_t t0, int64_t t1) {
+      if (set == 0) {
+        run_step(t0, t1);
+      } else {
+        k_.fused_grad_step(grads, static_cast<GradPart>(set - 1), t0, t1);
+      }
+    });
+  }
+
   const KernelTable& k_;
-  Tensor xf_, h0f_, states_;
-  int64_t h_col_;
+  Tensor xf_, h0f_, states_, gate_grads_;
+  int64_t h_col_, rec_col_, input_col_;
   GradStep base_;
   Tensor dw_hh_t_, dw_ih_t_, db_, dx_, packed_ih_;
 };
@@ -516,12 +526,8 @@ Tensor lstm_bwd_fused_loop(const KernelTable& k, const Tensor& dyf, const OptTen
     step.dgates_next = t < T - 1 ? ptr(dG) + (t + 1) * B * 4 * H : nullptr;
     step.dh = t == T - 1 && dh_last.defined() ? ptr(dh_last) : ptr(dyf) + t * B * H;
     step.dc = ptr(dc), step.dgates = ptr(dG) + t * B * 4 * H, step.ld_dgates = 4 * H;
-    const GradStep next = t < T - 1 ? grads.step(t + 1, step.dgates_next, step.dgates_next, 4 * H) : GradStep{};
-    grads.run(tiles, B * 4 * H * H, t < T - 1 ? &next : nullptr,
-              [&](int64_t t0, int64_t t1) { k.lstm_fused_bwd(step, t0, t1); });
+    grads.reverse_step(t, tiles, B * 4 * H * H, [&](int64_t t0, int64_t t1) { k.lstm_fused_bwd(step, t0, t1); });
   }
-  const GradStep first = grads.step(0, ptr(dG), ptr(dG), 4 * H);
-  grads.run(0, 0, &first, [](int64_t, int64_t) {});
   return gemm_all(dG[0], whh);
 }
 
@@ -543,7 +549,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
     Tensor dG = padded_gate_grads(k, Scratch::kGateGrads, T, B, 4 * H);
     // dx only when asked for: the first layer's input (images, tokens) needs none, and its product
     // (T·B x 4H x I) is ~9% of the backward at (28, 128, 28, 128).
-    StepWeightGrads grads(k, 4, f32(x), w_ih, h0f, reserve, 5 * H, input_grad);
+    StepWeightGrads grads(k, 4, f32(x), w_ih, h0f, reserve, 5 * H, dG, 0, 0, input_grad);
     const Tensor dh0 = lstm_bwd_fused_loop(k, f32(dy), dh_n, c0f, whh, reserve, dc, dG, grads);
     const Tensor db = grads.db_input();
     return {grads.dx(x), fresh(dh0, dt), fresh(dc, dt), grads.dw_ih(dt), grads.dw_hh(dt), grad_or_absent(db, b_ih, x),
@@ -635,25 +641,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd(const Tensor&
     return at::cat({rzn.narrow(0, 2 * H, H), rzn.narrow(0, 0, 2 * H)});
   };
   auto rzn = [&](const Tensor& nrz) { return at::cat({nrz.narrow(0, H, 2 * H), nrz.narrow(0, 0, H)}); };
-  StepWeightGrads grads(k, 3, f32(x), nrz(w_ih), h0f, reserve, 4 * H, input_grad);
+  StepWeightGrads grads(k, 3, f32(x), nrz(w_ih), h0f, reserve, 4 * H, dG, /*rec_col=*/H, /*input_col=*/0, input_grad);
   const int64_t tiles = k.fused_step_tiles(3, B, H, /*backward=*/true);
   const float* res = ptr(reserve);
-  auto d_input = [&](int64_t t) { return ptr(dG) + t * B * L; };
-  auto d_rec = [&](int64_t t) { return ptr(dG) + t * B * L + H; };
   for (int64_t t = T - 1; t >= 0; --t) {
     FusedStep step;
     step.B = B, step.H = H, step.ld_reserve = W, step.packed = ptr(packed);
     step.reserve_t = const_cast<float*>(res + t * B * W);  // read only
     step.h_prev = t ? res + (t - 1) * B * W + 4 * H : ptr(h0f), step.ld_h = t ? W : H;
-    step.dgates_next = t < T - 1 ? d_rec(t + 1) : nullptr;
+    step.dgates_next = t < T - 1 ? ptr(dG) + (t + 1) * B * L + H : nullptr;  // d_rec_{t+1}
     step.dh = t == T - 1 && dh_last.defined() ? ptr(dh_last) : ptr(dyf) + t * B * H;
     step.dc = ptr(carry), step.dgates = ptr(dG) + t * B * L, step.ld_dgates = L;
-    const GradStep next = t < T - 1 ? grads.step(t + 1, d_rec(t + 1), d_input(t + 1), L) : GradStep{};
-    grads.run(tiles, B * GH * H, t < T - 1 ? &next : nullptr,
-              [&](int64_t t0, int64_t t1) { k.gru_fused_bwd(step, t0, t1); });
+    grads.reverse_step(t, tiles, B * GH * H, [&](int64_t t0, int64_t t1) { k.gru_fused_bwd(step, t0, t1); });
   }
-  const GradStep first = grads.step(0, d_rec(0), d_input(0), L);  // step 0's gradients, alone
-  grads.run(0, 0, &first, [](int64_t, int64_t) {});
   const Tensor dh0 = gemm_all(dG[0].narrow(1, H, GH), whh).add_(carry);
   const auto dt = x.scalar_type();
   const Tensor db_ih = rzn(grads.db_input()), db_hh = grads.db_rec();
@@ -704,7 +704,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_bwd(const Tensor&
   const Tensor dh_last = dh_n ? dyf[T - 1] + dh_n->to(at::kFloat) : Tensor();
   Tensor dpre = padded_gate_grads(k, Scratch::kGateGrads, T, B, H);
   const Tensor packed = packed_backward_weights(k, 1, whh);
-  StepWeightGrads grads(k, 1, f32(x), w_ih, h0f, reserve, 0, input_grad);
+  StepWeightGrads grads(k, 1, f32(x), w_ih, h0f, reserve, 0, dpre, 0, 0, input_grad);
   const int64_t tiles = k.fused_step_tiles(1, B, H, /*backward=*/true);
   for (int64_t t = T - 1; t >= 0; --t) {
     FusedStep step;
@@ -713,12 +713,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_bwd(const Tensor&
     step.dgates_next = t < T - 1 ? ptr(dpre) + (t + 1) * B * H : nullptr;
     step.dh = t == T - 1 && dh_last.defined() ? ptr(dh_last) : ptr(dyf) + t * B * H;
     step.dgates = ptr(dpre) + t * B * H, step.ld_dgates = H;
-    const GradStep next = t < T - 1 ? grads.step(t + 1, step.dgates_next, step.dgates_next, H) : GradStep{};
-    grads.run(tiles, B * H * H, t < T - 1 ? &next : nullptr,
-              [&](int64_t t0, int64_t t1) { k.rnn_fused_bwd(step, relu, t0, t1); });
+    grads.reverse_step(t, tiles, B * H * H, [&](int64_t t0, int64_t t1) { k.rnn_fused_bwd(step, relu, t0, t1); });
   }
-  const GradStep first = grads.step(0, ptr(dpre), ptr(dpre), H);
-  grads.run(0, 0, &first, [](int64_t, int64_t) {});
   const auto dt = x.scalar_type();
   const Tensor dh0 = gemm_all(dpre[0], whh);
   const Tensor db = grads.db_input();
