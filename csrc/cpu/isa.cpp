@@ -27,7 +27,7 @@ const std::vector<Variant>& variants() {  // worst first
                       &isa::lstm_fused_bwd, &isa::gru_fused_fwd, &isa::gru_fused_bwd, &isa::rnn_fused_fwd,   \
                       &isa::rnn_fused_bwd, &isa::fused_grad_width, &isa::fused_grad_tiles,                  \
                       &isa::fused_grad_step,                                                                  \
-                      &isa::leaky_fwd_step, &isa::leaky_bwd_step,                                           \
+                      &isa::leaky_fused_fwd, &isa::leaky_fused_bwd,                                         \
                       &isa::attention_fwd, &isa::attention_bwd_dq, &isa::attention_bwd_dkdv,                  \
                       &isa::attention_bwd_fused, &isa::batch_norm_stats, &isa::batch_norm_relu_fwd,          \
                       &isa::batch_norm_relu_bwd_sums, &isa::batch_norm_relu_bwd_dx, &isa::layer_norm_fwd,     \

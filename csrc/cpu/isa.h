@@ -45,14 +45,15 @@ struct RnnRows {
 };
 
 // One step of a fused recurrence (csrc/cpu/isa/fused_step_kernels.cpp): the LSTM without a
-// projection (G = 4 gates), the GRU (G = 3) or the Elman cell (G = 1); the state h is H wide. All fp32; `ld*` are
-// row strides in floats. The forward reads x_t (B x I), h_prev (and the LSTM's c_prev), and writes
-// the step's reserve (LSTM: the activated gates, c_t, h_t; Elman: h_t). The backward reads
+// projection (G = 4 gates), the GRU (G = 3), the Elman cell or the leaky integrator (G = 1); the
+// state h is H wide. All fp32; `ld*` are row strides in floats. The forward reads x_t (B x I),
+// h_prev (and the LSTM's c_prev, the leaky cell's u_{t-1}), and writes the step's reserve (LSTM: the
+// activated gates, c_t, h_t; Elman: h_t; leaky: u_t, and tanh(u_t) into h_t). The backward reads
 // reserve_t (and c_prev), dh (the gradient of h_t from outside the recurrence: dy_t, plus dh_n at
 // the last step) and dgates_next (dG_{t+1}, null at the last step), writes dgates (dG_t, B x G H;
 // the GRU's 4 H rows hold the gradients of both of its pre-activations, see gru_fused_bwd) and, for
 // the LSTM, carries dc (B x H) from c_t's gradient to c_{t-1}'s in place (the GRU carries dh_t z_t
-// there, its direct path to h_{t-1}).
+// there, its direct path to h_{t-1}; the leaky cell (1 - α) g_t, its path along the leak, in carry).
 struct FusedStep {
   int64_t B = 0, H = 0, I = 0, ld_reserve = 0;
   const float* packed = nullptr;     // fused_pack_weights(w_hh, G, H, H, backward) of this direction
@@ -62,7 +63,7 @@ struct FusedStep {
   const float* x_t = nullptr;        // forward: row stride I
   const float* h_prev = nullptr;
   int64_t ld_h = 0;
-  const float* c_prev = nullptr;
+  const float* c_prev = nullptr;  // the LSTM's c_{t-1}, the leaky cell's u_{t-1}
   int64_t ld_c = 0;
   float* reserve_t = nullptr;
   const float* dgates_next = nullptr;
@@ -70,6 +71,13 @@ struct FusedStep {
   float* dc = nullptr;
   float* dgates = nullptr;
   int64_t ld_dgates = 0;  // row stride of dgates and dgates_next: G H, the GRU's 4 H
+  // The leaky cell (row stride H): alpha = 1/τ (H). h_t: forward, tanh(u_t) out; backward, tanh(u_t)
+  // in (null at the last step: computed from u_t), as step t+1 wrote it to h_prev_out.
+  const float* alpha = nullptr;
+  float* h_t = nullptr;
+  float* h_prev_out = nullptr;  // backward: tanh(u_{t-1}) out, for step t-1 and dW_hh (null at t = 0)
+  float* carry = nullptr;       // backward: (1 - α) g_{t+1} in, (1 - α) g_t out (B x H)
+  float* dtau = nullptr;        // backward: += g_t (u_{t-1} - u_t) α, per batch row (B x H)
 };
 
 // The weight gradients and the input gradient of one step t of a fused recurrence's backward
@@ -214,10 +222,8 @@ constexpr int64_t kGeluChunkRows = 32;
   int64_t fused_grad_tiles(const GradStep& g, GradPart part);                                                     \
   void fused_grad_step(const GradStep& g, GradPart part, int64_t tile0, int64_t tile1);                           \
   void rnn_fused_bwd(const FusedStep& s, bool relu, int64_t tile0, int64_t tile1);                                \
-  void leaky_fwd_step(const RnnRows& r, const float* a, const float* bias, const float* u_prev, int64_t ld_u,     \
-                      const float* alpha, float* u_t, float* h_t);                                                \
-  void leaky_bwd_step(const RnnRows& r, const float* dh, const float* u_t, const float* u_prev, int64_t ld_u,      \
-                      const float* alpha, float* g, float* da_t, float* dtau_acc, float* h_t);                    \
+  void leaky_fused_fwd(const FusedStep& s, int64_t tile0, int64_t tile1);                                         \
+  void leaky_fused_bwd(const FusedStep& s, int64_t tile0, int64_t tile1);                                         \
   }
 PYNEURO_FOR_EACH_CPU_ISA(PYNEURO_DECLARE_CPU_KERNELS)
 #undef PYNEURO_DECLARE_CPU_KERNELS
@@ -241,8 +247,8 @@ struct KernelTable {
   decltype(&baseline::fused_grad_width) fused_grad_width;
   decltype(&baseline::fused_grad_tiles) fused_grad_tiles;
   decltype(&baseline::fused_grad_step) fused_grad_step;
-  decltype(&baseline::leaky_fwd_step) leaky_fwd_step;
-  decltype(&baseline::leaky_bwd_step) leaky_bwd_step;
+  decltype(&baseline::leaky_fused_fwd) leaky_fused_fwd;
+  decltype(&baseline::leaky_fused_bwd) leaky_fused_bwd;
   decltype(&baseline::attention_fwd) attention_fwd;
   decltype(&baseline::attention_bwd_dq) attention_bwd_dq;
   decltype(&baseline::attention_bwd_dkdv) attention_bwd_dkdv;

@@ -12,9 +12,9 @@
 //     the next (earlier) step's incoming gradient;
 //   - dx, dW_ih, dW_hh and the bias gradients: single GEMMs / reductions over all T·B rows after
 //     the loop.
-// The LSTM without a projection, the GRU and the Elman cell go further: each step's input and recurrent
-// products and its pointwise pass are one kernel over (batch rows x units) tiles, against W_ih and
-// W_hh packed once per call (csrc/cpu/isa/fused_step_kernels.cpp). That removes the per-step
+// All but the LSTM with a projection go further: each step's input and recurrent products and its
+// pointwise pass are one kernel over (batch rows x units) tiles, against W_ih and W_hh packed once
+// per call (csrc/cpu/isa/fused_step_kernels.cpp). That removes the per-step
 // library call and its re-packing of W_hh, and the pre-activations' round trip through memory.
 // Their backward also accumulates dW_ih, dW_hh and the bias gradients, and writes dx, step by step
 // inside the reverse loop (StepWeightGrads), each step's tiles in the parallel region of the step
@@ -253,8 +253,7 @@ void check_blas_sizes(const char* op, const RnnShape& s) {
 // mapped instead of faulting them in again (glibc hands buffers of many MiB back to the kernel on
 // free). Never returned to the caller, not even as a view. Buffers above 256 MiB are not kept.
 enum class Scratch {
-  kGateGrads, kRecurrentGrads, kStateGrads, kStates, kPackedForward, kPackedInput, kPackedBackward,
-  kPackedInputBackward, kCount
+  kGateGrads, kStates, kPackedForward, kPackedInput, kPackedBackward, kPackedInputBackward, kCount
 };
 
 Tensor scratch(Scratch slot, at::IntArrayRef sizes) {
@@ -725,26 +724,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_bwd(const Tensor&
 // ---------------------------------------------------------------------------------------------
 // Leaky integrator
 // ---------------------------------------------------------------------------------------------
+// The leaky cell runs on the fused step (csrc/cpu/isa/fused_step_kernels.cpp) as the Elman cell
+// does, with the leak in the tiles' pointwise part; the reserve is u_t, y is tanh(u_t).
 std::tuple<Tensor, Tensor, Tensor> leaky_fwd(const Tensor& x, const Tensor& u0, const Tensor& w_ih, const Tensor& w_hh,
                                              const OptTensor& bias, const Tensor& tau) {
   const RnnShape s = check_rnn_fwd("leaky_fwd", RnnCell::kLeaky, x, u0, std::nullopt, w_ih, w_hh, bias, std::nullopt, tau);
   check_blas_sizes("leaky_fwd", s);
   const auto& k = kernels();
-  const int64_t T = s.T, B = s.B, H = s.H;
+  const int64_t T = s.T, B = s.B, I = s.I, H = s.H;
   Tensor reserve = with_huge_pages(at::empty({T, B, H}, x.options().dtype(at::kFloat)));  // u_t
-  Tensor h = at::empty({T, B, H}, reserve.options());  // a_t, then tanh(u_t) in place: the next GEMM's input
-  input_projection(x, w_ih, h.view({T * B, H}));
+  Tensor h = at::empty({T, B, H}, reserve.options());  // tanh(u_t): y, and the next step's product operand
   const Tensor b = combined_bias(bias, std::nullopt, H, reserve.options());
-  const Tensor u0f = f32(u0), whh = f32(w_hh), alpha = f32(tau).reciprocal();
+  const Tensor xf = f32(x), u0f = f32(u0), alpha = f32(tau).reciprocal();
   const Tensor h0 = u0f.tanh();
-  const StepWeight recurrent(ptr(whh), H, /*transposed=*/true, B, H, H);
+  const auto [packed_ih, packed_hh] = packed_forward_weights(k, 1, f32(w_ih), f32(w_hh));
+  const int64_t tiles = k.fused_step_tiles(1, B, H, /*backward=*/false);
   for (int64_t t = 0; t < T; ++t) {
-    float* u_t = ptr(reserve) + t * B * H;
-    float* h_t = ptr(h) + t * B * H;
-    recurrent.multiply(t ? h_t - B * H : ptr(h0), H, 1.f, h_t, H);  // a_t
-    for_rows(B, 4 * H, [&](int64_t b0, int64_t b1) {
-      k.leaky_fwd_step({b0, b1, H, H}, h_t, ptr(b), t ? u_t - B * H : ptr(u0f), H, ptr(alpha), u_t, h_t);
-    });
+    FusedStep step;
+    step.B = B, step.H = H, step.I = I, step.ld_reserve = H;
+    step.packed = ptr(packed_hh), step.packed_ih = ptr(packed_ih), step.bias = ptr(b), step.alpha = ptr(alpha);
+    step.x_t = ptr(xf) + t * B * I;
+    step.reserve_t = ptr(reserve) + t * B * H, step.h_t = ptr(h) + t * B * H;
+    step.h_prev = t ? step.h_t - B * H : ptr(h0), step.ld_h = H;
+    step.c_prev = t ? step.reserve_t - B * H : ptr(u0f), step.ld_c = H;
+    for_tiles(tiles, B * H * (H + I), [&](int64_t t0, int64_t t1) { k.leaky_fused_fwd(step, t0, t1); });
   }
   const auto dt = x.scalar_type();
   return {dt == at::kFloat ? h : fresh(h, dt), fresh(reserve[T - 1], dt), reserve};
@@ -760,31 +763,33 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> leaky_bwd(const Tenso
   check_rnn_bwd("leaky_bwd", RnnCell::kLeaky, s, x, dh, du_n, std::nullopt, reserve);
   const auto& k = kernels();
   const int64_t T = s.T, B = s.B, H = s.H;
-  Tensor dH = scratch(Scratch::kStateGrads, {T, B, H}).copy_(dh);  // dh_t, then + da_{t+1} W_hh in place
-  // g: the gradient reaching u_t along the leak; at T it is du_n itself.
-  Tensor g = du_n ? f32_copy(*du_n) : at::zeros({B, H}, reserve.options());
-  Tensor da = scratch(Scratch::kGateGrads, {T, B, H});
-  Tensor h = scratch(Scratch::kStates, {T, B, H});  // tanh(u_t), recomputed for dW_hh
-  Tensor dtau_rows = at::zeros({B, H}, reserve.options());
-  Tensor dh0 = at::zeros({B, H}, reserve.options());  // gradient of tanh(u0)
-  const Tensor u0f = f32(u0), whh = f32(w_hh), alpha = f32(tau).reciprocal();
-  const StepWeight recurrent(ptr(whh), H, /*transposed=*/false, B, H, H);
-  for (int64_t t = T - 1; t >= 0; --t) {
-    float* dH_t = ptr(dH) + t * B * H;
-    float* da_t = ptr(da) + t * B * H;
-    const float* u_t = ptr(reserve) + t * B * H;
-    for_rows(B, 8 * H, [&](int64_t b0, int64_t b1) {
-      k.leaky_bwd_step({b0, b1, H, H}, dH_t, u_t, t ? u_t - B * H : ptr(u0f), H, ptr(alpha), ptr(g), da_t,
-                       ptr(dtau_rows), ptr(h) + t * B * H);
-    });
-    recurrent.multiply(da_t, H, 1.f, t ? dH_t - B * H : ptr(dh0), H);  // += da_t W_hh
-  }
+  const Tensor dhf = f32(dh), u0f = f32(u0), whh = f32(w_hh), alpha = f32(tau).reciprocal();
   const Tensor h0 = u0f.tanh();
-  const Tensor du0 = dh0 * (1 - h0 * h0) + g;
-  auto [dx, dw_ih] = input_grads(da, x, w_ih, input_grad);
+  // (1 - α) g_{t+1}, the gradient reaching u_t along the leak; at T it is du_n itself.
+  Tensor carry = du_n ? f32_copy(*du_n) : at::zeros({B, H}, reserve.options());
+  Tensor da = padded_gate_grads(k, Scratch::kGateGrads, T, B, H);
+  Tensor h = scratch(Scratch::kStates, {T, B, H});  // tanh(u_t), row t written by step t+1's tiles
+  Tensor dtau_rows = at::zeros({B, H}, reserve.options());
+  const Tensor packed = packed_backward_weights(k, 1, whh);
+  StepWeightGrads grads(k, 1, f32(x), w_ih, h0, h, 0, da, 0, 0, input_grad);
+  const int64_t tiles = k.fused_step_tiles(1, B, H, /*backward=*/true);
+  for (int64_t t = T - 1; t >= 0; --t) {
+    FusedStep step;
+    step.B = B, step.H = H, step.ld_reserve = H, step.packed = ptr(packed), step.alpha = ptr(alpha);
+    step.reserve_t = const_cast<float*>(ptr(reserve) + t * B * H);  // read only
+    step.c_prev = t ? step.reserve_t - B * H : ptr(u0f), step.ld_c = H;
+    step.h_t = t < T - 1 ? ptr(h) + t * B * H : nullptr;
+    step.h_prev_out = t ? ptr(h) + (t - 1) * B * H : nullptr;
+    step.carry = ptr(carry), step.dtau = ptr(dtau_rows);
+    step.dgates_next = t < T - 1 ? ptr(da) + (t + 1) * B * H : nullptr;
+    step.dh = ptr(dhf) + t * B * H;
+    step.dgates = ptr(da) + t * B * H, step.ld_dgates = H;
+    grads.reverse_step(t, tiles, B * H * H, [&](int64_t t0, int64_t t1) { k.leaky_fused_bwd(step, t0, t1); });
+  }
+  const Tensor dh0 = gemm_all(da[0], whh);  // the gradient of tanh(u0)
+  const Tensor du0 = dh0 * (1 - h0 * h0) + carry;
   const auto dt = x.scalar_type();
-  Tensor dw_hh = recurrent_weight_grad(da, h0, h, 0, H).to(dt);
-  return {dx, fresh(du0, dt), dw_ih, dw_hh, grad_or_absent(da.view({T * B, H}).sum(0), bias, x),
+  return {grads.dx(x), fresh(du0, dt), grads.dw_ih(dt), grads.dw_hh(dt), grad_or_absent(grads.db_input(), bias, x),
           fresh(dtau_rows.sum(0), dt)};
 }
 

@@ -1,5 +1,5 @@
-// The fused recurrent steps of the LSTM (without projection), the GRU and the Elman cell on the
-// CPU (docs/rnn_contract.md), compiled once per ISA.
+// The fused recurrent steps of the LSTM (without projection), the GRU, the Elman cell and the
+// leaky integrator on the CPU (docs/rnn_contract.md), compiled once per ISA.
 //
 // The unfused step (rnn_kernels.cpp) is a library GEMM of the whole step followed by a pointwise
 // pass; each GEMM call re-packs W_hh and pays a fixed dispatch cost, which at the sizes of a
@@ -7,7 +7,7 @@
 // and the pre-activations make a round trip through memory between the two. Here W_ih and W_hh
 // are packed once per call (fused_pack_weights) into panels that each produce a whole tile of the
 // step, and each tile's pointwise math runs on the accumulators while they are hot (G gates: 4 for
-// the LSTM, 3 for the GRU, 1 for the Elman cell; the GRU keeps n's input and recurrent parts in
+// the LSTM, 3 for the GRU, 1 for the Elman and leaky cells; the GRU keeps n's input and recurrent parts in
 // separate accumulators, micro_gru):
 //
 //   forward tile  (MR batch rows, U units): acc = x_t[rows] · W_ihᵀ[:, the G gates of the units]
@@ -32,7 +32,8 @@
 // Memory traffic per step (floats), LSTM: the forward reads B (I + H) (x_t, h_{t-1}) + 4 H (I + H)
 // (weights, from cache) + B H (c_{t-1}) and writes B 6 H (the reserve's gates, c, h); the backward
 // reads B 4 H (dG_{t+1}) + 4 H H + B 8 H and writes B 5 H. Elman: reads B (I + H) + H (I + H),
-// writes B H / reads B H (dG_{t+1}) + H H + B 2 H, writes B H.
+// writes B H / reads B H (dG_{t+1}) + H H + B 2 H, writes B H. Leaky: reads B (I + 2 H) + H (I + H),
+// writes B 2 H (u_t, h_t) / reads B H (da_{t+1}) + H H + B 6 H, writes B 4 H.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -589,6 +590,74 @@ void rnn_fused_bwd(const FusedStep& s, bool relu, int64_t tile0, int64_t tile1) 
       } else {
 #pragma omp simd
         for (int64_t j = 0; j < units; ++j) dpre[j] = (a[j] + dy[j]) * (1.f - h[j] * h[j]);
+      }
+    }
+  }
+}
+
+// The leaky integrator (MTRNN, PV-RNN): the Elman cell's tiles with a leak between the product
+// and the state. Forward: a = x_t W_ihᵀ + tanh(u_{t-1}) W_hhᵀ + bias, u_t = (1 - α) u_{t-1} + α a
+// (into the reserve), h_t = tanh(u_t) (the output, and the next step's product operand).
+void leaky_fused_fwd(const FusedStep& s, int64_t tile0, int64_t tile1) {
+  const int64_t H = s.H;
+  for (int64_t index = tile0; index < tile1; ++index) {
+    FwdTile<1> tile(s, index);
+    tile.multiply(s);
+    for (int64_t r = 0; r < tile.rows; ++r) {
+      const int64_t b = tile.b0 + r, u0 = tile.u0, units = tile.units;
+      const float* a = tile.acc[r];
+      const float* bias = s.bias + u0;
+      const float* alpha = s.alpha + u0;
+      const float* up = s.c_prev + b * s.ld_c + u0;
+      float* u = s.reserve_t + b * H + u0;
+      float* h = s.h_t + b * H + u0;
+#pragma omp simd
+      for (int64_t j = 0; j < units; ++j) {
+        // As the definition writes it: u + α (a - u) would turn an infinite state into NaN.
+        const float v = (1.f - alpha[j]) * up[j] + alpha[j] * (a[j] + bias[j]);
+        u[j] = v;
+        h[j] = vec::tanh(v);
+      }
+    }
+  }
+}
+
+// Backward tile: d = dh_t + da_{t+1} W_hh (the gradient of h_t), g_t = d (1 - h_t²) + (1 - α) g_{t+1}
+// (the gradient of u_t, the second term along the leak), da_t = α g_t. h_t is tanh(u_t) as step t+1
+// left it in h_t; this tile computes tanh(u_{t-1}) for step t-1 and for dW_hh, which the gradient
+// tiles of step t read while step t-1's tiles run (so it cannot be step t-1's own work).
+void leaky_fused_bwd(const FusedStep& s, int64_t tile0, int64_t tile1) {
+  const int64_t H = s.H;
+  alignas(64) float h_last[kUnitsBwd];
+  for (int64_t index = tile0; index < tile1; ++index) {
+    BwdTile tile(s, index);
+    tile.multiply(s, 1);
+    for (int64_t r = 0; r < tile.rows; ++r) {
+      const int64_t b = tile.b0 + r, u0 = tile.u0, units = tile.units;
+      const float* a = tile.acc[r];
+      const float* dy = s.dh + b * H + u0;
+      const float* u = s.reserve_t + b * H + u0;
+      const float* up = s.c_prev + b * s.ld_c + u0;
+      const float* alpha = s.alpha + u0;
+      float* carry = s.carry + b * H + u0;
+      float* dtau = s.dtau + b * H + u0;
+      float* da = s.dgates + b * s.ld_dgates + u0;
+      const float* h = s.h_t ? s.h_t + b * H + u0 : h_last;
+      if (!s.h_t) {  // the last step: no later step computed tanh(u_t)
+#pragma omp simd
+        for (int64_t j = 0; j < units; ++j) h_last[j] = vec::tanh(u[j]);
+      }
+#pragma omp simd
+      for (int64_t j = 0; j < units; ++j) {
+        const float g = (a[j] + dy[j]) * (1.f - h[j] * h[j]) + carry[j];
+        da[j] = alpha[j] * g;
+        dtau[j] += g * (up[j] - u[j]) * alpha[j];  // ∂u_t/∂τ = (u_{t-1} - u_t) / τ
+        carry[j] = (1.f - alpha[j]) * g;
+      }
+      if (s.h_prev_out) {
+        float* h_prev = s.h_prev_out + b * H + u0;
+#pragma omp simd
+        for (int64_t j = 0; j < units; ++j) h_prev[j] = vec::tanh(up[j]);
       }
     }
   }

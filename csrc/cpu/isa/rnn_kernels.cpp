@@ -1,17 +1,16 @@
-// The recurrent cells' fused pointwise steps (docs/rnn_contract.md), compiled once per ISA: the
-// leaky integrator and the LSTM with a projection. (The LSTM without one, the GRU and the Elman
-// cell fuse their products too: fused_step_kernels.cpp.)
+// The fused pointwise step of the LSTM with a projection (docs/rnn_contract.md), compiled once per
+// ISA. (The LSTM without one, the GRU, the Elman cell and the leaky integrator fuse their products
+// too: fused_step_kernels.cpp.)
 //
 // The driver (csrc/cpu/rnn.cpp) does the GEMMs — the input projection of all steps up front, one
 // recurrent GEMM per step, the weight gradients after the reverse loop — and calls one of these
 // per time step on a range of batch rows [b0, b1), so that everything else a step does happens in
-// one pass over its (B, G·H) pre-activations: activations, state update, the reserve the backward
+// one pass over its (B, 4 H) pre-activations: activations, state update, the reserve the backward
 // needs, and in the backward the gradients of all gates at once. All fp32; `ld*` are row strides
 // in floats (the state of step t-1 is read straight out of the reserve, whose rows are wider).
 //
 // Memory traffic per step and batch row (floats), forward / backward:
-//   lstm  reads 4H pre + H c_prev, writes 5H + H reserve          / reads 6H + H, writes 4H + H
-//   leaky reads 2H + H, writes 2H                                 / reads 4H + 2H, writes 4H
+//   reads 4H pre + H c_prev, writes 5H + H reserve / reads 6H + H, writes 4H + H
 // At H = 128 a step's working set (B = 128: ~0.5 MiB for the LSTM) stays in L2 between the GEMM
 // that produced it and this pass.
 #include <cstdint>
@@ -73,50 +72,6 @@ void lstm_bwd_step(const RnnRows& r, const float* dm, int64_t ld_dm, const float
       }
     };
     m ? pass(std::true_type{}) : pass(std::false_type{});
-  }
-}
-
-// a and h_t may be the same buffer (a_t is replaced by tanh(u_t) in place).
-void leaky_fwd_step(const RnnRows& r, const float* a, const float* bias, const float* u_prev, int64_t ld_u,
-                    const float* alpha, float* u_t, float* h_t) {
-  const int64_t H = r.H;
-  for (int64_t b = r.b0; b < r.b1; ++b) {
-    const float* ab = a + b * H;
-    const float* up = u_prev + b * ld_u;
-    float* u = u_t + b * H;
-    float* h = h_t + b * H;
-#pragma omp simd
-    for (int64_t k = 0; k < H; ++k) {
-      // As the definition writes it: u + α (a - u) would turn an infinite state into NaN.
-      const float v = (1.f - alpha[k]) * up[k] + alpha[k] * (ab[k] + bias[k]);
-      u[k] = v;
-      h[k] = vec::tanh(v);
-    }
-  }
-}
-
-void leaky_bwd_step(const RnnRows& r, const float* dh, const float* u_t, const float* u_prev, int64_t ld_u,
-                    const float* alpha, float* g, float* da_t, float* dtau_acc, float* h_t) {
-  const int64_t H = r.H;
-  for (int64_t b = r.b0; b < r.b1; ++b) {
-    const float* d = dh + b * H;
-    const float* u = u_t + b * H;
-    const float* up = u_prev + b * ld_u;
-    float* gb = g + b * H;
-    float* da = da_t + b * H;
-    float* acc = dtau_acc + b * H;
-    float* h = h_t + b * H;
-#pragma omp simd
-    for (int64_t k = 0; k < H; ++k) {
-      const float hk = vec::tanh(u[k]);
-      // d holds dh_t plus (da_{t+1} W_hh), both entering through h_t = tanh(u_t); gb the carry
-      // (1 - α) g_{t+1} arriving along the leak.
-      const float gk = d[k] * (1.f - hk * hk) + gb[k];
-      da[k] = alpha[k] * gk;
-      acc[k] += gk * (up[k] - u[k]) * alpha[k];  // ∂u_t/∂τ = (u_{t-1} - u_t) / τ
-      gb[k] = (1.f - alpha[k]) * gk;
-      h[k] = hk;
-    }
   }
 }
 
