@@ -21,12 +21,14 @@ import torch
 
 import pyneuro.ops  # noqa: F401  (registers the ops)
 from pyneuro import _backends
-from pyneuro.ops import attention, batch_norm_relu, gru_sequence, lstm_sequence, rnn_sequence, selective_scan
+from pyneuro.ops import (attention, batch_norm_relu, gru_sequence, leaky_sequence, lstm_sequence, rnn_sequence,
+                         selective_scan)
 
 WARMUP, CALLS = 100, 1000
 # The Triton interpreter takes ~0.4 s of CPU per forward+backward here: 1,000 calls would take
 # ~7 minutes, so it gets 10 + 60 (~25 s), which still catches a leak of ~100 kB per call (1% of
 # the resident set over 60 calls). On a GPU the triton backend is not the interpreter, and gets 1,000.
+# Interpreted, these cases are `slow` (13-69 s each: two minutes of `make test`'s budget).
 FEWER_CALLS = {"triton": (10, 60)} if not torch.cuda.is_available() else {}
 MAX_GROWTH = 0.01
 
@@ -76,6 +78,14 @@ def _recurrent_inputs(fn, gates, lstm=False):
     return make
 
 
+def _leaky_inputs(gen):
+    T, batch, inputs, hidden = 6, 2, 4, 5
+    tau = (1 + 3 * torch.rand(hidden, generator=gen)).requires_grad_()
+    args = dict(x=_leaf(T, batch, inputs, gen=gen), u0=_leaf(batch, hidden, gen=gen), w_ih=_leaf(hidden, inputs, gen=gen),
+                w_hh=_leaf(hidden, hidden, gen=gen), bias=_leaf(hidden, gen=gen), tau=tau)
+    return leaky_sequence, args, {}
+
+
 def _batch_norm_inputs(gen):
     C = 6
     x = _leaf(2, 7, 5, C, gen=gen).detach().permute(0, 3, 1, 2).requires_grad_()  # channels_last, odd H and W
@@ -86,15 +96,16 @@ def _batch_norm_inputs(gen):
 
 INPUTS = {"selective_scan": _scan_inputs, "attention": _attention_inputs, "batch_norm_relu": _batch_norm_inputs,
           "lstm": _recurrent_inputs(lstm_sequence, 4, lstm=True), "gru": _recurrent_inputs(gru_sequence, 3),
-          "rnn": _recurrent_inputs(rnn_sequence, 1)}
+          "rnn": _recurrent_inputs(rnn_sequence, 1), "leaky": _leaky_inputs}
 
 
 def _cases():
     """(op, backend) for every backend the registry reports runnable on CPU tensors here."""
-    return [(op, backend) for op in INPUTS for backend in _backends.OPS[op].available(torch.device("cpu"))]
+    return [pytest.param(op, backend, id=f"{op}-{backend}", marks=[pytest.mark.slow] if backend in FEWER_CALLS else [])
+            for op in INPUTS for backend in _backends.OPS[op].available(torch.device("cpu"))]
 
 
-@pytest.mark.parametrize("op, backend", _cases(), ids=lambda v: str(v))
+@pytest.mark.parametrize("op, backend", _cases())
 def test_resident_memory_is_flat(op, backend):
     fn, args, options = INPUTS[op](torch.Generator().manual_seed(0))
     leaves = [t for t in args.values() if isinstance(t, torch.Tensor) and t.requires_grad]
