@@ -32,16 +32,13 @@ demo: build
 	$(BIN)/pyneuro train $(DEMO_ARGS)
 	@echo "plots: runs/demo-cnn/curves.png runs/demo-cnn/confusion.png runs/demo-cnn/predictions.png"
 
-# The suite without the `slow` tests: under 6 minutes on 2 cores.
+# The suite without the `slow` tests, the fuzz suite included: under 6 minutes on 2 cores.
 # One pytest-xdist worker per core (each keeps to one thread: tests/conftest.py); PYTEST_WORKERS=0
-# runs the suite in this process, as a debugger wants. The fuzz suite runs after it in one process
-# of its own: its call count is per process (tests/fuzz/conftest.py), and pytest-xdist's loadgroup
-# cannot keep it in one worker under pytest 9 (xdist 3.8 sets a node-id attribute pytest 9 no
-# longer reads).
+# runs the suite in this process, as a debugger wants. The fuzz suite's floor of calls is added up
+# over the workers (tests/fuzz_floor.py).
 PYTEST_WORKERS ?= auto
 test: build
-	$(BIN)/python -m pytest -q -m "not slow" -n $(PYTEST_WORKERS) --ignore=tests/fuzz $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -q -m "not slow" -p no:xdist tests/fuzz $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # Only the `slow` tests (long sequences, inductor, training to a target); CI runs them too, one
 # worker per core like `make test` (2 cores: 237 s against 333 s in one process).

@@ -18,6 +18,11 @@ import pytest
 
 import torch
 
+# The fuzz suite's floor of calls, counted across pytest-xdist's processes: its hooks must be in
+# this conftest, the only one an xdist controller (which collects nothing) loads.
+from fuzz_floor import (pytest_collection_finish, pytest_deselected, pytest_runtest_logreport,  # noqa: F401
+                        pytest_sessionfinish, pytest_sessionstart, pytest_terminal_summary, pytest_testnodedown)
+
 REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("PYNEURO_DATA_DIR", str(REPO / "build" / "test-cache"))

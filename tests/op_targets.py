@@ -4,7 +4,8 @@ params, skipped with the reason where one cannot run here. Shared by tests/ops/<
 A target is (backend, device, CPU ISA variant): the reference (on the GPU when there is one); cpu
 once per ISA variant the extension was built with (baseline/avx2/avx512, switched with
 ``activated``); triton on the GPU, or on the CPU under TRITON_INTERPRET=1; cuda. Triton targets
-are marked ``triton``, GPU ones ``cuda``, so ``make gpu-check`` can insist that none is skipped.
+are marked ``triton``, GPU ones ``cuda``, so ``make gpu-check`` can insist that none is skipped;
+reference ones ``reference``, so ``make sanitize`` can leave out what runs no compiled code of ours.
 """
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ def param(target: Target, reason: Optional[str]):
     marks = [pytest.mark.skipif(reason is not None, reason=f"{target}: {reason}")]
     if target.backend == "triton":
         marks.append(pytest.mark.triton)
+    if target.backend == "reference":
+        marks.append(pytest.mark.reference)
     if target.device == "cuda" or target.backend == "cuda":
         marks.append(pytest.mark.cuda)
     return pytest.param(target, marks=marks, id=str(target))

@@ -41,9 +41,16 @@ const std::vector<Variant>& variants() {  // worst first
 #if defined(PYNEURO_CPU_MULTI_ISA)
     // x86-64-v3 also implies LZCNT and MOVBE, which GCC cannot query by name; every CPU with
     // AVX2 + BMI2 has them.
-    v[1].features = {"avx", "avx2", "fma", "bmi", "bmi2", "f16c"};
-    v[2].features = {"avx", "avx2", "fma", "bmi", "bmi2", "f16c",
-                     "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"};
+    const std::vector<const char*> v3 = {"avx", "avx2", "fma", "bmi", "bmi2", "f16c"};
+    for (Variant& variant : v) {
+      const std::string isa = variant.table.isa;
+      if (isa == "avx2") variant.features = v3;
+      if (isa == "avx512") {
+        variant.features = v3;
+        variant.features.insert(variant.features.end(),
+                                {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"});
+      }
+    }
 #endif
     return v;
   }();

@@ -23,11 +23,18 @@
 #include "common/selective_scan_args.h"
 #include "cpu/philox.h"
 
-#if defined(PYNEURO_CPU_MULTI_ISA)
-#define PYNEURO_FOR_EACH_CPU_ISA(X) X(baseline) X(avx2) X(avx512)
+// The variants built (CMake's PYNEURO_CPU_EXTRA_ISAS: all of them but in make sanitize's build).
+#if defined(PYNEURO_CPU_WITH_AVX2)
+#define PYNEURO_CPU_ISA_AVX2(X) X(avx2)
 #else
-#define PYNEURO_FOR_EACH_CPU_ISA(X) X(baseline)
+#define PYNEURO_CPU_ISA_AVX2(X)
 #endif
+#if defined(PYNEURO_CPU_WITH_AVX512)
+#define PYNEURO_CPU_ISA_AVX512(X) X(avx512)
+#else
+#define PYNEURO_CPU_ISA_AVX512(X)
+#endif
+#define PYNEURO_FOR_EACH_CPU_ISA(X) X(baseline) PYNEURO_CPU_ISA_AVX2(X) PYNEURO_CPU_ISA_AVX512(X)
 
 namespace pyneuro::cpu {
 
