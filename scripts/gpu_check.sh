@@ -24,7 +24,7 @@ STAGES=(device build build_info tests memcheck racecheck synccheck bench)
 # Test modules that may be skipped at import on the GPU machine, as "path prefix|part of the skip
 # reason|why that hides no GPU test". Any other skip fails the tests stage.
 ALLOWED_IMPORT_SKIPS=(
-  "tests/fuzz/|needs hypothesis|hypothesis is not installed there; the fuzz suite's tests carry no cuda/triton marker, so -m would deselect them anyway"
+  "tests/fuzz/|needs hypothesis|hypothesis is not installed there; the fuzz suite's GPU cases carry no cuda/triton marker (tests/fuzz/conftest.py), so -m would deselect them anyway"
 )
 mkdir -p "$OUT"
 # A previous run's junit xml or benchmark json must not pass for this run's.

@@ -25,8 +25,10 @@ FUZZ_DIR = Path(__file__).parent / "fuzz"
 # properties compare against are counted apart, under backend "oracle".
 CALLS: collections.Counter = collections.Counter()
 # collected: the fuzz tests collected; missing: fuzz modules not collected although others were;
-# ran: the fuzz tests run (setup reported); not_passed: those that failed.
-SUITE = {"collected": set(), "missing": [], "deselected": 0, "ran": set(), "not_passed": []}
+# ran: the fuzz tests run (setup reported); not_passed: those that failed. On an xdist controller:
+# controller, merged_workers (how many workers' counts were added), failed_floor.
+SUITE = {"collected": set(), "missing": [], "deselected": 0, "ran": set(), "not_passed": [],
+         "controller": False, "merged_workers": 0, "failed_floor": False}
 _WORKER_KEY = "pyneuro_fuzz"
 
 
@@ -73,7 +75,7 @@ def pytest_sessionstart(session):
 
 
 def pytest_runtest_logreport(report):
-    if is_fuzz_test(report.nodeid) and not SUITE.get("controller"):
+    if is_fuzz_test(report.nodeid) and not SUITE["controller"]:
         if report.when == "setup":
             SUITE["ran"].add(report.nodeid)
         if report.failed:
@@ -89,7 +91,7 @@ def pytest_sessionfinish(session):
             "collected": sorted(SUITE["collected"]), "missing": SUITE["missing"],
             "deselected": SUITE["deselected"], "ran": sorted(SUITE["ran"]), "not_passed": SUITE["not_passed"]}
         return
-    if not SUITE.get("controller"):
+    if not SUITE["controller"]:
         return  # one process: test_fuzz_total.py judged it
     if not_judged() is None and total_calls() < MIN_CALLS:
         SUITE["failed_floor"] = True
@@ -102,7 +104,7 @@ def pytest_testnodedown(node, error):
     out = getattr(node, "workeroutput", {}).get(_WORKER_KEY)
     if out is None:
         return
-    SUITE["merged_workers"] = SUITE.get("merged_workers", 0) + 1
+    SUITE["merged_workers"] += 1
     for op, backend, n in out["calls"]:
         CALLS[(op, backend)] += n
     SUITE["collected"] |= set(out["collected"])  # every worker collects the same tests
@@ -118,13 +120,13 @@ def pytest_terminal_summary(terminalreporter):
     under_test = {k: v for k, v in CALLS.items() if k[1] != "oracle"}
     detail = ", ".join(f"{op}/{b}: {n}" for (op, b), n in sorted(under_test.items()))
     oracle = sum(v for k, v in CALLS.items() if k[1] == "oracle")
-    where = f" in {SUITE['merged_workers']} processes" if SUITE.get("merged_workers") else ""
+    where = f" in {SUITE['merged_workers']} processes" if SUITE["merged_workers"] else ""
     terminalreporter.write_line(f"fuzz: {total_calls()} calls of the ops under test{where} ({detail}); "
                                 f"{oracle} reference calls to compare against")
-    if SUITE.get("failed_floor"):
+    if SUITE["failed_floor"]:
         terminalreporter.write_line(f"fuzz: FAILED: the suite made {total_calls()} calls of the ops under "
                                     f"test, fewer than its floor of {MIN_CALLS}", red=True, bold=True)
-    elif SUITE.get("controller"):
+    elif SUITE["controller"]:
         reason = not_judged()
         terminalreporter.write_line(f"fuzz: floor of {MIN_CALLS} calls " +
                                     ("met" if reason is None else f"not judged: {reason}"))
