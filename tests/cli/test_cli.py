@@ -40,6 +40,7 @@ def _fresh_test_predictions(checkpoint: Path):
     return preds, labels
 
 
+@pytest.mark.slow
 def test_train_writes_run_folder_and_eval_reproduces_it(real_mnist, tmp_path, capsys):
     run = tmp_path / "run"
     assert cli.main(["train", *TINY, "--epochs", "1", "--out", str(run)]) == 0
@@ -74,6 +75,7 @@ def test_train_writes_run_folder_and_eval_reproduces_it(real_mnist, tmp_path, ca
     assert "--resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_after_interrupt_matches_uninterrupted_run(real_mnist, tmp_path, monkeypatch):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     assert cli.main(["train", *TINY, "--epochs", "2", "--out", str(straight)]) == 0
@@ -103,6 +105,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run(real_mnist, tmp_path, 
     assert [r["val_acc"] for r in metrics(straight)] == [r["val_acc"] for r in metrics(interrupted)]
 
 
+@pytest.mark.slow
 def test_resume_with_more_epochs_continues(real_mnist, tmp_path):
     run = tmp_path / "run"
     assert cli.main(["train", *TINY, "--epochs", "1", "--out", str(run)]) == 0
@@ -141,6 +144,7 @@ def test_python_dash_m_and_console_script_agree():
     assert "cnn" in out.stdout and "transformer" in out.stdout
 
 
+@pytest.mark.slow
 def test_main_py_menu_reasks_then_trains(real_mnist, tmp_path):
     """`python main.py` driven through stdin: two invalid answers, then model 1 (cnn)."""
     run = tmp_path / "menu-run"

@@ -90,6 +90,7 @@ FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
+@pytest.mark.slow
 @FUZZ
 @given(sets=st.lists(overrides, min_size=1, max_size=3))
 def test_random_set_values(sets, micro_data, tmp_path, capsys):

@@ -98,6 +98,7 @@ def tiny_data(tmp_path_factory):
     return write_tiny_mnist(tmp_path_factory.mktemp("tiny-mnist"))
 
 
+@pytest.mark.slow
 def test_make_figures_trains_a_small_run_and_copies_its_pictures(tmp_path, tiny_data, monkeypatch):
     run = make_docs.Run("ann", ["--epochs", "1", "--set", "model.hidden=[16]"],
                         ["curves.png", "architecture.png", "embedding.png", "weights.png"])

@@ -15,7 +15,7 @@ from fuzz_support import SEEDS, Call, check_call, fuzz_settings, mutations, tens
 from pyneuro.ops import attention  # noqa: E402
 
 FUZZ_OPS = ("attention",)
-EXAMPLES = {"triton": 80, "default": 2500}
+EXAMPLES = {"triton": 80, "reference": 1250, "default": 2500}  # reference: half, as in test_fuzz_selective_scan
 DTYPES = st.sampled_from((torch.float32, torch.float16, torch.bfloat16, torch.float64))
 # softmax_scale: None (1/sqrt(head_dim)), a positive float, or a hostile value with its documented error.
 SCALES = st.sampled_from((None, None, 0.3, 1.0, 2.5, math.inf, 0.0, -1.0, math.nan, "0.5"))

@@ -21,7 +21,7 @@ from pyneuro.ops import batch_norm_relu  # noqa: E402
 
 FUZZ_OPS = ("batch_norm_relu",)
 # One op of about the recurrent cells' cost per call: their share each (1000 per backend).
-EXAMPLES = {"triton": 60, "default": 1000}
+EXAMPLES = {"triton": 60, "reference": 500, "default": 1000}  # reference: half, as in test_fuzz_selective_scan
 DTYPES = st.sampled_from((torch.float32, torch.float16, torch.bfloat16, torch.float64))
 SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 # pool, momentum and eps: a valid value, or (one draw in ten) a hostile one with its documented

@@ -171,6 +171,7 @@ def learned(real_mnist):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_pvrnn_learns_beyond_what_ignoring_the_latents_allows(learned):
     """Recon starts at ~543 nats; a model whose adaptive vectors do not reach the network (or do
     not learn) can at best draw the mean digit (~200 nats here). The trained one must go 15% below."""
@@ -179,6 +180,7 @@ def test_pvrnn_learns_beyond_what_ignoring_the_latents_allows(learned):
     assert terms["kl_nats"] > 1.0  # the posteriors carry information
 
 
+@pytest.mark.slow
 def test_error_regression_lowers_the_free_energy_on_held_out_digits(learned, one_thread):
     model, _, _ = learned
     test, _ = load_mnist(split="test")
@@ -198,6 +200,7 @@ def test_error_regression_lowers_the_free_energy_on_held_out_digits(learned, one
     assert not torch.allclose(windowed[1][:, 10:], inferred[1][:, 10:])
 
 
+@pytest.mark.slow
 def test_completion_end_to_end(learned, one_thread, monkeypatch):
     """complete(): the seen rows as given, the rest generated; evaluate(): both accuracies from the
     same (here stubbed) cnn on a fixed subset, recorded in the figures."""
@@ -241,6 +244,7 @@ def tiny_data(tmp_path_factory):
     return write_tiny_mnist(tmp_path_factory.mktemp("tiny-mnist"))
 
 
+@pytest.mark.slow
 def test_generative_path_through_trainer_and_eval(tiny_data, tmp_path, one_thread):
     """A tiny cnn run, then pvrnn through the trainer on the tiny MNIST with that cnn: the batches
     carry their indices (every training sequence's adaptive vectors trained), eval.json holds the

@@ -85,6 +85,7 @@ def test_config_section_and_pixels_preset():
 # The bar of tests/models/test_models.py's learning table: on 8,192 images x 3 epochs a linear
 # classifier reaches 0.910 on the test set, so 0.94 fails a model that degenerates to a linear
 # read-out. Measured 0.963 (58 s on a loaded 2-core machine); d_model=32 gave only 0.914-0.941.
+@pytest.mark.slow
 def test_s4d_learns_an_mnist_subset(real_mnist, tmp_path, monkeypatch):
     monkeypatch.setattr("pyneuro.viz.plots.run_plots", lambda *args, **kwargs: [])
     settings = resolve("s4d", None, ["train.val_subset=500", "train.device=\"cpu\"", "train.augment_shift=0",

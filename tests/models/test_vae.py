@@ -130,6 +130,7 @@ def exact_case():
     return model, x, exact, lw, parts[0][2]
 
 
+@pytest.mark.slow
 def test_elbo_and_kl_match_the_exact_integrals(exact_case):
     model, x, exact, lw, kl = exact_case
     log_px, elbo, exact_kl = exact.T
@@ -141,6 +142,7 @@ def test_elbo_and_kl_match_the_exact_integrals(exact_case):
     assert ((mean - elbo).abs() < 4 * se).all(), (mean - elbo, se)
 
 
+@pytest.mark.slow
 def test_importance_weighted_bound_tightens_to_log_px(exact_case):
     model, x, exact, lw, _ = exact_case
     log_px = exact[:, 0]
@@ -160,6 +162,7 @@ def test_importance_weighted_bound_tightens_to_log_px(exact_case):
     assert torch.allclose(lw.logsumexp(0) - math.log(len(lw)), log_px, atol=0.02)
 
 
+@pytest.mark.slow
 def test_evaluate_reports_the_exact_figures(exact_case):
     model, x, exact, lw, _ = exact_case
     images = (x.reshape(-1, 28, 28) * 255).to(torch.uint8)  # 0/255: every binarisation gives x back

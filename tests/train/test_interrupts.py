@@ -39,6 +39,7 @@ def test_sigint_and_sigterm_at_random_moments_resume_bit_identically(tmp_path):
     assert len({t["outcome"] for t in stopped}) >= 3, stopped
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_resumes_bit_identically(tmp_path):
     stopped = _check(_run_harness("kill", tmp_path, seed=2), "killed")
     # Most kills land after a checkpoint (periodic ones every 3 steps), so resume is exercised.

@@ -45,14 +45,14 @@ rewrite_cu = _load_sibling("rewrite_cu")
 CXX = os.environ.get("CXX", "g++")
 BASE_FLAGS = ["-std=c++17", "-fPIC", "-fno-strict-aliasing", "-fno-math-errno", "-pthread",
               "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function", "-Wno-unused-variable"]
-OPT = {None: ["-O2"], "address,undefined": ["-O1", "-g", "-fno-omit-frame-pointer"],
+OPT = {None: ["-O0"], "address,undefined": ["-O1", "-g", "-fno-omit-frame-pointer"],
        "thread": ["-O1", "-g"]}
 SANITIZE_CHOICES = ("address,undefined", "thread")
 
 # target: (.cu sources, C++ driver sources, executable?)
 TARGETS = {
-    "selective_scan": (["csrc/cuda/*.cu"], ["tools/cuda_emu/drivers/selective_scan.cpp"], False),
-    "selective_scan_selfcheck": (["csrc/cuda/*.cu"], ["tools/cuda_emu/drivers/selective_scan.cpp",
+    "selective_scan": (["csrc/cuda/selective_scan.cu"], ["tools/cuda_emu/drivers/selective_scan.cpp"], False),
+    "selective_scan_selfcheck": (["csrc/cuda/selective_scan.cu"], ["tools/cuda_emu/drivers/selective_scan.cpp",
                                                       "tools/cuda_emu/drivers/selective_scan_selfcheck.cpp"], True),
     "rnn": (["csrc/cuda/rnn*.cu"], ["tools/cuda_emu/drivers/rnn.cpp"], False),
     "rnn_selfcheck": (["csrc/cuda/rnn*.cu"], ["tools/cuda_emu/drivers/rnn.cpp",
