@@ -82,13 +82,13 @@ _GATES = "pyneuro.viz.recurrent:plots"  # gates.png: the first layer's state and
 
 register("rnn", view="rows", description="tanh RNN reading the image row by row",
          defaults={"hidden_size": 128, "num_layers": 2, "bidirectional": False, "dropout": 0.0,
-                   "backend": "auto"},
+                   "backend": "auto", "weight_dropout": 0.0},
          train_defaults=_RECURRENT_TRAIN, plots=_GATES)(lambda **kw: RowClassifier("rnn", **kw))
 register("lstm", view="rows", description="LSTM reading the image row by row (or pixel by pixel)",
          defaults={"hidden_size": 128, "num_layers": 1, "bidirectional": False, "dropout": 0.0,
-                   "backend": "auto", "view": "rows", "chrono_init": False},
+                   "backend": "auto", "view": "rows", "chrono_init": False, "weight_dropout": 0.0},
          train_defaults=_RECURRENT_TRAIN, plots=_GATES)(lambda **kw: RowClassifier("lstm", **kw))
 register("gru", view="rows", description="GRU reading the image row by row (or pixel by pixel)",
          defaults={"hidden_size": 128, "num_layers": 1, "bidirectional": False, "dropout": 0.0,
-                   "backend": "auto", "view": "rows", "chrono_init": False},
+                   "backend": "auto", "view": "rows", "chrono_init": False, "weight_dropout": 0.0},
          train_defaults=_RECURRENT_TRAIN, plots=_GATES)(lambda **kw: RowClassifier("gru", **kw))

@@ -6,6 +6,14 @@ state_dict loads in either direction. The recurrence itself runs in :mod:`pyneur
 call per layer and direction: the reverse direction is the forward op over the time-flipped
 sequence. The extra keyword-only ``backend`` is passed to those ops.
 
+Extra keyword-only ``weight_dropout`` (default 0, off): DropConnect on the recurrent weights
+(``weight_hh_l*``), the "weight-dropped LSTM" of Merity et al. (ICLR 2018). In training, every
+forward call zeroes each recurrent weight with that probability (scaling the rest by 1/(1 - p))
+and runs the whole sequence on that one matrix, the same for every time step and sample. It
+regularises the recurrence, which dropout between layers does not touch, without a mask inside
+the time loop, so it runs unchanged on every fused backend: the kernels see an ordinary weight
+matrix and its gradient flows back through the mask.
+
 Not supported: PackedSequence input (pad it instead).
 """
 from __future__ import annotations
@@ -42,7 +50,7 @@ class _RecurrentLayers(nn.Module):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
-                 backend="auto"):
+                 backend="auto", weight_dropout=0.0):
         super().__init__()
         owner = type(self).__name__
         _require_int(owner, "input_size", input_size, 1)
@@ -60,6 +68,8 @@ class _RecurrentLayers(nn.Module):
             warnings.warn(
                 f"{owner}: dropout={dropout} has no effect with num_layers=1; it applies between "
                 "stacked layers, to the output of every layer but the last", stacklevel=3)
+        if not _backends.real_number(weight_dropout) or not 0 <= weight_dropout < 1:
+            raise ValueError(f"{owner}: weight_dropout must be a probability in [0, 1), got {weight_dropout!r}")
         if not isinstance(backend, str) or backend not in ("auto", *_backends.BACKENDS):
             raise ValueError(f"{owner}: backend must be 'auto' or one of {_backends.BACKENDS}, got {backend!r}")
 
@@ -72,6 +82,7 @@ class _RecurrentLayers(nn.Module):
         self.bidirectional = bidirectional
         self.proj_size = proj_size
         self.backend = backend
+        self.weight_dropout = float(weight_dropout)
 
         # Registered in torch.nn's order, so state_dict keys match it key for key and in order.
         factory = {"device": device, "dtype": dtype}
@@ -121,8 +132,13 @@ class _RecurrentLayers(nn.Module):
                 for per_direction in self._weight_names for names in per_direction]
 
     def _weights(self, layer: int, direction: int) -> tuple:
-        """(w_ih, w_hh, b_ih, b_hh, w_hr) with None for absent ones."""
-        return tuple(None if n is None else getattr(self, n) for n in self._weight_names[layer][direction])
+        """(w_ih, w_hh, b_ih, b_hh, w_hr) with None for absent ones; in training with weight_dropout,
+        w_hh with a fresh DropConnect mask (one (gates*H, H) mask per call, cheap next to the sequence)."""
+        weights = tuple(None if n is None else getattr(self, n) for n in self._weight_names[layer][direction])
+        if self.weight_dropout > 0 and self.training:
+            w_ih, w_hh, *rest = weights
+            weights = (w_ih, F.dropout(w_hh, p=self.weight_dropout, training=True), *rest)
+        return weights
 
     def _state_sizes(self) -> tuple[int, ...]:
         return (self.proj_size or self.hidden_size,)
@@ -215,7 +231,7 @@ class _RecurrentLayers(nn.Module):
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}"
         defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
-                    "bidirectional": False, "proj_size": 0, "backend": "auto"}
+                    "bidirectional": False, "proj_size": 0, "backend": "auto", "weight_dropout": 0.0}
         for name, default in defaults.items():
             value = getattr(self, name)
             if value != default:
@@ -234,9 +250,10 @@ class LSTM(_RecurrentLayers):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
-                 backend="auto"):
+                 backend="auto", weight_dropout=0.0):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, device, dtype, backend=backend)
+                         bidirectional, proj_size, device, dtype, backend=backend,
+                         weight_dropout=weight_dropout)
 
     def _state_sizes(self):
         return (self.proj_size or self.hidden_size, self.hidden_size)
@@ -260,9 +277,10 @@ class GRU(_RecurrentLayers):
     _num_states = 1
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend="auto"):
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend="auto",
+                 weight_dropout=0.0):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype, backend=backend)
+                         bidirectional, 0, device, dtype, backend=backend, weight_dropout=weight_dropout)
 
     def _run(self, x, states, weights):
         w_ih, w_hh, b_ih, b_hh, _ = weights
@@ -277,11 +295,11 @@ class RNN(_RecurrentLayers):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
-                 backend="auto"):
+                 backend="auto", weight_dropout=0.0):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"RNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype, backend=backend)
+                         bidirectional, 0, device, dtype, backend=backend, weight_dropout=weight_dropout)
         self.nonlinearity = nonlinearity
 
     def _run(self, x, states, weights):

@@ -93,6 +93,7 @@ _TRAIN_RANGES = {
 _MAX_WIDTH = 1 << 16
 _HYPER_RANGES = {
     "dropout": (0.0, 1.0, "[)"),
+    "weight_dropout": (0.0, 1.0, "[)"),
 }
 _HYPER_CHOICES = {
     "backend": ("auto", "reference", "cpu", "triton", "cuda"),

@@ -115,6 +115,8 @@ def test_every_numeric_setting_has_a_range():
         validate_config({"cnn": {"channels": [8, True]}})
     with pytest.raises(ConfigError, match=r"'backend' must be one of"):
         validate_config({"lstm": {"backend": "gpu"}})
+    with pytest.raises(ConfigError, match=r"'weight_dropout' must be in \[0.0, 1.0\), got 1.0"):
+        validate_config({"gru": {"weight_dropout": 1.0}})
 
 
 def test_shipped_fast_preset_resolves():

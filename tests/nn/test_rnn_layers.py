@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_sequence
 
@@ -166,3 +167,66 @@ def test_repr_and_compat_methods():
     layer.flatten_parameters()  # torch API: a no-op here
     assert [[p.shape for p in w] for w in layer.all_weights] == \
         [[p.shape for p in w] for w in nn.LSTM(4, 6, num_layers=2, bidirectional=True, proj_size=3).all_weights]
+
+
+WEIGHT_DROPOUT_CASES = [("lstm", dict(proj_size=3)), ("gru", dict()), ("rnn_tanh", dict()), ("rnn_relu", dict())]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("kind,extra", WEIGHT_DROPOUT_CASES, ids=[k for k, _ in WEIGHT_DROPOUT_CASES])
+def test_weight_dropout_is_torch_nn_on_masked_recurrent_weights(kind, extra, dtype):
+    """In training, weight_dropout=p must equal torch.nn run on weight_hh_l* * mask / (1 - p), with
+    one Bernoulli mask per layer and direction drawn in that order, and the gradients must flow
+    through the mask to the stored weights. float64 runs the reference backend, float32 the fused cpu
+    one where it is built (auto)."""
+    p = 0.3
+    theirs, ours = pair(kind, dtype, num_layers=2, bidirectional=True, **extra)
+    ours = type(ours)(INPUT, HIDDEN, num_layers=2, bidirectional=True, dtype=dtype, weight_dropout=p,
+                      **({"nonlinearity": kind.split("_")[1]} if kind.startswith("rnn") else extra))
+    ours.load_state_dict(theirs.state_dict())
+    assert list(ours.state_dict()) == list(theirs.state_dict())  # no new parameters or buffers
+    x = torch.randn(SEQ, BATCH, INPUT, dtype=dtype, requires_grad=True)
+
+    torch.manual_seed(7)
+    out = flat(ours(x))
+    torch.manual_seed(7)
+    params = dict(theirs.named_parameters())
+    dropped = {name: F.dropout(params[name], p=p, training=True)
+               for name in [f"weight_hh_l{layer}{sfx}" for layer in range(2) for sfx in ("", "_reverse")]}
+    assert all((w == 0).any() for w in dropped.values())  # the masks are not empty at this p and size
+    expected = flat(torch.func.functional_call(theirs, {**params, **dropped}, (x,)))
+    for got, want in zip(out, expected):
+        torch.testing.assert_close(got, want, **TOL[dtype])
+
+    weights = [torch.randn_like(t) for t in out]
+    ours_grads = torch.autograd.grad(out, [x, *ours.parameters()], weights)
+    theirs_grads = torch.autograd.grad(expected, [x, *theirs.parameters()], weights)
+    for got, want in zip(ours_grads, theirs_grads):
+        torch.testing.assert_close(got, want, **TOL[dtype])
+    # A dropped recurrent weight gets no gradient.
+    mask = dropped["weight_hh_l0"] == 0
+    assert torch.all(ours_grads[1 + [n for n, _ in ours.named_parameters()].index("weight_hh_l0")][mask] == 0)
+
+
+def test_weight_dropout_is_off_in_eval_and_fresh_per_call():
+    theirs, _ = pair("gru")
+    ours = pn.GRU(INPUT, HIDDEN, dtype=torch.float64, weight_dropout=0.5)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(SEQ, BATCH, INPUT, dtype=torch.float64)
+    first, second = ours(x)[0], ours(x)[0]
+    assert not torch.allclose(first, second)  # a new mask every forward call
+    ours.eval()
+    torch.testing.assert_close(ours(x)[0], theirs(x)[0], **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1, "0.2", float("nan")])
+def test_weight_dropout_must_be_a_probability_below_one(value):
+    with pytest.raises(ValueError, match=r"GRU: weight_dropout must be a probability in \[0, 1\)"):
+        pn.GRU(4, 6, weight_dropout=value)
+
+
+def test_weight_dropout_in_repr_and_model_config():
+    assert repr(pn.LSTM(4, 6, weight_dropout=0.25)) == "LSTM(4, 6, weight_dropout=0.25)"
+    from pyneuro.models import get
+    model = get("gru").build(weight_dropout=0.2)
+    assert model.rnn.weight_dropout == 0.2
