@@ -21,15 +21,16 @@ TOL = {
 INPUT, HIDDEN, BATCH, SEQ = 4, 6, 3, 5
 
 
-def pair(kind, dtype=torch.float64, **kwargs):
-    """(torch layer, our layer) holding the same weights, copied torch -> ours via load_state_dict."""
+def pair(kind, dtype=torch.float64, ours_only=None, **kwargs):
+    """(torch layer, our layer) holding the same weights, copied torch -> ours via load_state_dict;
+    ``ours_only``: keyword arguments torch.nn does not take (weight_dropout)."""
     torch_cls, our_cls = {"lstm": (nn.LSTM, pn.LSTM), "gru": (nn.GRU, pn.GRU),
                           "rnn_tanh": (nn.RNN, pn.RNN), "rnn_relu": (nn.RNN, pn.RNN)}[kind]
     if kind.startswith("rnn"):
         kwargs["nonlinearity"] = kind.split("_")[1]
     torch.manual_seed(0)
     theirs = torch_cls(INPUT, HIDDEN, dtype=dtype, **kwargs)
-    ours = our_cls(INPUT, HIDDEN, dtype=dtype, **kwargs)
+    ours = our_cls(INPUT, HIDDEN, dtype=dtype, **kwargs, **(ours_only or {}))
     ours.load_state_dict(theirs.state_dict())
     return theirs, ours
 
@@ -180,10 +181,7 @@ def test_weight_dropout_is_torch_nn_on_masked_recurrent_weights(kind, extra, dty
     through the mask to the stored weights. float64 runs the reference backend, float32 the fused cpu
     one where it is built (auto)."""
     p = 0.3
-    theirs, ours = pair(kind, dtype, num_layers=2, bidirectional=True, **extra)
-    ours = type(ours)(INPUT, HIDDEN, num_layers=2, bidirectional=True, dtype=dtype, weight_dropout=p,
-                      **({"nonlinearity": kind.split("_")[1]} if kind.startswith("rnn") else extra))
-    ours.load_state_dict(theirs.state_dict())
+    theirs, ours = pair(kind, dtype, ours_only={"weight_dropout": p}, num_layers=2, bidirectional=True, **extra)
     assert list(ours.state_dict()) == list(theirs.state_dict())  # no new parameters or buffers
     x = torch.randn(SEQ, BATCH, INPUT, dtype=dtype, requires_grad=True)
 
@@ -204,14 +202,12 @@ def test_weight_dropout_is_torch_nn_on_masked_recurrent_weights(kind, extra, dty
     for got, want in zip(ours_grads, theirs_grads):
         torch.testing.assert_close(got, want, **TOL[dtype])
     # A dropped recurrent weight gets no gradient.
-    mask = dropped["weight_hh_l0"] == 0
-    assert torch.all(ours_grads[1 + [n for n, _ in ours.named_parameters()].index("weight_hh_l0")][mask] == 0)
+    grad_of = dict(zip([name for name, _ in ours.named_parameters()], ours_grads[1:]))
+    assert torch.all(grad_of["weight_hh_l0"][dropped["weight_hh_l0"] == 0] == 0)
 
 
 def test_weight_dropout_is_off_in_eval_and_fresh_per_call():
-    theirs, _ = pair("gru")
-    ours = pn.GRU(INPUT, HIDDEN, dtype=torch.float64, weight_dropout=0.5)
-    ours.load_state_dict(theirs.state_dict())
+    theirs, ours = pair("gru", ours_only={"weight_dropout": 0.5})
     x = torch.randn(SEQ, BATCH, INPUT, dtype=torch.float64)
     first, second = ours(x)[0], ours(x)[0]
     assert not torch.allclose(first, second)  # a new mask every forward call
