@@ -18,11 +18,11 @@ from .registry import register
 
 class MTRNNClassifier(nn.Module):
     def __init__(self, fast_size=128, slow_size=64, fast_tau=2.0, slow_tau=16.0, learn_tau=False,
-                 view="rows", backend="auto", num_classes=10):
+                 view="rows", backend="auto", weight_dropout=0.0, num_classes=10):
         super().__init__()
         self.view = view
         self.rnn = pnn.MTRNN(sequence_input_size(view, "mtrnn"), fast_size, slow_size, fast_tau, slow_tau,
-                             learn_tau=learn_tau, batch_first=True, backend=backend)
+                             learn_tau=learn_tau, batch_first=True, backend=backend, weight_dropout=weight_dropout)
         width = fast_size + slow_size
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, num_classes)
@@ -35,5 +35,5 @@ class MTRNNClassifier(nn.Module):
 register("mtrnn", view="rows",
          description="multiple-timescale RNN: fast (tau 2) and slow (tau 16) leaky units, row by row",
          defaults={"fast_size": 128, "slow_size": 64, "fast_tau": 2.0, "slow_tau": 16.0, "learn_tau": False,
-                   "view": "rows", "backend": "auto"},
+                   "view": "rows", "backend": "auto", "weight_dropout": 0.0},
          train_defaults={"epochs": 15, "lr": 5e-3, "grad_clip": 1.0})(MTRNNClassifier)

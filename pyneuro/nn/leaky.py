@@ -23,7 +23,7 @@ from torch import nn
 
 from .. import _backends
 from ..ops.rnn import leaky_sequence
-from .rnn import _require_bool, _require_int
+from .rnn import _require_bool, _require_int, _require_probability
 
 __all__ = ["LeakyRNN", "MTRNN"]
 
@@ -70,6 +70,9 @@ class LeakyRNN(nn.Module):
         bias: add a learned bias b.
         batch_first: input and output are (batch, seq, feature) rather than (seq, batch, feature).
         backend: passed to :func:`pyneuro.ops.rnn.leaky_sequence` ("auto", "reference", "cpu", ...).
+        weight_dropout: in training, DropConnect on ``weight_hh`` (Merity et al. 2018), as in
+            :class:`pyneuro.nn.LSTM`: one mask per forward call, the kept entries scaled by 1/(1-p),
+            so the fused kernels run unchanged on an ordinary matrix; 0 (the default) turns it off.
 
     Shapes: ``input`` (T, B, I), (B, T, I) with batch_first, or (T, I) unbatched; ``u_0`` and
     ``u_n`` (B, H), or (H,) unbatched; ``output`` holds h_t = tanh(u_t) of every step, (T, B, H)
@@ -79,7 +82,7 @@ class LeakyRNN(nn.Module):
     """
 
     def __init__(self, input_size, hidden_size, tau=1.0, learn_tau=False, bias=True, batch_first=False,
-                 device=None, dtype=None, *, backend="auto"):
+                 device=None, dtype=None, *, backend="auto", weight_dropout=0.0):
         super().__init__()
         owner = self._owner = type(self).__name__
         _require_int(owner, "input_size", input_size, 1)
@@ -89,6 +92,7 @@ class LeakyRNN(nn.Module):
         _require_bool(owner, "batch_first", batch_first)
         if not isinstance(backend, str) or backend not in ("auto", *_backends.BACKENDS):
             raise ValueError(f"{owner}: backend must be 'auto' or one of {_backends.BACKENDS}, got {backend!r}")
+        _require_probability(owner, "weight_dropout", weight_dropout)
         factory = {"device": device, "dtype": dtype}
         taus = _time_constants(owner, "tau", tau, hidden_size, learn_tau, device, dtype)
 
@@ -97,6 +101,7 @@ class LeakyRNN(nn.Module):
         self.learn_tau = learn_tau
         self.batch_first = batch_first
         self.backend = backend
+        self.weight_dropout = float(weight_dropout)
         self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size, **factory))
         self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size, **factory))
         self.register_parameter("bias", nn.Parameter(torch.empty(hidden_size, **factory)) if bias else None)
@@ -118,9 +123,16 @@ class LeakyRNN(nn.Module):
             if p is not None:
                 nn.init.uniform_(p, -bound, bound)
 
+    def _input_weight(self) -> torch.Tensor:
+        """w_ih as the recurrence uses it; subclasses restrict the connectivity here."""
+        return self.weight_ih
+
     def _weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(w_ih, w_hh) as the recurrence uses them; subclasses restrict the connectivity here."""
-        return self.weight_ih, self.weight_hh
+        """(w_ih, w_hh) for one forward call: w_hh under a fresh DropConnect mask in training."""
+        w_hh = self.weight_hh
+        if self.weight_dropout > 0 and self.training:
+            w_hh = F.dropout(w_hh, p=self.weight_dropout, training=True)
+        return self._input_weight(), w_hh
 
     def forward(self, input, u_0=None):
         owner = self._owner
@@ -155,7 +167,8 @@ class LeakyRNN(nn.Module):
         taus = self.tau.detach()
         tau = f"{taus[0].item():g}" if bool((taus == taus[0]).all()) else "per-unit"
         text = f"{self.input_size}, {self.hidden_size}, tau={tau}"
-        for name, default in (("learn_tau", False), ("batch_first", False), ("backend", "auto")):
+        for name, default in (("learn_tau", False), ("batch_first", False), ("backend", "auto"),
+                              ("weight_dropout", 0.0)):
             if getattr(self, name) != default:
                 text += f", {name}={getattr(self, name)!r}"
         return text if self.bias is not None else text + ", bias=False"
@@ -178,7 +191,7 @@ class MTRNN(LeakyRNN):
     """
 
     def __init__(self, input_size, fast_size, slow_size, fast_tau=2.0, slow_tau=16.0, learn_tau=False, bias=True,
-                 batch_first=False, device=None, dtype=None, *, backend="auto"):
+                 batch_first=False, device=None, dtype=None, *, backend="auto", weight_dropout=0.0):
         owner = type(self).__name__
         _require_int(owner, "fast_size", fast_size, 1)
         _require_int(owner, "slow_size", slow_size, 1)
@@ -190,7 +203,7 @@ class MTRNN(LeakyRNN):
             raise ValueError(f"{owner}: slow_tau must be >= fast_tau ({fast_tau}), got {slow_tau}")
         tau = [float(fast_tau)] * fast_size + [float(slow_tau)] * slow_size
         super().__init__(input_size, fast_size + slow_size, tau, learn_tau, bias, batch_first, device, dtype,
-                         backend=backend)
+                         backend=backend, weight_dropout=weight_dropout)
         self.fast_size = fast_size
         self.slow_size = slow_size
         self.fast_tau = float(fast_tau)
@@ -206,8 +219,8 @@ class MTRNN(LeakyRNN):
             with torch.no_grad():
                 self.weight_ih.mul_(self.weight_ih_mask)
 
-    def _weights(self):
-        return self.weight_ih * self.weight_ih_mask, self.weight_hh
+    def _input_weight(self):
+        return self.weight_ih * self.weight_ih_mask
 
     def split(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(fast, slow) parts of a tensor over the units in its last dim (an output, u_0 or u_n)."""
@@ -216,7 +229,8 @@ class MTRNN(LeakyRNN):
     def extra_repr(self) -> str:
         text = (f"{self.input_size}, fast_size={self.fast_size}, slow_size={self.slow_size}, "
                 f"fast_tau={self.fast_tau:g}, slow_tau={self.slow_tau:g}")
-        for name, default in (("learn_tau", False), ("batch_first", False), ("backend", "auto")):
+        for name, default in (("learn_tau", False), ("batch_first", False), ("backend", "auto"),
+                              ("weight_dropout", 0.0)):
             if getattr(self, name) != default:
                 text += f", {name}={getattr(self, name)!r}"
         return text if self.bias is not None else text + ", bias=False"

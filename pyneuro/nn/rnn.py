@@ -42,6 +42,12 @@ def _require_bool(owner: str, name: str, value) -> None:
         raise TypeError(f"{owner}: {name} must be a bool, got {type(value).__name__}")
 
 
+def _require_probability(owner: str, name: str, value) -> None:
+    """A drop probability in [0, 1): p = 1 would drop everything and scale by 1/0."""
+    if not _backends.real_number(value) or not 0 <= value < 1:
+        raise ValueError(f"{owner}: {name} must be a probability in [0, 1), got {value!r}")
+
+
 class _RecurrentLayers(nn.Module):
     """Stacked, optionally bidirectional recurrent layers; subclasses supply the cell (``_run``)."""
 
@@ -68,8 +74,7 @@ class _RecurrentLayers(nn.Module):
             warnings.warn(
                 f"{owner}: dropout={dropout} has no effect with num_layers=1; it applies between "
                 "stacked layers, to the output of every layer but the last", stacklevel=3)
-        if not _backends.real_number(weight_dropout) or not 0 <= weight_dropout < 1:
-            raise ValueError(f"{owner}: weight_dropout must be a probability in [0, 1), got {weight_dropout!r}")
+        _require_probability(owner, "weight_dropout", weight_dropout)
         if not isinstance(backend, str) or backend not in ("auto", *_backends.BACKENDS):
             raise ValueError(f"{owner}: backend must be 'auto' or one of {_backends.BACKENDS}, got {backend!r}")
 

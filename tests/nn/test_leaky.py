@@ -218,6 +218,8 @@ def test_mtrnn_masked_weights_get_zero_gradients_and_stay_zero_under_training():
     (lambda: pn.MTRNN(I, FAST, SLOW, slow_tau=[16.0]), TypeError, "MTRNN: slow_tau must be a number"),
     (lambda: pn.MTRNN(I, FAST, SLOW, fast_tau=1.0, learn_tau=True), ValueError, "MTRNN: fast_tau must be > 1 when learned"),
     (lambda: pn.MTRNN(I, FAST, SLOW, fast_tau=8.0, slow_tau=4.0), ValueError, r"MTRNN: slow_tau must be >= fast_tau \(8.0\)"),
+    (lambda: pn.LeakyRNN(I, H, weight_dropout=1.0), ValueError, r"LeakyRNN: weight_dropout must be a probability in \[0, 1\)"),
+    (lambda: pn.MTRNN(I, FAST, SLOW, weight_dropout=-0.1), ValueError, r"MTRNN: weight_dropout must be a probability"),
 ])
 def test_bad_constructor_arguments_name_the_argument(build, error, match):
     with pytest.raises(error, match=match):
@@ -242,3 +244,45 @@ def test_repr_names_the_configuration():
     assert repr(pn.LeakyRNN(I, H, tau=2.0, batch_first=True)) == "LeakyRNN(5, 6, tau=2, batch_first=True)"
     assert repr(pn.MTRNN(I, FAST, SLOW, learn_tau=True)) == (
         "MTRNN(5, fast_size=4, slow_size=3, fast_tau=2, slow_tau=16, learn_tau=True)")
+    assert repr(pn.LeakyRNN(I, H, weight_dropout=0.25)) == "LeakyRNN(5, 6, tau=1, weight_dropout=0.25)"
+    from pyneuro.models import get
+    assert get("mtrnn").build(weight_dropout=0.2).rnn.weight_dropout == 0.2
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_mtrnn_weight_dropout_is_the_leaky_loop_on_a_masked_weight_hh(dtype):
+    """In training, weight_dropout=p runs the recurrence on weight_hh * mask / (1 - p) with one mask
+    per call (drawn as F.dropout draws it), keeps MTRNN's input mask, and the gradients reach the
+    stored weight_hh through the mask: a dropped entry gets none. float64 runs the reference
+    backend, float32 the fused cpu one where it is built (auto). In eval it is the plain layer."""
+    p = 0.3
+    torch.manual_seed(0)
+    layer = pn.MTRNN(I, FAST, SLOW, learn_tau=True, weight_dropout=p, dtype=dtype)
+    x = torch.randn(T, B, I, dtype=dtype)
+    torch.manual_seed(7)
+    h, u_n = layer(x)
+    torch.manual_seed(7)
+    w_hh = F.dropout(layer.weight_hh, p=p, training=True)
+    dropped = w_hh == 0
+    assert dropped.any() and not dropped.all()
+    h_ref, u_ref = leaky_loop(x, torch.zeros(B, FAST + SLOW, dtype=dtype), layer.weight_ih * layer.weight_ih_mask,
+                              w_hh, layer.bias, layer.tau)
+    tol = {} if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h, h_ref, **tol)
+    torch.testing.assert_close(u_n, u_ref, **tol)
+
+    params = [layer.weight_ih, layer.weight_hh, layer.bias, layer.tau_raw]
+    cot = torch.randn_like(h)
+    ours = torch.autograd.grad((h * cot).sum() + u_n.sum(), params)
+    theirs = torch.autograd.grad((h_ref * cot).sum() + u_ref.sum(), params)
+    for name, a, b in zip(("weight_ih", "weight_hh", "bias", "tau_raw"), ours, theirs):
+        torch.testing.assert_close(a, b, msg=lambda m: f"grad of {name}: {m}", **tol)
+    assert torch.all(ours[1][dropped] == 0)
+    assert torch.all(ours[0][FAST:] == 0)  # the input mask still holds
+
+    assert not torch.equal(layer(x)[0], layer(x)[0])  # a fresh mask every call
+    layer.eval()
+    h_eval, _ = layer(x)
+    h_plain, _ = leaky_loop(x, torch.zeros(B, FAST + SLOW, dtype=dtype), layer.weight_ih * layer.weight_ih_mask,
+                            layer.weight_hh, layer.bias, layer.tau)
+    torch.testing.assert_close(h_eval, h_plain, **tol)
