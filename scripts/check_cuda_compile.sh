@@ -2,8 +2,10 @@
 # Compile-time checks of the CUDA code, no GPU needed (CI and `make cuda-compile` run this):
 #  1. every csrc/cuda/*.cu with nvcc and the CMake build's flags, for sm_80, sm_86 and sm_90, with
 #     ptxas's resource report (-Xptxas -v);
-#  2. every csrc/cuda/*_glue.cpp (torch-facing) with g++ -fsyntax-only against the headers of a
-#     CUDA build of torch, extracted once into build/torch-cuda-headers/ (scripts/cuda_torch_headers.py);
+#  2. every csrc/cuda/*_glue.cpp (torch-facing) with g++ -O1 -Wall -Werror against the headers of a
+#     CUDA build of torch, extracted once into build/torch-cuda-headers/ (scripts/cuda_torch_headers.py),
+#     to an object file: GCC's flow warnings (infinite recursion, uninitialised reads) need the
+#     optimiser, which -fsyntax-only never runs, and this code has no other test before a GPU;
 #  3. the report (scripts/cuda_ptxas_report.py): no register spill in a hot kernel, and static +
 #     dynamic shared memory at the largest supported size (sizes from the launchers, printed by
 #     scripts/cuda_smem_probe.cu: the selective scan at N = kSelectiveScanMaxDState, the persistent
@@ -76,7 +78,7 @@ EOF
   # CMakeLists.txt builds as C++20 for torch >= 2.14 (whose headers need it), as C++17 before.
   echo "glue: against torch $torch_version's CUDA headers, as C++$cxx_std"
   py_include="$("$PYTHON" -c "import sysconfig; print(sysconfig.get_paths()['include'])")"
-  glue_flags=(-fsyntax-only -std="c++$cxx_std" -D_GLIBCXX_USE_CXX11_ABI="$abi" -DPYNEURO_WITH_CUDA=1)
+  glue_flags=(-c -O1 -Wall -Werror -fPIC -std="c++$cxx_std" -D_GLIBCXX_USE_CXX11_ABI="$abi" -DPYNEURO_WITH_CUDA=1)
   IFS=: read -r -a dirs <<< "$include_dirs"
   for d in "${dirs[@]}" "$cuda_include" "$py_include"; do glue_flags+=(-isystem "$d"); done
   glue_flags+=(-Icsrc -Icsrc/cuda)
@@ -98,7 +100,7 @@ for f in "${cu_files[@]}"; do
   done
 done
 for f in "${glue_files[@]}"; do
-  start_job "$(basename "$f" .cpp)" g++ "${glue_flags[@]}" "$f"
+  start_job "$(basename "$f" .cpp)" g++ "${glue_flags[@]}" "$f" -o "$WORK/$(basename "$f" .cpp).o"
 done
 wait
 

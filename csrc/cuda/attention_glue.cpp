@@ -35,7 +35,7 @@ cudaStream_t current_stream() { return nullptr; }
 constexpr bool kNeedsCudaTensors = false;
 #else
 using DeviceGuard = c10::cuda::CUDAGuard;
-cudaStream_t current_stream() { return current_stream(); }
+cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream(); }
 constexpr bool kNeedsCudaTensors = true;
 #endif
 
