@@ -115,6 +115,14 @@ Path requested_path(const char* op) {
   TORCH_CHECK_VALUE(false, op, ": PYNEURO_CUDA_RNN_PATH must be auto, persistent or stepwise, got '", v, "'");
   return Path::kAuto;
 }
+// The plan's occupancy query can admit a cooperative grid that the launch then refuses, when the
+// device is shared (MPS, green contexts, another context's blocks). Under `auto` the per-step path
+// runs instead: the error is not sticky, and nothing of the refused launch ran.
+bool persistent_refused(cudaError_t err, Path path) {
+  if (err != cudaErrorCooperativeLaunchTooLarge || path != Path::kAuto) return false;
+  cudaGetLastError();
+  return true;
+}
 int max_blocks_x() {
   const char* v = std::getenv("PYNEURO_CUDA_RNN_MAX_BLOCKS_X");
 #if defined(PYNEURO_RNN_GLUE_EMULATION)
@@ -164,8 +172,11 @@ Fwd forward(const char* op, RnnCellKind cell, const at::Tensor& x, const at::Ten
       p.c_n = lstm ? out.c_n.data_ptr() : nullptr;
       p.barrier = reinterpret_cast<unsigned*>(barrier.data_ptr<int>());
       p.blocks_x = plan.blocks_x; p.blocks_y = plan.blocks_y; p.tiles_per_block = plan.tiles_per_block;
-      launched(op, rnn_persistent_fwd(p, stream), "persistent forward");
-      return out;
+      const cudaError_t err = rnn_persistent_fwd(p, stream);
+      if (!persistent_refused(err, path)) {
+        launched(op, err, "persistent forward");
+        return out;
+      }
     }
     TORCH_CHECK(path != Path::kPersistent, op, " (cuda backend): PYNEURO_CUDA_RNN_PATH=persistent, but the persistent "
                 "forward cannot run this problem: ", plan.why_not);
@@ -256,8 +267,9 @@ Bwd backward(const char* op, RnnCellKind cell, const at::Tensor& dy, const OptT&
       q.dtau_acc = leaky ? dtau_acc.data_ptr<float>() : nullptr;
       q.barrier = reinterpret_cast<unsigned*>(barrier.data_ptr<int>());
       q.blocks_x = plan.blocks_x; q.blocks_y = plan.blocks_y; q.tiles_per_block = plan.tiles_per_block;
-      launched(op, rnn_persistent_bwd(q, stream), "persistent backward");
-      done = true;
+      const cudaError_t err = rnn_persistent_bwd(q, stream);
+      done = !persistent_refused(err, path);
+      if (done) launched(op, err, "persistent backward");
     } else {
       TORCH_CHECK(path != Path::kPersistent, op, " (cuda backend): PYNEURO_CUDA_RNN_PATH=persistent, but the "
                   "persistent backward cannot run this problem: ", plan.why_not);

@@ -28,8 +28,8 @@
 // counter barrier (group_barrier, common.cuh): step t+1 needs every unit of h_t.
 //
 // Not done (yet): weights in registers (FlashRNN's fastest variant keeps them there; here they stay
-// in shared memory and are re-read every step), the projection LSTM (path 1), and a persistent
-// backward (the backward always runs path 1).
+// in shared memory and are re-read every step) and the projection LSTM (it runs path 1). The
+// persistent backward is below.
 #include <algorithm>
 #include <type_traits>
 

@@ -474,6 +474,48 @@ def test_glue_forward_backward(glue_ops, emu, monkeypatch, variant, dtype, path)
         assert torch.equal(g, h)
 
 
+def glue_fwd_bwd(glue_ops, cell, args, cot, reserve=None):
+    """The glue's forward (unless a reserve is given), then its backward with every gradient."""
+    out = getattr(glue_ops, f"{cell}_fwd")(*args) if reserve is None else None
+    reserve = out[-1] if reserve is None else reserve
+    dy, dh_n, dc_n = cot["dy"], cot["dh_n"], cot.get("dc_n")
+    if cell == "lstm":
+        grads = glue_ops.lstm_bwd(dy, dh_n, dc_n, *args, reserve, True)
+    else:
+        grads = getattr(glue_ops, f"{cell}_bwd")(dy, dh_n, *args, reserve, True)
+    return out, grads
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_glue_runs_per_step_when_the_cooperative_launch_is_refused(glue_ops, emu, monkeypatch, cell):
+    """A GPU shared with other work can refuse the cooperative grid its occupancy query admitted
+    (emulated: the grid may fill 1 of the 4 SMs, PYNEURO_EMU_COOPERATIVE_SMS). Under auto the glue
+    then runs the per-step path, forward and backward, and gives its result bit for bit; with the
+    persistent path forced, each direction raises the launch error instead."""
+    emu.configure("forward")
+    i, cot = make_inputs(cell, 4, 18, 3, 20, F32, seed=21)  # 18 rows: 2 batch tiles, a grid of 2 blocks
+    _, args = glue_args(cell, i)
+    monkeypatch.setenv("PYNEURO_CUDA_RNN_MAX_BLOCKS_X", "1")
+    monkeypatch.setenv("PYNEURO_CUDA_RNN_PATH", "stepwise")
+    want_out, want_grads = glue_fwd_bwd(glue_ops, cell, args, cot)
+
+    monkeypatch.setenv("PYNEURO_EMU_COOPERATIVE_SMS", "1")
+    monkeypatch.setenv("PYNEURO_CUDA_RNN_PATH", "persistent")
+    with pytest.raises(RuntimeError, match="persistent forward launch failed: cudaErrorCooperativeLaunchTooLarge"):
+        getattr(glue_ops, f"{cell}_fwd")(*args)
+    with pytest.raises(RuntimeError, match="persistent backward launch failed: cudaErrorCooperativeLaunchTooLarge"):
+        glue_fwd_bwd(glue_ops, cell, args, cot, reserve=want_out[-1])
+
+    monkeypatch.setenv("PYNEURO_CUDA_RNN_PATH", "auto")
+    got_out, got_grads = glue_fwd_bwd(glue_ops, cell, args, cot)
+    assert len(got_out) == len(want_out) and len(got_grads) == len(want_grads)
+    for k, (got, want) in enumerate(zip(got_out, want_out)):
+        assert torch.equal(got, want), f"forward output {k}"
+    for k, (got, want) in enumerate(zip(got_grads, want_grads)):
+        assert torch.equal(got, want), f"gradient {k}"
+
+
 @pytest.mark.slow
 def test_glue_errors(glue_ops, monkeypatch):
     """The shared argument check runs in the glue (the error contract: TypeError for a dtype,

@@ -546,6 +546,12 @@ std::map<const void*, int> g_max_dynamic_smem;  // cudaFuncAttributeMaxDynamicSh
 }  // namespace
 
 size_t smem_limit() { return settings().smem_limit; }
+// Read at every cooperative launch (not with the settings, once): a test narrows it around one call.
+int cooperative_sms() {
+  const char* v = std::getenv("PYNEURO_EMU_COOPERATIVE_SMS");
+  const int n = v ? std::atoi(v) : 0;
+  return n > 0 && n < kEmuMultiprocessors ? n : kEmuMultiprocessors;
+}
 
 size_t max_dynamic_smem(const void* kernel) {
   std::lock_guard<std::mutex> lock(g_attr_mutex);

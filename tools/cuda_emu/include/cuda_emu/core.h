@@ -270,6 +270,9 @@ inline cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute attr, int v
 namespace cuda_emu {
 constexpr int kEmuMultiprocessors = 4;
 size_t smem_limit();
+// SMs a cooperative grid may fill: all of them, or fewer (PYNEURO_EMU_COOPERATIVE_SMS), as on a GPU
+// shared with other work, where the occupancy query admits a grid that the launch then refuses.
+int cooperative_sms();
 size_t max_dynamic_smem(const void* kernel);  // the 48 KiB default or the kernel's attribute
 }  // namespace cuda_emu
 inline cudaError_t cudaGetDevice(int* device) { *device = 0; return cudaSuccess; }
@@ -305,7 +308,7 @@ inline cudaError_t cudaLaunchCooperativeKernel(void (*kernel)(P...), dim3 grid, 
                                                size_t smem = 0, cudaStream_t stream = nullptr) {
   int per_sm = 0;
   cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, int(block.x * block.y * block.z), smem);
-  if (uint64_t(grid.x) * grid.y * grid.z > uint64_t(per_sm) * cuda_emu::kEmuMultiprocessors)
+  if (uint64_t(grid.x) * grid.y * grid.z > uint64_t(per_sm) * cuda_emu::cooperative_sms())
     return cudaErrorCooperativeLaunchTooLarge;
   cuda_emu::launch_from_pointers(kernel, cuda_emu::LaunchConfig(grid, block, smem, stream), args,
                                  std::index_sequence_for<P...>{});
