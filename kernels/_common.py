@@ -26,6 +26,9 @@ import triton.language as tl
 
 # Module globals used inside @triton.jit must be constexpr (Triton >= 3.2 rejects plain floats).
 LOG2E = tl.constexpr(1.4426950408889634)  # log2(e)
+# CUDA's limit on a launch grid's second and third axes (the first allows 2^31 - 1). The interpreter
+# has none, so the launchers check it themselves.
+MAX_GRID_YZ = 65535
 
 
 @triton.jit

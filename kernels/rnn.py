@@ -519,9 +519,32 @@ def _block(n: int) -> int:
     return max(MIN_BLOCK, triton.next_power_of_2(n))
 
 
-def persistent(cell: str, hidden_size: int, state_size: int, dtype) -> bool:
-    """Whether the persistent kernel runs this shape (its weights fit on chip), else step mode."""
+def persistent(cell: str, hidden_size: int, state_size: int, dtype, device: Optional[torch.device] = None) -> bool:
+    """Whether the persistent kernel runs this shape (its weights fit on chip), else step mode.
+    On a CUDA ``device`` with less shared memory per block than PERSISTENT_MIN_SMEM, always step mode."""
+    if device is not None and device.type == "cuda" and _smem_optin(device) < PERSISTENT_MIN_SMEM:
+        return False
     return max(hidden_size, state_size) <= PERSISTENT_MAX_H.get(cell, {}).get(dtype, 0)
+
+
+# PERSISTENT_MAX_H holds within sm_80's 163 KB of shared memory per block (sm_90 has 227 KB). Devices
+# with less (sm_86/89/120: 99-101 KB, never compiled for here) run step mode: there a persistent
+# kernel could fail to launch (out of resources) at shapes this table admits.
+PERSISTENT_MIN_SMEM = 166912
+_SMEM_OPTIN: dict[int, int] = {}
+
+
+def _smem_optin(device: torch.device) -> int:
+    """Shared memory a block of ``device`` may opt in to (bytes); cached per device."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SMEM_OPTIN:
+        props = torch.cuda.get_device_properties(index)
+        optin = getattr(props, "shared_memory_per_block_optin", None)
+        if optin is None:  # older torch: sm_80 and sm_90+ (but sm_12x) have >= 163 KB, the rest less
+            big = (props.major, props.minor) == (8, 0) or 9 <= props.major < 12
+            optin = PERSISTENT_MIN_SMEM if big else 0
+        _SMEM_OPTIN[index] = int(optin)
+    return _SMEM_OPTIN[index]
 
 
 def launch_config(cell: str, hidden_size: int, state_size: int, dtype, step: bool):
@@ -602,7 +625,7 @@ def lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
     H = w_ih.shape[0] // 4
     R = h0.shape[1]
     _require("lstm", H, R, x.dtype)
-    step = not persistent("lstm", H, R, x.dtype)
+    step = not persistent("lstm", H, R, x.dtype, x.device)
     bb, bh, br, warps = launch_config("lstm", H, R, x.dtype, step)
     proj = w_hr is not None
     xg = _input_proj(x, w_ih, b_ih, b_hh)
@@ -635,7 +658,7 @@ def lstm_bwd(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reserve):
     H = w_ih.shape[0] // 4
     R = h0.shape[1]
     _require("lstm", H, R, x.dtype)
-    step = not persistent("lstm", H, R, x.dtype)
+    step = not persistent("lstm", H, R, x.dtype, x.device)
     bb, bh, br, warps = launch_config("lstm", H, R, x.dtype, step)
     proj = w_hr is not None
     dev, f32 = x.device, torch.float32
@@ -679,7 +702,7 @@ def gru_fwd(x, h0, w_ih, w_hh, b_ih, b_hh):
     T, B, _ = x.shape
     H = w_ih.shape[0] // 3
     _require("gru", H, H, x.dtype)
-    step = not persistent("gru", H, H, x.dtype)
+    step = not persistent("gru", H, H, x.dtype, x.device)
     bb, bh, _, warps = launch_config("gru", H, H, x.dtype, step)
     xg = _input_proj(x, w_ih, b_ih)
     y = torch.empty(T, B, H, device=x.device, dtype=x.dtype)
@@ -705,7 +728,7 @@ def gru_bwd(dy, dh_n, x, h0, w_ih, w_hh, b_ih, b_hh, reserve):
     T, B, _ = x.shape
     H = w_ih.shape[0] // 3
     _require("gru", H, H, x.dtype)
-    step = not persistent("gru", H, H, x.dtype)
+    step = not persistent("gru", H, H, x.dtype, x.device)
     bb, bh, _, warps = launch_config("gru", H, H, x.dtype, step)
     da = torch.empty(T, B, 3 * H, device=x.device, dtype=torch.float32)
     dh = _carry(dh_n, (B, H), x)
@@ -739,7 +762,7 @@ def _one_gate_fwd(cell, x, s0, w_ih, w_hh, biases, tau, relu):
     T, B, _ = x.shape
     H = w_ih.shape[0]
     _require(cell, H, H, x.dtype)
-    step = not persistent(cell, H, H, x.dtype)
+    step = not persistent(cell, H, H, x.dtype, x.device)
     bb, bh, _, warps = launch_config(cell, H, H, x.dtype, step)
     leaky = cell == "leaky"
     xg = _input_proj(x, w_ih, *biases)
@@ -764,7 +787,7 @@ def _one_gate_bwd(cell, dy, ds_n, x, s0, w_ih, w_hh, tau, reserve, relu):
     T, B, _ = x.shape
     H = w_ih.shape[0]
     _require(cell, H, H, x.dtype)
-    step = not persistent(cell, H, H, x.dtype)
+    step = not persistent(cell, H, H, x.dtype, x.device)
     bb, bh, _, warps = launch_config(cell, H, H, x.dtype, step)
     leaky = cell == "leaky"
     da = torch.empty(T, B, H, device=x.device, dtype=torch.float32)

@@ -72,12 +72,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import affine_combine, exp, range_mask, reversed_range_mask, sigmoid, softplus
+from ._common import MAX_GRID_YZ, affine_combine, exp, range_mask, reversed_range_mask, sigmoid, softplus
 
 DEFAULT_CHUNK_SIZE = 64  # for N <= 32; see default_chunk_size(N)
 MIN_CHUNK_SIZE = 4
 MAX_CHUNK_SIZE = 256
 MAX_N = 256
+MAX_BATCH = MAX_GRID_YZ  # the batch is the grids' second axis
 # Launch shape: BLOCK_D channels per tile so that a (BLOCK_D, BLOCK_N, BLOCK_L) tile has at most
 # _*_TILE elements, and enough warps that each thread holds at most _*_PER_THREAD of them. Chosen from
 # ptxas reports (scripts/triton_compile.py, sm_80 and sm_90, Triton 3.6 and 3.9), all flags on:
@@ -405,22 +406,25 @@ def _ssm_bwd_kernel(
 # ----------------------------------------------------------------------------------------------
 # Host side
 # ----------------------------------------------------------------------------------------------
-def supports(N: int, chunk_size: int) -> str | None:
+def supports(N: int, chunk_size: int, batch: int = 1) -> str | None:
     """None if the kernels can run state size N with this chunk_size, else why not (the registry
     asks before choosing this backend). Only the kernels' own launch-shape limits: BLOCK_L =
-    chunk_size must be a power of two (tl.arange) and BLOCK_N = next_power_of_2(N) ≤ MAX_N."""
+    chunk_size must be a power of two (tl.arange), BLOCK_N = next_power_of_2(N) ≤ MAX_N, and the
+    batch fits the grid's second axis."""
     if not (MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE) or chunk_size & (chunk_size - 1):
         return (f"chunk_size must be a power of two in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}] for the "
                 f"triton kernels, got {chunk_size}")
     if not 1 <= N <= MAX_N:
         return f"the triton kernels take N (A.shape[1]) in [1, {MAX_N}], got {N}"
+    if batch > MAX_BATCH:
+        return f"the triton kernels take a batch (u.shape[0]) of at most {MAX_BATCH}, got {batch}"
     return None
 
 
-def _require_supported(N: int, chunk_size: int) -> None:
+def _require_supported(N: int, chunk_size: int, batch: int) -> None:
     # The op checks this through supports() before launching; this guards direct callers from a
-    # compile error deep inside Triton.
-    reason = supports(N, chunk_size)
+    # compile error deep inside Triton, or a launch the GPU refuses.
+    reason = supports(N, chunk_size, batch)
     if reason is not None:
         raise ValueError(f"selective_scan (triton): {reason}")
 
@@ -474,7 +478,7 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta
     """Forward on normalised inputs (see the module docstring). Returns (out, last_state, chunk_states)."""
     batch, dim, L = u.shape
     N = A.shape[1]
-    _require_supported(N, chunk_size)
+    _require_supported(N, chunk_size, batch)
     n_chunks = triton.cdiv(L, chunk_size)
     out = torch.empty_like(u)
     last = torch.empty(batch, dim, N, device=u.device, dtype=torch.float32)
@@ -511,7 +515,7 @@ def selective_scan_bwd(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, i
     dinitial_state); the gradient of an absent input is an empty fp32 tensor of shape (0,)."""
     batch, dim, L = u.shape
     N = A.shape[1]
-    _require_supported(N, chunk_size)
+    _require_supported(N, chunk_size, batch)
     n_chunks = triton.cdiv(L, chunk_size)
     dev, f32 = u.device, torch.float32
     B_var, C_var, GB, GC, n_seg, seg_dim, B_SEG, C_SEG = _layout(B, C, dim)

@@ -215,3 +215,21 @@ def test_configs_every_case():
                         for b in (bm, bn):
                             assert b >= 16 and b & (b - 1) == 0, (kernel, dtype, D, arch, b)
                         assert warps in (4, 8) and 1 <= stages <= 4
+
+
+@pytest.mark.parametrize("shape", [(65536, 1, 4, 8), (1, 65536, 4, 8)], ids=["batch", "heads"])
+def test_batch_or_heads_beyond_a_grid_axis_are_refused_by_name(shape):
+    """The grids are (blocks of L, heads, batch), and CUDA caps a grid's second and third axes at
+    65,535 (the interpreter does not): a direct launch refuses more before allocating anything, and
+    the op's supports() names it so that auto passes triton over (meta tensors: no memory)."""
+    from pyneuro.ops import attn as attn_op
+
+    assert ak.MAX_BATCH == ak.MAX_HEADS == 65535
+    q = torch.empty(shape, device="meta")
+    with pytest.raises(ValueError, match=r"batch 65536 and heads 1 must|batch 1 and heads 65536 must"):
+        ak.attention_fwd(q, q, q, False, 1.0, 0.0, None)
+    problem = attn_op._compiled_supports("triton")(q, q, q)
+    assert isinstance(problem, ValueError) and f"got q {shape}" in str(problem)
+    fits = torch.empty(65535, 65535, 4, 8, device="meta")
+    assert attn_op._compiled_supports("triton")(fits, fits, fits) is None
+

@@ -218,6 +218,19 @@ def test_persistent_selection():
     assert rk.PERSISTENT_MAX_H["rnn"][torch.bfloat16] == 128
 
 
+def test_persistent_needs_the_shared_memory_its_limits_were_set_for(monkeypatch):
+    """On a CUDA device with less shared memory per block than sm_80's 163 KB (sm_86/89: 99 KB),
+    every shape runs step mode; with enough, PERSISTENT_MAX_H decides; CPU tensors (the interpreter)
+    are not asked. The device query is replaced: no GPU here."""
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(rk, "_smem_optin", lambda device: 101376)
+    assert not rk.persistent("rnn", 16, 16, torch.float32, cuda)
+    assert rk.persistent("rnn", 16, 16, torch.float32, torch.device("cpu"))
+    monkeypatch.setattr(rk, "_smem_optin", lambda device: 232448)
+    assert rk.persistent("rnn", 16, 16, torch.float32, cuda)
+    assert not rk.persistent("rnn", 65, 65, torch.float32, cuda)
+
+
 @pytest.mark.parametrize("args, problem", [
     (("conv", 8, 8, torch.float32), "cell"),
     (("lstm", 8, 8, torch.float64), "float64"),

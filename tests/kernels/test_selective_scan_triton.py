@@ -223,6 +223,25 @@ def test_supports_rejects(N, chunk_size, problem):
         ssk.selective_scan_fwd(*inputs.values(), False, chunk_size)
 
 
+def test_supports_rejects_a_batch_beyond_the_grid_axis():
+    """The batch is the grids' second axis, which CUDA caps at 65,535 (the interpreter does not):
+    supports() names it, the op's auto passes triton over, and a direct launch refuses it before
+    allocating anything (meta tensors: no memory)."""
+    from pyneuro.ops import scan as scan_op
+
+    assert ssk.MAX_BATCH == 65535
+    assert ssk.supports(16, 64, batch=ssk.MAX_BATCH) is None
+    reason = ssk.supports(16, 64, batch=ssk.MAX_BATCH + 1)
+    assert reason is not None and "batch (u.shape[0]) of at most 65535, got 65536" in reason
+    u = torch.empty(ssk.MAX_BATCH + 1, 2, 4, device="meta")
+    A = torch.empty(2, 16, device="meta")
+    problem = scan_op._compiled_supports("triton")(u, u, A)
+    assert isinstance(problem, ValueError) and "batch 65536 (u.shape[0])" in str(problem)
+    assert scan_op._compiled_supports("triton")(u[:ssk.MAX_BATCH], u[:ssk.MAX_BATCH], A) is None
+    with pytest.raises(ValueError, match="batch"):
+        ssk.selective_scan_fwd(u, u, A, A, A, None, None, None, None, False, 64)
+
+
 @pytest.mark.parametrize("N, chunk_size", [(1, ssk.MIN_CHUNK_SIZE), (16, ssk.DEFAULT_CHUNK_SIZE),
                                            (ssk.MAX_N, ssk.MAX_CHUNK_SIZE), (5, 32)])
 def test_supports_accepts(N, chunk_size):

@@ -42,6 +42,18 @@ from . import naive
 from .naive import attention_naive, dropout_keep_mask
 
 _TRITON_MODULE = "pyneuro.kernels.attention"
+_TRITON_LIMITS: dict[str, int] = {}  # filled from the kernels module on first use (it imports triton)
+
+
+def _triton_limits() -> dict[str, int]:
+    if not _TRITON_LIMITS:
+        import importlib
+
+        kernels = importlib.import_module(_TRITON_MODULE)
+        _TRITON_LIMITS.update(max_batch=kernels.MAX_BATCH, max_heads=kernels.MAX_HEADS)
+    return _TRITON_LIMITS
+
+
 _COMPILED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -231,6 +243,11 @@ def _compiled_supports(backend: str):
             return ValueError(f"attention: the {backend!r} backend takes a head_dim that is a multiple of "
                               f"{HEAD_DIM_MULTIPLE} from {HEAD_DIM_MULTIPLE} to {MAX_HEAD_DIM}, got {d} "
                               "(other head dims run on backend='reference')")
+        if backend == "triton":
+            limits = _triton_limits()
+            if q.shape[0] > limits["max_batch"] or q.shape[1] > limits["max_heads"]:
+                return ValueError(f"attention: the 'triton' backend takes a batch of at most {limits['max_batch']} "
+                                  f"and at most {limits['max_heads']} heads (a grid axis each), got q {tuple(q.shape)}")
         return None
 
     return supports

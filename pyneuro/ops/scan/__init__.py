@@ -54,7 +54,7 @@ def _triton_kernels():
 
 def _triton_limits() -> dict[str, int]:
     if "triton" not in LIMITS:
-        LIMITS["triton"] = {"max_n": _triton_kernels().MAX_N}
+        LIMITS["triton"] = {"max_n": _triton_kernels().MAX_N, "max_batch": _triton_kernels().MAX_BATCH}
     return LIMITS["triton"]
 
 
@@ -283,6 +283,9 @@ def _compiled_supports(backend: str):
         if A.shape[1] > limit:
             return ValueError(f"selective_scan: N = {A.shape[1]} (A.shape[1]) exceeds the {backend!r} backend's "
                               f"limit of {limit} (use backend='reference' for larger states)")
+        if backend == "triton" and u.shape[0] > _triton_limits()["max_batch"]:
+            return ValueError(f"selective_scan: batch {u.shape[0]} (u.shape[0]) exceeds the 'triton' backend's "
+                              f"limit of {_triton_limits()['max_batch']} (one grid axis)")
         return None
 
     return supports
