@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # The demo: the CNN's `fast` preset (config.json), >= 99.0% on test in two epochs.
 DEMO_ARGS ?= --model cnn --preset fast --out runs/demo-cnn --overwrite
 
-.PHONY: setup build demo test test-slow test-all cuda-compile triton-compile triton-compile-all vectorise-check gpu-check bench bench-record docs clean
+.PHONY: setup build demo test test-slow test-all cuda-compile triton-compile triton-compile-all vectorise-check gpu-check gpu-check-data bench bench-record docs clean
 
 setup: $(VENV)/.deps-installed
 
@@ -82,6 +82,14 @@ bench-record: build
 
 gpu-check:
 	bash scripts/gpu_check.sh
+
+# MNIST for gpu-check's training tests (the GPU machine has no network): the tests' data folder
+# packed here (11 MB), carried to the device as build/gpu-check-mnist.tgz and unpacked there.
+gpu-check-data: setup
+	mkdir -p build
+	cache=$$($(BIN)/python -c "from pyneuro.data.mnist import default_cache_dir, load_mnist; load_mnist(); print(default_cache_dir())") && \
+	  tar czf build/gpu-check-mnist.tgz -C "$$cache" mnist
+	@ls -la build/gpu-check-mnist.tgz
 
 # The C++ kernels built with ASan + UBSan (build/sanitize/) and the op tests run on them; any
 # sanitizer report fails it.

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import textwrap
 from pathlib import Path
 
@@ -154,7 +155,9 @@ def test_bench_needs_a_cuda_timing_and_no_errors(tmp_path):
     assert "triton: boom" in _bench(tmp_path, errored).stdout
     assert _bench(tmp_path, errored).returncode == 1
     no_cuda = [{**case, "results": [{"contender": "reference", "median_s": 1e-2, "clock": "cuda-events"}]}]
-    assert _bench(tmp_path, no_cuda).returncode == 1
+    assert _bench(tmp_path, no_cuda).returncode == 1 and "no kernel of ours" in _bench(tmp_path, no_cuda).stdout
+    triton_only = [{**case, "results": [{"contender": "triton", "median_s": 1e-3, "clock": "cuda-events"}]}]
+    assert _bench(tmp_path, triton_only).returncode == 0  # long attention has no CUDA kernel
     assert _bench(tmp_path, good, device="cpu").returncode == 1
     assert _bench(tmp_path, []).returncode == 1
 
@@ -176,3 +179,20 @@ def test_gpu_check_fails_fast_without_a_gpu_and_still_writes_the_summary(tmp_pat
     assert summary["status"] == "failed"
     assert summary["stages"]["device"]["status"] == "failed: no CUDA device"
     assert summary["stages"]["tests"] == {"status": "pending"}
+    # What comes back from the device machine (at most 8 files): the summary and one archive of logs.
+    assert sorted(p.name for p in out.iterdir()) == ["logs.tgz", "summary.json"]
+    with tarfile.open(out / "logs.tgz") as logs:
+        assert "./device.log" in logs.getnames()
+
+
+@pytest.mark.skipif(_has_gpu(), reason="a GPU is present: this test is about machines without one")
+def test_gpu_check_reruns_only_the_stages_asked_for(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "GPU_CHECK_LOGS": str(tmp_path / "logs")}
+    result = subprocess.run(["bash", str(SCRIPTS / "gpu_check.sh")], capture_output=True, text=True,
+                            env={**env, "GPU_CHECK_STAGES": "bench memcheck"}, timeout=120)
+    assert result.returncode != 0
+    assert list(json.loads((out / "summary.json").read_text())["stages"]) == ["device", "bench", "memcheck"]
+    bad = subprocess.run(["bash", str(SCRIPTS / "gpu_check.sh")], capture_output=True, text=True,
+                         env={**env, "GPU_CHECK_STAGES": "tests benches"}, timeout=60)
+    assert bad.returncode == 2 and "unknown stage 'benches'" in bad.stderr

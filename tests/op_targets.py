@@ -185,6 +185,18 @@ def target_fixtures(targets: TargetSet):
     return target, cxx_target, any_target
 
 
+def cpu_target_fixture(targets: TargetSet):
+    """``cpu_target``: the cpu backend in each ISA variant, for what only the CPU kernels do. Not
+    ``target`` with a skip for the others: `make gpu-check` fails on any skipped cuda/triton test."""
+
+    @pytest.fixture(params=[p for p in targets.compiled() if p.values[0].backend == "cpu"])
+    def cpu_target(request):
+        with activated(request.param) as t:
+            yield t
+
+    return cpu_target
+
+
 def normwise_error(actual, expected) -> float:
     """max |actual - expected| / max |expected| (absolute when expected is all zero; inf on NaN):
     the error measure of the conformance suites' tolerance tables."""

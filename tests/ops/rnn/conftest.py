@@ -46,8 +46,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
-# target: every compiled variant; cxx_target: cpu per ISA and cuda; any_target: the reference too.
+# target: every compiled variant; cxx_target: cpu per ISA and cuda; any_target: the reference too;
+# cpu_target: cpu per ISA.
 target, cxx_target, any_target = op_targets.target_fixtures(TARGETS)
+cpu_target = op_targets.cpu_target_fixture(TARGETS)
 
 
 @pytest.fixture(params=backend_targets())

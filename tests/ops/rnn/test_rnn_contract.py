@@ -91,12 +91,11 @@ def test_pair_matches_contract_across_tiles(target, variant):
     check_pair(target, VARIANTS[variant], ACROSS_TILES, torch.float32, "all")
 
 
-def test_scratch_kept_between_calls_never_leaks_into_results(target):
+def test_scratch_kept_between_calls_never_leaks_into_results(cpu_target):
     """The CPU backend keeps per-call scratch (gate gradients, packed weights, the weight-gradient
     operand) between calls. A large call, then a smaller one, then the large one again: each matches
     the contract, and what the first call returned is not changed by the later ones."""
-    if target.backend != "cpu":
-        pytest.skip("scratch kept between calls is the CPU backend's")
+    target = cpu_target
     variant = VARIANTS["lstm"]
     fwd, bwd = raw_ops(target, "lstm")
     tol = target.tolerance(torch.float32)
@@ -170,13 +169,12 @@ def test_reserve_is_the_only_state_the_backward_reads(target):
     assert_matches(bad[0], want_bad["x"], target.tolerance(torch.float32), "dx from a scrambled reserve")
 
 
-def test_subnormal_flush_stays_inside_the_call(target):
+def test_subnormal_flush_stays_inside_the_call(cpu_target):
     """The CPU kernels flush subnormals on their threads while they run (csrc/cpu/fp_env.h); the
     caller's floating-point mode must be as before afterwards: a subnormal product in this thread
     still comes out subnormal, not zero. Also the gradient of a long, fading recurrence (only the
     last step used) matches the contract."""
-    if target.backend != "cpu":
-        pytest.skip("the flush is the CPU backend's")
+    target = cpu_target
     tiny = torch.tensor([1e-39], dtype=torch.float32)
     assert (tiny * 2).item() != 0.0, "subnormals are already flushed before the call"
     variant = VARIANTS["gru"]
