@@ -11,14 +11,15 @@ base + slope·|x| bounds):
               i.e. up to ~|x| ulp (64 ulp at x = 87.3): the error the GPU's own fp32 tl.exp has,
               because Triton lowers it to ex2.approx(x·log2 e)
     sigmoid   1.9 ulp for |x| ≤ 1; for x ≪ 0 it is ≈ e^x and inherits exp's growth (60 at −79)
-    softplus  1.7 ulp for |x| ≤ 1; x ≪ 0 as sigmoid (58 at −67); x itself above 20 (torch's rule)
+    softplus  2.1 ulp for |x| ≤ 1; x ≪ 0 as sigmoid (58 at −67); x itself above 20 (torch's rule)
     silu      x·sigmoid(x): 2.4 ulp for |x| ≤ 1, 61 at −79
-    tanh      1.7 ulp everywhere: odd polynomial for |x| < 0.55 (no cancellation), exp form beyond
+    tanh      3.0 ulp everywhere: odd polynomial for |x| < 0.55 (no cancellation), exp form beyond
 
-The divisions are tl.math.div_rn: on the GPU a plain fp32 `/` is div.full.f32 (up to 2 ulp, PTX
-checked for sm_90), which the interpreter's numpy division does not show; and exp2 is
-ex2.approx.ftz.f32 there, whose error (≤ 2 ulp) no CPU run shows either: the forms above keep it
-from being amplified (tanh's crossover), and the bounds keep a margin for it.
+The divisions go through `reciprocal` (a Newton step after the division): on the GPU a plain fp32
+`/` is div.full.f32 (up to 2 ulp, PTX checked for sm_90), which the interpreter's numpy division
+does not show; and exp2 is ex2.approx.ftz.f32 there, whose error (≤ 2 ulp) no CPU run shows
+either: the forms above keep it from being amplified (tanh's crossover), and the bounds keep a
+margin for it.
 
 Why exp goes through exp2 here: on the GPU `tl.exp` already is ex2.approx(x·log2 e), while the
 interpreter evaluates numpy's correctly rounded exp. Writing it as exp2 makes the interpreter
@@ -43,10 +44,19 @@ def exp(x):
 
 
 @triton.jit
+def reciprocal(d):
+    """1/d to within an ulp on the GPU too: there fp32 `/` is div.full.f32 (up to 2 ulp off; PTX
+    checked for sm_90), so one Newton step refines it (two FMAs). tl.math.div_rn would round
+    correctly but costs the kernels registers they do not have (spills at make triton-compile)."""
+    r = 1.0 / d
+    return tl.fma(r, tl.fma(-d, r, 1.0), r)
+
+
+@triton.jit
 def sigmoid(x):
     """1 / (1 + e^-x), evaluating exp only at -|x| ≤ 0: no overflow for any x."""
     e = exp(-tl.abs(x))
-    r = tl.math.div_rn(1.0, 1.0 + e)  # a plain `/` is div.full.f32 on the GPU: up to 2 ulp more
+    r = reciprocal(1.0 + e)
     return tl.where(x >= 0, r, e * r)
 
 
@@ -59,7 +69,7 @@ def softplus(x):
     """
     e = exp(tl.minimum(x, 20.0))  # tl.minimum drops a NaN: it is restored below
     w = 1.0 + e
-    lp = tl.where(w == 1.0, e, tl.log(w) * tl.math.div_rn(e, tl.where(w == 1.0, 1.0, w - 1.0)))
+    lp = tl.where(w == 1.0, e, tl.log(w) * (e * reciprocal(tl.where(w == 1.0, 1.0, w - 1.0))))
     return tl.where((x > 20.0) | (x != x), x, lp)
 
 
@@ -71,13 +81,14 @@ def silu(x):
 
 @triton.jit
 def tanh(x):
-    """tanh(x). |x| < 0.55: its Taylor series to x¹⁹ (truncation < 0.1 ulp); beyond: sign(x)·(1 − e)/(1 + e)
-    with e = e^(−2|x|) ≤ 0.33. Why 0.55: (1 − e)/(1 + e) multiplies the relative error of e by
+    """tanh(x). |x| < 0.55: its Taylor series to x¹⁹ (truncation < 0.1 ulp); beyond: sign(x)·(2/(1 + e) − 1)
+    with e = e^(−2|x|) ≤ 0.33. Why 0.55: the exp form multiplies the relative error of e by
     2e/(1 − e²), 3.9 at |x| = 0.125 but 0.75 from 0.55 on, and on the GPU e comes from ex2.approx
-    (≤ 2 ulp) — an error the interpreter, whose exp2 is exact, cannot show."""
+    (≤ 2 ulp), an error the interpreter, whose exp2 is exact, cannot show. (2/(1 + e) − 1 rather than
+    (1 − e)/(1 + e): one register less, which the GRU's step kernel needs to stay spill-free.)"""
     ax = tl.abs(x)
     e = exp(-2.0 * ax)
-    big = tl.math.div_rn(1.0 - e, 1.0 + e)
+    big = 2.0 * reciprocal(1.0 + e) - 1.0  # 2r ∈ [1.5, 2): the subtraction is exact
     x2 = x * x
     q = -0.00023912911424355248
     q = q * x2 + 0.000590027440945586

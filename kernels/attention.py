@@ -63,8 +63,10 @@ from ._common import MAX_GRID_YZ
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# The grids are (blocks of L, heads, batch): heads and batch each within a grid axis's limit.
-MAX_BATCH = MAX_HEADS = MAX_GRID_YZ
+# The grids are (blocks of L, B·H): batch × heads within a grid axis's limit. (Heads and batch on
+# two axes would lift it, but the index arithmetic then costs the fwd and dq kernels a register they
+# do not have at D = 128 / 64 in bf16: spills on sm_80.)
+MAX_BATCH_HEADS = MAX_GRID_YZ
 LOG2E = 1.4426950408889634
 LN2 = tl.constexpr(0.6931471805599453)
 # Triton's interpreter (3.9) returns garbage from tl.dot on bf16 operands (see kernels/rnn.py):
@@ -182,13 +184,13 @@ def _attn_fwd_kernel(
     CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """grid (cdiv(Lq, BLOCK_M), Hq, B). q (B, Hq, Lq, D), k/v (B, Hkv, Lk, D) strided; out (B, Hq,
+    """grid (cdiv(Lq, BLOCK_M), B·Hq). q (B, Hq, Lq, D), k/v (B, Hkv, Lk, D) strided; out (B, Hq,
     Lq, D) and lse (B, Hq, Lq) contiguous. qk_scale = scale·log2(e); keep_scale = 1/(1 − p).
     LQ_BUCKET/LK_BUCKET are unused here: the autotuner's key (power-of-two buckets of Lq, Lk)."""
     start_m = tl.program_id(0) * BLOCK_M
-    h = tl.program_id(1)
-    b = tl.program_id(2)
-    bh = b * Hq + h
+    bh = tl.program_id(1)
+    b = bh // Hq
+    h = bh % Hq
     kvh = h // GROUP
     rows = start_m + tl.arange(0, BLOCK_M)
     cols_d = tl.arange(0, BLOCK_D)
@@ -226,11 +228,11 @@ def _attn_fwd_kernel(
 @triton.jit
 def _bwd_delta_kernel(dout_ptr, out_ptr, delta_ptr, s_db, s_dh, s_dl, Hq, Lq,
                       HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """grid (cdiv(Lq, BLOCK_M), Hq, B). delta (B·Hq, Lq) fp32 = Σ_d dout ⊙ out; dout strided, out
+    """grid (cdiv(Lq, BLOCK_M), B·Hq). delta (B·Hq, Lq) fp32 = Σ_d dout ⊙ out; dout strided, out
     contiguous. Reads dout and out once."""
-    h = tl.program_id(1)
-    b = tl.program_id(2)
-    bh = b * Hq + h
+    bh = tl.program_id(1)
+    b = bh // Hq
+    h = bh % Hq
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols_d = tl.arange(0, BLOCK_D)
     do = _load_rows(dout_ptr + b.to(tl.int64) * s_db + h.to(tl.int64) * s_dh, rows, s_dl, cols_d, Lq, True,
@@ -282,14 +284,14 @@ def _attn_bwd_dkdv_kernel(
     CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """grid (cdiv(Lk, BLOCK_N), Hkv, B). dk, dv (B, Hkv, Lk, D) contiguous, written once: summed in
+    """grid (cdiv(Lk, BLOCK_N), B·Hkv). dk, dv (B, Hkv, Lk, D) contiguous, written once: summed in
     registers over the GROUP query heads of this kv head (in head order) and their query blocks.
     lse, delta (B·Hq, Lq) fp32."""
     start_n = tl.program_id(0) * BLOCK_N
-    kvh = tl.program_id(1)
-    b = tl.program_id(2)
+    bkv = tl.program_id(1)
     Hkv = Hq // GROUP
-    bkv = b * Hkv + kvh
+    b = bkv // Hkv
+    kvh = bkv % Hkv
     keys = start_n + tl.arange(0, BLOCK_N)
     cols_d = tl.arange(0, BLOCK_D)
     k = _load_rows(k_ptr + b.to(tl.int64) * s_kb + kvh.to(tl.int64) * s_kh, keys, s_kl, cols_d, Lk, True,
@@ -367,12 +369,12 @@ def _attn_bwd_dq_kernel(
     CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """grid (cdiv(Lq, BLOCK_M), Hq, B). dq (B, Hq, Lq, D) contiguous, written once; the loop over
+    """grid (cdiv(Lq, BLOCK_M), B·Hq). dq (B, Hq, Lq, D) contiguous, written once; the loop over
     key blocks is split like the forward's (unmasked interior, masked diagonal and Lk tail)."""
     start_m = tl.program_id(0) * BLOCK_M
-    h = tl.program_id(1)
-    b = tl.program_id(2)
-    bh = b * Hq + h
+    bh = tl.program_id(1)
+    b = bh // Hq
+    h = bh % Hq
     kvh = h // GROUP
     rows = start_m + tl.arange(0, BLOCK_M)
     cols_d = tl.arange(0, BLOCK_D)
@@ -512,9 +514,9 @@ def _check(q, k, v):
         raise ValueError(f"attention (triton): head dim {D} is not a multiple of 8 in [8, 128]")
     if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"attention (triton): dtypes {q.dtype}, {k.dtype}, {v.dtype}")
-    if B > MAX_BATCH or Hq > MAX_HEADS:
-        raise ValueError(f"attention (triton): batch {B} and heads {Hq} must each be at most {MAX_GRID_YZ} "
-                         "(a grid axis each)")
+    if B * Hq > MAX_BATCH_HEADS:
+        raise ValueError(f"attention (triton): batch × heads = {B} × {Hq} = {B * Hq} exceeds {MAX_BATCH_HEADS} "
+                         "(one grid axis)")
 
 
 def _last_unit(t):
@@ -551,7 +553,7 @@ def attention_fwd(q, k, v, causal, scale, dropout_p, rng_state):
             Hq, Hq // k.shape[1], Lq, Lk, float(scale) * LOG2E, keep_scale, seed, offset, threshold,
             _bucket(Lq), _bucket(Lk))
     consts = dict(CAUSAL=bool(causal), DROPOUT=dropout, HEAD_DIM=D, BLOCK_D=block_d(D))
-    _launch("fwd", _attn_fwd_kernel, _fwd_tuned, lambda bm, bn: (triton.cdiv(Lq, bm), Hq, B), args, consts)
+    _launch("fwd", _attn_fwd_kernel, _fwd_tuned, lambda bm, bn: (triton.cdiv(Lq, bm), B * Hq), args, consts)
     return out, lse
 
 
@@ -565,7 +567,7 @@ def attention_bwd(dout, q, k, v, out, lse, causal, scale, dropout_p, rng_state):
     dropout, seed, offset, threshold, keep_scale = _dropout_args(dropout_p, rng_state)
     bd = block_d(D)
     delta = torch.empty(B, Hq, Lq, device=q.device, dtype=torch.float32)
-    _bwd_delta_kernel[(triton.cdiv(Lq, DELTA_ROWS), Hq, B)](dout, out, delta, *_strides(dout), Hq, Lq,
+    _bwd_delta_kernel[(triton.cdiv(Lq, DELTA_ROWS), B * Hq)](dout, out, delta, *_strides(dout), Hq, Lq,
                                                              HEAD_DIM=D, BLOCK_M=DELTA_ROWS, BLOCK_D=bd)
     dq = torch.empty(B, Hq, Lq, D, device=q.device, dtype=q.dtype)
     dk = torch.empty(B, Hkv, Lk, D, device=q.device, dtype=q.dtype)
@@ -574,8 +576,8 @@ def attention_bwd(dout, q, k, v, out, lse, causal, scale, dropout_p, rng_state):
               Hq, Hq // Hkv, Lq, Lk, float(scale), float(scale) * LOG2E, keep_scale, seed, offset, threshold,
               _bucket(Lq), _bucket(Lk))
     consts = dict(CAUSAL=bool(causal), DROPOUT=dropout, HEAD_DIM=D, BLOCK_D=bd)
-    _launch("dkdv", _attn_bwd_dkdv_kernel, _dkdv_tuned, lambda bm, bn: (triton.cdiv(Lk, bn), Hkv, B),
+    _launch("dkdv", _attn_bwd_dkdv_kernel, _dkdv_tuned, lambda bm, bn: (triton.cdiv(Lk, bn), B * Hkv),
             (q, k, v, dout, lse, delta, dk, dv, *common), consts)
-    _launch("dq", _attn_bwd_dq_kernel, _dq_tuned, lambda bm, bn: (triton.cdiv(Lq, bm), Hq, B),
+    _launch("dq", _attn_bwd_dq_kernel, _dq_tuned, lambda bm, bn: (triton.cdiv(Lq, bm), B * Hq),
             (q, k, v, dout, lse, delta, dq, *common), consts)
     return dq, dk, dv

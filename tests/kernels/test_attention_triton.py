@@ -217,19 +217,18 @@ def test_configs_every_case():
                         assert warps in (4, 8) and 1 <= stages <= 4
 
 
-@pytest.mark.parametrize("shape", [(65536, 1, 4, 8), (1, 65536, 4, 8)], ids=["batch", "heads"])
-def test_batch_or_heads_beyond_a_grid_axis_are_refused_by_name(shape):
-    """The grids are (blocks of L, heads, batch), and CUDA caps a grid's second and third axes at
-    65,535 (the interpreter does not): a direct launch refuses more before allocating anything, and
-    the op's supports() names it so that auto passes triton over (meta tensors: no memory)."""
+@pytest.mark.parametrize("shape", [(65536, 1, 4, 8), (1, 65536, 4, 8), (256, 257, 4, 8)], ids=["batch", "heads", "both"])
+def test_batch_times_heads_beyond_the_grid_axis_is_refused_by_name(shape):
+    """The grids are (blocks of L, B·H), and CUDA caps a grid's second axis at 65,535 (the
+    interpreter does not): a direct launch refuses more before allocating anything, and the op's
+    supports() names it so that auto passes triton over (meta tensors: no memory)."""
     from pyneuro.ops import attn as attn_op
 
-    assert ak.MAX_BATCH == ak.MAX_HEADS == 65535
+    assert ak.MAX_BATCH_HEADS == 65535
     q = torch.empty(shape, device="meta")
-    with pytest.raises(ValueError, match=r"batch 65536 and heads 1 must|batch 1 and heads 65536 must"):
+    with pytest.raises(ValueError, match=f"batch × heads = {shape[0]} × {shape[1]} = {shape[0] * shape[1]} exceeds 65535"):
         ak.attention_fwd(q, q, q, False, 1.0, 0.0, None)
     problem = attn_op._compiled_supports("triton")(q, q, q)
     assert isinstance(problem, ValueError) and f"got q {shape}" in str(problem)
-    fits = torch.empty(65535, 65535, 4, 8, device="meta")
+    fits = torch.empty(255, 257, 4, 8, device="meta")
     assert attn_op._compiled_supports("triton")(fits, fits, fits) is None
-

@@ -50,7 +50,7 @@ def _triton_limits() -> dict[str, int]:
         import importlib
 
         kernels = importlib.import_module(_TRITON_MODULE)
-        _TRITON_LIMITS.update(max_batch=kernels.MAX_BATCH, max_heads=kernels.MAX_HEADS)
+        _TRITON_LIMITS.update(max_batch_heads=kernels.MAX_BATCH_HEADS)
     return _TRITON_LIMITS
 
 
@@ -245,9 +245,9 @@ def _compiled_supports(backend: str):
                               "(other head dims run on backend='reference')")
         if backend == "triton":
             limits = _triton_limits()
-            if q.shape[0] > limits["max_batch"] or q.shape[1] > limits["max_heads"]:
-                return ValueError(f"attention: the 'triton' backend takes a batch of at most {limits['max_batch']} "
-                                  f"and at most {limits['max_heads']} heads (a grid axis each), got q {tuple(q.shape)}")
+            if q.shape[0] * q.shape[1] > limits["max_batch_heads"]:
+                return ValueError(f"attention: the 'triton' backend takes batch × heads up to "
+                                  f"{limits['max_batch_heads']} (one grid axis), got q {tuple(q.shape)}")
         return None
 
     return supports
