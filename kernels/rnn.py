@@ -519,14 +519,6 @@ def _block(n: int) -> int:
     return max(MIN_BLOCK, triton.next_power_of_2(n))
 
 
-def persistent(cell: str, hidden_size: int, state_size: int, dtype, device: Optional[torch.device] = None) -> bool:
-    """Whether the persistent kernel runs this shape (its weights fit on chip), else step mode.
-    On a CUDA ``device`` with less shared memory per block than PERSISTENT_MIN_SMEM, always step mode."""
-    if device is not None and device.type == "cuda" and _smem_optin(device) < PERSISTENT_MIN_SMEM:
-        return False
-    return max(hidden_size, state_size) <= PERSISTENT_MAX_H.get(cell, {}).get(dtype, 0)
-
-
 # PERSISTENT_MAX_H holds within sm_80's 163 KB of shared memory per block (sm_90 has 227 KB). Devices
 # with less (sm_86/89/120: 99-101 KB, never compiled for here) run step mode: there a persistent
 # kernel could fail to launch (out of resources) at shapes this table admits.
@@ -545,6 +537,14 @@ def _smem_optin(device: torch.device) -> int:
             optin = PERSISTENT_MIN_SMEM if big else 0
         _SMEM_OPTIN[index] = int(optin)
     return _SMEM_OPTIN[index]
+
+
+def persistent(cell: str, hidden_size: int, state_size: int, dtype, device: Optional[torch.device] = None) -> bool:
+    """Whether the persistent kernel runs this shape (its weights fit on chip), else step mode.
+    On a CUDA ``device`` with less shared memory per block than PERSISTENT_MIN_SMEM, always step mode."""
+    if device is not None and device.type == "cuda" and _smem_optin(device) < PERSISTENT_MIN_SMEM:
+        return False
+    return max(hidden_size, state_size) <= PERSISTENT_MAX_H.get(cell, {}).get(dtype, 0)
 
 
 def launch_config(cell: str, hidden_size: int, state_size: int, dtype, step: bool):

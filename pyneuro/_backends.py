@@ -26,6 +26,7 @@ is for tests. A backend named explicitly (argument or ``PYNEURO_BACKEND``) that 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.util
@@ -430,9 +431,7 @@ def triton_custom_op(qualname: str, schema: str, module: str, function: str):
         # Triton launches on the current device and its stream; a Python custom op gets no device
         # guard (C++ ops do), so make the operands' device current, as torch's own ops would.
         device = next((a.device for a in args if isinstance(a, Tensor) and a.is_cuda), None)
-        if device is None:
-            return _fresh(kernel(*args), args)
-        with torch.cuda.device(device):
+        with contextlib.nullcontext() if device is None else torch.cuda.device(device):
             return _fresh(kernel(*args), args)
 
     return torch.library.custom_op(qualname, impl, mutates_args=(), schema=schema)

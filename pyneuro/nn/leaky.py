@@ -166,7 +166,11 @@ class LeakyRNN(nn.Module):
     def extra_repr(self) -> str:
         taus = self.tau.detach()
         tau = f"{taus[0].item():g}" if bool((taus == taus[0]).all()) else "per-unit"
-        text = f"{self.input_size}, {self.hidden_size}, tau={tau}"
+        return f"{self.input_size}, {self.hidden_size}, tau={tau}" + self._changed_flags()
+
+    def _changed_flags(self) -> str:
+        """The repr's tail: the flags that differ from their defaults."""
+        text = ""
         for name, default in (("learn_tau", False), ("batch_first", False), ("backend", "auto"),
                               ("weight_dropout", 0.0)):
             if getattr(self, name) != default:
@@ -229,8 +233,4 @@ class MTRNN(LeakyRNN):
     def extra_repr(self) -> str:
         text = (f"{self.input_size}, fast_size={self.fast_size}, slow_size={self.slow_size}, "
                 f"fast_tau={self.fast_tau:g}, slow_tau={self.slow_tau:g}")
-        for name, default in (("learn_tau", False), ("batch_first", False), ("backend", "auto"),
-                              ("weight_dropout", 0.0)):
-            if getattr(self, name) != default:
-                text += f", {name}={getattr(self, name)!r}"
-        return text if self.bias is not None else text + ", bias=False"
+        return text + self._changed_flags()
