@@ -230,14 +230,15 @@ class Op:
         b = self.backends[backend]
         if not b.selfcheck or self.self_check is None or not selfcheck_enabled():
             return None
-        if torch.compiler.is_compiling():
-            return None  # runs at the first eager call; tracing must not launch kernels
         dtype = _first_tensor_dtype(args)
         key = (backend, device, dtype)
         if key not in self._checked:
+            if torch.compiler.is_compiling():
+                return None  # runs at the first eager call; tracing must not launch kernels
             self._checked[key] = None  # the check calls the backend itself: do not recurse
             try:
-                failure = self.self_check(backend, device, dtype)
+                with _plain_autograd(device):
+                    failure = self.self_check(backend, device, dtype)
             except Exception as exc:  # a crash is a failed check too
                 failure = f"{type(exc).__name__}: {exc}"
             self._checked[key] = failure
@@ -247,6 +248,11 @@ class Op:
         return BackendSelfCheckError(
             f"{self.name}: backend {backend!r} failed its first-use self-check on {device} "
             f"{str(dtype).replace('torch.', '')}: {failure} (PYNEURO_SELFCHECK=0 turns the check off)")
+
+    def runs(self, backend: str, device: torch.device, *args) -> bool:
+        """Whether ``backend`` can take this call (available, supports the arguments, passed its
+        self-check): select(backend, ...) without the error."""
+        return self._why_not(backend, device, args) is None
 
     def select(self, backend: str, device: torch.device, *args) -> Backend:
         """The backend a call with ``args`` on ``device`` runs on (``backend``: "auto" or a name)."""
@@ -298,6 +304,20 @@ class Op:
 
 
 OPS: dict[str, Op] = {}
+
+
+@contextlib.contextmanager
+def _plain_autograd(device: torch.device):
+    """The self-check's mode: gradients on and no autocast, whatever the first call ran under. The
+    check compares gradients in the call's dtype; a first call under inference_mode (no autograd
+    at all) or autocast (the reference's fp32 matmuls in bf16) would fail a correct backend, and
+    the failure is kept for the process."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(torch.enable_grad())
+        for kind in {"cpu", device.type}:
+            stack.enter_context(torch.autocast(kind, enabled=False))
+        yield
 
 
 def register_op(name: str, backends: dict[str, Backend], self_check: Optional[Callable] = None,

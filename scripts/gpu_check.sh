@@ -4,16 +4,18 @@
 #   build       pyneuro._C from source for this device's architecture only
 #   build_info  pyneuro._C.build_info() says cuda and lists the device's architecture; the ops
 #               have CUDA kernels registered
-#   tests       every test marked cuda or triton under tests/ and benchmarks/test_timing.py; fails
-#               on any skip (a skip there means a GPU path did not run), failure, error or no test
-#               at all. The GPU training tests need MNIST offline: a carried build/gpu-check-mnist.tgz
-#               (`make gpu-check-data` here) is unpacked into the tests' data folder first
-#   memcheck, racecheck, synccheck
-#               compute-sanitizer on small shapes of every CUDA kernel (scripts/gpu_check_sanitize.py)
+#   tests       every test marked cuda or triton, and not slow, under tests/ and
+#               benchmarks/test_timing.py; fails on any skip (a skip there means a GPU path did not
+#               run), failure, error or no test at all. The GPU training tests need MNIST offline: a
+#               carried build/gpu-check-mnist.tgz (`make gpu-check-data` here) is unpacked first
 #   bench, bench_attention, bench_rnn
 #               python -m benchmarks --device cuda --ops selective_scan | attention | lstm,gru,rnn
 #               (issues 6, 7 and 8's GPU rows), one JSON each; fails if a contender errors, no kernel
 #               of ours (cuda or triton) was timed, or a time is not from CUDA events
+#   tests_slow  the slow ones of those tests (torch.compile, training, long sequences), after the
+#               benchmarks: the first run should bring back figures even if these need a rerun
+#   memcheck, racecheck, synccheck
+#               compute-sanitizer on small shapes of every CUDA kernel (scripts/gpu_check_sanitize.py)
 # Every stage runs under its own `timeout`, within a total budget. After every stage $OUT holds
 # summary.json (stage -> status, seconds, counts) and logs.tgz (each stage's log, the junit xml,
 # build_info.json, nvidia-smi.txt: written to $LOGS, packed), and bench_*.json once benchmarked (three):
@@ -30,7 +32,7 @@ PY="${PYTHON:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo pyth
 BUDGET="${GPU_CHECK_BUDGET_S:-540}"
 LOGS="${GPU_CHECK_LOGS:-build/gpu-check-logs}"
 read -r -a TEST_PATHS <<< "${GPU_CHECK_TEST_PATHS:-tests benchmarks/test_timing.py}"
-STAGES=(device build build_info tests bench bench_attention bench_rnn memcheck racecheck synccheck)
+STAGES=(device build build_info tests bench bench_attention bench_rnn tests_slow memcheck racecheck synccheck)
 read -r -a SELECTED <<< "${GPU_CHECK_STAGES:-${STAGES[*]}}"
 for s in "${SELECTED[@]}"; do
   [[ " ${STAGES[*]} " == *" $s "* ]] || { echo "gpu_check: unknown stage '$s' in GPU_CHECK_STAGES (${STAGES[*]})" >&2; exit 2; }
@@ -50,6 +52,8 @@ mkdir -p "$LOGS"
 SUMMARY="$OUT/summary.json"
 REPORT=(python3 scripts/gpu_check_report.py)
 export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1  # no network there: fail at once, never hang
+# A stage cut off by its timeout keeps what it printed (a block-buffered stdout would be lost).
+export PYTHONUNBUFFERED=1
 failed=0
 T0=$SECONDS
 
@@ -120,6 +124,13 @@ if selected build; then
   # Every core (ninja's default; make's is one job). CMakeLists.txt hands torch's config the same
   # architecture (TORCH_CUDA_ARCH_LIST), so it neither probes the GPU nor builds for a list of its own.
   export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+  # CMake's check_language(CUDA) looks on PATH (and CUDACXX), not in /usr/local/cuda/bin: without
+  # this a machine whose nvcc is only there would build without CUDA, found out only at build_info.
+  if [[ -z "${CUDACXX:-}" ]]; then
+    CUDACXX="$(command -v nvcc || true)"
+    [[ -z "$CUDACXX" && -x /usr/local/cuda/bin/nvcc ]] && CUDACXX=/usr/local/cuda/bin/nvcc
+    [[ -n "$CUDACXX" ]] && export CUDACXX && echo "   nvcc: $CUDACXX"
+  fi
   timed build 300 "$PY" -m pip install -v --no-build-isolation --no-deps -e . \
     "--config-settings=cmake.define.CMAKE_CUDA_ARCHITECTURES=$ARCH"
   grep "pyneuro:" "$LOGS/build.log" 2>/dev/null | sed 's/^/   /'
@@ -149,27 +160,30 @@ sys.exit("\n".join(problems) or None)
 EOF
 selected build_info && record build_info "$status" "$took"
 
-# ---- tests ------------------------------------------------------------------------------------
-if selected tests; then
-  # MNIST for the GPU training tests: no network there, so it comes as a carried archive.
-  data_dir="${PYNEURO_DATA_DIR:-build/test-cache}"
-  if [[ -f build/gpu-check-mnist.tgz && ! -f "$data_dir/mnist/source.json" ]]; then
-    mkdir -p "$data_dir" && tar xzf build/gpu-check-mnist.tgz -C "$data_dir" && echo "   MNIST unpacked into $data_dir"
-  fi
-  timed tests 240 "$PY" -m pytest "${TEST_PATHS[@]}" -m "cuda or triton" --maxfail=20 -v -rs --durations=25 \
-    -p no:cacheprovider --continue-on-collection-errors --junitxml="$LOGS/tests.xml"
-  tail -n 3 "$LOGS/tests.log" 2>/dev/null | sed 's/^/   /'
+# ---- tests, tests_slow ----------------------------------------------------------------------------
+# MNIST for the GPU training tests: no network there, so it comes as a carried archive.
+data_dir="${PYNEURO_DATA_DIR:-build/test-cache}"
+if [[ -f build/gpu-check-mnist.tgz && ! -f "$data_dir/mnist/source.json" ]] && { selected tests || selected tests_slow; }; then
+  mkdir -p "$data_dir" && tar xzf build/gpu-check-mnist.tgz -C "$data_dir" && echo "   MNIST unpacked into $data_dir"
+fi
+test_stage() {  # stage, seconds, marker expression
+  local stage=$1 limit=$2 markers=$3
+  selected "$stage" || return 0
+  timed "$stage" "$limit" "$PY" -m pytest "${TEST_PATHS[@]}" -m "$markers" --maxfail=20 -v -rs --durations=25 \
+    -p no:cacheprovider --continue-on-collection-errors --junitxml="$LOGS/$stage.xml"
+  tail -n 3 "$LOGS/$stage.log" 2>/dev/null | sed 's/^/   /'
   if [[ $status != "not run: time budget spent" ]]; then
     # pytest's exit status alone would pass a run whose GPU tests all skipped.
-    allow=()
+    local allow=() a
     for a in "${ALLOWED_IMPORT_SKIPS[@]}"; do allow+=(--allow-import-skip "$a"); done
-    if ! "${REPORT[@]}" junit "$LOGS/tests.xml" "$LOGS/tests.counts.json" "${allow[@]}" > "$LOGS/tests.junit.txt"; then
+    if ! "${REPORT[@]}" junit "$LOGS/$stage.xml" "$LOGS/$stage.counts.json" "${allow[@]}" > "$LOGS/$stage.junit.txt"; then
       [[ $status == ok ]] && status="failed (skips or no tests)"
     fi
-    sed 's/^/   /' "$LOGS/tests.junit.txt"
+    sed 's/^/   /' "$LOGS/$stage.junit.txt"
   fi
-  record tests "$status" "$took" --counts "$LOGS/tests.counts.json"
-fi
+  record "$stage" "$status" "$took" --counts "$LOGS/$stage.counts.json"
+}
+test_stage tests 200 "(cuda or triton) and not slow"
 
 # ---- benchmarks -------------------------------------------------------------------------------
 bench_stage() {  # stage, seconds, ops, json name
@@ -188,7 +202,7 @@ bench_stage() {  # stage, seconds, ops, json name
 bench_stage bench 90 selective_scan bench_selective_scan.json
 bench_stage bench_attention 120 attention bench_attention.json
 bench_stage bench_rnn 120 lstm,gru,rnn bench_rnn.json
-
+test_stage tests_slow 240 "(cuda or triton) and slow"
 
 # ---- compute-sanitizer ------------------------------------------------------------------------
 SANITIZER="$(command -v compute-sanitizer || true)"

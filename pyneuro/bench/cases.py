@@ -60,8 +60,8 @@ def scan_cases(device: torch.device, quick: bool):
                 if backend == "reference" and mode == "fwd+bwd" and L * dim * batch > 50_000_000:
                     continue
                 if mode == "fwd":
-                    contenders[backend] = (lambda b=backend: torch.no_grad()(selective_scan)(
-                        u, delta, A, Bm, Cm, D, z, bias, True, backend=b))
+                    contenders[backend] = (lambda b=backend, a=(u, delta, A, Bm, Cm, D, z, bias): torch.no_grad()(
+                        selective_scan)(*a, True, backend=b))
                 else:
                     leaves = [t.detach().clone().requires_grad_() for t in (u, delta, A, Bm, Cm, D, z, bias)]
                     contenders[backend] = _fwd_bwd(
@@ -92,6 +92,7 @@ def attention_cases(device: torch.device, quick: bool):
     import torch.nn.functional as F
 
     from pyneuro.ops import attention
+    from pyneuro.ops.attn import CUDA_SHORT_MAX_KEYS
 
     for B, H, L, Dh, dtype, causal, modes in _attention_shapes(device, quick):
         g = torch.Generator(device="cpu").manual_seed(0)
@@ -103,25 +104,31 @@ def attention_cases(device: torch.device, quick: bool):
             leaves = [t.clone().requires_grad_() for t in (q, k, v)]
             contenders = {}
 
-            def call(fn):
+            def call(fn, mode=mode, qkv=(q, k, v), leaves=leaves):
                 if mode == "fwd":
-                    return lambda: torch.no_grad()(fn)(q, k, v)
+                    return lambda: torch.no_grad()(fn)(*qkv)
                 return _fwd_bwd(lambda: fn(*leaves), leaves)
 
-            contenders["torch-sdpa"] = call(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, is_causal=causal))
-            if device.type == "cuda" and dtype != torch.float32:  # SDPA's flash and cuDNN kernels take fp16/bf16
+            contenders["torch-sdpa"] = call(lambda a, b, c, causal=causal: F.scaled_dot_product_attention(
+                a, b, c, is_causal=causal))
+            if device.type == "cuda":  # each of SDPA's kernels on its own ("torch-sdpa" is its own choice)
                 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-                for name, kind in (("sdpa-flash", SDPBackend.FLASH_ATTENTION),
-                                   ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)):
-                    def with_kernel(a, b, c, kind=kind):
+                kinds = [("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION)]  # any dtype
+                if dtype != torch.float32:  # flash and cuDNN take fp16/bf16 only
+                    kinds += [("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)]
+                for name, kind in kinds:
+                    def with_kernel(a, b, c, kind=kind, causal=causal):
                         with sdpa_kernel([kind]):
                             return F.scaled_dot_product_attention(a, b, c, is_causal=causal)
                     contenders[name] = call(with_kernel)
             for backend in _backends_for("attention", device):
                 if backend == "reference" and B * H * L * L > (1 << 28):
                     continue  # the (B, H, L, L) fp32 scores of 2 x 16 x 8192^2 alone are 8.6 GB
-                contenders[backend] = call(lambda a, b, c, bk=backend: attention(a, b, c, causal=causal, backend=bk))
+                if backend == "cuda" and L > CUDA_SHORT_MAX_KEYS and "triton" in contenders:
+                    continue  # the cuda backend runs the Triton kernel there: the triton row again
+                contenders[backend] = call(lambda a, b, c, bk=backend, causal=causal: attention(
+                    a, b, c, causal=causal, backend=bk))
             yield {"op": "attention", "mode": mode, "dtype": str(dtype).replace("torch.", ""),
                    "shape": {"B": B, "H": H, "L": L, "Dh": Dh, "causal": causal}, "baseline": "torch-sdpa",
                    "contenders": contenders, "flops": flops * (1 if mode == "fwd" else 3.5)}
@@ -132,57 +139,64 @@ def attention_qkvpacked_cases(device: torch.device, quick: bool):
     and the gradient back into the projection. Baseline: SDPA on the projection's chunks split per
     head, as torch.nn.MultiheadAttention does; contenders: attention_qkvpacked on the projection
     viewed (B, L, 3, H, Dh), and the unpacked op on the same chunks as the baseline."""
+    shapes = [(2, 4, 50, 24)] if quick else [(128, 4, 17, 24), (128, 4, 50, 24)]
+    if device.type == "cuda" and not quick:
+        shapes = [(256, 4, 17, 24), (256, 4, 50, 24)]
+    for shape in shapes:
+        yield from _qkvpacked_shape_cases(device, *shape)
+
+
+def _qkvpacked_shape_cases(device: torch.device, B: int, H: int, L: int, Dh: int):
+    """attention_qkvpacked_cases at one shape. A function per shape, so that the closures see this
+    call's B, L, ... (a loop would rebind them before a caller that lists every case first, as
+    benchmarks/test_bench.py does, runs them)."""
     import torch.nn.functional as F
 
     from pyneuro.ops import attention, attention_qkvpacked
 
-    shapes = [(2, 4, 50, 24)] if quick else [(128, 4, 17, 24), (128, 4, 50, 24)]
-    if device.type == "cuda" and not quick:
-        shapes = [(256, 4, 17, 24), (256, 4, 50, 24)]
-    for B, H, L, Dh in shapes:
-        E = H * Dh
-        proj = torch.randn(B, L, 3 * E, generator=torch.Generator().manual_seed(0)).to(device)
-        flops = 4 * B * H * L * L * Dh
+    E = H * Dh
+    proj = torch.randn(B, L, 3 * E, generator=torch.Generator().manual_seed(0)).to(device)
+    flops = 4 * B * H * L * L * Dh
 
-        def heads(t):
-            return t.view(B, L, H, Dh).transpose(1, 2)
+    def heads(t):
+        return t.view(B, L, H, Dh).transpose(1, 2)
 
-        def sdpa(p):
-            q, k, v = (heads(t) for t in p.chunk(3, dim=-1))
-            return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, L, E)
+    def sdpa(p):
+        q, k, v = (heads(t) for t in p.chunk(3, dim=-1))
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, L, E)
 
-        def unpacked(p, backend):
-            q, k, v = (heads(t) for t in p.chunk(3, dim=-1))
-            return attention(q, k, v, backend=backend).transpose(1, 2).reshape(B, L, E)
+    def unpacked(p, backend):
+        q, k, v = (heads(t) for t in p.chunk(3, dim=-1))
+        return attention(q, k, v, backend=backend).transpose(1, 2).reshape(B, L, E)
 
-        def packed(p, backend):
-            return attention_qkvpacked(p.view(B, L, 3, H, Dh), backend=backend).reshape(B, L, E)
+    def packed(p, backend):
+        return attention_qkvpacked(p.view(B, L, 3, H, Dh), backend=backend).reshape(B, L, E)
 
-        for mode in ("fwd", "fwd+bwd"):
-            leaf = proj.clone().requires_grad_()
+    for mode in ("fwd", "fwd+bwd"):
+        leaf = proj.clone().requires_grad_()
 
-            def call(fn):
-                if mode == "fwd":
-                    return lambda: torch.no_grad()(fn)(proj)
-                return _fwd_bwd(lambda: fn(leaf), [leaf])
+        def call(fn, mode=mode, leaf=leaf):
+            if mode == "fwd":
+                return lambda: torch.no_grad()(fn)(proj)
+            return _fwd_bwd(lambda: fn(leaf), [leaf])
 
-            contenders = {"torch-sdpa": call(sdpa)}
-            for backend in _backends_for("attention", device):
-                contenders[backend] = call(lambda p, bk=backend: packed(p, bk))
-                contenders[f"{backend}-unpacked"] = call(lambda p, bk=backend: unpacked(p, bk))
-            yield {"op": "attention_qkvpacked", "mode": mode, "dtype": "float32",
-                   "shape": {"B": B, "H": H, "L": L, "Dh": Dh}, "baseline": "torch-sdpa",
-                   "contenders": contenders, "flops": flops * (1 if mode == "fwd" else 3.5)}
+        contenders = {"torch-sdpa": call(sdpa)}
+        for backend in _backends_for("attention", device):
+            contenders[backend] = call(lambda p, bk=backend: packed(p, bk))
+            contenders[f"{backend}-unpacked"] = call(lambda p, bk=backend: unpacked(p, bk))
+        yield {"op": "attention_qkvpacked", "mode": mode, "dtype": "float32",
+               "shape": {"B": B, "H": H, "L": L, "Dh": Dh}, "baseline": "torch-sdpa",
+               "contenders": contenders, "flops": flops * (1 if mode == "fwd" else 3.5)}
 
 
 # ----------------------------------------------------------------------------- recurrent layers
 def _recurrent_shapes(device: torch.device, quick: bool) -> list[tuple]:
     """(T, B, I, H, dtype): MNIST rows, a mid-size layer, and on the GPU issue 7's targets."""
+    if quick:
+        return [(16, 32, 16, 32, torch.float32)]
     if device.type == "cuda":
         return [(28, 128, 28, 128, torch.float32), (512, 32, 256, 256, torch.float32),
                 (784, 128, 1, 128, torch.bfloat16), (512, 64, 1024, 1024, torch.float32)]
-    if quick:
-        return [(16, 32, 16, 32, torch.float32)]
     return [(28, 128, 28, 128, torch.float32), (128, 32, 256, 256, torch.float32)]
 
 
@@ -205,10 +219,25 @@ def _with_env(name: str, value: str, run):
     return wrapped
 
 
+def _with_cudnn_tf32(allow: bool, run):
+    """The timed closure ``run`` with cuDNN's TF32 switch set to ``allow`` while it runs."""
+    def wrapped():
+        saved = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = allow
+        try:
+            return run()
+        finally:
+            torch.backends.cudnn.allow_tf32 = saved
+
+    return wrapped
+
+
 def _recurrent_cell_cases(cell: str):
     """Cases of one cell: pyneuro.nn's layer on each backend against torch.nn's (oneDNN / cuDNN),
     same weights, same threads; the leaky cell has no torch.nn twin, so its baseline is the
-    PyTorch reference loop."""
+    PyTorch reference loop. On a GPU in fp32 the baseline runs cuDNN with TF32 off, in IEEE fp32
+    as the pyneuro kernels' recurrent products do (torch leaves cuDNN's TF32 on by default, which
+    multiplies in 10-bit mantissas); that default is timed beside it as "torch.nn (cuDNN, TF32)"."""
     gates = {"lstm": 4, "gru": 3, "rnn": 1, "leaky": 1}[cell]
 
     def cases(device: torch.device, quick: bool):
@@ -226,8 +255,8 @@ def _recurrent_cell_cases(cell: str):
                 u0 = torch.zeros(B, H, device=device, dtype=dtype)
                 for backend in _backends_for("leaky", device):
                     params = [w.clone().requires_grad_() for w in weights]
-                    modules[backend] = (lambda inp, b=backend, p=params: leaky_sequence(inp, u0, *p, tau, backend=b),
-                                        params)
+                    modules[backend] = (lambda inp, b=backend, p=params, u0=u0, tau=tau: leaky_sequence(
+                        inp, u0, *p, tau, backend=b), params)
             else:
                 label = "torch.nn (cuDNN)" if device.type == "cuda" else "torch.nn"
                 theirs = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](I, H)
@@ -243,16 +272,21 @@ def _recurrent_cell_cases(cell: str):
             if "cuda" in modules:
                 # The CUDA backend's per-step path on its own, to show what the persistent kernel buys.
                 modules["cuda-stepwise"] = modules["cuda"]
+            tf32_row = device.type == "cuda" and dtype == torch.float32 and label in modules
+            if tf32_row:
+                modules["torch.nn (cuDNN, TF32)"] = modules[label]
             for mode in ("fwd", "fwd+bwd"):
                 xs = x.clone().requires_grad_(mode != "fwd")
                 contenders = {}
                 for name, (fn, params) in modules.items():
                     if mode == "fwd":
-                        contenders[name] = lambda fn=fn: torch.no_grad()(fn)(x)
+                        contenders[name] = lambda fn=fn, x=x: torch.no_grad()(fn)(x)
                     else:
-                        contenders[name] = _fwd_bwd(lambda fn=fn: fn(xs)[0], [xs, *params])
+                        contenders[name] = _fwd_bwd(lambda fn=fn, xs=xs: fn(xs)[0], [xs, *params])
                     if name == "cuda-stepwise":
                         contenders[name] = _with_env("PYNEURO_CUDA_RNN_PATH", "stepwise", contenders[name])
+                    if tf32_row and name in (label, "torch.nn (cuDNN, TF32)"):
+                        contenders[name] = _with_cudnn_tf32(name != label, contenders[name])
                 # Forward: the input and the recurrent GEMM of every step; the backward does twice
                 # that (dx + dh, and dW_ih + dW_hh).
                 flops = 2 * T * B * (I + H) * gates * H * (1 if mode == "fwd" else 3)
@@ -290,13 +324,14 @@ def batch_norm_relu_cases(device: torch.device, quick: bool):
                 # Each contender updates its own running statistics, as a training step does.
                 rm, rv = torch.zeros(C, device=device), torch.ones(C, device=device)
                 if mode == "fwd":
-                    contenders[backend] = (lambda b=backend, rm=rm, rv=rv: torch.no_grad()(batch_norm_relu)(
-                        x, rm, rv, weight, bias, True, 0.1, 1e-5, pool, backend=b))
+                    contenders[backend] = (lambda b=backend, rm=rm, rv=rv, x=x, w=weight, bias=bias, pool=pool:
+                                           torch.no_grad()(batch_norm_relu)(x, rm, rv, w, bias, True, 0.1, 1e-5,
+                                                                            pool, backend=b))
                 else:
                     leaves = [t.detach().clone().requires_grad_() for t in (x, weight, bias)]  # x stays channels_last
                     contenders[backend] = _fwd_bwd(
-                        lambda b=backend, lv=leaves, rm=rm, rv=rv: batch_norm_relu(lv[0], rm, rv, lv[1], lv[2], True,
-                                                                                  0.1, 1e-5, pool, backend=b),
+                        lambda b=backend, lv=leaves, rm=rm, rv=rv, pool=pool: batch_norm_relu(
+                            lv[0], rm, rv, lv[1], lv[2], True, 0.1, 1e-5, pool, backend=b),
                         leaves)
             yield {"op": "batch_norm_relu", "mode": mode, "dtype": "float32",
                    "shape": {"N": N, "C": C, "H": H, "W": W, "pool": pool, "layout": "channels_last"},
@@ -324,16 +359,16 @@ def add_layer_norm_cases(device: torch.device, quick: bool):
             contenders = {}
             for backend in _backends_for("add_layer_norm", device):
                 if mode == "fwd":
-                    contenders[backend] = (lambda b=backend: torch.no_grad()(add_layer_norm)(
-                        x, residual, weight, bias, backend=b))
+                    contenders[backend] = (lambda b=backend, a=(x, residual, weight, bias): torch.no_grad()(
+                        add_layer_norm)(*a, backend=b))
                     continue
                 leaves = [t.clone().requires_grad_() for t in (x, residual, weight, bias)]
 
-                def run(b=backend, lv=leaves):
+                def run(b=backend, lv=leaves, grads=(dout, dtotal)):
                     for t in lv:
                         t.grad = None
                     out, total = add_layer_norm(*lv, backend=b)
-                    torch.autograd.backward((out, total), (dout, dtotal))
+                    torch.autograd.backward((out, total), grads)
                 contenders[backend] = run
             yield {"op": "add_layer_norm", "mode": mode, "dtype": "float32",
                    "shape": dict(zip(("B", "L", "N"), shape)), "baseline": "reference",
@@ -368,7 +403,7 @@ def bias_gelu_cases(device: torch.device, quick: bool):
             contenders = {}
             for name, layer in layers.items():
                 if mode == "fwd":
-                    contenders[name] = (lambda f=layer: torch.no_grad()(f)(h, weight, bias))
+                    contenders[name] = (lambda f=layer, a=(h, weight, bias): torch.no_grad()(f)(*a))
                     continue
                 leaves = [t.clone().requires_grad_() for t in (h, weight, bias)]
                 contenders[name] = _fwd_bwd(lambda f=layer, lv=leaves: f(*lv), leaves)

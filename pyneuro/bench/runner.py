@@ -48,7 +48,8 @@ def machine(device: torch.device) -> dict:
     return info
 
 
-def run(ops, device: torch.device, quick: bool, repeats: int, stream=None) -> dict:
+def run(ops, device: torch.device, quick: bool, repeats: int, stream=None, on_case=None) -> dict:
+    """Time every case of ``ops``; ``on_case(results)`` after each (to save what is done so far)."""
     stream = stream or sys.stdout  # looked up per call: a default bound at import would miss a redirect
     results = {"machine": machine(device), "device": str(device), "quick": quick, "cases": []}
     bandwidth = copy_bandwidth(device, (1 << 26) if device.type == "cpu" else (1 << 30))
@@ -88,7 +89,17 @@ def run(ops, device: torch.device, quick: bool, repeats: int, stream=None) -> di
             record["results"] = rows
             results["cases"].append(record)
             _print_case(record, stream)
+            if on_case is not None:
+                on_case(results)
     return results
+
+
+def write_json(results: dict, path: str) -> None:
+    """Atomically: a run stopped mid-write (a timeout) leaves the previous, complete file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    os.replace(tmp, path)
 
 
 def _print_case(record, stream) -> None:
@@ -126,9 +137,10 @@ def main(argv=None, prog: str = "pyneuro bench") -> int:
         p.error(f"--ops: unknown {sorted(unknown)}; choose from {list(CASES)}")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
-    results = run(ops, device, args.quick, args.repeats)
+    # The JSON is rewritten after every case, so a run cut off by a time limit keeps its figures.
+    save = (lambda results: write_json(results, args.json)) if args.json else None
+    results = run(ops, device, args.quick, args.repeats, on_case=save)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+        write_json(results, args.json)
         print(f"\nwrote {args.json}")
     return 0

@@ -162,3 +162,63 @@ def test_auto_choice_is_cached_per_device_but_reads_the_backends_per_call(monkey
     assert op.select("auto", x.device, x.double()).name == "reference"  # supports() asked per call
     monkeypatch.setenv("PYNEURO_BACKEND", "reference")
     assert op.select("auto", x.device, x).name == "reference"  # and the environment too
+
+
+def test_runs_says_whether_a_backend_takes_the_call_without_raising():
+    op, _ = _make_op(_double)
+    x = torch.ones(3)
+    assert op.runs("cpu", x.device, x)
+    assert not op.runs("cpu", x.device, x.double())  # refused by its supports (a TypeError from select)
+    assert not op.runs("cuda", x.device, x)  # no such backend
+    broken, _ = _make_op(_broken)
+    with pytest.warns(RuntimeWarning, match="self-check"):
+        broken.select("auto", x.device, x)
+    assert not broken.runs("cpu", x.device, x)  # failed its self-check
+
+
+def test_a_failed_self_check_still_counts_while_compiling(monkeypatch):
+    """torch.compile traces the backend choice without running the check; a failure an eager call
+    has already found must still keep the backend out."""
+    op, calls = _make_op(_broken)
+    x = torch.ones(2)
+    with pytest.warns(RuntimeWarning, match="falling back"):
+        assert op.select("auto", x.device, x).name == "reference"
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert op.select("auto", x.device, x).name == "reference"
+    with pytest.raises(BackendSelfCheckError):
+        op.select("cpu", x.device, x)
+    # not yet checked (another dtype): no check while tracing, the backend is taken
+    assert op.select("auto", x.device, x.half()).name == "cpu"
+    assert calls == [("cpu", "cpu", torch.float32)]
+
+
+def _gradient_checking_op():
+    """A toy op whose self-check compares gradients and a matmul, as the real checks do."""
+    def self_check(backend, device, dtype):
+        w = torch.linspace(-1, 1, 12, dtype=dtype).reshape(3, 4).requires_grad_()
+        m = torch.linspace(0.1, 1.3, 16, dtype=dtype).reshape(4, 4) / 3
+        out = op.backends[backend].impl(w @ m)
+        (grad,) = torch.autograd.grad(out.sum(), w)
+        if out.dtype != dtype:
+            return f"the output came out {out.dtype}"
+        return None if torch.equal(grad, 2 * m.sum(1).expand(3, 4)) else "gradient differs"
+
+    op = _backends.Op("toy_grad", {
+        "reference": Backend("reference", ("cpu", "cuda"), _double),
+        "cpu": Backend("cpu", ("cpu",), _double, _backends.always, lambda x: None, selfcheck=True),
+    }, self_check=self_check)
+    return op
+
+
+@pytest.mark.parametrize("mode", ["inference_mode", "no_grad", "autocast"])
+def test_the_self_check_runs_in_plain_autograd_whatever_the_first_call_runs_under(mode):
+    """A correct backend whose first call comes under inference_mode, no_grad or autocast passes its
+    check (and is not written off for the process)."""
+    op = _gradient_checking_op()
+    x = torch.ones(2)
+    context = {"inference_mode": torch.inference_mode(), "no_grad": torch.no_grad(),
+               "autocast": torch.autocast("cpu", dtype=torch.bfloat16)}[mode]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with context:
+            assert op.select("auto", x.device, x).name == "cpu"

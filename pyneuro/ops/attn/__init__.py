@@ -220,11 +220,11 @@ def _contract_call(backend: str):
     def call(q, k, v, causal, scale, dropout_p, rng_state):
         if q.numel() == 0:  # an empty batch, no heads or no queries: nothing for a kernel to launch
             return _reference(q, k, v, causal, scale, dropout_p, rng_state)
-        if backend == "cuda" and k.shape[2] > CUDA_SHORT_MAX_KEYS:
-            try:
-                return OP("triton", q.device, q, k, v, causal, scale, dropout_p, rng_state)
-            except _backends.BackendUnavailableError:
-                pass  # no Triton here (or it failed its self-check): the CUDA tiled path takes any length
+        args = (q, k, v, causal, scale, dropout_p, rng_state)
+        if backend == "cuda" and k.shape[2] > CUDA_SHORT_MAX_KEYS and OP.runs("triton", q.device, *args):
+            return OP.backends["triton"].impl(*args)
+        # (else no Triton here, it failed its self-check or refuses the shape, e.g. B·H > 65,535:
+        # the CUDA tiled path takes any length)
         fwd = _TRITON_FWD if backend == "triton" else torch.ops.pyneuro.attention_fwd.default
         if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
             q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)

@@ -25,7 +25,10 @@ CASES = {
 
 
 def _run(target, case, x, residual, weight, bias, dout, dtotal):
-    leaves = [t.clone().requires_grad_() if t is not None else None for t in (x, residual, weight, bias)]
+    # On the target's device: the reference target is also generated for cuda on a GPU machine.
+    leaves = [t.to(target.device, copy=True).requires_grad_() if t is not None else None
+              for t in (x, residual, weight, bias)]
+    dout, dtotal = (t.to(target.device) if t is not None else None for t in (dout, dtotal))
     out, total = ln.OP.backends[target.backend].impl(*leaves, 1e-5)
     outputs, grads_in = [out], [dout]
     if dtotal is not None:

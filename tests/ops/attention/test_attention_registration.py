@@ -161,3 +161,35 @@ def test_self_check_catches_a_wrong_dropout_mask(monkeypatch):
     monkeypatch.setitem(attn_ops.OP.backends, "cpu", _backends.Backend("cpu", ("cpu",), other_mask))
     failure = attn_ops.OP.self_check("cpu", torch.device("cpu"), torch.float32)
     assert failure is not None and "differs from the reference" in failure
+
+
+@pytest.mark.skipif(attn_ops.OP.status("cpu", torch.device("cpu")) is not None,
+                    reason="needs the compiled extension, whose CPU kernel stands in for the CUDA tiled path here")
+@pytest.mark.parametrize("triton_takes_it", [True, False])
+def test_cuda_backend_hands_long_keys_to_triton_only_when_triton_takes_the_call(monkeypatch, triton_takes_it):
+    """Past CUDA_SHORT_MAX_KEYS keys the cuda backend calls the Triton kernel if Triton takes this
+    very call (available, passed its self-check, supports the shape: not B·H > 65,535, which
+    raised a ValueError out of the hand-off before), else its own tiled path (the same C++ op,
+    run here on CPU tensors by the CPU kernel)."""
+    asked = []
+
+    def runs(backend, device, *args):
+        asked.append(backend)
+        return triton_takes_it
+
+    monkeypatch.setattr(attn_ops.OP, "runs", runs)
+    monkeypatch.setitem(attn_ops.OP.backends, "triton",
+                        _backends.Backend("triton", ("cuda",), lambda *args: "triton's result"))
+    s = Shape(B=1, Hq=2, Lq=3, Lk=attn_ops.CUDA_SHORT_MAX_KEYS + 1, D=8)
+    q, k, v = make_inputs(s, seed=23)
+    got = attn_ops._contract_call("cuda")(q, k, v, False, scale_of(s), 0.0, None)
+    assert asked == ["triton"]
+    if triton_takes_it:
+        assert got == "triton's result"
+    else:
+        want = attn_ops._reference(q, k, v, False, scale_of(s), 0.0, None)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=2e-5, atol=2e-6)
+    short = Shape(B=1, Hq=2, Lq=3, Lk=attn_ops.CUDA_SHORT_MAX_KEYS, D=8)
+    attn_ops._contract_call("cuda")(*make_inputs(short, seed=24), False, scale_of(short), 0.0, None)
+    assert asked == ["triton"]  # short sequences never ask

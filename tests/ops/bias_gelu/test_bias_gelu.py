@@ -22,9 +22,10 @@ CASES = {
 
 
 def _run(target, x, bias, dout):
-    leaves = [t.clone().requires_grad_() if t is not None else None for t in (x, bias)]
+    # On the target's device: the reference target is also generated for cuda on a GPU machine.
+    leaves = [t.to(target.device, copy=True).requires_grad_() if t is not None else None for t in (x, bias)]
     out = gelu.OP.backends[target.backend].impl(*leaves)
-    grads = torch.autograd.grad(out, [t for t in leaves if t is not None], dout)
+    grads = torch.autograd.grad(out, [t for t in leaves if t is not None], dout.to(target.device))
     return out, grads
 
 
