@@ -2,7 +2,8 @@
 torch.ops.pyneuro, against naive.py's fp64 contract pair and against torch SDPA: every dtype, each
 head-dim bucket, causal with Lq != Lk, GQA/MQA, dropout (the contract's Philox mask), strided
 inputs, the one-launch backward (Lk within one key tile) and the two-launch one (longer Lk), long
-sequences, determinism, the CUDA-only argument checks, and the MNIST shapes' speed against SDPA.
+sequences, determinism and the CUDA-only argument checks. (The MNIST shapes' speed against SDPA is
+the benchmark suite's attention case, never a test's assertion.)
 
 Marked ``cuda`` and skipped with the reason on a machine without a GPU; ``make gpu-check`` runs them
 (and fails on a skip). Tolerances: pyneuro.ops.attn.TOLERANCE["cuda"] (normwise), the first-use
@@ -142,52 +143,6 @@ def test_cuda_argument_checks():
         ops.attention_fwd(q, k, v, False, 1.0, 0.5, torch.tensor([1, 2], device="cuda"))
     with pytest.raises(ValueError, match="head_dim"):
         ops.attention_fwd(q[..., :12], k[..., :12], v[..., :12], False, 1.0, 0.0, None)
-
-
-def _time_ms(fn, reps=50):
-    for _ in range(5):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(reps):
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
-
-
-@pytest.mark.parametrize("L", [17, 50])
-def test_mnist_shapes_twice_as_fast_as_sdpa(L):
-    """The issue's target: (256, 4, L, 24) fp32, forward and forward+backward, >= 2x SDPA on an H100."""
-    major, _ = torch.cuda.get_device_capability()
-    if major != 9:
-        pytest.skip(f"the 2x target is stated for an H100 (sm_90), this is {torch.cuda.get_device_name()}")
-    ops = _ops()
-    q, k, v, dout, _ = make(256, 4, 4, L, L, 24, F32)
-    scale = 1 / math.sqrt(24)
-    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-
-    def ours_fwd():
-        return ops.attention_fwd(q, k, v, False, scale, 0.0, None)
-
-    def ours_fwd_bwd():
-        out, lse = ops.attention_fwd(q, k, v, False, scale, 0.0, None)
-        return ops.attention_bwd(dout, q, k, v, out, lse, False, scale, 0.0, None)
-
-    def sdpa_fwd():
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
-
-    def sdpa_fwd_bwd():
-        out = F.scaled_dot_product_attention(*leaves, scale=scale)
-        return torch.autograd.grad(out, leaves, dout)
-
-    t = {name: _time_ms(fn) for name, fn in (("ours fwd", ours_fwd), ("sdpa fwd", sdpa_fwd),
-                                             ("ours fwd+bwd", ours_fwd_bwd), ("sdpa fwd+bwd", sdpa_fwd_bwd))}
-    print(f"L={L}: " + ", ".join(f"{n} {ms * 1000:.1f} us" for n, ms in t.items()))
-    assert t["sdpa fwd"] >= 2 * t["ours fwd"], t
-    assert t["sdpa fwd+bwd"] >= 2 * t["ours fwd+bwd"], t
 
 
 def test_public_function():
