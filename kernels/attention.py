@@ -517,11 +517,26 @@ def _check(q, k, v):
     if B * Hq > MAX_BATCH_HEADS:
         raise ValueError(f"attention (triton): batch × heads = {B} × {Hq} = {B * Hq} exceeds {MAX_BATCH_HEADS} "
                          "(one grid axis)")
+    if (max(Lq, k.shape[2]) + 256) * D > MAX_ROW_OFFSET:
+        raise ValueError(f"attention (triton): a head of {max(Lq, k.shape[2])} rows × {D} exceeds the kernels' "
+                         f"int32 row offsets ({MAX_ROW_OFFSET + 1} elements per head)")
+
+
+# The kernels form a row's offset within its (batch, head) as rows * stride_row in int32 (only the
+# (batch, head) base is int64: widening the rows costs registers in kernels at 254-255). Rows run to
+# the last block's end, at most 256 past the length.
+MAX_ROW_OFFSET = 2**31 - 1
 
 
 def _last_unit(t):
-    """Any strides are fine but the last one: a copy only when the last stride is not 1."""
-    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+    """Any strides are fine but the last one, and a row stride whose offsets fit in int32: a copy
+    only when the last stride is not 1, or when the sequence's row offsets would overflow (e.g. q of
+    a packed qkv projection, row stride 3 H D, from L ~ 175 K at H D = 4096; contiguous, the row
+    stride is D)."""
+    rows_end = t.shape[2] + 256
+    if (t.stride(-1) == 1 or t.shape[-1] == 1) and rows_end * t.stride(2) <= MAX_ROW_OFFSET:
+        return t
+    return t.contiguous()
 
 
 def _dropout_args(dropout_p, rng_state):

@@ -264,12 +264,13 @@ def _ssm_bwd_kernel(
     # partial row of this (split, b, segment) in the (n_split, batch, n_seg, N, L) buffers
     part_base = ((split * batch + b) * n_seg + seg) * N * L + n[:, None] * L
 
+    g_half = tl.cast(batch, tl.int64) * dim * N  # one parity's carries; int64: batch·dim·N may pass 2^31
     for kk in range(0, n_chunks):
         k = n_chunks - 1 - kk
         # The carry written for chunk k+1 is read below, possibly by other threads.
         tl.debug_barrier()
-        g_rd = g_ptr + ((k + 1) % 2) * batch * dim * N
-        g_wr = g_ptr + (k % 2) * batch * dim * N
+        g_rd = g_ptr + ((k + 1) % 2) * g_half
+        g_wr = g_ptr + (k % 2) * g_half
         t, t_mask = range_mask(k * BLOCK_L, BLOCK_L, L)
         nl_mask = n_mask[:, None] & t_mask[None, :]
         if B_VAR:

@@ -232,3 +232,30 @@ def test_batch_times_heads_beyond_the_grid_axis_is_refused_by_name(shape):
     assert isinstance(problem, ValueError) and f"got q {shape}" in str(problem)
     fits = torch.empty(255, 257, 4, 8, device="meta")
     assert attn_op._compiled_supports("triton")(fits, fits, fits) is None
+
+
+def test_row_offsets_stay_within_int32():
+    """The kernels multiply row numbers by the row stride in int32 (only the (batch, head) base is
+    int64), which a GPU wraps and the interpreter's numpy does not. A view whose row stride would
+    overflow there (q of a packed qkv projection: stride 3 H D) is copied to contiguous rows first;
+    a head too long even contiguous is refused by name, and supports() passes triton over for it
+    (meta tensors: no memory)."""
+    from pyneuro.ops import attn as attn_op
+
+    qkv = torch.empty(1, 180_000, 3, 32, 128, device="meta", dtype=torch.bfloat16)
+    q = qkv[:, :, 0].transpose(1, 2)  # (1, 32, 180000, 128), row stride 3 · 32 · 128
+    assert (q.shape[2] + 256) * q.stride(2) > ak.MAX_ROW_OFFSET
+    assert ak._last_unit(q).stride() == (32 * 180_000 * 128, 180_000 * 128, 128, 1)
+    short = qkv[:, :1000, 0].transpose(1, 2)
+    assert ak._last_unit(short) is short  # no copy while the offsets fit
+
+    fits = torch.empty(1, 1, 2**24 - 512, 128, device="meta")
+    too_long = torch.empty(1, 1, 2**24, 128, device="meta")
+    assert attn_op._compiled_supports("triton")(fits, fits, fits) is None
+    problem = attn_op._compiled_supports("triton")(too_long, too_long, too_long)
+    assert isinstance(problem, ValueError) and "int32 row offsets" in str(problem)
+    with pytest.raises(ValueError, match="exceeds the kernels' int32 row offsets"):
+        ak.attention_fwd(too_long, too_long, too_long, False, 1.0, 0.0, None)
+    kv_long = torch.empty(1, 1, 2**28, 8, device="meta")  # keys count too, with q short
+    with pytest.raises(ValueError, match="int32 row offsets"):
+        ak.attention_fwd(fits[..., :2, :8], kv_long, kv_long, False, 1.0, 0.0, None)

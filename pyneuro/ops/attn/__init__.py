@@ -50,7 +50,7 @@ def _triton_limits() -> dict[str, int]:
         import importlib
 
         kernels = importlib.import_module(_TRITON_MODULE)
-        _TRITON_LIMITS.update(max_batch_heads=kernels.MAX_BATCH_HEADS)
+        _TRITON_LIMITS.update(max_batch_heads=kernels.MAX_BATCH_HEADS, max_row_offset=kernels.MAX_ROW_OFFSET)
     return _TRITON_LIMITS
 
 
@@ -234,7 +234,7 @@ def _contract_call(backend: str):
 
 
 def _compiled_supports(backend: str):
-    def supports(q, *_rest) -> Optional[Exception]:
+    def supports(q, k, *_rest) -> Optional[Exception]:
         if q.dtype not in _COMPILED_DTYPES:
             return TypeError(f"attention: the {backend!r} backend takes float32, float16 or bfloat16, got "
                              f"{q.dtype} ({q.dtype} runs on backend='reference')")
@@ -248,6 +248,11 @@ def _compiled_supports(backend: str):
             if q.shape[0] * q.shape[1] > limits["max_batch_heads"]:
                 return ValueError(f"attention: the 'triton' backend takes batch × heads up to "
                                   f"{limits['max_batch_heads']} (one grid axis), got q {tuple(q.shape)}")
+            rows = max(q.shape[2], k.shape[2])
+            if (rows + 256) * d > limits["max_row_offset"]:
+                return ValueError(f"attention: the 'triton' backend takes heads of up to "
+                                  f"{limits['max_row_offset'] + 1} elements (int32 row offsets), got {rows} rows "
+                                  f"of {d}")
         return None
 
     return supports
