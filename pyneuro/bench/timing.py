@@ -68,6 +68,7 @@ def time_interleaved(fns: dict, device: torch.device, warmup: int = 2, repeats: 
             errors[label] = f"{type(exc).__name__}: {exc}"
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
     def done(t: list[float]) -> bool:
         return len(t) >= 1000 or (len(t) >= repeats and sum(t) >= min_time)
 
