@@ -47,19 +47,35 @@ def test_interleaved_timing_takes_turns_and_isolates_a_broken_contender():
         if calls.count("broken") > 2:  # survives its warm-up, fails in the timed rounds
             raise RuntimeError("kernel fault")
 
-    fns = {"a": make("a", 0.002), "b": make("b", 0.008), "broken": broken}
+    fns = {"a": make("a", 0.002), "b": make("b", 0.004), "broken": broken}
     t = time_interleaved(fns, torch.device("cpu"), warmup=2, repeats=4, min_time=0.03)
     assert t["broken"] == {"error": "RuntimeError: kernel fault"}
-    # Each contender goes on until it has `repeats` calls and min_time of timed calls, and stops
-    # there: one call fewer would have been short of it. Counted from the measured times, since
+    assert t["a"]["runs"] == t["b"]["runs"] >= 4  # on the CPU the contenders stay together
+    # rounds go on until each contender has min_time of timed calls, and stop once "a", the fastest,
+    # has: one call fewer would have been short of it. Counted from the measured times, since
     # time.sleep(0.002) takes longer than 2 ms on a busy machine.
-    for label in ("a", "b"):
-        assert t[label]["runs"] >= 4 and t[label]["total_s"] >= 0.03
-        assert t[label]["total_s"] - t[label]["max_s"] < 0.03 or t[label]["runs"] == 4
-    # so the slow one leaves the rotation first, instead of making as many calls as the fast one
-    assert t["b"]["runs"] < t["a"]["runs"]
-    assert calls.count("b") == 2 + 2 * t["b"]["runs"]  # warm-up, then a settling call per timed one
+    assert t["a"]["total_s"] >= 0.03 and t["b"]["total_s"] >= 0.03
+    assert t["a"]["total_s"] - t["a"]["max_s"] < 0.03 or t["a"]["runs"] == 4
     rounds = [c for c in calls[6:] if c != "broken"]  # after the warm-up calls
     assert rounds[:8] == ["a", "a", "b", "b"] * 2  # per round and contender: one settling call, one timed
-    assert rounds[-2:] == ["a", "a"]
     assert 0.002 <= t["a"]["min_s"] <= t["a"]["median_s"] < t["b"]["median_s"]
+
+
+def test_on_a_gpu_a_contender_with_its_share_leaves_the_rotation():
+    """leave_when_done (the default for CUDA devices): the slow contender stops at its share (here
+    its `repeats`), the fast one goes on alone to its min_time, instead of the slow one making as
+    many calls as the fast one needs."""
+    calls = []
+
+    def make(label, seconds):
+        def fn():
+            calls.append(label)
+            time.sleep(seconds)
+        return fn
+
+    t = time_interleaved({"fast": make("fast", 0.001), "slow": make("slow", 0.05)}, torch.device("cpu"),
+                         warmup=1, repeats=4, min_time=0.05, leave_when_done=True)
+    assert t["slow"]["runs"] == 4 and calls.count("slow") == 1 + 2 * 4
+    assert t["fast"]["runs"] > 4 and t["fast"]["total_s"] >= 0.05
+    assert t["fast"]["total_s"] - t["fast"]["max_s"] < 0.05  # and it stopped once it had it
+    assert calls[-2:] == ["fast", "fast"]

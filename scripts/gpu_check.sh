@@ -12,8 +12,8 @@
 #               python -m benchmarks --device cuda --ops selective_scan | attention | lstm,gru,rnn
 #               (issues 6, 7 and 8's GPU rows), one JSON each; fails if a contender errors, no kernel
 #               of ours (cuda or triton) was timed, or a time is not from CUDA events
-#   tests_slow  the slow ones of those tests (torch.compile, training, long sequences), after the
-#               benchmarks: the first run should bring back figures even if these need a rerun
+#   tests_slow  the slow ones of those tests (marked slow: torch.compile, long sequences, ...), after
+#               the benchmarks: the first run should bring back figures even if these need a rerun
 #   memcheck, racecheck, synccheck
 #               compute-sanitizer on small shapes of every CUDA kernel (scripts/gpu_check_sanitize.py)
 # Every stage runs under its own `timeout`, within a total budget. After every stage $OUT holds
@@ -47,7 +47,7 @@ ALLOWED_IMPORT_SKIPS=(
 mkdir -p "$OUT"
 # A previous run's junit xml or benchmark json must not pass for this run's.
 rm -rf "$LOGS"
-rm -f "$OUT/summary.json" "$OUT/logs.tgz" "$OUT"/bench_*.json
+rm -f "$OUT/summary.json" "$OUT/logs.tgz" "$OUT"/bench_*.json "$OUT"/bench_*.json.tmp
 mkdir -p "$LOGS"
 SUMMARY="$OUT/summary.json"
 REPORT=(python3 scripts/gpu_check_report.py)

@@ -9,7 +9,7 @@
     gpu_check_report.py show SUMMARY                       the closing table; exit 1 unless all stages ok
 
 The summary is rewritten (atomically) after every stage, so a run cut off by its time limit still
-says which stages it reached. A skip in the junit xml of a run selected with -m "cuda or triton"
+says which stages it reached. A skip in the junit xml of a run selected with -m "(cuda or triton) and ..."
 means a GPU path did not run, which is what this check exists to catch. A module skipped at import
 (pytest.importorskip) hides which markers its tests carry; only one that an --allow-import-skip
 entry names, for a reason containing REASON_PART, passes (with WHY printed).

@@ -272,7 +272,7 @@ def _recurrent_cell_cases(cell: str):
             if "cuda" in modules:
                 # The CUDA backend's per-step path on its own, to show what the persistent kernel buys.
                 modules["cuda-stepwise"] = modules["cuda"]
-            tf32_row = device.type == "cuda" and dtype == torch.float32 and label in modules
+            tf32_row = cell != "leaky" and device.type == "cuda" and dtype == torch.float32
             if tf32_row:
                 modules["torch.nn (cuDNN, TF32)"] = modules[label]
             for mode in ("fwd", "fwd+bwd"):

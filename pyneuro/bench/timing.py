@@ -43,18 +43,20 @@ def time_fn(fn, device: torch.device, warmup: int = 2, repeats: int = 5, min_tim
 
 
 def time_interleaved(fns: dict, device: torch.device, warmup: int = 2, repeats: int = 5,
-                     min_time: float = 0.0) -> dict:
+                     min_time: float = 0.0, leave_when_done: bool | None = None) -> dict:
     """time_fn for several contenders at once, in rounds (round-robin), so that a slow spell of a
     shared machine (another process, frequency changes) lands on every contender alike instead of
     on whichever was being timed; the ratios between them are what the suite reports. In each
     round a contender makes one untimed call and then one timed one: the untimed call absorbs what
     the previous contender left behind (its freed memory handed back to the OS, so fresh pages to
     fault in; cold caches), so the timed call sees the contender's own steady state, as when it
-    runs alone. A contender leaves the rotation once it has ``repeats`` timed calls and ``min_time``
-    seconds of them (or 1000 calls); the others go on. A slow contender thus stops after its
-    share, not after as many calls as the fastest needs: on a GPU a Python-loop reference at
-    ~45 ms a call beside a ~1 ms kernel would otherwise make hundreds of calls per case. A
-    contender that raises gets {"error": ...} and leaves the rotation. -> {label: time_fn's dict
+    runs alone. Rounds go on until every contender has ``repeats`` timed calls and ``min_time``
+    seconds of them (at most 1000 calls each). With ``leave_when_done`` (the default on a GPU) a
+    contender that has its share leaves the rotation while the others go on: there a Python-loop
+    reference at ~45 ms a call beside a ~1 ms kernel would otherwise make hundreds of calls per
+    case, and CUDA-event times do not drift with the host's load as wall times on a shared CPU do
+    (where the contenders stay together, so that every ratio compares the same stretch of time).
+    A contender that raises gets {"error": ...} and leaves the rotation. -> {label: time_fn's dict
     plus max_s and total_s (the timed calls' sum), or {"error": message}}."""
     once = _time_once_cuda if device.type == "cuda" else _time_once_cpu
     times: dict[str, list[float]] = {}
@@ -69,11 +71,14 @@ def time_interleaved(fns: dict, device: torch.device, warmup: int = 2, repeats: 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
+    if leave_when_done is None:
+        leave_when_done = device.type == "cuda"
+
     def done(t: list[float]) -> bool:
         return len(t) >= 1000 or (len(t) >= repeats and sum(t) >= min_time)
 
     while active := [label for label, t in times.items() if not done(t)]:
-        for label in active:
+        for label in (active if leave_when_done else list(times)):
             try:
                 fns[label]()  # settle (see above)
                 times[label].append(once(fns[label]))

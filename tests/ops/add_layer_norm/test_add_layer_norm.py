@@ -101,7 +101,9 @@ X_BIAS_CASES = {
 
 def _run_with_x_bias(target, x, x_bias, residual, weight, bias, dout, dtotal):
     """(out, total) and every gradient (dx, dx_bias, dresidual, dweight, dbias; None where absent)."""
-    leaves = [t.clone().requires_grad_() if t is not None else None for t in (x, x_bias, residual, weight, bias)]
+    leaves = [t.to(target.device, copy=True).requires_grad_() if t is not None else None
+              for t in (x, x_bias, residual, weight, bias)]
+    dout, dtotal = (t.to(target.device) if t is not None else None for t in (dout, dtotal))
     lx, lxb, lres, lw, lb = leaves
     out, total = ln.OP.backends[target.backend].impl(lx, lres, lw, lb, 1e-5, lxb)
     outputs, grads_in = [out], [dout]
