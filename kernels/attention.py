@@ -77,6 +77,13 @@ _WIDEN_BF16_DOT = tl.constexpr(INTERPRET)
 # ----------------------------------------------------------------------------------------------
 # Device helpers
 # ----------------------------------------------------------------------------------------------
+# Integer arguments that are plain values (the dropout's Philox seed, offset and threshold; the
+# autotuner's length buckets), never part of an address: Triton would otherwise compile a variant
+# per class of value (divisible by 16 or not), and a fresh seed per call would recompile and
+# retune the kernels now and then.
+_VALUE_ARGS = ("seed", "offset", "threshold", "LQ_BUCKET", "LK_BUCKET")
+
+
 @triton.jit
 def _key_block_bounds(start_m, Lk, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """(full_end, end) of the key loop of the query block starting at ``start_m``: key blocks
@@ -176,7 +183,7 @@ def _fwd_block(acc, m_i, l_i, q, k_base, v_base, s_kl, s_vl, rows, cols_d, start
     return acc, m_new, l_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_VALUE_ARGS)
 def _attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
     s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl,
@@ -276,7 +283,7 @@ def _dkdv_block(dk, dv, k, v, q_base, do_base, lse_base, delta_base, s_ql, s_dl,
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_VALUE_ARGS)
 def _attn_bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
     s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, s_db, s_dh, s_dl,
@@ -361,7 +368,7 @@ def _dq_block(dq, q, do, lse2, delta, k_base, v_base, s_kl, s_vl, rows, cols_d, 
     return dq + _dot(ds.to(k.dtype), k)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_VALUE_ARGS)
 def _attn_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
     s_qb, s_qh, s_ql, s_kb, s_kh, s_kl, s_vb, s_vh, s_vl, s_db, s_dh, s_dl,
