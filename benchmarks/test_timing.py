@@ -33,14 +33,19 @@ def test_cuda_timing_uses_events_and_sees_queued_work():
     assert t["median_s"] > cycles / 3e9  # no GPU clocks at 3 GHz: at least ~17 ms
 
 
-def test_interleaved_timing_takes_turns_and_isolates_a_broken_contender():
-    calls = []
-
+def _sleeper(calls: list):
+    """make(label, seconds) -> a contender that logs its label into ``calls`` and sleeps."""
     def make(label, seconds):
         def fn():
             calls.append(label)
             time.sleep(seconds)
         return fn
+    return make
+
+
+def test_interleaved_timing_takes_turns_and_isolates_a_broken_contender():
+    calls = []
+    make = _sleeper(calls)
 
     def broken():
         calls.append("broken")
@@ -66,12 +71,7 @@ def test_on_a_gpu_a_contender_with_its_share_leaves_the_rotation():
     its `repeats`), the fast one goes on alone to its min_time, instead of the slow one making as
     many calls as the fast one needs."""
     calls = []
-
-    def make(label, seconds):
-        def fn():
-            calls.append(label)
-            time.sleep(seconds)
-        return fn
+    make = _sleeper(calls)
 
     t = time_interleaved({"fast": make("fast", 0.001), "slow": make("slow", 0.05)}, torch.device("cpu"),
                          warmup=1, repeats=4, min_time=0.05, leave_when_done=True)
