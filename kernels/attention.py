@@ -524,7 +524,7 @@ def _check(q, k, v):
     if B * Hq > MAX_BATCH_HEADS:
         raise ValueError(f"attention (triton): batch × heads = {B} × {Hq} = {B * Hq} exceeds {MAX_BATCH_HEADS} "
                          "(one grid axis)")
-    if (max(Lq, k.shape[2]) + 256) * D > MAX_ROW_OFFSET:
+    if not row_offsets_fit(max(Lq, k.shape[2]), D):
         raise ValueError(f"attention (triton): a head of {max(Lq, k.shape[2])} rows × {D} exceeds the kernels' "
                          f"int32 row offsets ({MAX_ROW_OFFSET + 1} elements per head)")
 
@@ -535,13 +535,18 @@ def _check(q, k, v):
 MAX_ROW_OFFSET = 2**31 - 1
 
 
+def row_offsets_fit(rows: int, row_stride: int) -> bool:
+    """Whether the offsets of ``rows`` rows (and the last block's masked rows past them, at most
+    256) at ``row_stride`` stay within int32."""
+    return (rows + 256) * row_stride <= MAX_ROW_OFFSET
+
+
 def _last_unit(t):
     """Any strides are fine but the last one, and a row stride whose offsets fit in int32: a copy
     only when the last stride is not 1, or when the sequence's row offsets would overflow (e.g. q of
     a packed qkv projection, row stride 3 H D, from L ~ 175 K at H D = 4096; contiguous, the row
     stride is D)."""
-    rows_end = t.shape[2] + 256
-    if (t.stride(-1) == 1 or t.shape[-1] == 1) and rows_end * t.stride(2) <= MAX_ROW_OFFSET:
+    if (t.stride(-1) == 1 or t.shape[-1] == 1) and row_offsets_fit(t.shape[2], t.stride(2)):
         return t
     return t.contiguous()
 

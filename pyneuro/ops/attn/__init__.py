@@ -42,15 +42,16 @@ from . import naive
 from .naive import attention_naive, dropout_keep_mask
 
 _TRITON_MODULE = "pyneuro.kernels.attention"
-_TRITON_LIMITS: dict[str, int] = {}  # filled from the kernels module on first use (it imports triton)
+_TRITON_LIMITS: dict = {}  # filled from the kernels module on first use (it imports triton)
 
 
-def _triton_limits() -> dict[str, int]:
+def _triton_limits() -> dict:
     if not _TRITON_LIMITS:
         import importlib
 
         kernels = importlib.import_module(_TRITON_MODULE)
-        _TRITON_LIMITS.update(max_batch_heads=kernels.MAX_BATCH_HEADS, max_row_offset=kernels.MAX_ROW_OFFSET)
+        _TRITON_LIMITS.update(max_batch_heads=kernels.MAX_BATCH_HEADS, max_row_offset=kernels.MAX_ROW_OFFSET,
+                              row_offsets_fit=kernels.row_offsets_fit)
     return _TRITON_LIMITS
 
 
@@ -249,7 +250,7 @@ def _compiled_supports(backend: str):
                 return ValueError(f"attention: the 'triton' backend takes batch × heads up to "
                                   f"{limits['max_batch_heads']} (one grid axis), got q {tuple(q.shape)}")
             rows = max(q.shape[2], k.shape[2])
-            if (rows + 256) * d > limits["max_row_offset"]:
+            if not limits["row_offsets_fit"](rows, d):
                 return ValueError(f"attention: the 'triton' backend takes heads of up to "
                                   f"{limits['max_row_offset'] + 1} elements (int32 row offsets), got {rows} rows "
                                   f"of {d}")
